@@ -1,0 +1,145 @@
+"""``opsbot check``: reach every configured target and say which answer.
+
+Usage::
+
+    result = run_checks(runtime)      # Result: ok when every target answered, fail naming those that did not
+
+Checks run concurrently with short timeouts, so one hanging target costs its
+own timeout, not the sum of all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from bot.result import Result, Section
+from bot.runbooks import RunbookLibrary
+from bot.runtime import Runtime
+from bot.schema import pending_migrations
+
+__all__ = ["run_checks"]
+
+TIMEOUT = 5.0
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def run_checks(runtime: Runtime, library: RunbookLibrary | None = None) -> Result:
+    settings = runtime.settings
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("state redis", lambda: _redis_ping(runtime.state.redis)),
+        ("state postgres", lambda: _state_postgres(runtime)),
+        ("slack", lambda: _slack(runtime)),
+        ("runbooks", lambda: _runbooks(library)),
+    ]
+    for name in settings.redis:
+        checks.append((f"redis {name}", lambda name=name: _redis_ping(runtime.targets.redis(name))))
+    for name in settings.databases:
+        checks.append((f"database {name}", lambda name=name: _database(runtime, name)))
+    for queue in settings.queues:
+        checks.append((f"queue {queue.name}", lambda queue=queue: _queue(runtime, queue)))
+    for name, service in settings.services.items():
+        for kind in ("liveness", "readiness"):
+            url = getattr(service, kind)
+            if url:
+                checks.append((f"service {name} {kind}", lambda url=url, s=service: _http(url, s.expect)))
+    with ThreadPoolExecutor(max_workers=min(len(checks), 16)) as pool:
+        futures = [(name, pool.submit(_timed, fn)) for name, fn in checks]
+        outcomes = [(name, *future.result()) for name, future in futures]
+    failed = [name for name, ok, _ in outcomes if ok is False]
+    warned = [name for name, ok, _ in outcomes if ok is None]
+    fields = tuple((name, (":white_check_mark: " if ok else (":x: " if ok is False else ":warning: ")) + detail)
+                   for name, ok, detail in outcomes)
+    data = {"checks": [{"target": name, "ok": ok is not False, "detail": detail} for name, ok, detail in outcomes]}
+    if failed:
+        return Result.fail(f"{len(failed)} of {len(outcomes)} targets failing: {', '.join(failed)}",
+                           data=data, sections=[Section(fields=fields)], command="check")
+    summary = f"all {len(outcomes)} targets answered" + (f" ({len(warned)} warnings)" if warned else "")
+    return (Result.warn if warned else Result.ok)(summary, data=data, sections=[Section(fields=fields)],
+                                                 command="check")
+
+
+def _timed(fn: Callable[[], str]) -> tuple[bool | None, str]:
+    started = time.perf_counter()
+    try:
+        detail = fn()
+    except _Warning as exc:
+        return None, str(exc)
+    except Exception as exc:
+        return False, str(exc).strip() or type(exc).__name__
+    return True, f"{detail} ({(time.perf_counter() - started) * 1000:.0f} ms)"
+
+
+class _Warning(Exception):
+    pass
+
+
+def _redis_ping(client) -> str:
+    client.ping()
+    return f"ok, Redis {client.info('server').get('redis_version', '?')}"
+
+
+def _state_postgres(runtime: Runtime) -> str:
+    schema = runtime.settings.state.db_schema
+    with runtime.state.pool.connection(timeout=TIMEOUT) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        pending = pending_migrations(conn, schema)
+    if pending:
+        raise CheckFailed(f"schema {schema!r} needs migrations {', '.join(pending)}: run `opsbot migrate`")
+    return f"ok, PostgreSQL {version}, schema {schema!r} up to date"
+
+
+def _database(runtime: Runtime, name: str) -> str:
+    with runtime.targets.database(name) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    return f"ok, PostgreSQL {version}"
+
+
+def _queue(runtime: Runtime, queue) -> str:
+    client = runtime.targets.redis(queue.redis)
+    parts = []
+    for role, key in (("ready", queue.ready), ("dead", queue.dead)):
+        kind = client.type(key).decode()
+        if kind not in ("list", "none"):
+            raise CheckFailed(f"{role} key {key!r} is a Redis {kind}, expected a list")
+        parts.append(f"{role} {key!r}: {client.llen(key) if kind == 'list' else 0}")
+    return "ok, " + ", ".join(parts)
+
+
+def _http(url: str, expect: dict | None) -> str:
+    response = httpx.get(url, timeout=TIMEOUT, follow_redirects=False)
+    if response.status_code >= 400:
+        raise CheckFailed(f"HTTP {response.status_code} from {url}")
+    if expect:
+        try:
+            body = response.json()
+        except ValueError:
+            raise CheckFailed(f"{url} did not answer JSON (expected {expect})") from None
+        wrong = {k: body.get(k) for k, v in expect.items() if not isinstance(body, dict) or body.get(k) != v}
+        if wrong:
+            raise CheckFailed(f"{url} answered {wrong}, expected {expect}")
+    return f"ok, HTTP {response.status_code}"
+
+
+def _slack(runtime: Runtime) -> str:
+    if runtime.slack is None:
+        raise _Warning("no SLACK_BOT_TOKEN: the CLI works, Slack does not")
+    identity = runtime.slack.auth_test()
+    if not runtime.settings.slack.signing_secret:
+        raise CheckFailed("SLACK_SIGNING_SECRET is not set: `opsbot serve` cannot verify requests")
+    return f"ok, bot {identity.get('user', '?')} in team {identity.get('team', '?')}"
+
+
+def _runbooks(library: RunbookLibrary | None) -> str:
+    if library is None:
+        raise _Warning("not checked")
+    books = library.all()
+    for book in books:
+        library.render(book.name)
+    return f"ok, {len(books)} runbooks render"

@@ -1,0 +1,246 @@
+"""The ``opsbot`` command line: the same commands as Slack, for when Slack is down.
+
+Usage::
+
+    opsbot run [--config PATH] [--as USER] [--yes] [--json] "<command text>"
+    opsbot serve [--port N]      # Slack over HTTP: POST /slack/events, GET /healthz, /readyz
+    opsbot socket                # Slack over Socket Mode
+    opsbot manifest [--socket] [--json]
+    opsbot check [--json]
+    opsbot migrate
+
+Exit codes: 0 ran, 1 failed, 2 usage or configuration error, 3 denied or not confirmed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from bot.config import ConfigError, Settings, default_config_path, load_settings
+from bot.engine import Outcome
+from bot.invocation import Actor, Where
+from bot.render.text import to_text
+from bot.result import to_json
+from bot.runtime import Runtime, slack_client
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DENIED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 2 with one line, as argparse does, but never a traceback
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="opsbot", description="Incident-response runbook actions for Slack and the terminal.")
+    parser.add_argument("--config", help="app.yaml to use (default: $OPSBOT_CONFIG, then ./app.yaml)")
+    sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run one command as /ops would")
+    run.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    run.add_argument("--as", dest="as_user", metavar="USER", help="act as this Slack user id, with their roles")
+    run.add_argument("--yes", action="store_true", help="confirm a guarded command without asking")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("text", nargs="+", help='the command text, e.g. "dlq status"')
+
+    serve = sub.add_parser("serve", help="serve Slack over HTTP")
+    serve.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    serve.add_argument("--threads", type=int, default=8, help="HTTP worker threads")
+
+    socket = sub.add_parser("socket", help="serve Slack over Socket Mode (needs SLACK_APP_TOKEN)")
+    socket.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+
+    manifest = sub.add_parser("manifest", help="print the Slack app manifest")
+    manifest.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    manifest.add_argument("--socket", action="store_true", help="for Socket Mode (no public URL)")
+    manifest.add_argument("--json", action="store_true", help="JSON instead of YAML")
+
+    check = sub.add_parser("check", help="validate app.yaml and reach every configured target")
+    check.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    check.add_argument("--json", action="store_true")
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the bot's own schema")
+    migrate.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings(default_config_path(getattr(args, "config_sub", None) or args.config))
+    except ConfigError as exc:
+        print(f"opsbot: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    verb = {"run": _run, "serve": _serve, "socket": _socket, "manifest": _manifest, "check": _check,
+            "migrate": _migrate}[args.verb]
+    try:
+        return verb(settings, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _runtime(settings: Settings, timeout: int = 10) -> Runtime:
+    runtime = Runtime.build(settings, slack=slack_client(settings, timeout=timeout))
+    if settings.state.run_migrations:
+        runtime.state.migrate()
+    return runtime
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    runtime = _runtime(settings, timeout=5)
+    try:
+        actor = Actor(args.as_user, team="cli") if args.as_user else Actor.local()
+        where = Where("cli")
+        text = " ".join(args.text)
+        outcome = runtime.engine.handle(text, actor, where)
+        if outcome.kind == "preview":
+            outcome = _confirm_in_terminal(runtime, outcome, actor, where, args)
+        _print(runtime, outcome, args.json)
+        return outcome.exit_code
+    finally:
+        runtime.close()
+
+
+def _confirm_in_terminal(runtime: Runtime, preview: Outcome, actor: Actor, where: Where, args) -> Outcome:
+    assert preview.pending is not None
+    if args.yes:
+        return runtime.engine.confirm(preview.pending.id, actor, where)
+    if sys.stdin.isatty() and sys.stdout.isatty() and not args.json:
+        print(to_text(preview.result, runtime.redactor))
+        answer = input("\nType 'yes' to confirm, anything else cancels: ").strip().lower()
+        if answer == "yes":
+            return runtime.engine.confirm(preview.pending.id, actor, where)
+        return runtime.engine.cancel(preview.pending.id, actor, where)
+    note = "Not confirmed: nothing was changed. Re-run with --yes to execute this plan."
+    result = preview.result.with_(
+        summary=preview.result.summary,
+        data={**preview.result.data, "note": note},
+        buttons=[],
+    )
+    if not args.json:
+        print(note, file=sys.stderr)
+    return Outcome("preview", result, preview.pending, preview.command)
+
+
+def _print(runtime: Runtime, outcome: Outcome, as_json: bool) -> None:
+    result = outcome.result
+    if as_json:
+        print(to_json(runtime.redactor.result(result)))
+    else:
+        stream = sys.stderr if outcome.kind in ("usage",) else sys.stdout
+        print(to_text(result, runtime.redactor), file=stream)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.http import HttpServer
+    from bot.slack_app import build_app
+
+    missing = _missing_for_slack(settings, need_signing=True)
+    if missing:
+        print(f"opsbot serve: missing required settings: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    runtime = _runtime(settings)
+    executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="opsbot-work")
+    server = HttpServer(runtime, build_app(runtime, executor), executor, host=args.host, port=args.port,
+                        threads=args.threads)
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"opsbot serving Slack on http://{args.host}:{server.port}/slack/events", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except SystemExit:
+        pass
+    finally:
+        server.stop()
+        runtime.close()
+    return EXIT_OK
+
+
+def _socket(settings: Settings, args: argparse.Namespace) -> int:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    from bot.slack_app import build_app
+
+    missing = _missing_for_slack(settings, need_signing=False)
+    if not settings.slack.app_token:
+        missing.append("SLACK_APP_TOKEN (slack.app_token)")
+    if missing:
+        print(f"opsbot socket: missing required settings: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    runtime = _runtime(settings)
+    handler = SocketModeHandler(build_app(runtime), settings.slack.app_token.get_secret_value())
+    try:
+        handler.start()
+    finally:
+        handler.close()
+        runtime.close()
+    return EXIT_OK
+
+
+def _missing_for_slack(settings: Settings, *, need_signing: bool) -> list[str]:
+    missing = []
+    if not settings.slack.bot_token:
+        missing.append("SLACK_BOT_TOKEN (slack.bot_token)")
+    if need_signing and not settings.slack.signing_secret:
+        missing.append("SLACK_SIGNING_SECRET (slack.signing_secret)")
+    return missing
+
+
+def _manifest(settings: Settings, args: argparse.Namespace) -> int:
+    import yaml
+
+    from bot.manifest import build_manifest
+    from commands import build_registry
+
+    manifest = build_manifest(settings, build_registry(), socket_mode=args.socket)
+    print(json.dumps(manifest, indent=2) if args.json else yaml.safe_dump(manifest, sort_keys=False, width=100))
+    return EXIT_OK
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.checks import run_checks
+    from commands.runbook import library_for
+
+    runtime = Runtime.build(settings, slack=slack_client(settings, timeout=5))
+    try:
+        result = run_checks(runtime, library_for(settings))
+    finally:
+        runtime.close()
+    print(to_json(result) if args.json else to_text(result, runtime.redactor))
+    return EXIT_OK if result.status in ("ok", "warn") else EXIT_FAILED
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    runtime = Runtime.build(settings)
+    try:
+        applied = runtime.state.migrate()
+    except Exception as exc:
+        print(f"opsbot migrate: {runtime.redactor.text(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        runtime.close()
+    schema = settings.state.db_schema
+    print(f"schema {schema!r}: applied {', '.join(applied)}" if applied else f"schema {schema!r} is up to date")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

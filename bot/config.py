@@ -1,0 +1,258 @@
+"""Typed settings loaded from ``app.yaml``.
+
+Usage::
+
+    settings = load_settings("app.yaml")          # raises ConfigError
+    settings.queue("jobs").dead                   # 'jobs:dead'
+
+Every scalar in the file may reference the environment (``${VAR}``,
+``${VAR:-default}``). Secrets (keys named like password/token/secret/key, and
+credentials inside URLs) must be such references: a literal secret in the file
+is refused. Errors name the file, line and key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from bot.durations import parse_duration
+from bot.envsubst import UnsetVariable, expand
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "default_config_path",
+    "is_secret_key",
+]
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]
+
+
+def _split_ids(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+IdList = Annotated[list[str], BeforeValidator(_split_ids)]
+
+_SECRET_WORDS = {"password", "passwd", "pass", "token", "secret", "key", "apikey"}
+_URL_CREDENTIALS = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
+
+
+def is_secret_key(key: str) -> bool:
+    """True when a setting or data key names a secret (``signing_secret``, ``smtp_password``)."""
+    words = re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", key)
+    return any(word.lower() in _SECRET_WORDS for word in words if word)
+
+
+class ConfigError(Exception):
+    """app.yaml is missing or invalid; the message is meant for the operator as is."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SlackSettings(_Model):
+    bot_token: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    app_token: SecretStr | None = None
+    api_url: str = "https://slack.com/api/"
+    incident_channel: str = "#incidents"
+    command: str = "/ops"
+    app_name: str = "opsbot"
+    request_url: str | None = None
+
+
+class StateSettings(_Model):
+    """Where the bot keeps its own state: pending actions, caches (Redis) and the action log (PostgreSQL)."""
+
+    redis_url: str
+    database_url: str
+    db_schema: Identifier = Field("opsbot", alias="schema")
+    prefix: Name = "opsbot:"
+    run_migrations: bool = False
+
+
+class RoleSettings(_Model):
+    """Slack user ids (``U…``) and user-group ids (``S…``) holding a role; ``includes`` grants other roles too."""
+
+    users: IdList = []
+    groups: IdList = []
+    includes: IdList = []
+
+
+class GuardSettings(_Model):
+    confirm_ttl: Duration = 300.0
+    group_cache_ttl: Duration = 300.0
+    dedupe_ttl: Duration = 3600.0
+
+
+class RedisTarget(_Model):
+    url: str
+
+
+class DatabaseTarget(_Model):
+    url: str
+    statement_timeout: Duration = 10.0
+
+
+class QueueSettings(_Model):
+    name: Name
+    backend: Literal["redis-list"] = "redis-list"
+    redis: str = "main"
+    ready: str = "jobs"
+    dead: str = "jobs:dead"
+    keep: int = Field(1000, ge=0)
+
+
+class ServiceSettings(_Model):
+    liveness: str | None = None
+    readiness: str | None = None
+    expect: dict[str, Any] | None = None
+
+
+class Settings(_Model):
+    slack: SlackSettings = SlackSettings()
+    state: StateSettings
+    guard: GuardSettings = GuardSettings()
+    roles: dict[Name, RoleSettings] = {}
+    redis: dict[Name, RedisTarget] = {}
+    databases: dict[Name, DatabaseTarget] = {}
+    queues: list[QueueSettings] = []
+    services: dict[Name, ServiceSettings] = {}
+    runbooks_dir: str = "runbooks"
+    base_dir: str = Field(".", exclude=True)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "Settings":
+        for role_name, role in self.roles.items():
+            for included in role.includes:
+                if included not in self.roles:
+                    raise ValueError(f"roles.{role_name}.includes: unknown role {included!r}")
+        seen: set[str] = set()
+        for index, queue in enumerate(self.queues):
+            if queue.name in seen:
+                raise ValueError(f"queues[{index}].name: duplicate queue name {queue.name!r}")
+            seen.add(queue.name)
+            if queue.redis not in self.redis:
+                known = ", ".join(self.redis) or "none configured"
+                raise ValueError(f"queues[{index}].redis: unknown redis connection {queue.redis!r} (known: {known})")
+        return self
+
+    def queue(self, name: str | None) -> QueueSettings:
+        """The named queue, or the first one when ``name`` is None; KeyError names the known ones."""
+        if not self.queues:
+            raise KeyError("no queues are configured in app.yaml")
+        if name is None:
+            return self.queues[0]
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        raise KeyError(f"unknown queue {name!r}; configured: {', '.join(q.name for q in self.queues)}")
+
+    @property
+    def runbooks_path(self) -> Path:
+        return Path(self.base_dir, self.runbooks_dir)
+
+
+def default_config_path(explicit: str | None = None) -> Path:
+    """``--config``, else ``$OPSBOT_CONFIG``, else ``./app.yaml``."""
+    return Path(explicit or os.environ.get("OPSBOT_CONFIG") or "app.yaml")
+
+
+def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, expand and validate ``path``; every problem becomes one ConfigError."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if node is None or not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    lines: dict[tuple, int] = {}
+    data = _to_python(node, (), lines, env, path)
+    data["base_dir"] = str(path.resolve().parent)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, lines, path)) from None
+
+
+def _to_python(node: yaml.Node, loc: tuple, lines: dict, env: Mapping[str, str], path: Path) -> Any:
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[key] = _to_python(value_node, loc + (key,), lines, env, path)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, loc + (index,), lines, env, path) for index, item in enumerate(node.value)]
+    raw = node.value
+    where = f"{path}:{lines[loc]}: {_dotted(loc)}"
+    key = next((part for part in reversed(loc) if isinstance(part, str)), "")
+    if raw and is_secret_key(key) and not re.fullmatch(r"\$\{[^}]*\}", raw.strip()):
+        raise ConfigError(f"{where}: secrets must come from the environment; write ${{VARIABLE}} instead of a value")
+    if _URL_CREDENTIALS.search(raw) and "${" not in raw.split("@")[0]:
+        raise ConfigError(f"{where}: credentials inside a URL must come from the environment (${{VARIABLE}})")
+    if "$" not in raw:
+        # No reference: plain scalars keep YAML's own typing (numbers, booleans, null).
+        return yaml.safe_load(raw) if node.style is None else raw
+    try:
+        value = expand(raw, env)
+    except UnsetVariable as exc:
+        raise ConfigError(f"{where}: {exc} (write ${{{exc.name}:-}} if it is optional)") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return value if value != "" else None
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _parse_dotted(key: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.findall(r"[^.\[\]]+", key))
+
+
+def _describe(exc: ValidationError, lines: dict, path: Path) -> str:
+    messages = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling)"
+        elif error["type"] == "missing":
+            message = "required setting is missing"
+        elif not loc and re.match(r"^[\w.\[\]]+: ", message):
+            key, _, message = message.partition(": ")
+            loc = _parse_dotted(key)
+        probe = loc
+        while probe and probe not in lines:
+            probe = probe[:-1]
+        messages.append(f"{path}:{lines.get(probe, 1)}: {_dotted(loc)}: {message}")
+    return "\n".join(messages)

@@ -1,0 +1,106 @@
+"""``opsbot serve``: Slack over HTTP, plus the probes a platform needs.
+
+Usage::
+
+    server = HttpServer(runtime, host="127.0.0.1", port=0)   # port 0: any free port
+    server.start()           # in a background thread; server.port is the bound port
+    server.stop()
+
+Routes: ``POST /slack/events`` (Bolt), ``GET /healthz`` (the process is up),
+``GET /readyz`` (Redis and PostgreSQL answer; 503 naming the one that does not).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from waitress.server import create_server
+
+from bot.runtime import Runtime
+
+__all__ = ["HttpServer", "build_wsgi", "readiness"]
+
+log = logging.getLogger("opsbot.http")
+
+
+def readiness(runtime: Runtime, timeout: float = 2.0) -> dict[str, str]:
+    """``{"redis": "ok", "postgres": "error: ..."}`` for the bot's own state stores."""
+    checks: dict[str, str] = {}
+    try:
+        runtime.state.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {runtime.redactor.text(str(exc))}"
+    try:
+        with runtime.state.pool.connection(timeout=timeout) as conn:
+            conn.execute("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"error: {runtime.redactor.text(str(exc) or type(exc).__name__)}"
+    return checks
+
+
+def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Callable:
+    slack = SlackRequestHandler(app, path=path)
+
+    def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        route = (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+        if route == ("GET", "/healthz"):
+            return _json(start_response, 200, {"ok": True})
+        if route == ("GET", "/readyz"):
+            checks = readiness(runtime)
+            ready = all(value == "ok" for value in checks.values())
+            return _json(start_response, 200 if ready else 503, {"ok": ready, "checks": checks})
+        return slack(environ, start_response)
+
+    return application
+
+
+def _json(start_response: Callable, status: int, body: dict) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    reason = {200: "OK", 503: "Service Unavailable"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+class HttpServer:
+    def __init__(
+        self,
+        runtime: Runtime,
+        app: App,
+        executor: Executor,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 3000,
+        threads: int = 8,
+    ):
+        self.executor = executor
+        self.server = create_server(
+            build_wsgi(runtime, app), host=host, port=port, threads=threads, ident="opsbot", clear_untrusted_proxy_headers=True
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.effective_port
+
+    def serve_forever(self) -> None:
+        self.server.run()
+
+    def start(self) -> "HttpServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="opsbot-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking requests, then let running work finish (up to ``timeout``)."""
+        self.server.close()
+        if self._thread:
+            self._thread.join(timeout)
+        self.executor.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,123 @@
+"""``runbook [name] [key=value ...]``: list the runbooks, or show one with a Run button per step."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from bot.config import Settings
+from bot.invocation import CommandError, Invocation
+from bot.parser import UsageError, parse
+from bot.registry import Arg, Command
+from bot.result import Button, Result, Section
+from bot.runbooks import RunbookError, RunbookLibrary
+
+__all__ = ["COMMANDS", "library_for"]
+
+
+def library_for(settings: Settings) -> RunbookLibrary:
+    """The runbook library with app.yaml values available to its templates."""
+    context: dict[str, Any] = {
+        "incident_channel": settings.slack.incident_channel,
+        "command": settings.slack.command,
+        "queues": [q.model_dump() for q in settings.queues],
+        "default_queue": settings.queues[0].name if settings.queues else "jobs",
+        "services": {name: s.model_dump() for name, s in settings.services.items()},
+        "databases": list(settings.databases),
+    }
+    return RunbookLibrary(settings.runbooks_path, context)
+
+
+def show_runbook(inv: Invocation) -> Result:
+    library = library_for(inv.settings)
+    name = inv.args["name"]
+    try:
+        if not name:
+            return _listing(library)
+        book = library.render(name, inv.args["params"])
+    except RunbookError as exc:
+        raise CommandError(str(exc)) from None
+    prefix = inv.settings.slack.command
+    sections = []
+    if book.book.symptoms:
+        sections.append(Section(text="*Symptoms:* " + "; ".join(book.book.symptoms)))
+    for part in book.parts:
+        if part.heading:
+            sections.append(Section(title=part.heading))
+        elif part.step:
+            step = part.step
+            runnable = step.run and _runnable(inv, step.run)
+            text = f"{step.number}. {_mrkdwn(step.text)}" + ("" if runnable else f"\n`{prefix} {step.run}`")
+            button = Button("Run", "run", step.run) if runnable else None
+            sections.append(Section(text=text, button=button))
+        else:
+            sections.append(Section(text=_mrkdwn(part.text)))
+    return Result.ok(
+        book.title,
+        data={
+            "name": book.book.name,
+            "title": book.title,
+            "severity": book.book.severity,
+            "symptoms": list(book.book.symptoms),
+            "commands": list(book.book.commands),
+            "params": book.params,
+            "steps": [{"number": s.number, "text": s.text, "run": s.run} for s in book.steps],
+        },
+        sections=_merge_headings(sections),
+    )
+
+
+def _listing(library: RunbookLibrary) -> Result:
+    books = library.all()
+    lines = [f"`{b.name}` {b.title}" + (f" _({b.severity})_" if b.severity else "") for b in books]
+    return Result.ok(
+        f"{len(books)} runbooks",
+        data={"runbooks": [{"name": b.name, "title": b.title, "severity": b.severity,
+                            "symptoms": list(b.symptoms)} for b in books]},
+        sections=[Section(text="\n".join(lines)), Section(text="`/ops runbook <name>` shows one.")],
+    )
+
+
+def _runnable(inv: Invocation, text: str) -> bool:
+    try:
+        parse(text, inv.registry)
+    except UsageError:
+        return False
+    return True
+
+
+def _merge_headings(sections: list[Section]) -> list[Section]:
+    """Fold a heading into the prose that follows it, so a runbook uses few blocks."""
+    merged: list[Section] = []
+    for section in sections:
+        previous = merged[-1] if merged else None
+        if previous and previous.title and not previous.text and not previous.button and not section.title:
+            merged[-1] = Section(title=previous.title, text=section.text, button=section.button)
+        else:
+            merged.append(section)
+    return merged
+
+
+_TABLE = re.compile(r"(?:^\|.*\|[ \t]*$\n?)+", re.M)
+
+
+def _mrkdwn(text: str) -> str:
+    """Markdown to Slack mrkdwn: bold, links, checkboxes; tables become preformatted blocks."""
+    text = _TABLE.sub(lambda m: "```\n" + m.group(0).rstrip("\n") + "\n```\n", text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<\2|\1>", text)
+    return text.replace("- [ ]", "☐").replace("- [x]", "☑")
+
+
+COMMANDS = [
+    Command(
+        "runbook",
+        "List the runbooks, or show one with a Run button on each step",
+        args=(
+            Arg("name", "runbook name, e.g. `email-not-sending`", positional=True),
+            Arg("params", "values for the runbook's parameters", params=True),
+        ),
+        run=show_runbook,
+        examples=("runbook", "runbook dead-letter-backlog queue=step"),
+    ),
+]
