@@ -205,6 +205,7 @@ class Engine:
             team=actor.team,
             channel=where.channel,
             thread_ts=where.thread_ts,
+            channel_name=where.channel_name,
             fingerprint=plan.fingerprint,
             plan=plan.data,
             two_person=command.two_person,
@@ -231,6 +232,11 @@ class Engine:
                 command=command,
             )
         pending = self.pending.create(pending, self.settings.guard.confirm_ttl)
+        self._announce(
+            Result.ok(f"<@{actor.user_id}> requested `{pending.text}`, awaiting confirmation: {plan.summary}",
+                      data={"pending_id": pending.id}, command=pending.text),
+            where,
+        )
         return Outcome("preview", self._preview_result(command, plan, pending, notice), pending, command)
 
     def _preview_result(self, command: Command, plan: Plan, pending: PendingAction, notice: str) -> Result:
@@ -263,7 +269,7 @@ class Engine:
     def _execute(self, pending: PendingAction, command: Command, actor: Actor, where: Where) -> Outcome:
         assert command.guard is not None
         requester = Actor(pending.requester, team=pending.team)
-        origin = Where(pending.channel, pending.thread_ts)
+        origin = Where(pending.channel, pending.thread_ts, pending.channel_name)
         try:
             parsed = self.parse(pending.text)
         except UsageError as exc:

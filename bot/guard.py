@@ -52,6 +52,7 @@ class PendingAction:
     plan: dict[str, Any]
     two_person: bool = False
     thread_ts: str | None = None
+    channel_name: str | None = None
     created: float = field(default_factory=time.time)
     expires: float = 0.0
     id: str = field(default_factory=lambda: secrets.token_hex(8))

@@ -45,7 +45,7 @@ class State:
             min_size=1,
             max_size=8,
             open=True,
-            timeout=10,
+            timeout=5,
             kwargs={"connect_timeout": 5, "application_name": "opsbot"},
             name="opsbot-state",
         )

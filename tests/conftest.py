@@ -1,0 +1,141 @@
+"""Fixtures: the real Redis and PostgreSQL, a fake Slack Web API, and a bot to talk to.
+
+Redis: ``$REDIS_URL`` or database 15 on the loopback server, flushed around each
+test. PostgreSQL: a fresh database created on ``$DATABASE_URL``'s server (or
+the loopback one) for the session, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from slack_sdk import WebClient
+
+from bot.config import load_settings
+from bot.runtime import Runtime
+from commands import build_registry
+from tests.support import commands as test_commands
+from tests.support.fakeslack import FakeSlack
+
+REPO = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
+ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://127.0.0.1:5432/postgres"
+SIGNING_SECRET = "test-signing-secret-0123456789"
+BOT_TOKEN = "xoxb-test-token-0000"
+
+# Who is who in the tests.
+ADMIN, ALICE, BOB, CAROL, MALLORY = "UADMIN", "UALICE", "UBOB", "UCAROL", "UMALLORY"
+USERGROUPS = {"SONCALL": [CAROL]}
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    name = f"opsbot_test_{secrets.token_hex(4)}"
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(ADMIN_DATABASE_URL)
+    params["dbname"] = name
+    url = make_conninfo(**params)
+    yield url
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_client():
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def fake_slack():
+    with FakeSlack(usergroups=USERGROUPS) as slack:
+        yield slack
+
+
+def write_config(path: Path, database_url: str, extra: str = "", **overrides: str) -> Path:
+    values = {
+        "redis_url": REDIS_URL,
+        "database_url": database_url,
+        "api_url": "https://slack.invalid/api/",
+        "confirm_ttl": "5m",
+        "runbooks_dir": str(REPO / "runbooks"),
+        **overrides,
+    }
+    text = textwrap.dedent(
+        f"""
+        slack:
+          bot_token: ${{TEST_SLACK_BOT_TOKEN:-}}
+          signing_secret: ${{TEST_SLACK_SIGNING_SECRET:-}}
+          api_url: "{values['api_url']}"
+          incident_channel: "#incidents"
+        state:
+          redis_url: "{values['redis_url']}"
+          database_url: "{values['database_url']}"
+          run_migrations: ${{RUN_MIGRATIONS:-false}}
+        guard:
+          confirm_ttl: {values['confirm_ttl']}
+        roles:
+          admin: {{users: [{ADMIN}], includes: [oncall]}}
+          oncall: {{users: [{ALICE}, {BOB}], groups: [SONCALL]}}
+        redis:
+          main: {{url: "{values['redis_url']}"}}
+        databases:
+          main: {{url: "{values['database_url']}"}}
+        queues:
+          - {{name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}}
+        runbooks_dir: "{values['runbooks_dir']}"
+        """
+    ) + textwrap.dedent(extra)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path, database_url, redis_client):
+    return write_config(tmp_path / "app.yaml", database_url)
+
+
+@pytest.fixture
+def slack_env(monkeypatch):
+    monkeypatch.setenv("TEST_SLACK_BOT_TOKEN", BOT_TOKEN)
+    monkeypatch.setenv("TEST_SLACK_SIGNING_SECRET", SIGNING_SECRET)
+
+
+@pytest.fixture
+def registry():
+    return build_registry().add(*test_commands.COMMANDS)
+
+
+@pytest.fixture
+def make_runtime(config_path, registry, database_url):
+    """Build runtimes on the test config (migrated, empty action log); closed after the test."""
+    built: list[Runtime] = []
+
+    def make(path: Path = config_path, slack: WebClient | None = None, migrate: bool = True) -> Runtime:
+        runtime = Runtime.build(load_settings(path, env=os.environ), slack=slack, registry=registry)
+        if migrate:
+            runtime.state.migrate()
+        built.append(runtime)
+        return runtime
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS opsbot CASCADE")
+    yield make
+    for runtime in built:
+        runtime.close()
+
+
+@pytest.fixture
+def runtime(make_runtime, fake_slack):
+    return make_runtime(slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))

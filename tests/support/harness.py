@@ -1,0 +1,130 @@
+"""Drive ``opsbot serve`` the way Slack does: signed HTTP requests, replies read from the fake Web API.
+
+Usage::
+
+    reply = bot.command("help")                       # signed /ops help; waits for the response_url post
+    preview = bot.command("test bump", user=ALICE)
+    bot.click(preview, "Confirm", user=ALICE)         # signed block_actions for that button
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import httpx
+from slack_sdk.signature import SignatureVerifier
+
+from bot.http import HttpServer
+from bot.runtime import Runtime
+from bot.slack_app import build_app
+from tests.support.fakeslack import FakeSlack
+
+__all__ = ["SlackBot", "Reply"]
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Reply:
+    """What the bot sent to one response_url, plus the HTTP answer to the request itself."""
+
+    http: httpx.Response
+    key: str
+    body: dict | None = None
+
+    @property
+    def text(self) -> str:
+        return (self.body or {}).get("text", "")
+
+    @property
+    def blocks(self) -> list[dict]:
+        return (self.body or {}).get("blocks", [])
+
+    def button(self, label: str) -> dict:
+        for block in self.blocks:
+            elements = block.get("elements", []) if block["type"] == "actions" else [block.get("accessory") or {}]
+            for element in elements:
+                if element.get("type") == "button" and element["text"]["text"] == label:
+                    return {**element, "block_id": block.get("block_id", "b")}
+        raise AssertionError(f"no {label!r} button in {self.blocks}")
+
+
+class SlackBot:
+    def __init__(self, runtime: Runtime, slack: FakeSlack, signing_secret: str):
+        self.runtime = runtime
+        self.slack = slack
+        self.verifier = SignatureVerifier(signing_secret)
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="test-work")
+        self.server = HttpServer(runtime, build_app(runtime, self.executor), self.executor, host="127.0.0.1", port=0)
+        self.server.start()
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.server.port}", timeout=10)
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+    # -- requests as Slack sends them ------------------------------------------------------
+
+    def post(self, body: str, *, timestamp: int | None = None, signature: str | None = None,
+             headers: dict | None = None) -> httpx.Response:
+        timestamp = int(time.time()) if timestamp is None else timestamp
+        signature = signature or self.verifier.generate_signature(timestamp=str(timestamp), body=body)
+        all_headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": str(timestamp),
+            "X-Slack-Signature": signature,
+            **(headers or {}),
+        }
+        return self.http.post("/slack/events", content=body.encode(), headers=all_headers)
+
+    def command_body(self, text: str, *, user: str, channel: str, channel_name: str, key: str, trigger: str) -> str:
+        return urlencode({
+            "token": "legacy", "team_id": "T1", "team_domain": "test", "channel_id": channel,
+            "channel_name": channel_name, "user_id": user, "user_name": user.lower(), "command": "/ops",
+            "text": text, "api_app_id": "A1", "response_url": self.slack.response_url(key), "trigger_id": trigger,
+        })
+
+    def command(self, text: str, *, user: str = "UALICE", channel: str = "C-ops", channel_name: str = "ops",
+                wait: bool = True, **post_kw) -> Reply:
+        key = f"cmd{next(_ids)}"
+        body = self.command_body(text, user=user, channel=channel, channel_name=channel_name, key=key,
+                                 trigger=f"trig-{key}")
+        reply = Reply(self.post(body, **post_kw), key)
+        if wait:
+            reply.body = self.reply_to(key)
+        return reply
+
+    def click_body(self, reply: Reply, label: str, *, user: str, channel: str, key: str, trigger: str) -> str:
+        button = reply.button(label)
+        payload = {
+            "type": "block_actions",
+            "team": {"id": "T1", "domain": "test"},
+            "user": {"id": user, "team_id": "T1", "username": user.lower()},
+            "api_app_id": "A1",
+            "trigger_id": trigger,
+            "channel": {"id": channel, "name": "ops"},
+            "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": channel},
+            "response_url": self.slack.response_url(key),
+            "actions": [{
+                "type": "button", "action_id": button["action_id"], "block_id": button["block_id"],
+                "value": button.get("value", ""), "text": button["text"], "action_ts": f"{time.time():.6f}",
+            }],
+        }
+        return urlencode({"payload": json.dumps(payload)})
+
+    def click(self, reply: Reply, label: str, *, user: str = "UALICE", channel: str = "C-ops",
+              wait: bool = True, **post_kw) -> Reply:
+        key = f"click{next(_ids)}"
+        body = self.click_body(reply, label, user=user, channel=channel, key=key, trigger=f"trig-{key}")
+        result = Reply(self.post(body, **post_kw), key)
+        if wait:
+            result.body = self.reply_to(key)
+        return result
+
+    def reply_to(self, key: str, timeout: float = 10.0) -> dict:
+        return self.slack.wait(lambda s: (s.responses(key) or [None])[0], timeout).body

@@ -1,0 +1,92 @@
+"""``opsbot check``: every configured target reported ok, or failing with the reason."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bot.checks import run_checks
+from commands.runbook import library_for
+from tests.conftest import write_config
+
+
+@pytest.fixture
+def service():
+    """A service whose /health answers {"ok": true} and whose /ready answers 503."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            status, body = (200, {"ok": True}) if self.path == "/health" else (503, {"ok": False})
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def checks_by_target(result):
+    return {c["target"]: c for c in result.data["checks"]}
+
+
+def test_everything_reachable_is_ok(slack_env, runtime, redis_client):
+    result = run_checks(runtime, library_for(runtime.settings))
+    found = checks_by_target(result)
+    assert result.status == "ok", result.data
+    assert found["state redis"]["ok"] and found["state postgres"]["ok"] and found["database main"]["ok"]
+    assert "schema 'opsbot' up to date" in found["state postgres"]["detail"]
+    assert found["queue jobs"]["detail"].startswith("ok, ready 'jobs': 0, dead 'jobs:dead': 0")
+    assert "runbooks render" in found["runbooks"]["detail"]
+    assert found["slack"]["detail"].startswith("ok, bot opsbot in team Test Team")
+
+
+def test_failures_are_named_with_their_reason(tmp_path, database_url, make_runtime, redis_client, service):
+    extra = f"""
+services:
+  api:
+    liveness: {service}/health
+    readiness: {service}/ready
+    expect: {{ok: true}}
+redis:
+  main: {{url: "redis://127.0.0.1:6379/15"}}
+  broken: {{url: "redis://127.0.0.1:1/0"}}
+"""
+    path = write_config(tmp_path / "app.yaml", database_url, extra="")
+    text = path.read_text().replace('redis:\n  main: {url: "redis://127.0.0.1:6379/15"}\n', "")
+    path.write_text(text + extra)
+    redis_client.set("jobs:dead", "not a list")
+    runtime = make_runtime(path)
+
+    result = run_checks(runtime, library_for(runtime.settings))
+    found = checks_by_target(result)
+
+    assert result.status == "fail"
+    assert found["service api liveness"]["ok"]
+    assert not found["service api readiness"]["ok"] and "HTTP 503" in found["service api readiness"]["detail"]
+    assert not found["redis broken"]["ok"] and "Connection refused" in found["redis broken"]["detail"]
+    assert not found["queue jobs"]["ok"]
+    assert "dead key 'jobs:dead' is a Redis string, expected a list" in found["queue jobs"]["detail"]
+    assert "service api readiness" in result.summary
+
+
+def test_readyz_is_503_naming_the_dependency_that_is_down(tmp_path, database_url, make_runtime, fake_slack):
+    from slack_sdk import WebClient
+
+    from bot.http import readiness
+
+    path = write_config(tmp_path / "app.yaml", database_url, redis_url="redis://127.0.0.1:1/0")
+    runtime = make_runtime(path, slack=WebClient(token="xoxb-x", base_url=fake_slack.api_url), migrate=False)
+    checks = readiness(runtime)
+    assert checks["postgres"] == "ok"
+    assert checks["redis"].startswith("error:") and "Connection refused" in checks["redis"]
