@@ -4,6 +4,7 @@ Usage::
 
     opsbot run [--config PATH] [--as USER] [--yes] [--json] "<command text>"
     opsbot serve [--port N]      # Slack over HTTP: POST /slack/events, GET /healthz, /readyz
+    opsbot worker                # carry out queued Slack work (serve starts these itself)
     opsbot socket                # Slack over Socket Mode
     opsbot manifest [--socket] [--json]
     opsbot check [--json]
@@ -56,10 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
-    serve.add_argument("--threads", type=int, default=8, help="HTTP worker threads")
+    serve.add_argument("--threads", type=int, default=8, help="HTTP threads (they only verify, queue and ack)")
+    serve.add_argument("--workers", type=int, default=2,
+                       help="worker processes carrying out the work (0: threads in this process)")
+    serve.add_argument("--worker-threads", type=int, default=8, help="threads in each worker")
+    serve.add_argument("--worker-nice", type=int, default=10, help="CPU niceness of worker processes")
+    serve.add_argument("--shutdown-deadline", type=float, default=30.0,
+                       help="seconds running work may take to finish on SIGTERM")
+
+    worker = sub.add_parser("worker", help="carry out queued Slack work (started by serve, or on its own)")
+    worker.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    worker.add_argument("--threads", type=int, default=8)
+    worker.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority")
+    worker.add_argument("--shutdown-deadline", type=float, default=30.0)
 
     socket = sub.add_parser("socket", help="serve Slack over Socket Mode (needs SLACK_APP_TOKEN)")
     socket.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    socket.add_argument("--worker-threads", type=int, default=8)
+    socket.add_argument("--shutdown-deadline", type=float, default=30.0)
 
     manifest = sub.add_parser("manifest", help="print the Slack app manifest")
     manifest.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
@@ -79,13 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args.config_path = default_config_path(getattr(args, "config_sub", None) or args.config)
     try:
-        settings = load_settings(default_config_path(getattr(args, "config_sub", None) or args.config))
+        settings = load_settings(args.config_path)
     except ConfigError as exc:
         print(f"opsbot: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
-    verb = {"run": _run, "serve": _serve, "socket": _socket, "manifest": _manifest, "check": _check,
-            "migrate": _migrate}[args.verb]
+    verb = {"run": _run, "serve": _serve, "worker": _worker, "socket": _socket, "manifest": _manifest,
+            "check": _check, "migrate": _migrate}[args.verb]
     try:
         return verb(settings, args)
     except KeyboardInterrupt:
@@ -145,24 +161,25 @@ def _print(runtime: Runtime, outcome: Outcome, as_json: bool) -> None:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
     from bot.http import HttpServer
     from bot.slack_app import build_app
+    from bot.supervisor import WorkerProcesses
+    from bot.worker import Worker
+    from bot.workqueue import WorkQueue
 
     missing = _missing_for_slack(settings, need_signing=True)
     if missing:
         print(f"opsbot serve: missing required settings: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     runtime = _runtime(settings)
-    executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="opsbot-work")
-    server = HttpServer(runtime, build_app(runtime, executor), executor, host=args.host, port=args.port,
-                        threads=args.threads)
-
-    def stop(signum, frame):
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
+    queue = WorkQueue(runtime.state.redis, settings.state.prefix)
+    server = HttpServer(runtime, build_app(runtime, queue), host=args.host, port=args.port, threads=args.threads)
+    if args.workers:
+        workers = WorkerProcesses(args.config_path, count=args.workers, threads=args.worker_threads,
+                                  nice=args.worker_nice).start()
+    else:
+        workers = Worker(runtime, threads=args.worker_threads).start()
+    signal.signal(signal.SIGTERM, _raise_exit)
     print(f"opsbot serving Slack on http://{args.host}:{server.port}/slack/events", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
@@ -170,14 +187,39 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         pass
     finally:
         server.stop()
+        workers.stop(deadline=args.shutdown_deadline)
         runtime.close()
     return EXIT_OK
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.worker import Worker
+
+    if args.nice:
+        os.nice(args.nice)
+    runtime = _runtime(settings)
+    worker = Worker(runtime, threads=args.threads).start()
+    signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        worker.wait()
+    except SystemExit:
+        pass
+    finally:
+        worker.stop(deadline=args.shutdown_deadline)
+        runtime.close()
+    return EXIT_OK
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(0)
 
 
 def _socket(settings: Settings, args: argparse.Namespace) -> int:
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
     from bot.slack_app import build_app
+    from bot.worker import Worker
+    from bot.workqueue import WorkQueue
 
     missing = _missing_for_slack(settings, need_signing=False)
     if not settings.slack.app_token:
@@ -186,11 +228,17 @@ def _socket(settings: Settings, args: argparse.Namespace) -> int:
         print(f"opsbot socket: missing required settings: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     runtime = _runtime(settings)
-    handler = SocketModeHandler(build_app(runtime), settings.slack.app_token.get_secret_value())
+    app = build_app(runtime, WorkQueue(runtime.state.redis, settings.state.prefix))
+    worker = Worker(runtime, threads=args.worker_threads).start()
+    handler = SocketModeHandler(app, settings.slack.app_token.get_secret_value())
+    signal.signal(signal.SIGTERM, _raise_exit)
     try:
         handler.start()
+    except SystemExit:
+        pass
     finally:
         handler.close()
+        worker.stop(deadline=args.shutdown_deadline)
         runtime.close()
     return EXIT_OK
 

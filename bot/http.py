@@ -16,7 +16,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
@@ -70,17 +69,7 @@ def _json(start_response: Callable, status: int, body: dict) -> list[bytes]:
 
 
 class HttpServer:
-    def __init__(
-        self,
-        runtime: Runtime,
-        app: App,
-        executor: Executor,
-        *,
-        host: str = "0.0.0.0",
-        port: int = 3000,
-        threads: int = 8,
-    ):
-        self.executor = executor
+    def __init__(self, runtime: Runtime, app: App, *, host: str = "0.0.0.0", port: int = 3000, threads: int = 8):
         self.server = create_server(
             build_wsgi(runtime, app), host=host, port=port, threads=threads, ident="opsbot", clear_untrusted_proxy_headers=True
         )
@@ -99,8 +88,7 @@ class HttpServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking requests, then let running work finish (up to ``timeout``)."""
+        """Stop taking requests; requests in flight are answered (up to ``timeout``)."""
         self.server.close()
         if self._thread:
             self._thread.join(timeout)
-        self.executor.shutdown(wait=True, cancel_futures=False)

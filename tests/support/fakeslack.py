@@ -127,6 +127,18 @@ class FakeSlack:
             if "?" in request.path:
                 body.update(parse_qsl(request.path.split("?", 1)[1]))
         path = request.path.split("?", 1)[0]
+        if path == "/_stats":  # for out-of-process users (benchmarks): calls per method
+            with self._lock:
+                counts: dict[str, int] = {}
+                for call in self._calls:
+                    counts[call.method] = counts.get(call.method, 0) + 1
+            payload = json.dumps(counts).encode()
+            request.send_response(200)
+            request.send_header("Content-Type", "application/json")
+            request.send_header("Content-Length", str(len(payload)))
+            request.end_headers()
+            request.wfile.write(payload)
+            return
         method = path.removeprefix("/api/") if path.startswith("/api/") else path.lstrip("/")
         status, answer, extra = self._answer(method, body)
         call = Call(path, method, dict(request.headers.items()), body)
@@ -162,3 +174,11 @@ class FakeSlack:
             return 200, {"ok": True, "channel": body.get("channel", "C0"), "ts": body.get("ts") or ts,
                          "message": {"text": body.get("text", "")}}, {}
         return 200, {"ok": True}, {}
+
+
+if __name__ == "__main__":  # python -m tests.support.fakeslack: serve until killed, print the base URL
+    import signal
+
+    with FakeSlack() as fake:
+        print(fake.base, flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})

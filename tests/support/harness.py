@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -22,6 +21,8 @@ from slack_sdk.signature import SignatureVerifier
 from bot.http import HttpServer
 from bot.runtime import Runtime
 from bot.slack_app import build_app
+from bot.worker import Worker
+from bot.workqueue import WorkQueue
 from tests.support.fakeslack import FakeSlack
 
 __all__ = ["SlackBot", "Reply"]
@@ -55,18 +56,21 @@ class Reply:
 
 
 class SlackBot:
-    def __init__(self, runtime: Runtime, slack: FakeSlack, signing_secret: str):
+    def __init__(self, runtime: Runtime, slack: FakeSlack, signing_secret: str, *, with_worker: bool = True):
         self.runtime = runtime
         self.slack = slack
         self.verifier = SignatureVerifier(signing_secret)
-        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="test-work")
-        self.server = HttpServer(runtime, build_app(runtime, self.executor), self.executor, host="127.0.0.1", port=0)
+        queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+        self.server = HttpServer(runtime, build_app(runtime, queue), host="127.0.0.1", port=0)
         self.server.start()
+        self.worker = Worker(runtime, threads=4).start() if with_worker else None
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.server.port}", timeout=10)
 
     def close(self) -> None:
         self.http.close()
         self.server.stop()
+        if self.worker:
+            self.worker.stop()
 
     # -- requests as Slack sends them ------------------------------------------------------
 

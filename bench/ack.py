@@ -1,0 +1,219 @@
+"""Ack latency of ``opsbot serve`` against a bare Bolt app that only acks.
+
+    .venv/bin/python bench/ack.py [--requests 500] [--concurrency 20]
+
+Both servers run as separate processes on loopback, each behind the same WSGI server
+(waitress, same thread count), signed with the same secret. The bare app acks `/ops`
+and does nothing else. opsbot acks, then does the real work after the ack: it runs
+`help`, posts the result to a fake Slack response_url and writes the action log to
+PostgreSQL. Each server gets a warm-up, then N signed `/ops help` requests at the
+given concurrency, in interleaved rounds. The script prints p50/p99 ack latency per round
+and the median p99 ratio (target: <= 1.5), and checks every result was delivered.
+
+Needs Redis (database 14 is flushed and used; $BENCH_REDIS_URL to change) and PostgreSQL
+($DATABASE_URL) on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+from slack_sdk.signature import SignatureVerifier
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SECRET = "bench-signing-secret"
+TOKEN = "xoxb-bench"
+THREADS = 8
+
+
+def serve_bare(port: int, api_url: str) -> None:
+    """The baseline: a Bolt app that acks /ops and nothing else, on the same WSGI server."""
+    from slack_bolt import App
+    from slack_bolt.adapter.wsgi import SlackRequestHandler
+    from slack_sdk import WebClient
+    from waitress.server import create_server
+
+    app = App(signing_secret=SECRET, client=WebClient(token=TOKEN, base_url=api_url),
+              token_verification_enabled=False)
+
+    @app.command("/ops")
+    def ack_only(ack):
+        ack()
+
+    server = create_server(SlackRequestHandler(app), host="127.0.0.1", port=port, threads=THREADS)
+    print(f"ready {server.effective_port}", flush=True)
+    server.run()
+
+
+def start(command: list[str], env: dict) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, 0
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read()}")
+        try:
+            httpx.post(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise SystemExit(f"server at {url} did not come up")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def body_for(index: int, response_url: str) -> str:
+    return urlencode({
+        "team_id": "T1", "channel_id": "C1", "channel_name": "ops", "user_id": f"U{index % 7}", "command": "/ops",
+        "text": "help", "response_url": response_url, "trigger_id": f"bench-{time.time_ns()}-{index}",
+    })
+
+
+def load(url: str, response_url: str, requests: int, concurrency: int) -> tuple[list[float], int]:
+    verifier = SignatureVerifier(SECRET)
+    clients = [httpx.Client(timeout=10) for _ in range(concurrency)]
+
+    def one(index: int) -> float | None:
+        body = body_for(index, response_url)
+        ts = str(int(time.time()))
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
+                   "X-Slack-Signature": verifier.generate_signature(timestamp=ts, body=body)}
+        started = time.perf_counter()
+        try:
+            response = clients[index % concurrency].post(url, content=body, headers=headers)
+        except httpx.HTTPError:
+            return None
+        elapsed = time.perf_counter() - started
+        return elapsed if response.status_code == 200 else None
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(one, range(requests)))
+    for client in clients:
+        client.close()
+    latencies = [r for r in results if r is not None]
+    return latencies, len(results) - len(latencies)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--worker-nice", type=int, default=10, help="opsbot serve --worker-nice")
+    parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--api-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare is not None:
+        serve_bare(args.serve_bare, args.api_url)
+        return 0
+
+    fake = subprocess.Popen([sys.executable, "-m", "tests.support.fakeslack"], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    slack = _Remote(fake.stdout.readline().strip())
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp, "app.yaml")
+        config.write_text((ROOT / "app.yaml").read_text())
+        env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.api_url,
+               "RUN_MIGRATIONS": "true", "OPSBOT_CONFIG": str(config), "LOG_LEVEL": "ERROR"}
+        env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+        import redis
+
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the benchmark's own database
+        config.write_text(config.read_text().replace("runbooks_dir: runbooks", f"runbooks_dir: {ROOT / 'runbooks'}"))
+
+        servers = {}
+        bare_port, bot_port = free_port(), free_port()
+        servers["bare Bolt app"] = subprocess.Popen(
+            [sys.executable, __file__, "--serve-bare", str(bare_port), "--api-url", slack.api_url],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        servers["opsbot serve"] = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(bot_port),
+             "--threads", str(THREADS), "--worker-nice", str(args.worker_nice)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        urls = {"bare Bolt app": f"http://127.0.0.1:{bare_port}/slack/events",
+                "opsbot serve": f"http://127.0.0.1:{bot_port}/slack/events"}
+        try:
+            for name, url in urls.items():
+                wait_ready(url, servers[name])
+            for name, url in urls.items():  # warm-up
+                load(url, slack.response_url("warmup"), 50, args.concurrency)
+            rounds: list[dict[str, tuple[float, float, int]]] = []
+            for _ in range(args.rounds):  # interleaved, so both servers see the same machine noise
+                figures = {}
+                for name, url in urls.items():
+                    time.sleep(0.5)
+                    latencies, errors = load(url, slack.response_url(name.replace(" ", "-")), args.requests,
+                                             args.concurrency)
+                    figures[name] = (percentile(latencies, 50), percentile(latencies, 99), errors)
+                rounds.append(figures)
+            started = time.monotonic()
+            expected = args.requests * args.rounds
+            while slack.count("response/opsbot-serve") < expected and time.monotonic() - started < 120:
+                time.sleep(0.2)
+            delivered = slack.count("response/opsbot-serve")
+            drained = time.monotonic() - started
+        finally:
+            for proc in [*servers.values(), fake]:
+                proc.terminate()
+            for proc in [*servers.values(), fake]:
+                proc.wait(60)
+
+    print(f"{args.rounds} rounds of {args.requests} signed `/ops help` requests at concurrency {args.concurrency}, "
+          f"{THREADS} server threads, opsbot workers at nice {args.worker_nice}")
+    print(f"{'round':<7}{'server':<16}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'p99 ratio':>11}")
+    ratios = []
+    for index, figures in enumerate(rounds, 1):
+        ratio = figures["opsbot serve"][1] / figures["bare Bolt app"][1]
+        ratios.append(ratio)
+        for name, (p50, p99, errors) in figures.items():
+            shown = f"{ratio:>11.2f}" if name == "opsbot serve" else ""
+            print(f"{index:<7}{name:<16}{p50 * 1000:>10.2f}{p99 * 1000:>10.2f}{errors:>8}{shown}")
+    ratio = statistics.median(ratios)
+    errors = sum(f[2] for figures in rounds for f in figures.values())
+    print(f"median p99 ratio opsbot/bare: {ratio:.2f} (target <= 1.5); errors: {errors}")
+    print(f"opsbot results delivered to response_url: {delivered}/{expected} "
+          f"(all work done {drained:.1f}s after the last ack)")
+    return 0 if ratio <= 1.5 and errors == 0 and delivered == expected else 1
+
+
+class _Remote:
+    """The fake Slack Web API running in its own process, so it does not share the load generator's CPU."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.api_url = base + "/api/"
+
+    def response_url(self, key: str) -> str:
+        return f"{self.base}/response/{key}"
+
+    def count(self, method: str) -> int:
+        return httpx.get(self.base + "/_stats", timeout=5).json().get(method, 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

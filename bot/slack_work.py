@@ -1,0 +1,146 @@
+"""Carry out one queued Slack delivery: a slash command or a button click.
+
+Usage::
+
+    SlackWork(runtime).run(job)      # job from the work queue; replies through the delivery's response_url
+
+The delivery is translated for the engine (who, where, what) and the outcome is
+rendered back to Slack. A delivery already handled (a Slack retry, on any
+replica) is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from slack_bolt.context.respond import Respond
+
+from bot.engine import Outcome
+from bot.invocation import Actor, Where
+from bot.parser import UsageError
+from bot.render.blocks import ACTION_PREFIX, to_message
+from bot.result import Result
+from bot.runtime import Runtime
+from bot.workqueue import Job
+
+__all__ = ["SlackWork"]
+
+log = logging.getLogger("opsbot.slack")
+
+MAX_AGE = 1800.0  # Slack's response_url stops working after 30 minutes
+
+
+class SlackWork:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.engine = runtime.engine
+        self.settings = runtime.settings
+
+    def run(self, job: Job, now: float | None = None) -> None:
+        """Carry the job out; never raises (a worker thread must survive any delivery)."""
+        body = job.body
+        age = (now or time.time()) - job.enqueued_at
+        if age > MAX_AGE:
+            log.warning("dropping a %s queued %.0fs ago: Slack can no longer be answered", job.kind, age)
+            return
+        respond = _SafeRespond(body.get("response_url"), self.runtime)
+        try:
+            if not self._first_delivery(body, job.id):
+                return
+            if job.kind == "command":
+                self._command(body, respond)
+            elif job.kind == "action":
+                self._action(body, respond)
+            else:
+                log.error("unknown job kind %r", job.kind)
+        except Exception as exc:
+            log.exception("delivery failed")
+            self._reply(respond, Outcome("result", Result.error(f"opsbot failed on this request: {exc}")),
+                        replace=False)
+
+    def _command(self, body: dict, respond: "_SafeRespond") -> None:
+        try:
+            self.engine.parse(body.get("text", ""))
+        except UsageError:
+            return  # answered in the ack already
+        actor = Actor(body["user_id"], team=body.get("team_id", ""))
+        where = Where(body.get("channel_id", ""), channel_name=body.get("channel_name"))
+        self._reply(respond, self.engine.handle(body.get("text", ""), actor, where), replace=False)
+
+    def _action(self, body: dict, respond: "_SafeRespond") -> None:
+        action = (body.get("actions") or [{}])[0]
+        kind = action.get("action_id", "").removeprefix(ACTION_PREFIX).split(":", 1)[0]
+        actor, where, value = self._clicked(body)
+        if kind == "confirm":
+            self._reply(respond, self.engine.confirm(value, actor, where), replace=True)
+        elif kind == "cancel":
+            self._reply(respond, self.engine.cancel(value, actor, where), replace=True)
+        elif kind == "run":
+            self._reply(respond, self.engine.handle(value, actor, where), replace=False)
+
+    def _clicked(self, body: dict) -> tuple[Actor, Where, str]:
+        user = body.get("user") or {}
+        team = user.get("team_id") or (body.get("team") or {}).get("id", "")
+        channel = body.get("channel") or {}
+        container = body.get("container") or {}
+        where = Where(
+            channel.get("id") or container.get("channel_id", ""),
+            thread_ts=container.get("thread_ts"),
+            channel_name=channel.get("name"),
+        )
+        return Actor(user.get("id", ""), team=team), where, (body.get("actions") or [{}])[0].get("value", "")
+
+    def _reply(self, respond: "_SafeRespond", outcome: Outcome, *, replace: bool) -> None:
+        message: dict[str, Any] = to_message(outcome.result, self.runtime.redactor)
+        # A preview turned into its outcome replaces the preview; a refusal aimed at one
+        # person (denied, waiting, already taken) is shown to that person only.
+        personal = outcome.kind in ("denied", "waiting", "taken", "usage")
+        if replace and not personal:
+            respond(replace_original=True, **message)
+        else:
+            respond(response_type="ephemeral" if outcome.ephemeral or personal else "in_channel",
+                    replace_original=False, **message)
+
+    def _first_delivery(self, body: dict, job_id: str) -> bool:
+        """False when another copy of this delivery (a Slack retry, on any replica) was taken already.
+
+        The same job handed back after its worker died runs again; guarded actions still claim atomically.
+        """
+        key = body.get("trigger_id") or _action_key(body)
+        if not key:
+            return True
+        redis_key = f"{self.settings.state.prefix}delivery:{key}"
+        client = self.runtime.state.redis
+        try:
+            if client.set(redis_key, job_id, nx=True, ex=int(self.settings.guard.dedupe_ttl)):
+                return True
+            return client.get(redis_key) == job_id.encode()
+        except Exception as exc:  # Redis down: run it; guarded actions still claim atomically
+            log.warning("delivery dedupe unavailable: %s", exc)
+            return True
+
+
+class _SafeRespond:
+    """``respond`` that logs a failed post to Slack instead of raising."""
+
+    def __init__(self, response_url: str | None, runtime: Runtime):
+        self.respond = Respond(response_url=response_url)
+        self.runtime = runtime
+
+    def __call__(self, **message: Any) -> None:
+        try:
+            response = self.respond(**message)
+        except Exception as exc:
+            log.error("could not post the reply to Slack: %s", self.runtime.redactor.text(str(exc)))
+            return
+        if response.status_code >= 400:
+            log.error("Slack refused the reply: HTTP %s %s", response.status_code, response.body[:200])
+
+
+def _action_key(body: dict) -> str | None:
+    actions = body.get("actions") or []
+    if actions and actions[0].get("action_ts"):
+        return f"{(body.get('user') or {}).get('id')}:{actions[0]['action_ts']}"
+    return None

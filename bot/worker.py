@@ -1,0 +1,100 @@
+"""Workers: take queued Slack deliveries and carry them out.
+
+Usage::
+
+    worker = Worker(runtime, threads=4).start()    # in-process (tests, socket mode)
+    ...
+    worker.stop(deadline=30)                      # finish running jobs, hand back the rest
+
+``opsbot worker`` runs one as its own process; ``opsbot serve`` starts worker
+processes beside the HTTP server at a lower CPU priority, so acks stay fast
+when the machine is busy. Each worker beats a heartbeat in Redis and recovers
+the jobs of workers whose heartbeat stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from bot.runtime import Runtime
+from bot.slack_work import SlackWork
+from bot.workqueue import WorkQueue
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("opsbot.worker")
+
+HEARTBEAT_TTL = 30
+HEARTBEAT_EVERY = 5.0
+POLL = 1.0
+
+
+class Worker:
+    def __init__(self, runtime: Runtime, *, threads: int = 4, owner: str | None = None):
+        self.runtime = runtime
+        self.queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+        self.work = SlackWork(runtime)
+        self.threads = threads
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "Worker":
+        self._beat()
+        self._threads = [threading.Thread(target=self._heartbeat, name="opsbot-heartbeat", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._loop, name=f"opsbot-worker-{n}", daemon=True) for n in range(self.threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self, deadline: float = 30.0) -> None:
+        """Take no new jobs, let running ones finish (up to ``deadline``), hand back what is left."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(deadline)
+        try:
+            self.queue.leave(self.owner)
+        except Exception as exc:
+            log.error("could not hand back unfinished jobs (another worker will recover them): %s", exc)
+
+    def wait(self) -> None:
+        while not self._stopping.wait(1.0):
+            pass
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self.queue.take(self.owner, POLL)
+            except Exception as exc:
+                log.error("work queue unavailable: %s", exc)
+                self._stopping.wait(POLL)
+                continue
+            if job is None:
+                continue
+            try:
+                self.work.run(job)
+            except Exception:  # run() does not raise; this is the last line of defence for the thread
+                log.exception("unexpected failure carrying out a job")
+            finally:
+                try:
+                    self.queue.done(self.owner, job)
+                except Exception as exc:
+                    log.error("could not mark a job done: %s", exc)
+
+    def _beat(self) -> None:
+        self.queue.beat(self.owner, HEARTBEAT_TTL)
+        recovered = self.queue.recover()
+        if recovered:
+            log.warning("recovered %d jobs from workers that stopped", recovered)
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(HEARTBEAT_EVERY):
+            try:
+                self._beat()
+            except Exception as exc:
+                log.error("heartbeat failed: %s", exc)

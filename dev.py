@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Bootstrap for a fresh clone: needs nothing but Python 3.11+.
+
+    python3 dev.py test [ARGS]  # set up .venv if needed, then run the test suite (ARGS go to pytest)
+    python3 dev.py opsbot ARGS  # run the opsbot CLI from .venv
+
+The virtual environment lives in ./.venv and is reinstalled when pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".opsbot-installed"
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"opsbot needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    if not (BIN / "python").exists():
+        print("Creating .venv ...", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("Installing opsbot and its test tools into .venv ...", file=sys.stderr)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run(pip + ["--upgrade", "pip"], check=True)
+    subprocess.run(pip + ["-e", f"{ROOT}[test]"], check=True)
+    STAMP.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    verb, rest = (argv[0], argv[1:]) if argv else ("help", [])
+    if verb not in ("test", "opsbot"):
+        print(__doc__)
+        return 0 if verb in ("help", "-h", "--help") else 2
+    ensure_venv()
+    os.chdir(ROOT)
+    if verb == "test":
+        return subprocess.call([str(BIN / "python"), "-m", "pytest", *rest])
+    return subprocess.call([str(BIN / "opsbot"), *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

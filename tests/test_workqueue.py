@@ -1,0 +1,100 @@
+"""The work queue between ack and work: nothing acked is lost, nothing runs twice, workers survive."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from slack_sdk import WebClient
+
+from bot.slack_work import SlackWork
+from bot.worker import Worker
+from bot.workqueue import WorkQueue
+from tests.conftest import BOT_TOKEN, SIGNING_SECRET, write_config
+from tests.support.harness import SlackBot
+
+
+def command_body(fake_slack, text="help", key="k1", trigger="t1"):
+    return {"user_id": "UALICE", "team_id": "T1", "channel_id": "C-ops", "channel_name": "ops", "command": "/ops",
+            "text": text, "response_url": fake_slack.response_url(key), "trigger_id": trigger}
+
+
+def test_jobs_of_a_worker_that_died_are_recovered_and_run(runtime, fake_slack):
+    queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+    queue.push("command", command_body(fake_slack))
+    taken = queue.take("dead-worker", timeout=1)  # taken, then the worker died before finishing
+    assert taken is not None and queue.depth() == 0
+
+    worker = Worker(runtime, threads=1).start()  # a new worker recovers it on its first heartbeat
+    try:
+        reply = fake_slack.wait(lambda s: s.responses("k1"))[0]
+    finally:
+        worker.stop()
+    assert "commands" in reply.body["text"]
+    assert runtime.state.redis.keys("opsbot:work:processing:*") == []
+
+
+def test_a_recovered_job_runs_again_but_a_retried_copy_does_not(runtime, fake_slack):
+    queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+    work = SlackWork(runtime)
+    queue.push("command", command_body(fake_slack, key="first"))
+    job = queue.take("w", timeout=1)
+    work.run(job)
+    work.run(job)  # the same job again, as after recovery: allowed
+    queue.push("command", command_body(fake_slack, key="retry"))  # Slack's retry: same trigger_id, new copy
+    work.run(queue.take("w", timeout=1))
+
+    fake_slack.wait(lambda s: len(s.responses("first")) == 2)
+    assert fake_slack.responses("retry") == []
+
+
+def test_jobs_too_old_to_answer_are_dropped(runtime, fake_slack):
+    queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+    queue.push("command", command_body(fake_slack, key="old"))
+    job = queue.take("w", timeout=1)
+
+    SlackWork(runtime).run(job, now=job.enqueued_at + 3600)
+
+    assert runtime.state.action_log.entries() == []
+
+
+def test_a_worker_survives_slack_being_unreachable(runtime, fake_slack):
+    queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+    worker = Worker(runtime, threads=1).start()
+    try:
+        bad = command_body(fake_slack, key="x", trigger="t-bad")
+        bad["response_url"] = "http://127.0.0.1:9/unreachable"
+        queue.push("command", bad)
+        queue.push("command", command_body(fake_slack, key="after", trigger="t-after"))
+        reply = fake_slack.wait(lambda s: s.responses("after"))[0]
+    finally:
+        worker.stop()
+    assert "commands" in reply.body["text"]
+
+
+def test_worker_stop_hands_back_what_it_did_not_start(runtime, fake_slack):
+    queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+    queue.push("command", command_body(fake_slack))
+    queue.take("leaving", timeout=1)
+
+    queue.leave("leaving")
+
+    assert queue.depth() == 1
+
+
+@pytest.fixture
+def bot_without_redis(tmp_path, database_url, make_runtime, fake_slack, slack_env):
+    path = write_config(tmp_path / "app.yaml", database_url, redis_url="redis://127.0.0.1:1/0")
+    runtime = make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+    bot = SlackBot(runtime, fake_slack, SIGNING_SECRET, with_worker=False)
+    yield bot
+    bot.close()
+
+
+def test_when_the_queue_is_down_the_user_is_told_at_once(bot_without_redis):
+    started = time.perf_counter()
+    reply = bot_without_redis.command("help", wait=False)
+
+    assert reply.http.status_code == 200
+    assert time.perf_counter() - started < 3.0
+    assert "cannot take work right now" in reply.http.json()["text"]
