@@ -37,6 +37,7 @@ class Call:
 class FakeSlack:
     def __init__(self, usergroups: dict[str, list[str]] | None = None):
         self.usergroups = usergroups or {}
+        self.answers: dict[str, dict] = {}  # method -> fixed answer (e.g. apps.connections.open)
         self._calls: list[Call] = []
         self._failures: dict[str, list[tuple[int, dict, dict]]] = {}
         self._lock = threading.Condition()
@@ -163,6 +164,8 @@ class FakeSlack:
             ts = f"{1700000000 + self._ts}.{self._ts:06d}"
         if method.startswith("response/"):
             return 200, b"ok", {}
+        if method in self.answers:
+            return 200, self.answers[method], {}
         if method == "auth.test":
             return 200, {"ok": True, "user": "opsbot", "team": "Test Team", "user_id": "UBOT", "team_id": "T1"}, {}
         if method == "usergroups.users.list":
