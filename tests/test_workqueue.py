@@ -98,3 +98,13 @@ def test_when_the_queue_is_down_the_user_is_told_at_once(bot_without_redis):
     assert reply.http.status_code == 200
     assert time.perf_counter() - started < 3.0
     assert "cannot take work right now" in reply.http.json()["text"]
+
+
+def test_readyz_answers_503_naming_redis(bot_without_redis):
+    ready = bot_without_redis.http.get("/readyz")
+
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["ok"] is False and body["checks"]["postgres"] == "ok"
+    assert body["checks"]["redis"].startswith("error:")
+    assert bot_without_redis.http.get("/healthz").status_code == 200
