@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from bot.config import ConfigError, Settings, default_config_path, load_settings
 from bot.engine import Outcome
 from bot.invocation import Actor, Where
+from bot.progress import TerminalProgress, Throttled
 from bot.render.text import to_text
 from bot.result import to_json
 from bot.runtime import Runtime, slack_client
@@ -121,7 +122,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         actor = Actor(args.as_user, team="cli") if args.as_user else Actor.local()
         where = Where("cli")
         text = " ".join(args.text)
-        outcome = runtime.engine.handle(text, actor, where)
+        outcome = runtime.engine.handle(text, actor, where, _terminal_progress(runtime))
         if outcome.kind == "preview":
             outcome = _confirm_in_terminal(runtime, outcome, actor, where, args)
         _print(runtime, outcome, args.json)
@@ -133,12 +134,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 def _confirm_in_terminal(runtime: Runtime, preview: Outcome, actor: Actor, where: Where, args) -> Outcome:
     assert preview.pending is not None
     if args.yes:
-        return runtime.engine.confirm(preview.pending.id, actor, where)
+        return runtime.engine.confirm(preview.pending.id, actor, where, _terminal_progress(runtime))
     if sys.stdin.isatty() and sys.stdout.isatty() and not args.json:
         print(to_text(preview.result, runtime.redactor))
         answer = input("\nType 'yes' to confirm, anything else cancels: ").strip().lower()
         if answer == "yes":
-            return runtime.engine.confirm(preview.pending.id, actor, where)
+            return runtime.engine.confirm(preview.pending.id, actor, where, _terminal_progress(runtime))
         return runtime.engine.cancel(preview.pending.id, actor, where)
     note = "Not confirmed: nothing was changed. Re-run with --yes to execute this plan."
     result = preview.result.with_(
@@ -149,6 +150,10 @@ def _confirm_in_terminal(runtime: Runtime, preview: Outcome, actor: Actor, where
     if not args.json:
         print(note, file=sys.stderr)
     return Outcome("preview", result, preview.pending, preview.command)
+
+
+def _terminal_progress(runtime: Runtime) -> Throttled:
+    return Throttled(TerminalProgress(runtime.redactor), every=2.0)
 
 
 def _print(runtime: Runtime, outcome: Outcome, as_json: bool) -> None:

@@ -111,12 +111,25 @@ class DatabaseTarget(_Model):
 
 
 class QueueSettings(_Model):
+    """A dead-letter queue: Redis lists (``redis-list``) or a service's admin API (``http``)."""
+
     name: Name
-    backend: Literal["redis-list"] = "redis-list"
+    backend: Literal["redis-list", "http"] = "redis-list"
+    # redis-list
     redis: str = "main"
     ready: str = "jobs"
     dead: str = "jobs:dead"
     keep: int = Field(1000, ge=0)
+    batch: int = Field(1000, ge=1, le=10000)
+    # http
+    url: str | None = None
+    token: SecretStr | None = None
+    page_size: int = Field(100, ge=1, le=10000)
+    timeout: Duration = 10.0
+    retries: int = Field(3, ge=0, le=10)
+    # both
+    requeue_growth: float = Field(0.10, ge=0)
+    lease_ttl: Duration = 15.0
 
 
 class ServiceSettings(_Model):
@@ -148,6 +161,10 @@ class Settings(_Model):
             if queue.name in seen:
                 raise ValueError(f"queues[{index}].name: duplicate queue name {queue.name!r}")
             seen.add(queue.name)
+            if queue.backend == "http":
+                if not queue.url:
+                    raise ValueError(f"queues[{index}].url: the http backend needs the service's base url")
+                continue
             if queue.redis not in self.redis:
                 known = ", ".join(self.redis) or "none configured"
                 raise ValueError(f"queues[{index}].redis: unknown redis connection {queue.redis!r} (known: {known})")

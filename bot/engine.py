@@ -90,6 +90,7 @@ class Engine:
         self.redactor = redactor or Redactor()
         self.clock = clock
         self.prefix = settings.slack.command
+        self.stopping: Callable[[], bool] = lambda: False  # set by a transport that shuts down gracefully
 
     @property
     def pending(self) -> PendingStore:
@@ -100,7 +101,8 @@ class Engine:
     def parse(self, text: str) -> Parsed:
         return parse(text, self.registry, self.prefix)
 
-    def handle(self, text: str, actor: Actor, where: Where) -> Outcome:
+    def handle(self, text: str, actor: Actor, where: Where,
+               progress: Callable[[Result], None] | None = None) -> Outcome:
         try:
             parsed = self.parse(text)
         except UsageError as exc:
@@ -113,9 +115,10 @@ class Engine:
             return Outcome("denied", Result.error(str(exc), command=command.name), command=command)
         if command.guarded:
             return self._preview(parsed, actor, where)
-        return self._run(parsed, actor, where)
+        return self._run(parsed, actor, where, progress)
 
-    def confirm(self, pending_id: str, actor: Actor, where: Where) -> Outcome:
+    def confirm(self, pending_id: str, actor: Actor, where: Where,
+                progress: Callable[[Result], None] | None = None) -> Outcome:
         pending = self.pending.get(pending_id)
         if pending is None:
             return self._gone(pending_id, actor, where)
@@ -144,7 +147,7 @@ class Engine:
         self._log(
             "confirm", actor, where, pending_id=pending.id, command=pending.command, two_person_waived=waived
         )
-        return self._execute(claim.pending, command, actor, where)
+        return self._execute(claim.pending, command, actor, where, progress)
 
     def cancel(self, pending_id: str, actor: Actor, where: Where) -> Outcome:
         pending = self.pending.get(pending_id)
@@ -177,13 +180,19 @@ class Engine:
             registry=self.registry,
             targets=self.targets,
             text=parsed.canonical(),
+            state=self.state,
+            stopping=lambda: self.stopping(),
         )
 
-    def _run(self, parsed: Parsed, actor: Actor, where: Where) -> Outcome:
+    def _run(self, parsed: Parsed, actor: Actor, where: Where,
+             progress: Callable[[Result], None] | None = None) -> Outcome:
         command = parsed.command
         self._log("request", actor, where, command=command.name, text=parsed.canonical())
         started = self.clock()
-        result = self._call(command, lambda: command.run(self.invocation(parsed, actor, where)))
+        invocation = self.invocation(parsed, actor, where)
+        if progress is not None:
+            invocation.progress = progress
+        result = self._call(command, lambda: command.run(invocation))
         self._log_outcome(actor, where, command.name, result, started)
         return Outcome("result", result, command=command)
 
@@ -266,7 +275,8 @@ class Engine:
             command=pending.text,
         )
 
-    def _execute(self, pending: PendingAction, command: Command, actor: Actor, where: Where) -> Outcome:
+    def _execute(self, pending: PendingAction, command: Command, actor: Actor, where: Where,
+                 progress: Callable[[Result], None] | None = None) -> Outcome:
         assert command.guard is not None
         requester = Actor(pending.requester, team=pending.team)
         origin = Where(pending.channel, pending.thread_ts, pending.channel_name)
@@ -295,6 +305,8 @@ class Engine:
             return Outcome("refused", outcome.result, outcome.pending, command)
         invocation = self.invocation(parsed, requester, origin)
         invocation.extras.update(confirmed_by=actor.user_id, pending_id=pending.id)
+        if progress is not None:
+            invocation.progress = progress
         result = self._call(command, lambda: command.guard.execute(invocation, fresh))
         result = result.with_(
             data={**result.data, "pending_id": pending.id, "requested_by": pending.requester,

@@ -10,6 +10,7 @@ Usage::
 from __future__ import annotations
 
 import getpass
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,4 +63,7 @@ class Invocation:
     registry: Registry
     targets: Any
     text: str = ""
+    state: Any = None
+    progress: Callable[[Any], None] = lambda result: None
+    stopping: Callable[[], bool] = lambda: False
     extras: dict[str, Any] = field(default_factory=dict)

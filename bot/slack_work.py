@@ -20,6 +20,7 @@ from slack_bolt.context.respond import Respond
 from bot.engine import Outcome
 from bot.invocation import Actor, Where
 from bot.parser import UsageError
+from bot.progress import SlackProgress, Throttled
 from bot.render.blocks import ACTION_PREFIX, to_message
 from bot.result import Result
 from bot.runtime import Runtime
@@ -30,6 +31,7 @@ __all__ = ["SlackWork"]
 log = logging.getLogger("opsbot.slack")
 
 MAX_AGE = 1800.0  # Slack's response_url stops working after 30 minutes
+PROGRESS_EVERY = 2.0  # at most one progress edit every 2 s
 
 
 class SlackWork:
@@ -67,18 +69,25 @@ class SlackWork:
             return  # answered in the ack already
         actor = Actor(body["user_id"], team=body.get("team_id", ""))
         where = Where(body.get("channel_id", ""), channel_name=body.get("channel_name"))
-        self._reply(respond, self.engine.handle(body.get("text", ""), actor, where), replace=False)
+        outcome = self.engine.handle(body.get("text", ""), actor, where, self._progress(where))
+        self._reply(respond, outcome, replace=False)
 
     def _action(self, body: dict, respond: "_SafeRespond") -> None:
         action = (body.get("actions") or [{}])[0]
         kind = action.get("action_id", "").removeprefix(ACTION_PREFIX).split(":", 1)[0]
         actor, where, value = self._clicked(body)
         if kind == "confirm":
-            self._reply(respond, self.engine.confirm(value, actor, where), replace=True)
+            self._reply(respond, self.engine.confirm(value, actor, where, self._progress(where)), replace=True)
         elif kind == "cancel":
             self._reply(respond, self.engine.cancel(value, actor, where), replace=True)
         elif kind == "run":
             self._reply(respond, self.engine.handle(value, actor, where), replace=False)
+
+    def _progress(self, where: Where) -> Throttled | None:
+        if self.runtime.slack is None:
+            return None
+        sink = SlackProgress(self.runtime.slack, where.channel, where.thread_ts, self.runtime.redactor)
+        return Throttled(sink, every=PROGRESS_EVERY)
 
     def _clicked(self, body: dict) -> tuple[Actor, Where, str]:
         user = body.get("user") or {}

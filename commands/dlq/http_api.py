@@ -1,0 +1,107 @@
+"""The ``http`` dead-letter backend: a service's admin API (seed 001).
+
+Usage::
+
+    queue = HttpDeadLetters(settings.queue("exports"))
+    entries = list(queue.entries())               # every dead letter, page by page
+    result = queue.replay("job-17", key="task1")  # ReplayResult(id="job-17", ok=True, status=200, detail="")
+
+Contract (documented in the README):
+``GET {url}/v1/admin/export-dead-letter?limit=N[&cursor=C]`` answers
+``{"items": [entry, ...], "next_cursor": "..."|null}`` (a bare list is accepted too), and
+``POST {url}/v1/admin/export-dead-letter/{id}/replay`` replays one. The token comes
+from the environment and is sent as a bearer token. 5xx answers and timeouts are
+retried with exponential backoff. Replays carry an ``Idempotency-Key``, and a 409
+("already replayed") counts as success, so running a replay again is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+
+from bot.config import QueueSettings
+from bot.invocation import CommandError
+from commands.dlq.entries import DeadEntry
+
+__all__ = ["HttpDeadLetters", "ReplayResult"]
+
+LIST_PATH = "/v1/admin/export-dead-letter"
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    id: str
+    ok: bool
+    status: int | None
+    detail: str = ""
+
+
+class HttpDeadLetters:
+    backend = "http"
+
+    def __init__(self, settings: QueueSettings, *, transport: httpx.BaseTransport | None = None,
+                 sleep=time.sleep):
+        if not settings.url:
+            raise CommandError(f"queue {settings.name!r} uses the http backend but has no url")
+        self.settings = settings
+        self.name = settings.name
+        self.sleep = sleep
+        headers = {"Accept": "application/json"}
+        if settings.token is not None:
+            headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+        self.http = httpx.Client(base_url=settings.url.rstrip("/"), headers=headers, timeout=settings.timeout,
+                                 transport=transport)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kw) -> httpx.Response:
+        delay = 0.2
+        for attempt in range(self.settings.retries + 1):
+            try:
+                response = self.http.request(method, path, **kw)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if attempt == self.settings.retries:
+                    raise CommandError(f"{self.settings.url}{path} did not answer: {type(exc).__name__}") from None
+            else:
+                if response.status_code < 500 or attempt == self.settings.retries:
+                    return response
+            self.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def entries(self) -> Iterator[DeadEntry]:
+        cursor: str | None = None
+        while True:
+            params = {"limit": self.settings.page_size, **({"cursor": cursor} if cursor else {})}
+            response = self._request("GET", LIST_PATH, params=params)
+            if response.status_code in (401, 403):
+                raise CommandError(f"{self.settings.url} refused the token (HTTP {response.status_code})")
+            if response.status_code >= 400:
+                raise CommandError(f"listing dead letters failed: HTTP {response.status_code}")
+            try:
+                body = response.json()
+            except ValueError:
+                raise CommandError(f"{self.settings.url}{LIST_PATH} did not answer JSON") from None
+            items = body if isinstance(body, list) else body.get("items", [])
+            for item in items:
+                yield DeadEntry(json.dumps(item).encode(), item if isinstance(item, dict) else None)
+            cursor = None if isinstance(body, list) else body.get("next_cursor")
+            if not cursor or not items:
+                return
+
+    def replay(self, entry_id: str, *, key: str) -> ReplayResult:
+        path = f"{LIST_PATH}/{quote(entry_id, safe='')}/replay"
+        try:
+            response = self._request("POST", path, headers={"Idempotency-Key": f"{key}:{entry_id}"})
+        except CommandError as exc:
+            return ReplayResult(entry_id, False, None, str(exc))
+        if response.status_code < 300 or response.status_code == 409:
+            return ReplayResult(entry_id, True, response.status_code)
+        return ReplayResult(entry_id, False, response.status_code, response.text[:200])

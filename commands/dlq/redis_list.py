@@ -1,0 +1,345 @@
+"""The ``redis-list`` dead-letter backend: ``jobs`` / ``jobs:dead`` lists (SPEC §7).
+
+Usage::
+
+    queue = RedisListQueue(settings.queue("jobs"), redis_client, prefix="opsbot:")
+    queue.depth()                                   # Depth(ready=3, dead=1200, oldest=..., held=0)
+    summary = queue.scan(Filters(type="send_email"), samples=5)
+    task = queue.start_requeue(Filters(), limit=None, requested_by="U1")
+    report = queue.run_requeue(task.id, owner="host:pid", progress=print)
+
+Producers ``LPUSH`` onto the ready list and workers take from the right; dead letters
+are ``LPUSH``ed onto the dead list, so its oldest entry is at the right end. All moves
+happen in Lua scripts (:mod:`commands.dlq.lua`), a bounded batch per call; the task
+state (status, filter, counters) lives in Redis next to the lists it describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from bot.config import QueueSettings
+from bot.invocation import CommandError
+from commands.dlq import lua
+from commands.dlq.entries import DeadEntry, Filters, parse_time
+
+__all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport", "TrimReport"]
+
+SCAN_CHUNK = 1000
+GROUP_KEY_CHARS = 120
+MAX_GROUPS = 200
+PROGRESS_EVERY = 0.5
+
+
+@dataclass(frozen=True)
+class Depth:
+    ready: int | None
+    dead: int
+    oldest: float | None = None
+    held: int = 0
+
+
+@dataclass
+class ScanSummary:
+    total: int = 0
+    scanned: int = 0
+    matched: int = 0
+    opaque: int = 0
+    types: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    oldest: float | None = None
+    newest: float | None = None
+    samples: list[DeadEntry] = field(default_factory=list)
+
+    def add(self, stats: dict[str, Any], samples: list[bytes], want: int) -> None:
+        self.scanned += stats["scanned"]
+        self.matched += stats["matched"]
+        self.opaque += stats["opaque"]
+        # cjson encodes an empty table as {} and a Lua table keyed by strings as an object.
+        self.types.update(stats["types"] or {})
+        self.errors.update(stats["errors"] or {})
+        for key in ("oldest", "newest"):
+            value = stats.get(key)
+            current = getattr(self, key)
+            if value is not None and (current is None or (value < current if key == "oldest" else value > current)):
+                setattr(self, key, value)
+        for raw in samples[: max(want - len(self.samples), 0)]:
+            self.samples.append(DeadEntry.parse(raw))
+        for counter in (self.types, self.errors):  # keep memory bounded whatever the list holds
+            if len(counter) > MAX_GROUPS:
+                keep = dict(counter.most_common(MAX_GROUPS - 1))
+                other = sum(counter.values()) - sum(keep.values())
+                counter.clear()
+                counter.update(keep)
+                counter["(other)"] += other
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    status: str
+    filters: Filters
+    limit: int | None
+    rate: float | None
+    total: int
+    matching: int
+    scanned: int
+    moved: int
+    started_at: float
+    updated_at: float
+    requested_by: str
+
+    @classmethod
+    def from_hash(cls, data: dict[bytes, bytes]) -> "Task":
+        get = {k.decode(): v.decode() for k, v in data.items()}
+        limit = int(get["limit"])
+        return cls(
+            id=get["id"], status=get["status"], filters=Filters.from_dict(json.loads(get["filters"])),
+            limit=None if limit < 0 else limit, rate=float(get["rate"]) or None, total=int(get["total"]),
+            matching=int(get["matching"]), scanned=int(get["scanned"]), moved=int(get["moved"]),
+            started_at=float(get["started_at"]), updated_at=float(get.get("updated_at") or get["started_at"]),
+            requested_by=get.get("requested_by", ""),
+        )
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status in ("running", "cancelling")
+
+    @property
+    def target(self) -> int:
+        return min(self.matching, self.limit) if self.limit is not None else self.matching
+
+
+@dataclass(frozen=True)
+class RequeueReport:
+    task: Task
+    outcome: str  # done | cancelled | interrupted | lost
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrimReport:
+    task_id: str
+    dropped: int
+    to_drop: int
+    outcome: str  # done | changed | interrupted
+    seconds: float
+
+
+class RedisListQueue:
+    backend = "redis-list"
+
+    def __init__(self, settings: QueueSettings, client: redis.Redis, prefix: str = "opsbot:",
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.client = client
+        self.prefix = prefix
+        self.clock = clock
+        self.name = settings.name
+        self.task_key = f"{prefix}dlq:task:{self.name}"
+        self.lease_key = f"{prefix}dlq:lease:{self.name}"
+        self.trim_key = f"{prefix}dlq:trim:{self.name}"
+        self._scan = client.register_script(lua.SCAN)
+        self._batch = client.register_script(lua.REQUEUE_BATCH)
+        self._restore = client.register_script(lua.RESTORE)
+        self._trim_pop = client.register_script(lua.TRIM_POP)
+        self._renew = client.register_script(lua.LEASE_RENEW)
+        self._release = client.register_script(lua.LEASE_RELEASE)
+
+    def held_key(self, task_id: str) -> str:
+        return f"{self.prefix}dlq:held:{self.name}:{task_id}"
+
+    # -- reading ------------------------------------------------------------------------
+
+    def check_types(self) -> None:
+        for role, key in (("ready", self.settings.ready), ("dead", self.settings.dead)):
+            kind = self.client.type(key).decode()
+            if kind not in ("list", "none"):
+                raise CommandError(f"{role} key {key!r} of queue {self.name!r} is a Redis {kind}, not a list")
+
+    def depth(self) -> Depth:
+        self.check_types()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(self.settings.ready).llen(self.settings.dead).lindex(self.settings.dead, -1)
+        ready, dead, oldest_raw = pipe.execute()
+        oldest = DeadEntry.parse(oldest_raw).failed_at if oldest_raw is not None else None
+        task = self.task()
+        held = self.client.llen(self.held_key(task.id)) if task and task.unfinished else 0
+        return Depth(ready, dead, oldest, held)
+
+    def scan(self, filters: Filters, samples: int = 10, now: float | None = None,
+             chunk: int = SCAN_CHUNK) -> ScanSummary:
+        """Count and group the matching dead entries, oldest first, a chunk per call."""
+        self.check_types()
+        lua_filter = filters.to_lua(now or self.clock())
+        summary = ScanSummary(total=self.client.llen(self.settings.dead))
+        offset = 0
+        while offset < summary.total:
+            reply = self._scan(keys=[self.settings.dead],
+                               args=[lua_filter, offset, chunk, samples, GROUP_KEY_CHARS])
+            stats = json.loads(reply[0])
+            if stats["scanned"] == 0:
+                break
+            summary.add(stats, reply[1:], samples)
+            offset += stats["scanned"]
+        return summary
+
+    def task(self) -> Task | None:
+        data = self.client.hgetall(self.task_key)
+        return Task.from_hash(data) if data else None
+
+    def lease_holder(self) -> str | None:
+        value = self.client.get(self.lease_key)
+        return value.decode() if value else None
+
+    # -- requeue ------------------------------------------------------------------------
+
+    def start_requeue(self, filters: Filters, *, limit: int | None, rate: float | None, matching: int,
+                      requested_by: str) -> Task:
+        """Record a new requeue task bounded by the dead list's length now (later dead letters are not taken)."""
+        current = self.task()
+        if current and current.unfinished:
+            raise CommandError(f"an unfinished requeue of {self.name!r} exists ({current.id}); resume it first")
+        now = self.clock()
+        task_id = secrets.token_hex(6)
+        total = self.client.llen(self.settings.dead)
+        self.client.delete(self.task_key)
+        self.client.hset(self.task_key, mapping={
+            "id": task_id, "status": "running", "filters": json.dumps(filters.to_dict()),
+            "filter_lua": filters.to_lua(now), "limit": -1 if limit is None else limit, "rate": rate or 0,
+            "total": total, "matching": matching, "scanned": 0, "moved": 0, "started_at": now, "updated_at": now,
+            "requested_by": requested_by,
+        })
+        return self.task()
+
+    def run_requeue(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        progress: Callable[[Task, float], None] = lambda task, rate: None,
+        batch: int = 1000,
+        lease_ttl: float = 15.0,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> RequeueReport:
+        """Drive the task to its end (or resume it); safe to kill at any instant and run again."""
+        task = self.task()
+        if task is None or task.id != task_id:
+            raise CommandError(f"requeue task {task_id} of {self.name!r} no longer exists")
+        token = f"{task_id}:{owner}:{secrets.token_hex(4)}"
+        ttl_ms = int(lease_ttl * 1000)
+        if not self.client.set(self.lease_key, token, nx=True, px=ttl_ms):
+            raise CommandError(f"a requeue of {self.name!r} is already running ({self.lease_holder()})")
+        started = self.clock()
+        first_moved = task.moved
+        renewed = reported = started
+        step = max(1, min(batch, int(task.rate))) if task.rate else batch
+        keys = [self.settings.dead, self.settings.ready, self.held_key(task_id), self.task_key, self.lease_key]
+        outcome = "done"
+        try:
+            while True:
+                if should_stop():
+                    outcome = "interrupted"
+                    break
+                scanned, moved, state = self._batch(keys=keys, args=[step, token, self.clock()])
+                now = self.clock()
+                if now - renewed > lease_ttl / 3:
+                    if not self._renew(keys=[self.lease_key], args=[token, ttl_ms]):
+                        state = 2
+                    renewed = now
+                if state == 2:
+                    outcome = "lost"
+                    break
+                if state == 1 or now - reported >= PROGRESS_EVERY:
+                    task = self.task()
+                    progress(task, (task.moved - first_moved) / max(now - started, 1e-6))
+                    reported = now
+                if state == 1:
+                    break
+                if task.rate:
+                    moved_now = int(self.client.hget(self.task_key, "moved"))
+                    ahead = (moved_now - first_moved) / task.rate - (self.clock() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            if outcome in ("done",):
+                outcome = self._finish(task_id)
+        finally:
+            self._release(keys=[self.lease_key], args=[token])
+        return RequeueReport(self.task(), outcome, self.clock() - started)
+
+    def _finish(self, task_id: str) -> str:
+        """Put the held entries back in order and close the task; returns done or cancelled."""
+        while self._restore(keys=[self.held_key(task_id), self.settings.dead], args=[SCAN_CHUNK]):
+            pass
+        status = self.client.hget(self.task_key, "status").decode()
+        final = "cancelled" if status == "cancelling" else "done"
+        self.client.hset(self.task_key, mapping={"status": final, "updated_at": self.clock()})
+        return final
+
+    def cancel(self) -> Task | None:
+        """Ask a running requeue to stop after its current batch; an interrupted one is closed now."""
+        task = self.task()
+        if task is None or not task.unfinished:
+            return None
+        self.client.hset(self.task_key, "status", "cancelling")
+        if self.lease_holder() is None:  # nobody is driving it: put things back ourselves
+            self._finish(task.id)
+        return self.task()
+
+    # -- trim ---------------------------------------------------------------------------
+
+    def run_trim(self, *, keep: int, archive: Callable[[str, int, list[bytes]], None], batch: int = 500,
+                 should_stop: Callable[[], bool] = lambda: False) -> TrimReport:
+        """Drop all but the newest ``keep`` entries, archiving each batch before removing it.
+
+        ``archive(task_id, first_ordinal, entries)`` must be idempotent (the same ordinals may
+        be archived again after a crash). An interrupted trim resumes with the same task.
+        """
+        self.check_types()
+        started = self.clock()
+        state = {k.decode(): v.decode() for k, v in self.client.hgetall(self.trim_key).items()}
+        if state.get("status") != "running":
+            to_drop = max(self.client.llen(self.settings.dead) - keep, 0)
+            state = {"id": secrets.token_hex(6), "status": "running", "to_drop": str(to_drop), "dropped": "0",
+                     "keep": str(keep)}
+            self.client.delete(self.trim_key)
+            self.client.hset(self.trim_key, mapping=state)
+        task_id, to_drop = state["id"], int(state["to_drop"])
+        outcome = "done"
+        while True:
+            dropped = int(self.client.hget(self.trim_key, "dropped"))
+            n = min(batch, to_drop - dropped)
+            if n <= 0:
+                break
+            if should_stop():
+                outcome = "interrupted"
+                break
+            oldest_first = list(reversed(self.client.lrange(self.settings.dead, -n, -1)))
+            if len(oldest_first) < n:
+                outcome = "changed"
+                break
+            archive(task_id, dropped, oldest_first)
+            digest = hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
+            if not self._trim_pop(keys=[self.settings.dead, self.trim_key], args=[n, digest]):
+                outcome = "changed"
+                break
+        dropped = int(self.client.hget(self.trim_key, "dropped"))
+        if outcome != "interrupted":
+            self.client.hset(self.trim_key, "status", outcome)
+        return TrimReport(task_id, dropped, to_drop, outcome, self.clock() - started)
+
+
+def oldest_age(depth: Depth, now: float) -> float | None:
+    return None if depth.oldest is None else max(now - depth.oldest, 0.0)
+
+
+__all__ += ["oldest_age", "parse_time"]
