@@ -30,6 +30,7 @@ from bot.durations import format_duration
 from bot.guard import PendingAction, PendingStore
 from bot.invocation import Actor, CommandError, Invocation, Where
 from bot.parser import Parsed, UsageError, parse
+from bot.progress import finish
 from bot.redact import Redactor
 from bot.registry import Command, Registry
 from bot.result import Button, Plan, Result, Section
@@ -193,6 +194,7 @@ class Engine:
         if progress is not None:
             invocation.progress = progress
         result = self._call(command, lambda: command.run(invocation))
+        finish(progress, result)
         self._log_outcome(actor, where, command.name, result, started)
         return Outcome("result", result, command=command)
 
@@ -308,6 +310,7 @@ class Engine:
         if progress is not None:
             invocation.progress = progress
         result = self._call(command, lambda: command.guard.execute(invocation, fresh))
+        finish(progress, result)
         result = result.with_(
             data={**result.data, "pending_id": pending.id, "requested_by": pending.requester,
                   "confirmed_by": actor.user_id},

@@ -24,7 +24,7 @@ from bot.render.blocks import to_message
 from bot.render.text import to_text
 from bot.result import Result
 
-__all__ = ["Throttled", "SlackProgress", "TerminalProgress"]
+__all__ = ["Throttled", "SlackProgress", "TerminalProgress", "finish"]
 
 log = logging.getLogger("opsbot.progress")
 
@@ -45,6 +45,19 @@ class Throttled:
                 return
             self._last = now
         self.sink(result)
+
+    def finish(self, result: Result) -> None:
+        """The action ended: show its outcome now, whatever the throttle says."""
+        finish = getattr(self.sink, "finish", None)
+        if finish is not None:
+            finish(result)
+
+
+def finish(progress: Callable[[Result], None] | None, result: Result) -> None:
+    """Tell a progress sink the action ended, if it cares."""
+    end = getattr(progress, "finish", None)
+    if end is not None:
+        end(result)
 
 
 class SlackProgress:
@@ -68,6 +81,11 @@ class SlackProgress:
                 self.client.chat_update(channel=self.channel, ts=self.ts, **message)
         except Exception as exc:  # progress is best effort; the action goes on
             log.warning("could not show progress in Slack: %s", exc)
+
+    def finish(self, result: Result) -> None:
+        """Turn the progress message, if there is one, into the outcome (its Cancel button goes)."""
+        if self.ts is not None:
+            self(result)
 
 
 class TerminalProgress:

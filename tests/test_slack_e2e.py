@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -163,3 +164,27 @@ def test_healthz_and_readyz(bot):
     ready = bot.http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"redis": "ok", "postgres": "ok"}
+
+
+def test_dlq_requeue_from_slack_shows_progress_then_the_result(bot):
+    from tests.support.dlq import dead_letter, kill
+
+    redis = bot.runtime.state.redis
+    kill(redis, [dead_letter(i) for i in range(60)])
+
+    preview = bot.command("dlq requeue --rate 25", user=ALICE)
+    assert "Preview: requeue 60 of 60 matching dead letters" in preview.text
+    done = bot.click(preview, "Confirm", user=ALICE)
+
+    assert "Requeued 60 dead letters `jobs:dead` → `jobs`" in done.text
+    assert done.body["replace_original"] is True
+    progress = bot.slack.calls("chat.postMessage")
+    progress = [c for c in progress if c.body["channel"] == "C-ops"]
+    assert len(progress) == 1 and "Requeueing `jobs`" in progress[0].body["text"]
+    assert "dlq cancel jobs" in json.dumps(progress[0].body["blocks"])
+    updates = bot.slack.calls("chat.update")
+    assert 1 <= len(updates) <= 3  # ~2 s of work: at most one throttled edit, then the final one
+    assert all(u.body["ts"] == updates[0].body["ts"] for u in updates)  # one message, edited in place
+    assert "Requeued 60 dead letters" in updates[-1].body["text"]
+    assert "dlq cancel" not in json.dumps(updates[-1].body["blocks"])
+    assert redis.llen("jobs") == 60
