@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 
-from bot.config import ConfigError, Settings, default_config_path, load_settings
+from bot.config import ConfigError, Settings, default_config_path, is_secret_key, load_settings
 from bot.engine import Outcome
 from bot.invocation import Actor, Where
+from bot.logs import setup_logging
+from bot.metrics import enable_multiprocess
 from bot.progress import TerminalProgress, Throttled
+from bot.redact import Redactor
 from bot.render.text import to_text
 from bot.result import to_json
-from bot.runtime import Runtime, slack_client
+from bot.runtime import Runtime
 
 __all__ = ["main"]
 
@@ -93,8 +96,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.verb == "serve" and args.workers:
+        # Worker processes count too: prometheus-client's multiprocess mode, set up before anything counts.
+        enable_multiprocess(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="opsbot-metrics-"))
+    default_level = "INFO" if args.verb in ("serve", "worker", "socket") else "WARNING"
+    setup_logging(os.environ.get("LOG_LEVEL", default_level), _env_redactor())
     args.config_path = default_config_path(getattr(args, "config_sub", None) or args.config)
     try:
         settings = load_settings(args.config_path)
@@ -109,8 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _env_redactor() -> Redactor:
+    """Redact the values of secret-looking environment variables from every log line."""
+    return Redactor(value for key, value in os.environ.items() if is_secret_key(key))
+
+
 def _runtime(settings: Settings, timeout: int = 10) -> Runtime:
-    runtime = Runtime.build(settings, slack=slack_client(settings, timeout=timeout))
+    runtime = Runtime.connect(settings, timeout=timeout)
     if settings.state.run_migrations:
         runtime.state.migrate()
     return runtime
@@ -272,7 +283,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     from bot.checks import run_checks
     from commands.runbook import library_for
 
-    runtime = Runtime.build(settings, slack=slack_client(settings, timeout=5))
+    runtime = Runtime.connect(settings, timeout=5)
     try:
         result = run_checks(runtime, library_for(settings))
     finally:

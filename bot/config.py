@@ -101,6 +101,32 @@ class GuardSettings(_Model):
     dedupe_ttl: Duration = 3600.0
 
 
+class MetricsSettings(_Model):
+    token: SecretStr | None = None
+
+
+class LimitSettings(_Model):
+    """Rate limits held in Redis, shared by every replica: ``N/period`` (``30/1m``), or 0 for none."""
+
+    per_user: str = "30/1m"
+    guarded_per_user: str = "6/1m"
+    per_command: str = "120/1m"
+
+    def parsed(self, name: str) -> tuple[int, float]:
+        return parse_rate(getattr(self, name))
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``'30/1m'`` → (30, 60.0); ``'0'`` → (0, 0.0), no limit."""
+    if str(text).strip() == "0":
+        return 0, 0.0
+    count, _, period = str(text).partition("/")
+    try:
+        return int(count), parse_duration(period or "1m")
+    except ValueError:
+        raise ValueError(f"{text!r} is not a rate; write e.g. 30/1m") from None
+
+
 class RedisTarget(_Model):
     url: str
 
@@ -142,6 +168,8 @@ class Settings(_Model):
     slack: SlackSettings = SlackSettings()
     state: StateSettings
     guard: GuardSettings = GuardSettings()
+    limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
     roles: dict[Name, RoleSettings] = {}
     redis: dict[Name, RedisTarget] = {}
     databases: dict[Name, DatabaseTarget] = {}
@@ -152,6 +180,11 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Settings":
+        for name in ("per_user", "guarded_per_user", "per_command"):
+            try:
+                self.limits.parsed(name)
+            except ValueError as exc:
+                raise ValueError(f"limits.{name}: {exc}") from None
         for role_name, role in self.roles.items():
             for included in role.includes:
                 if included not in self.roles:

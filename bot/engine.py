@@ -29,8 +29,10 @@ from bot.config import Settings
 from bot.durations import format_duration
 from bot.guard import PendingAction, PendingStore
 from bot.invocation import Actor, CommandError, Invocation, Where
+from bot.metrics import Metrics
 from bot.parser import Parsed, UsageError, parse
 from bot.progress import finish
+from bot.ratelimit import RateLimiter
 from bot.redact import Redactor
 from bot.registry import Command, Registry
 from bot.result import Button, Plan, Result, Section
@@ -81,6 +83,8 @@ class Engine:
         notifier: Notifier | None = None,
         redactor: Redactor | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        limiter: RateLimiter | None = None,
     ):
         self.settings = settings
         self.registry = registry
@@ -90,6 +94,8 @@ class Engine:
         self.notifier = notifier
         self.redactor = redactor or Redactor()
         self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.limiter = limiter
         self.prefix = settings.slack.command
         self.stopping: Callable[[], bool] = lambda: False  # set by a transport that shuts down gracefully
 
@@ -109,9 +115,17 @@ class Engine:
         except UsageError as exc:
             return Outcome("usage", Result.error(str(exc), command=text.strip()[:200]))
         command = parsed.command
+        limited = self.limiter.check(actor, command) if self.limiter else None
+        if limited:
+            self.metrics.denials.labels(reason="rate_limit").inc()
+            self._log("rate_limited", actor, where, command=command.name, text=parsed.canonical(), reason=limited)
+            log.warning("rate limited", extra={"command": command.name, "reason": limited})
+            return Outcome("denied", Result.error(limited, command=command.name), command=command)
         try:
             self.roles.check(actor, command.role, f"`{self.prefix} {command.name}`")
         except Denied as exc:
+            self.metrics.denials.labels(reason="role").inc()
+            log.warning("denied", extra={"command": command.name, "reason": str(exc)})
             self._log("denied", actor, where, command=command.name, text=parsed.canonical(), reason=str(exc))
             return Outcome("denied", Result.error(str(exc), command=command.name), command=command)
         if command.guarded:
@@ -120,6 +134,13 @@ class Engine:
 
     def confirm(self, pending_id: str, actor: Actor, where: Where,
                 progress: Callable[[Result], None] | None = None) -> Outcome:
+        outcome = self._confirm(pending_id, actor, where, progress)
+        result = {"result": "confirmed", "refused": "refused"}.get(outcome.kind, outcome.kind)
+        self.metrics.confirmations.labels(result=result).inc()
+        return outcome
+
+    def _confirm(self, pending_id: str, actor: Actor, where: Where,
+                 progress: Callable[[Result], None] | None) -> Outcome:
         pending = self.pending.get(pending_id)
         if pending is None:
             return self._gone(pending_id, actor, where)
@@ -167,6 +188,7 @@ class Engine:
             f"Cancelled `{pending.text}`: nothing was changed.", data={"pending_id": pending.id}, command=pending.text
         )
         self._announce(result, where)
+        self.metrics.confirmations.labels(result="cancelled").inc()
         return Outcome("cancelled", result, pending, command)
 
     # -- steps ------------------------------------------------------------------------
@@ -183,6 +205,7 @@ class Engine:
             text=parsed.canonical(),
             state=self.state,
             stopping=lambda: self.stopping(),
+            metrics=self.metrics,
         )
 
     def _run(self, parsed: Parsed, actor: Actor, where: Where,
@@ -331,6 +354,7 @@ class Engine:
         try:
             self.roles.check(actor, role, f"{doing} `{pending.text}`")
         except Denied as exc:
+            self.metrics.denials.labels(reason="role").inc()
             self._log("denied", actor, where, pending_id=pending.id, command=pending.command, reason=str(exc))
             return Outcome("denied", Result.error(str(exc)), pending, command)
         if (
@@ -367,10 +391,12 @@ class Engine:
         except CommandError as exc:
             return Result.error(str(exc), command=command.name)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.metrics.backend_errors.labels(backend="redis").inc()
             return Result.error(f"Redis is unreachable: {exc}", command=command.name)
         except redis.ResponseError as exc:
             return Result.error(f"Redis refused the operation: {exc}", command=command.name)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            self.metrics.backend_errors.labels(backend="postgres").inc()
             return Result.error(f"PostgreSQL is unreachable: {str(exc).strip()}", command=command.name)
         except psycopg.errors.QueryCanceled:
             return Result.error("PostgreSQL cancelled the query: the statement timeout was reached.",
@@ -384,9 +410,14 @@ class Engine:
         return result
 
     def _log_outcome(self, actor: Actor, where: Where, command: str, result: Result, started: float, **extra: Any):
+        seconds = max(self.clock() - started, 0.0)
+        self.metrics.commands.labels(command=command, outcome=result.status).inc()
+        self.metrics.command_seconds.labels(command=command).observe(seconds)
+        log.info("command %s: %s", command, result.status,
+                 extra={"command": command, "status": result.status, "duration_ms": round(seconds * 1000)})
         self._log(
             "outcome", actor, where, command=command, status=result.status, summary=result.summary,
-            duration_ms=round((self.clock() - started) * 1000), **extra,
+            duration_ms=round(seconds * 1000), **extra,
         )
 
     def _log(self, action: str, actor: Actor, where: Where, strict: bool = False, **payload: Any) -> None:
@@ -396,6 +427,7 @@ class Engine:
         try:
             self.state.action_log.append(action, actor=actor.user_id, payload=document, tenant=actor.team)
         except Exception as exc:
+            self.metrics.backend_errors.labels(backend="postgres").inc()
             if strict:
                 raise
             log.error("could not append %s to the action log: %s", action, exc)

@@ -7,21 +7,26 @@ Usage::
     server.stop()
 
 Routes: ``POST /slack/events`` (Bolt), ``GET /healthz`` (the process is up),
-``GET /readyz`` (Redis and PostgreSQL answer; 503 naming the one that does not).
+``GET /readyz`` (Redis and PostgreSQL answer; 503 naming the one that does not),
+``GET /metrics`` (Prometheus; a bearer token when ``metrics.token`` is set).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from waitress.server import create_server
 
+from bot.metrics import GaugeCollector
 from bot.runtime import Runtime
+from bot.workqueue import WorkQueue
 
 __all__ = ["HttpServer", "build_wsgi", "readiness"]
 
@@ -47,6 +52,12 @@ def readiness(runtime: Runtime, timeout: float = 2.0) -> dict[str, str]:
 
 def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Callable:
     slack = SlackRequestHandler(app, path=path)
+    queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+    gauges = [
+        GaugeCollector("opsbot_work_queue_depth", "Slack deliveries waiting for a worker", queue.depth),
+        GaugeCollector("opsbot_outbox_depth", "Slack posts waiting to be delivered again", runtime.outbox.depth),
+    ]
+    token = runtime.settings.metrics.token
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         route = (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
@@ -56,6 +67,19 @@ def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Calla
             checks = readiness(runtime)
             ready = all(value == "ok" for value in checks.values())
             return _json(start_response, 200 if ready else 503, {"ok": ready, "checks": checks})
+        if route == ("GET", "/metrics"):
+            given = environ.get("HTTP_AUTHORIZATION", "")
+            if token is not None and not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}"):
+                return _json(start_response, 401, {"ok": False, "error": "metrics need a bearer token"})
+            body, content_type = runtime.metrics.exposition(extra=gauges)
+            start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+            return [body]
+        if route[1] == path:
+            started = time.perf_counter()
+            try:
+                return slack(environ, start_response)
+            finally:
+                runtime.metrics.ack_seconds.observe(time.perf_counter() - started)
         return slack(environ, start_response)
 
     return application
@@ -63,7 +87,7 @@ def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Calla
 
 def _json(start_response: Callable, status: int, body: dict) -> list[bytes]:
     payload = json.dumps(body).encode()
-    reason = {200: "OK", 503: "Service Unavailable"}[status]
+    reason = {200: "OK", 401: "Unauthorized", 503: "Service Unavailable"}[status]
     start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
     return [payload]
 
@@ -74,13 +98,18 @@ class HttpServer:
             build_wsgi(runtime, app), host=host, port=port, threads=threads, ident="opsbot", clear_untrusted_proxy_headers=True
         )
         self._thread: threading.Thread | None = None
+        self._stopping = False
 
     @property
     def port(self) -> int:
         return self.server.effective_port
 
     def serve_forever(self) -> None:
-        self.server.run()
+        try:
+            self.server.run()
+        except OSError:
+            if not self._stopping:  # closing the sockets under the loop ends it with EBADF: expected
+                raise
 
     def start(self) -> "HttpServer":
         self._thread = threading.Thread(target=self.serve_forever, name="opsbot-http", daemon=True)
@@ -89,6 +118,7 @@ class HttpServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking requests; requests in flight are answered (up to ``timeout``)."""
+        self._stopping = True
         self.server.close()
         if self._thread:
             self._thread.join(timeout)

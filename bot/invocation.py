@@ -64,6 +64,7 @@ class Invocation:
     targets: Any
     text: str = ""
     state: Any = None
+    metrics: Any = None
     progress: Callable[[Any], None] = lambda result: None
     stopping: Callable[[], bool] = lambda: False
     extras: dict[str, Any] = field(default_factory=dict)

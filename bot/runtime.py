@@ -15,23 +15,18 @@ from slack_sdk import WebClient
 
 from bot.config import Settings
 from bot.engine import Engine
+from bot.metrics import Metrics
+from bot.outbox import Outbox
+from bot.ratelimit import RateLimiter
 from bot.redact import Redactor
 from bot.registry import Registry
 from bot.roles import Roles
+from bot.slack_client import webhook
 from bot.slack_notify import SlackNotifier
 from bot.state import State
 from bot.targets import Targets
 
-__all__ = ["Runtime", "slack_client"]
-
-
-def slack_client(settings: Settings, timeout: int = 10) -> WebClient | None:
-    """A Web API client for ``slack.api_url`` (``$SLACK_API_URL``), or None without a bot token."""
-    token = settings.slack.bot_token.get_secret_value() if settings.slack.bot_token else None
-    if not token:
-        return None
-    base_url = settings.slack.api_url if settings.slack.api_url.endswith("/") else settings.slack.api_url + "/"
-    return WebClient(token=token, base_url=base_url, timeout=timeout)
+__all__ = ["Runtime"]
 
 
 @dataclass
@@ -44,12 +39,16 @@ class Runtime:
     engine: Engine
     redactor: Redactor
     slack: WebClient | None
+    metrics: Metrics
+    outbox: Outbox
 
     @classmethod
-    def build(cls, settings: Settings, *, slack: WebClient | None = None, registry: Registry | None = None) -> "Runtime":
+    def build(cls, settings: Settings, *, slack: WebClient | None = None, registry: Registry | None = None,
+              metrics: Metrics | None = None) -> "Runtime":
         from commands import build_registry
 
         registry = registry or build_registry()
+        metrics = metrics or Metrics()
         state = State(settings)
         targets = Targets(settings)
         redactor = Redactor(
@@ -67,9 +66,23 @@ class Runtime:
             ttl=settings.guard.group_cache_ttl,
             prefix=settings.state.prefix,
         )
-        notifier = SlackNotifier(slack, settings.slack.incident_channel, redactor) if slack is not None else None
-        engine = Engine(settings, registry, state, targets, roles, notifier, redactor)
-        return cls(settings, registry, state, targets, roles, engine, redactor, slack)
+        outbox = Outbox(state, settings.state.prefix, redactor, slack,
+                        lambda url, message: webhook(url, metrics).send_dict(message))
+        notifier = None
+        if slack is not None:
+            notifier = SlackNotifier(slack, settings.slack.incident_channel, redactor, outbox, metrics)
+        limiter = RateLimiter(state.redis, settings.state.prefix, settings.limits)
+        engine = Engine(settings, registry, state, targets, roles, notifier, redactor, metrics=metrics,
+                        limiter=limiter)
+        return cls(settings, registry, state, targets, roles, engine, redactor, slack, metrics, outbox)
+
+    @classmethod
+    def connect(cls, settings: Settings, *, timeout: int = 10, registry: Registry | None = None) -> "Runtime":
+        """Build with a Slack client for ``settings`` (when a bot token is set), counted in the same metrics."""
+        from bot.slack_client import web_client
+
+        metrics = Metrics()
+        return cls.build(settings, slack=web_client(settings, metrics, timeout), registry=registry, metrics=metrics)
 
     def close(self) -> None:
         self.targets.close()

@@ -15,15 +15,15 @@ import logging
 import time
 from typing import Any
 
-from slack_bolt.context.respond import Respond
-
 from bot.engine import Outcome
 from bot.invocation import Actor, Where
+from bot.logs import log_context
 from bot.parser import UsageError
 from bot.progress import SlackProgress, Throttled
 from bot.render.blocks import ACTION_PREFIX, to_message
 from bot.result import Result
 from bot.runtime import Runtime
+from bot.slack_client import webhook
 from bot.workqueue import Job
 
 __all__ = ["SlackWork"]
@@ -48,15 +48,19 @@ class SlackWork:
             log.warning("dropping a %s queued %.0fs ago: Slack can no longer be answered", job.kind, age)
             return
         respond = _SafeRespond(body.get("response_url"), self.runtime)
+        user = body.get("user_id") or (body.get("user") or {}).get("id")
+        channel = body.get("channel_id") or (body.get("channel") or {}).get("id")
+        team = body.get("team_id") or (body.get("team") or {}).get("id")
         try:
-            if not self._first_delivery(body, job.id):
-                return
-            if job.kind == "command":
-                self._command(body, respond)
-            elif job.kind == "action":
-                self._action(body, respond)
-            else:
-                log.error("unknown job kind %r", job.kind)
+            with log_context(request_id=job.id, team=team, user=user, channel=channel):
+                if not self._first_delivery(body, job.id):
+                    return
+                if job.kind == "command":
+                    self._command(body, respond)
+                elif job.kind == "action":
+                    self._action(body, respond)
+                else:
+                    log.error("unknown job kind %r", job.kind)
         except Exception as exc:
             log.exception("delivery failed")
             self._reply(respond, Outcome("result", Result.error(f"opsbot failed on this request: {exc}")),
@@ -132,20 +136,26 @@ class SlackWork:
 
 
 class _SafeRespond:
-    """``respond`` that logs a failed post to Slack instead of raising."""
+    """Reply through the delivery's ``response_url``; a reply Slack will not take goes to the outbox."""
 
     def __init__(self, response_url: str | None, runtime: Runtime):
-        self.respond = Respond(response_url=response_url)
+        self.url = response_url
         self.runtime = runtime
 
     def __call__(self, **message: Any) -> None:
-        try:
-            response = self.respond(**message)
-        except Exception as exc:
-            log.error("could not post the reply to Slack: %s", self.runtime.redactor.text(str(exc)))
+        if not self.url:
+            log.error("the delivery has no response_url; the reply cannot be sent")
             return
-        if response.status_code >= 400:
-            log.error("Slack refused the reply: HTTP %s %s", response.status_code, response.body[:200])
+        message = {key: value for key, value in message.items() if value is not None}
+        try:
+            response = webhook(self.url, self.runtime.metrics).send_dict(message)
+            error = None if response.status_code < 400 else f"HTTP {response.status_code} {response.body[:200]}"
+        except Exception as exc:
+            error = str(exc)
+        if error:
+            self.runtime.metrics.slack_errors.labels(kind="reply_failed").inc()
+            log.error("could not post the reply to Slack, keeping it for later: %s", self.runtime.redactor.text(error))
+            self.runtime.outbox.keep({"kind": "response_url", "url": self.url}, message, error=error)
 
 
 def _action_key(body: dict) -> str | None:

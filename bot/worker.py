@@ -53,8 +53,9 @@ class Worker:
         return self
 
     def stop(self, deadline: float = 30.0) -> None:
-        """Take no new jobs, let running ones finish (up to ``deadline``), hand back what is left."""
+        """Take no new jobs; running ones finish or checkpoint (up to ``deadline``); hand back what is left."""
         self._stopping.set()
+        self.runtime.engine.stopping = self._stopping.is_set
         for thread in self._threads:
             thread.join(deadline)
         try:
@@ -91,6 +92,9 @@ class Worker:
         recovered = self.queue.recover()
         if recovered:
             log.warning("recovered %d jobs from workers that stopped", recovered)
+        delivered = self.runtime.outbox.retry_due()
+        if delivered:
+            log.info("delivered %d Slack posts that had failed before", delivered)
 
     def _heartbeat(self) -> None:
         while not self._stopping.wait(HEARTBEAT_EVERY):

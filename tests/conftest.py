@@ -122,8 +122,9 @@ def make_runtime(config_path, registry, database_url):
     """Build runtimes on the test config (migrated, empty action log); closed after the test."""
     built: list[Runtime] = []
 
-    def make(path: Path = config_path, slack: WebClient | None = None, migrate: bool = True) -> Runtime:
-        runtime = Runtime.build(load_settings(path, env=os.environ), slack=slack, registry=registry)
+    def make(path: Path = config_path, slack: WebClient | None = None, migrate: bool = True,
+             metrics=None) -> Runtime:
+        runtime = Runtime.build(load_settings(path, env=os.environ), slack=slack, registry=registry, metrics=metrics)
         if migrate:
             runtime.state.migrate()
         built.append(runtime)

@@ -243,7 +243,9 @@ def execute_requeue(inv: Invocation, plan: Plan) -> Result:
         progress=lambda task, rate: inv.progress(_progress_result(queue, task, rate)),
     )
     task = report.task
-    rate = task.moved / report.seconds if report.seconds > 0 else 0.0
+    if inv.metrics is not None:
+        inv.metrics.requeue_moved.labels(queue=queue.name).inc(task.moved - report.moved_before)
+    rate = (task.moved - report.moved_before) / report.seconds if report.seconds > 0 else 0.0
     data = {"queue": queue.name, "task": task.id, "moved": task.moved, "scanned": task.scanned,
             "target": task.target, "outcome": report.outcome, "seconds": round(report.seconds, 3),
             "rate": round(rate)}

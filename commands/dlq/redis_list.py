@@ -124,6 +124,7 @@ class RequeueReport:
     task: Task
     outcome: str  # done | cancelled | interrupted | lost
     seconds: float
+    moved_before: int = 0  # moved by earlier, interrupted runs of the same task
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ class RedisListQueue:
                 outcome = self._finish(task_id)
         finally:
             self._release(keys=[self.lease_key], args=[token])
-        return RequeueReport(self.task(), outcome, self.clock() - started)
+        return RequeueReport(self.task(), outcome, self.clock() - started, first_moved)
 
     def _finish(self, task_id: str) -> str:
         """Put the held entries back in order and close the task; returns done or cancelled."""

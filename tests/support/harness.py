@@ -66,9 +66,19 @@ class SlackBot:
         self.worker = Worker(runtime, threads=4).start() if with_worker else None
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.server.port}", timeout=10)
 
+    @classmethod
+    def against(cls, base_url: str, slack: FakeSlack, signing_secret: str) -> "SlackBot":
+        """Talk to an ``opsbot serve`` running elsewhere (another process)."""
+        bot = cls.__new__(cls)
+        bot.runtime, bot.slack, bot.server, bot.worker = None, slack, None, None
+        bot.verifier = SignatureVerifier(signing_secret)
+        bot.http = httpx.Client(base_url=base_url, timeout=10)
+        return bot
+
     def close(self) -> None:
         self.http.close()
-        self.server.stop()
+        if self.server:
+            self.server.stop()
         if self.worker:
             self.worker.stop()
 
