@@ -1,6 +1,7 @@
 """Ack latency of ``opsbot serve`` against a bare Bolt app that only acks.
 
     .venv/bin/python bench/ack.py [--requests 500] [--concurrency 20]
+    .venv/bin/python bench/ack.py --replicas 2 --requests 2000 --concurrency 50   # the load run
 
 Both servers run as separate processes on loopback, each behind the same WSGI server
 (waitress, same thread count), signed with the same secret. The bare app acks `/ops`
@@ -90,7 +91,8 @@ def body_for(index: int, response_url: str) -> str:
     })
 
 
-def load(url: str, response_url: str, requests: int, concurrency: int) -> tuple[list[float], int]:
+def load(urls: list[str], response_url: str, requests: int, concurrency: int) -> tuple[list[float], int]:
+    """Send ``requests`` signed /ops help at ``concurrency``, round-robin over ``urls`` (a load balancer)."""
     verifier = SignatureVerifier(SECRET)
     clients = [httpx.Client(timeout=10) for _ in range(concurrency)]
 
@@ -101,7 +103,7 @@ def load(url: str, response_url: str, requests: int, concurrency: int) -> tuple[
                    "X-Slack-Signature": verifier.generate_signature(timestamp=ts, body=body)}
         started = time.perf_counter()
         try:
-            response = clients[index % concurrency].post(url, content=body, headers=headers)
+            response = clients[index % concurrency].post(urls[index % len(urls)], content=body, headers=headers)
         except httpx.HTTPError:
             return None
         elapsed = time.perf_counter() - started
@@ -125,6 +127,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker-nice", type=int, default=10, help="opsbot serve --worker-nice")
+    parser.add_argument("--replicas", type=int, default=1, help="processes of each server, behind round-robin")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--api-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,20 +149,24 @@ def main() -> int:
         redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the benchmark's own database
         config.write_text(config.read_text().replace("runbooks_dir: runbooks", f"runbooks_dir: {ROOT / 'runbooks'}"))
 
-        servers = {}
-        bare_port, bot_port = free_port(), free_port()
-        servers["bare Bolt app"] = subprocess.Popen(
-            [sys.executable, __file__, "--serve-bare", str(bare_port), "--api-url", slack.api_url],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        servers["opsbot serve"] = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(bot_port),
-             "--threads", str(THREADS), "--worker-nice", str(args.worker_nice)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        urls = {"bare Bolt app": f"http://127.0.0.1:{bare_port}/slack/events",
-                "opsbot serve": f"http://127.0.0.1:{bot_port}/slack/events"}
+        servers: dict[str, list[subprocess.Popen]] = {"bare Bolt app": [], "opsbot serve": []}
+        urls: dict[str, list[str]] = {"bare Bolt app": [], "opsbot serve": []}
+        for _ in range(args.replicas):
+            bare_port, bot_port = free_port(), free_port()
+            servers["bare Bolt app"].append(subprocess.Popen(
+                [sys.executable, __file__, "--serve-bare", str(bare_port), "--api-url", slack.api_url],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            servers["opsbot serve"].append(subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(bot_port),
+                 "--threads", str(THREADS), "--worker-nice", str(args.worker_nice)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT))
+            urls["bare Bolt app"].append(f"http://127.0.0.1:{bare_port}/slack/events")
+            urls["opsbot serve"].append(f"http://127.0.0.1:{bot_port}/slack/events")
+        everything = [proc for procs in servers.values() for proc in procs]
         try:
-            for name, url in urls.items():
-                wait_ready(url, servers[name])
+            for name in urls:
+                for url, proc in zip(urls[name], servers[name]):
+                    wait_ready(url, proc)
             for name, url in urls.items():  # warm-up
                 load(url, slack.response_url("warmup"), 50, args.concurrency)
             rounds: list[dict[str, tuple[float, float, int]]] = []
@@ -178,13 +185,14 @@ def main() -> int:
             delivered = slack.count("response/opsbot-serve")
             drained = time.monotonic() - started
         finally:
-            for proc in [*servers.values(), fake]:
+            for proc in [*everything, fake]:
                 proc.terminate()
-            for proc in [*servers.values(), fake]:
+            for proc in [*everything, fake]:
                 proc.wait(60)
 
     print(f"{args.rounds} rounds of {args.requests} signed `/ops help` requests at concurrency {args.concurrency}, "
-          f"{THREADS} server threads, opsbot workers at nice {args.worker_nice}")
+          f"{args.replicas} replica(s) of each server, {THREADS} server threads, "
+          f"opsbot workers at nice {args.worker_nice}")
     print(f"{'round':<7}{'server':<16}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'p99 ratio':>11}")
     ratios = []
     for index, figures in enumerate(rounds, 1):
