@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Bootstrap for a fresh clone: needs nothing but Python 3.11+.
 
+    python3 dev.py demo         # set up .venv if needed, then show opsbot working (embedded Redis + PostgreSQL)
     python3 dev.py test [ARGS]  # set up .venv if needed, then run the test suite (ARGS go to pytest)
     python3 dev.py opsbot ARGS  # run the opsbot CLI from .venv
 
@@ -31,22 +32,24 @@ def ensure_venv() -> None:
     if not (BIN / "python").exists():
         print("Creating .venv ...", file=sys.stderr)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("Installing opsbot and its test tools into .venv ...", file=sys.stderr)
+    print("Installing opsbot, its test tools and the embedded servers into .venv ...", file=sys.stderr)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
-    subprocess.run(pip + ["-e", f"{ROOT}[test]"], check=True)
+    subprocess.run(pip + ["-e", f"{ROOT}[test,demo]"], check=True)
     STAMP.write_text(wanted)
 
 
 def main(argv: list[str]) -> int:
     verb, rest = (argv[0], argv[1:]) if argv else ("help", [])
-    if verb not in ("test", "opsbot"):
+    if verb not in ("demo", "test", "opsbot"):
         print(__doc__)
         return 0 if verb in ("help", "-h", "--help") else 2
     ensure_venv()
     os.chdir(ROOT)
     if verb == "test":
         return subprocess.call([str(BIN / "python"), "-m", "pytest", *rest])
+    if verb == "demo":
+        return subprocess.call([str(BIN / "opsbot"), "demo", *rest])
     return subprocess.call([str(BIN / "opsbot"), *rest])
 
 

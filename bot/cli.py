@@ -9,6 +9,7 @@ Usage::
     opsbot manifest [--socket] [--json]
     opsbot check [--json]
     opsbot migrate
+    opsbot demo [--tour]         # embedded Redis + PostgreSQL and a broken world (needs the demo extra)
 
 Exit codes: 0 ran, 1 failed, 2 usage or configuration error, 3 denied or not confirmed.
 """
@@ -89,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
     check.add_argument("--json", action="store_true")
 
+    demo = sub.add_parser("demo", help="a sandbox with real Redis and PostgreSQL and a broken world to fix")
+    demo.add_argument("--tour", action="store_true", help="run the scripted tour even in a terminal")
+
     migrate = sub.add_parser("migrate", help="create or upgrade the bot's own schema")
     migrate.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
     return parser
@@ -101,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         enable_multiprocess(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="opsbot-metrics-"))
     default_level = "INFO" if args.verb in ("serve", "worker", "socket") else "WARNING"
     setup_logging(os.environ.get("LOG_LEVEL", default_level), _env_redactor())
+    if args.verb == "demo":  # needs no app.yaml: it brings its own world
+        from bot import demo
+
+        return demo.main(interactive=False if args.tour else None)
     args.config_path = default_config_path(getattr(args, "config_sub", None) or args.config)
     try:
         settings = load_settings(args.config_path)

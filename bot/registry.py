@@ -40,6 +40,9 @@ def positive_int(text: str) -> int:
     return int_between(1, 10**9)(text)
 
 
+positive_int.__name__ = "N"
+
+
 def int_between(low: int, high: int) -> Callable[[str], int]:
     def convert(text: str) -> int:
         try:
@@ -122,7 +125,7 @@ class Arg:
             text = f"<{self.placeholder}>" + ("..." if self.rest else "")
             return text if self.required else f"[{text}]"
         text = self.option if self.flag else f"{self.option} {self.placeholder}"
-        return (text + " ...") if self.repeat else f"[{text}]"
+        return f"[{text} ...]" if self.repeat else f"[{text}]"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ the loopback one) for the session, dropped at the end.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import socket
 import textwrap
 from pathlib import Path
 
@@ -25,8 +27,32 @@ from tests.support import commands as test_commands
 from tests.support.fakeslack import FakeSlack
 
 REPO = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
-ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://127.0.0.1:5432/postgres"
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _services() -> tuple[str, str]:
+    """``$REDIS_URL`` / ``$DATABASE_URL``, else the loopback servers, else embedded ones (a fresh machine)."""
+    redis_url = os.environ.get("REDIS_URL") or ("redis://127.0.0.1:6379/15" if _listening(6379) else None)
+    database_url = os.environ.get("DATABASE_URL") or (
+        "postgresql://127.0.0.1:5432/postgres" if _listening(5432) else None)
+    if redis_url and database_url:
+        return redis_url, database_url
+    from bot.sandbox import Sandbox
+
+    sandbox = Sandbox().start()
+    atexit.register(sandbox.stop)
+    print(f"\nno Redis/PostgreSQL configured or listening: using embedded servers in {sandbox.directory}")
+    return redis_url or sandbox.redis_db(15), database_url or sandbox.database_url
+
+
+REDIS_URL, ADMIN_DATABASE_URL = _services()
 SIGNING_SECRET = "test-signing-secret-0123456789"
 BOT_TOKEN = "xoxb-test-token-0000"
 

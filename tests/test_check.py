@@ -10,7 +10,7 @@ import pytest
 
 from bot.checks import run_checks
 from commands.runbook import library_for
-from tests.conftest import write_config
+from tests.conftest import REDIS_URL, write_config
 
 
 @pytest.fixture
@@ -59,11 +59,11 @@ services:
     readiness: {service}/ready
     expect: {{ok: true}}
 redis:
-  main: {{url: "redis://127.0.0.1:6379/15"}}
+  main: {{url: "{REDIS_URL}"}}
   broken: {{url: "redis://127.0.0.1:1/0"}}
 """
     path = write_config(tmp_path / "app.yaml", database_url, extra="")
-    text = path.read_text().replace('redis:\n  main: {url: "redis://127.0.0.1:6379/15"}\n', "")
+    text = path.read_text().replace(f'redis:\n  main: {{url: "{REDIS_URL}"}}\n', "")
     path.write_text(text + extra)
     redis_client.set("jobs:dead", "not a list")
     runtime = make_runtime(path)

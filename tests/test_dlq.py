@@ -11,7 +11,7 @@ import pytest
 from bot.invocation import Actor, Where
 from commands.dlq.entries import Filters
 from commands.dlq.redis_list import RedisListQueue
-from tests.conftest import ALICE, BOB, write_config
+from tests.conftest import ALICE, BOB, REDIS_URL, write_config
 from tests.support.dlq import ERRORS, dead_letter, everything, kill, oldest_first
 
 OPS = Where("C-ops", channel_name="ops")
@@ -243,7 +243,7 @@ def test_progress_is_reported_with_a_cancel_button(two_queues, redis_client):
 
 def test_redis_down_gives_a_clear_message(tmp_path, database_url, make_runtime, redis_client):
     path = write_config(tmp_path / "app.yaml", database_url)
-    path.write_text(path.read_text().replace('  main: {url: "redis://127.0.0.1:6379/15"}',
+    path.write_text(path.read_text().replace(f'  main: {{url: "{REDIS_URL}"}}',
                                              '  main: {url: "redis://127.0.0.1:1/0"}'))
     runtime = make_runtime(path)
     result = run(runtime, "dlq status").result
