@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,6 +10,7 @@ import pytest
 from bot.checks import run_checks
 from commands.runbook import library_for
 from tests.conftest import REDIS_URL, write_config
+from tests.support.http import send_json
 
 
 @pytest.fixture
@@ -23,12 +23,7 @@ def service():
 
         def do_GET(self):
             status, body = (200, {"ok": True}) if self.path == "/health" else (503, {"ok": False})
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            send_json(self, status, body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -13,6 +12,7 @@ from pydantic import SecretStr
 from bot.invocation import Actor, CommandError, Where
 from commands.dlq.http_api import HttpDeadLetters
 from tests.conftest import ALICE, write_config
+from tests.support.http import send_json
 
 TOKEN = "admin-token-123"
 OPS = Where("C-ops", channel_name="ops")
@@ -38,12 +38,7 @@ class ExportService:
                 pass
 
             def _send(self, status, body):
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, body)
 
             def _guard(self) -> bool:
                 with service.lock:

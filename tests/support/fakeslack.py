@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
+from tests.support.http import send_json
+
 __all__ = ["FakeSlack", "Call"]
 
 
@@ -133,12 +135,7 @@ class FakeSlack:
                 counts: dict[str, int] = {}
                 for call in self._calls:
                     counts[call.method] = counts.get(call.method, 0) + 1
-            payload = json.dumps(counts).encode()
-            request.send_response(200)
-            request.send_header("Content-Type", "application/json")
-            request.send_header("Content-Length", str(len(payload)))
-            request.end_headers()
-            request.wfile.write(payload)
+            send_json(request, 200, counts)
             return
         method = path.removeprefix("/api/") if path.startswith("/api/") else path.lstrip("/")
         status, answer, extra = self._answer(method, body)
