@@ -158,6 +158,60 @@ class QueueSettings(_Model):
     lease_ttl: Duration = 15.0
 
 
+class CommunicationColumns(_Model):
+    id: str = "id"
+    tenant: str = "tenantId"
+    status: str = "status"
+    created: str = "createdAt"
+    updated: str = "updatedAt"
+    attempts: str = "attempts"
+    last_error: str = "lastError"
+
+
+class CaseEventColumns(_Model):
+    id: str = "id"
+    case: str = "caseId"
+    tenant: str = "tenantId"
+    type: str = "type"
+    created: str = "createdAt"
+    data: str = "data"
+
+
+class SmtpSettings(_Model):
+    host: str | None = None
+    port: int = 587
+    username: str | None = None
+    password: SecretStr | None = None
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    ca_file: str | None = None
+    timeout: Duration = 10.0
+
+
+class DryRunSource(_Model):
+    """Where the sending service's DRY_RUN_EMAILS is read: its config/health JSON, or an environment variable."""
+
+    url: str | None = None
+    key: str = "DRY_RUN_EMAILS"
+    env: str | None = "DRY_RUN_EMAILS"
+
+
+class EmailSettings(_Model):
+    database: str = "main"
+    communications: str = "Communication"
+    communication_columns: CommunicationColumns = CommunicationColumns()
+    case_events: str = "CaseEvent"
+    case_event_columns: CaseEventColumns = CaseEventColumns()
+    stuck_after: Duration = 900.0
+    environment: str = "production"
+    dry_run: DryRunSource = DryRunSource()
+    smtp: SmtpSettings = SmtpSettings()
+    daily_cap: int | None = Field(None, ge=0)
+    auto_reminders_cap: int | None = Field(None, ge=0)
+    reminder_recipient: str | None = None
+    reminder_reply_to: str | None = None
+    retry_growth: float = Field(0.10, ge=0)
+
+
 class ServiceSettings(_Model):
     liveness: str | None = None
     readiness: str | None = None
@@ -175,6 +229,7 @@ class Settings(_Model):
     databases: dict[Name, DatabaseTarget] = {}
     queues: list[QueueSettings] = []
     services: dict[Name, ServiceSettings] = {}
+    email: EmailSettings = EmailSettings()
     runbooks_dir: str = "runbooks"
     base_dir: str = Field(".", exclude=True)
 

@@ -415,6 +415,8 @@ class Engine:
         self.metrics.command_seconds.labels(command=command).observe(seconds)
         log.info("command %s: %s", command, result.status,
                  extra={"command": command, "status": result.status, "duration_ms": round(seconds * 1000)})
+        if "changed_ids" in result.data:  # rows a guarded command changed, so the change can be traced
+            extra["changed_ids"] = result.data["changed_ids"]
         self._log(
             "outcome", actor, where, command=command, status=result.status, summary=result.summary,
             duration_ms=round(seconds * 1000), **extra,

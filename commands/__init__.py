@@ -14,11 +14,11 @@ __all__ = ["build_registry"]
 
 
 def build_registry() -> Registry:
-    from commands import dlq
+    from commands import dlq, email
     from commands import help as help_commands
     from commands import runbook
 
     registry = Registry()
-    for module in (help_commands, runbook, dlq):
+    for module in (help_commands, runbook, dlq, email):
         registry.add(*module.COMMANDS)
     return registry
