@@ -191,7 +191,7 @@ class DryRunSource(_Model):
     """Where the sending service's DRY_RUN_EMAILS is read: its config/health JSON, or an environment variable."""
 
     url: str | None = None
-    key: str = "DRY_RUN_EMAILS"
+    field: str = "DRY_RUN_EMAILS"  # dotted for nested JSON
     env: str | None = "DRY_RUN_EMAILS"
 
 

@@ -321,7 +321,7 @@ def test_dry_run_is_read_from_the_services_config_json(tmp_path, world, make_run
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/internal/config"
         runtime = email_runtime(tmp_path, world, make_runtime,
-                                dry_run=f'{{url: "{url}", key: config.DRY_RUN_EMAILS, env: null}}')
+                                dry_run=f'{{url: "{url}", field: config.DRY_RUN_EMAILS, env: null}}')
         result = run(runtime, "email triage").result
     finally:
         server.shutdown()

@@ -101,9 +101,9 @@ def _dry_run(email: EmailSettings) -> tuple[bool | None, str]:
         except (httpx.HTTPError, ValueError) as exc:
             return None, f"could not read {source.url}: {type(exc).__name__}"
         value = body
-        for part in source.key.split("."):
+        for part in source.field.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        return (None if value is None else str(value).lower() in TRUE), f"{source.key} from {source.url}"
+        return (None if value is None else str(value).lower() in TRUE), f"{source.field} from {source.url}"
     if source.env:
         value = os.environ.get(source.env)
         return (None if value is None else value.lower() in TRUE), f"${source.env}"
