@@ -212,10 +212,35 @@ class EmailSettings(_Model):
     retry_growth: float = Field(0.10, ge=0)
 
 
+class MetricNames(_Model):
+    """Prometheus metric names read from a service's /metrics (sums over all label sets)."""
+
+    queue_depth: str | None = "queue_depth"
+    retries: str | None = "job_retries_total"
+    failures: str | None = "job_failures_total"
+    requests: str | None = "http_requests_total"
+    errors: str | None = "http_requests_errors_total"
+    latency: str | None = "http_request_duration_seconds"
+
+
 class ServiceSettings(_Model):
     liveness: str | None = None
     readiness: str | None = None
     expect: dict[str, Any] | None = None
+    metrics: str | None = None
+    metric_names: MetricNames = MetricNames()
+    auth_header: str | None = None
+    auth_token: SecretStr | None = None
+    timeout: Duration = 5.0
+
+
+class StatusThresholds(_Model):
+    """When `status` turns a line amber or red (defaults from seed 002's alerts)."""
+
+    queue_depth: int = Field(1000, ge=0)
+    dead_letters: int = Field(0, ge=0)
+    error_rate: float = Field(0.05, ge=0)
+    stuck_email: int = Field(0, ge=0)
 
 
 class Settings(_Model):
@@ -230,6 +255,7 @@ class Settings(_Model):
     queues: list[QueueSettings] = []
     services: dict[Name, ServiceSettings] = {}
     email: EmailSettings = EmailSettings()
+    status: StatusThresholds = StatusThresholds()
     runbooks_dir: str = "runbooks"
     base_dir: str = Field(".", exclude=True)
 

@@ -46,24 +46,27 @@ class Parsed:
     text: str
 
     def canonical(self) -> str:
-        """The command text in a normal form (for the action log and fingerprints)."""
-        parts = [self.command.name]
+        """The command text in a normal form (for the action log and fingerprints); parses back the same."""
+        positional, options, dashed = [], [], False
         for arg in self.command.args:
             value = self.args.get(arg.name)
             if value in (None, [], {}, False) or value == arg.default:
                 continue
             if arg.params:
-                parts += [shlex.quote(f"{k}={v}") for k, v in sorted(value.items())]
+                options += [shlex.quote(f"{k}={v}") for k, v in sorted(value.items())]
             elif arg.flag:
-                parts.append(arg.option)
+                options.append(arg.option)
             elif arg.repeat:
                 for item in value:
-                    parts += [arg.option, shlex.quote(str(item))]
+                    options += [arg.option, shlex.quote(str(item))]
             elif arg.positional:
-                parts.append(shlex.quote(str(value)))
+                positional.append(shlex.quote(str(value)))
+                dashed = dashed or str(value).startswith("-")
             else:
-                parts += [arg.option, shlex.quote(str(value))]
-        return " ".join(parts)
+                options += [arg.option, shlex.quote(str(value))]
+        if dashed:  # only `--` keeps a value like "--type" from reading as an option
+            return " ".join([self.command.name, *options, "--", *positional])
+        return " ".join([self.command.name, *positional, *options])
 
 
 def tokenize(text: str) -> list[str]:

@@ -14,11 +14,11 @@ __all__ = ["build_registry"]
 
 
 def build_registry() -> Registry:
-    from commands import dlq, email
+    from commands import dlq, email, health
     from commands import help as help_commands
     from commands import runbook
 
     registry = Registry()
-    for module in (help_commands, runbook, dlq, email):
+    for module in (help_commands, runbook, dlq, email, health):
         registry.add(*module.COMMANDS)
     return registry

@@ -131,3 +131,9 @@ def test_no_command_like_input_crashes_the_parser(text):
     except UsageError:
         return
     assert parse(parsed.canonical(), REGISTRY).args == parsed.args
+
+
+@pytest.mark.parametrize("text", ["runbook -- --", "help -- --type dlq", "dlq peek --limit 2 -- -x"])
+def test_values_that_look_like_options_survive_the_canonical_form(text):
+    parsed = parse(text, REGISTRY)
+    assert parse(parsed.canonical(), REGISTRY).args == parsed.args

@@ -149,10 +149,10 @@ def test_runbook_step_button_runs_the_command(bot):
     book = bot.command("runbook incident-response")
     buttons = [b["accessory"]["value"] for b in book.blocks if b.get("accessory", {}).get("type") == "button"]
     # Steps whose command exists get a Run button; the others show the command as text.
-    assert buttons == ["runbook", "runbook safe-rollback"]
-    assert "`/ops status`" in str(book.blocks)
+    assert buttons == ["status", "health", "runbook", "runbook safe-rollback"]
+    assert '`/ops incident declare sev2 "Describe the impact in one line"`' in str(book.blocks)
 
-    listing = bot.click(book, "Run", user=MALLORY)  # reading needs no role
+    listing = bot.click(book, "Run", value="runbook", user=MALLORY)  # reading needs no role
 
     assert "runbooks" in listing.text
     assert "incident-response" in str(listing.blocks)

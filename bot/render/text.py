@@ -28,7 +28,10 @@ _EMOJI_WORDS = {
     "large_green_circle": "[ok]",
     "large_orange_circle": "[warn]",
     "red_circle": "[FAIL]",
+    "white_circle": "[?]",
+    "rotating_light": "[!!]",
 }
+_BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 
 
 def to_text(result: Result, redactor: Redactor | None = None) -> str:
@@ -57,4 +60,5 @@ def to_text(result: Result, redactor: Redactor | None = None) -> str:
 def _plain(text: str) -> str:
     text = _SLACK_LINK.sub(r"\2 (\1)", text)
     text = _MENTION.sub(r"@\1", text)
+    text = _BOLD.sub(r"\1", text)
     return _EMOJI.sub(lambda m: _EMOJI_WORDS.get(m.group(1), m.group(0)), text)

@@ -46,11 +46,12 @@ class Reply:
     def blocks(self) -> list[dict]:
         return (self.body or {}).get("blocks", [])
 
-    def button(self, label: str) -> dict:
+    def button(self, label: str, value: str | None = None) -> dict:
         for block in self.blocks:
             elements = block.get("elements", []) if block["type"] == "actions" else [block.get("accessory") or {}]
             for element in elements:
-                if element.get("type") == "button" and element["text"]["text"] == label:
+                if element.get("type") == "button" and element["text"]["text"] == label \
+                        and value in (None, element.get("value")):
                     return {**element, "block_id": block.get("block_id", "b")}
         raise AssertionError(f"no {label!r} button in {self.blocks}")
 
@@ -113,8 +114,9 @@ class SlackBot:
             reply.body = self.reply_to(key)
         return reply
 
-    def click_body(self, reply: Reply, label: str, *, user: str, channel: str, key: str, trigger: str) -> str:
-        button = reply.button(label)
+    def click_body(self, reply: Reply, label: str, *, user: str, channel: str, key: str, trigger: str,
+                   value: str | None = None) -> str:
+        button = reply.button(label, value)
         payload = {
             "type": "block_actions",
             "team": {"id": "T1", "domain": "test"},
@@ -132,9 +134,9 @@ class SlackBot:
         return urlencode({"payload": json.dumps(payload)})
 
     def click(self, reply: Reply, label: str, *, user: str = "UALICE", channel: str = "C-ops",
-              wait: bool = True, **post_kw) -> Reply:
+              wait: bool = True, value: str | None = None, **post_kw) -> Reply:
         key = f"click{next(_ids)}"
-        body = self.click_body(reply, label, user=user, channel=channel, key=key, trigger=f"trig-{key}")
+        body = self.click_body(reply, label, user=user, channel=channel, key=key, trigger=f"trig-{key}", value=value)
         result = Reply(self.post(body, **post_kw), key)
         if wait:
             result.body = self.reply_to(key)
