@@ -6,9 +6,10 @@ Usage::
     opsbot demo | cat      # without a terminal: a scripted tour that checks every step
 
 It starts a real Redis and a real PostgreSQL from Python packages (:mod:`bot.sandbox`)
-and seeds a broken world drawn from the seeds. So far that is a dead-letter backlog
-with several kinds of failure, including entries that are not JSON. The world grows
-with every command group. Everything runs through the same engine as Slack and the
+and seeds a broken world drawn from the seeds: a dead-letter backlog with several kinds
+of failure (including entries that are not JSON), email stuck behind an SMTP provider
+that refuses connections, a case whose reminder was blocked by its cap, and two services
+of which one is not ready. The world grows with every command group. Everything runs through the same engine as Slack and the
 CLI; the processes and files are removed on exit, Ctrl-C included.
 """
 
@@ -16,13 +17,17 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psycopg
 import redis
 
 from bot.config import load_settings
@@ -46,7 +51,63 @@ FAILURES = [
 ]
 
 
-def demo_config(sandbox: Sandbox, folder: Path) -> Path:
+class DemoServices:
+    """The demo's own services on loopback: an API that is healthy and a worker that is not ready."""
+
+    METRICS = ("# TYPE queue_depth gauge\nqueue_depth 1380\n"
+               "# TYPE http_requests_total counter\nhttp_requests_total 2000\n"
+               "# TYPE http_requests_errors_total counter\nhttp_requests_errors_total 160\n")
+
+    def __init__(self) -> None:
+        demo = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                status, body, kind = demo.answer(self.path)
+                payload = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, path: str) -> tuple[int, str, str]:
+        if path == "/worker/readyz":
+            return 503, json.dumps({"ok": False, "redis": "reconnecting", "heartbeat_age_s": 412}), "application/json"
+        if path == "/worker/metrics":
+            return 200, self.METRICS, "text/plain; version=0.0.4"
+        if path in ("/api/health", "/api/readyz", "/worker/health"):
+            return 200, json.dumps({"ok": True}), "application/json"
+        return 404, "{}", "application/json"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "DemoServices":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: the demo's SMTP provider is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def demo_config(sandbox: Sandbox, folder: Path, services: DemoServices) -> Path:
     path = folder / "app.yaml"
     path.write_text(f"""
 slack:
@@ -64,9 +125,51 @@ databases:
 queues:
   - {{name: jobs, redis: main, ready: jobs, dead: "jobs:dead", keep: 100}}
   - {{name: step, redis: main, ready: step.ready, dead: step.dead, keep: 10}}
+services:
+  api: {{liveness: "{services.base}/api/health", readiness: "{services.base}/api/readyz", expect: {{ok: true}}}}
+  worker: {{liveness: "{services.base}/worker/health", readiness: "{services.base}/worker/readyz",
+           metrics: "{services.base}/worker/metrics"}}
+email:
+  database: main
+  environment: production
+  dry_run: {{env: OPSBOT_DEMO_DRY_RUN_EMAILS}}
+  smtp: {{host: 127.0.0.1, port: {closed_port()}, timeout: 2s}}
+  daily_cap: 500
+  auto_reminders_cap: 20
+  reminder_recipient: deadlines@example.com
 runbooks_dir: "{ROOT / 'runbooks'}"
 """)
     return path
+
+
+WORLD_SQL = """
+CREATE TABLE "Communication" (
+    id text PRIMARY KEY, "tenantId" text NOT NULL, status text NOT NULL,
+    "createdAt" timestamptz NOT NULL, "updatedAt" timestamptz NOT NULL, attempts int NOT NULL, "lastError" text);
+CREATE TABLE "CaseEvent" (
+    id bigserial PRIMARY KEY, "caseId" text NOT NULL, "tenantId" text NOT NULL, type text NOT NULL,
+    "createdAt" timestamptz NOT NULL, data jsonb);
+INSERT INTO "Communication"
+SELECT 'comm-' || n, 'tenant-' || (n % 3),
+       CASE WHEN n <= 900 THEN 'sent' WHEN n <= 1000 THEN 'failed' WHEN n <= 1030 THEN 'pending' ELSE 'pending_auto' END,
+       now() - make_interval(mins => CASE WHEN n > 1000 THEN 20 + n % 90 ELSE n % 600 END),
+       now() - make_interval(mins => CASE WHEN n > 1000 THEN 20 + n % 90 ELSE n % 600 END), 3,
+       CASE WHEN n BETWEEN 901 AND 1000 THEN
+            'Connection timed out after 30000ms to smtp.mailgun.org (attempt ' || (n % 5) || ')' END
+FROM generate_series(1, 1045) AS n;
+INSERT INTO "CaseEvent" ("caseId", "tenantId", type, "createdAt", data)
+SELECT 'case-' || n, 'tenant-1', 'DEADLINE_REMINDER_SCHEDULED', now() - make_interval(mins => n), '{}'::jsonb
+FROM generate_series(1, 20) AS n;
+INSERT INTO "CaseEvent" ("caseId", "tenantId", type, "createdAt", data) VALUES
+    ('case-42', 'tenant-1', 'CASE_OPENED', now() - interval '3 days', '{}'),
+    ('case-42', 'tenant-1', 'REMINDER_BLOCKED_CAP', now() - interval '5 minutes', '{"cap": 20}');
+"""
+
+
+def seed_database(database_url: str) -> None:
+    """The sending service's tables: mail stuck behind a failing provider, a reminder blocked by its cap."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(WORLD_SQL)
 
 
 def seed_world(client: redis.Redis, now: float | None = None) -> dict[str, int]:
@@ -113,6 +216,17 @@ TOUR = [
          and o.result.data["queues"][0]["ready"] == 43, "after the requeue"),
     Step("dlq trim step --keep 10", lambda o: o.result.status == "ok" and o.result.data["dropped"] == 15,
          "a guarded trim, archived to PostgreSQL first"),
+    Step("health", lambda o: [c["ok"] for c in o.result.data["checks"]] == [True, True, True, False],
+         "every service at once; the worker is not ready"),
+    Step("status", lambda o: o.result.status == "fail" and {"service worker", "error rate worker", "stuck email",
+         "dead letters jobs"} <= {line["what"] for line in o.result.data["lines"] if line["color"] == "red"},
+         "one glance, with thresholds"),
+    Step("email triage", lambda o: "fails at connect" in o.result.data["verdict"]
+         and sum(s["count"] for s in o.result.data["stuck"]) == 45, "why mail is not going out"),
+    Step("reminders case-42", lambda o: "TENANT_DAILY_AUTO_REMINDERS_CAP (20/20" in o.result.summary,
+         "why a reminder was not scheduled"),
+    Step('email retry --error "timed out"', lambda o: o.result.data["changed"] == 100,
+         "a guarded retry of failed mail"),
 ]
 
 
@@ -170,15 +284,19 @@ def main(interactive: bool | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
     print("Starting an embedded Redis and PostgreSQL ...", flush=True)
     try:
-        with Sandbox() as sandbox, tempfile.TemporaryDirectory(prefix="opsbot-demo-") as folder:
-            settings = load_settings(demo_config(sandbox, Path(folder)))
+        with Sandbox() as sandbox, DemoServices() as services, \
+                tempfile.TemporaryDirectory(prefix="opsbot-demo-") as folder:
+            settings = load_settings(demo_config(sandbox, Path(folder), services))
             runtime = Runtime.build(settings)
             try:
                 runtime.state.migrate()
                 counts = seed_world(runtime.state.redis)
+                seed_database(sandbox.database_url)
                 print(f"Seeded a broken world: {counts['jobs:dead']} dead jobs in jobs:dead "
                       f"(SMTP timeouts, auth failures, rate limits, a KeyError, bytes that are not JSON), "
-                      f"{counts['step.dead']} in step.dead.", flush=True)
+                      f"{counts['step.dead']} in step.dead; 45 emails stuck behind an SMTP provider that refuses "
+                      "connections and 100 failed; case-42's reminder blocked by its daily cap; a worker that "
+                      "is not ready.", flush=True)
                 if interactive:
                     console(runtime)
                     return 0
