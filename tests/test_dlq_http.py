@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -29,6 +30,7 @@ class ExportService:
         self.replays: list[tuple[str, str]] = []     # (id, idempotency key) accepted
         self.fail_next: dict[str, int] = {}          # path prefix -> how many 500s to answer first
         self.always_fail: set[str] = set()           # ids whose replay fails for good
+        self.slow_next: dict[str, int] = {}          # path prefix -> how many answers to delay past the timeout
         self.requests: list[str] = []
         self.lock = threading.Lock()
         service = self
@@ -41,6 +43,14 @@ class ExportService:
                 send_json(self, status, body)
 
             def _guard(self) -> bool:
+                delay = False
+                with service.lock:
+                    for prefix, left in list(service.slow_next.items()):
+                        if self.path.startswith(prefix) and left > 0:
+                            service.slow_next[prefix] = left - 1
+                            delay = True
+                if delay:
+                    time.sleep(3)  # beyond the client's 2 s timeout
                 with service.lock:
                     service.requests.append(f"{self.command} {self.path}")
                     for prefix, left in list(service.fail_next.items()):
@@ -137,6 +147,20 @@ def test_replay_retries_5xx_reports_per_item_and_is_idempotent(runtime_http, ser
     # Replaying again finds only what failed; nothing is replayed twice.
     again = run(runtime_http, "dlq requeue --type export")
     assert again.result.data["plan"]["matching"] == 1
+
+
+def test_a_timeout_is_retried_and_the_replay_still_happens_once(runtime_http, service):
+    service.slow_next["/v1/admin/export-dead-letter/dl-5/"] = 1
+    preview = run(runtime_http, "dlq requeue --id dl-5")
+    done = runtime_http.engine.confirm(preview.pending.id, Actor(ALICE), OPS).result
+
+    assert done.status == "ok" and done.data["replayed"] == 1
+    posts = lambda: [r for r in service.requests if r.startswith("POST") and "/dl-5/" in r]  # noqa: E731
+    deadline = time.monotonic() + 5
+    while len(posts()) < 2 and time.monotonic() < deadline:  # the slow first try reaches the service late
+        time.sleep(0.05)
+    assert len(posts()) == 2                               # the first timed out, the retry went through
+    assert [i for i, _ in service.replays] == ["dl-5"]     # and the late first try replayed nothing twice
 
 
 def test_a_wrong_token_is_a_clear_error(runtime_http):
