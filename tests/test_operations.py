@@ -147,15 +147,15 @@ def test_a_reply_slack_refuses_is_kept_and_delivered_later(bot, fake_slack):
     bot.post(body)
 
     actions = lambda: [e.action for e in bot.runtime.state.action_log.entries()]  # noqa: E731
-    deadline = time.monotonic() + 20
-    while "post_failed" not in actions() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while "post_delivered" not in actions() and time.monotonic() < deadline:  # a worker heartbeat retries it
         time.sleep(0.1)
-    assert "post_failed" in actions() and bot.runtime.outbox.depth() == 1
 
-    assert bot.runtime.outbox.retry_due() == 1
+    logged = actions()
+    assert logged.index("post_failed") < logged.index("post_delivered")
     delivered = fake_slack.responses("late")[-1]
-    assert "commands" in delivered.body["text"]
-    assert "post_delivered" in actions() and bot.runtime.outbox.depth() == 0
+    assert len(fake_slack.responses("late")) == 5 and "commands" in delivered.body["text"]
+    assert bot.runtime.outbox.depth() == 0
 
 
 # -- replicas and shutdown ------------------------------------------------------------------
