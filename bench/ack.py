@@ -167,14 +167,14 @@ def main() -> int:
             for name in urls:
                 for url, proc in zip(urls[name], servers[name]):
                     wait_ready(url, proc)
-            for name, url in urls.items():  # warm-up
-                load(url, slack.response_url("warmup"), 50, args.concurrency)
+            for targets in urls.values():  # warm-up
+                load(targets, slack.response_url("warmup"), 50, args.concurrency)
             rounds: list[dict[str, tuple[float, float, int]]] = []
             for _ in range(args.rounds):  # interleaved, so both servers see the same machine noise
                 figures = {}
-                for name, url in urls.items():
+                for name, targets in urls.items():
                     time.sleep(0.5)
-                    latencies, errors = load(url, slack.response_url(name.replace(" ", "-")), args.requests,
+                    latencies, errors = load(targets, slack.response_url(name.replace(" ", "-")), args.requests,
                                              args.concurrency)
                     figures[name] = (percentile(latencies, 50), percentile(latencies, 99), errors)
                 rounds.append(figures)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    state = State.connect(settings)
+    state = State(settings)
     state.redis.ping(); state.action_log.append(...)
     state.close()
 
@@ -27,10 +27,6 @@ __all__ = ["State"]
 class State:
     def __init__(self, settings: Settings):
         self.settings = settings
-
-    @classmethod
-    def connect(cls, settings: Settings) -> "State":
-        return cls(settings)
 
     @cached_property
     def redis(self) -> redis.Redis:

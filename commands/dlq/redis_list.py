@@ -30,7 +30,7 @@ import redis
 from bot.config import QueueSettings
 from bot.invocation import CommandError
 from commands.dlq import lua
-from commands.dlq.entries import DeadEntry, Filters, parse_time
+from commands.dlq.entries import DeadEntry, Filters
 
 __all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport", "TrimReport"]
 
@@ -338,9 +338,3 @@ class RedisListQueue:
             self.client.hset(self.trim_key, "status", outcome)
         return TrimReport(task_id, dropped, to_drop, outcome, self.clock() - started)
 
-
-def oldest_age(depth: Depth, now: float) -> float | None:
-    return None if depth.oldest is None else max(now - depth.oldest, 0.0)
-
-
-__all__ += ["oldest_age", "parse_time"]

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from bot.config import EmailSettings
 from bot.durations import format_duration
-from bot.invocation import CommandError, Invocation
+from bot.invocation import Invocation
 from bot.registry import Arg, Command, Guard, duration, positive_int
 from bot.result import Plan, Result, Section
 from commands.email.smtp_probe import probe
