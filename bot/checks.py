@@ -5,7 +5,8 @@ Usage::
     result = run_checks(runtime)      # Result: ok when every target answered, fail naming those that did not
 
 Checks run concurrently with short timeouts, so one hanging target costs its
-own timeout, not the sum of all of them.
+own timeout, not the sum of all of them. Services are checked by the same probes
+as ``/ops health`` (auth header, timeout and body expectation from app.yaml).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
-
+from bot.probes import check_services
 from bot.result import Result, Section
 from bot.runbooks import RunbookLibrary
 from bot.runtime import Runtime
@@ -44,14 +44,15 @@ def run_checks(runtime: Runtime, library: RunbookLibrary | None = None) -> Resul
         checks.append((f"database {name}", lambda name=name: _database(runtime, name)))
     for queue in settings.queues:
         checks.append((f"queue {queue.name}", lambda queue=queue: _queue(runtime, queue)))
-    for name, service in settings.services.items():
-        for kind in ("liveness", "readiness"):
-            url = getattr(service, kind)
-            if url:
-                checks.append((f"service {name} {kind}", lambda url=url, s=service: _http(url, s.expect)))
-    with ThreadPoolExecutor(max_workers=min(len(checks), 16)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(checks) + 1, 16)) as pool:
+        services = pool.submit(check_services, settings.services)  # the same probes as `/ops health`
         futures = [(name, pool.submit(_timed, fn)) for name, fn in checks]
         outcomes = [(name, *future.result()) for name, future in futures]
+        outcomes += [
+            (f"service {c.service} {c.kind}", c.ok,
+             f"ok, HTTP {c.status} ({c.ms:.0f} ms)" if c.ok else f"{c.detail} from {c.url}")
+            for c in services.result()
+        ]
     failed = [name for name, ok, _ in outcomes if ok is False]
     warned = [name for name, ok, _ in outcomes if ok is None]
     fields = tuple((name, (":white_check_mark: " if ok else (":x: " if ok is False else ":warning: ")) + detail)
@@ -110,21 +111,6 @@ def _queue(runtime: Runtime, queue) -> str:
             raise CheckFailed(f"{role} key {key!r} is a Redis {kind}, expected a list")
         parts.append(f"{role} {key!r}: {client.llen(key) if kind == 'list' else 0}")
     return "ok, " + ", ".join(parts)
-
-
-def _http(url: str, expect: dict | None) -> str:
-    response = httpx.get(url, timeout=TIMEOUT, follow_redirects=False)
-    if response.status_code >= 400:
-        raise CheckFailed(f"HTTP {response.status_code} from {url}")
-    if expect:
-        try:
-            body = response.json()
-        except ValueError:
-            raise CheckFailed(f"{url} did not answer JSON (expected {expect})") from None
-        wrong = {k: body.get(k) for k, v in expect.items() if not isinstance(body, dict) or body.get(k) != v}
-        if wrong:
-            raise CheckFailed(f"{url} answered {wrong}, expected {expect}")
-    return f"ok, HTTP {response.status_code}"
 
 
 def _slack(runtime: Runtime) -> str:

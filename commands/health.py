@@ -10,7 +10,7 @@ from bot.durations import format_duration
 from bot.invocation import CommandError, Invocation
 from bot.registry import Arg, Command
 from bot.result import Result, Section
-from commands.probes import as_dict, check_services, scrape_all
+from bot.probes import as_dict, check_services, scrape_all
 
 __all__ = ["COMMANDS"]
 
