@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import psycopg
@@ -99,7 +100,7 @@ class Engine:
         self.prefix = settings.slack.command
         self.stopping: Callable[[], bool] = lambda: False  # set by a transport that shuts down gracefully
 
-    @property
+    @cached_property
     def pending(self) -> PendingStore:
         return PendingStore(self.state.redis, self.settings.state.prefix)
 
