@@ -44,6 +44,8 @@ def run_checks(runtime: Runtime, library: RunbookLibrary | None = None) -> Resul
         checks.append((f"database {name}", lambda name=name: _database(runtime, name)))
     for queue in settings.queues:
         checks.append((f"queue {queue.name}", lambda queue=queue: _queue(runtime, queue)))
+    if settings.audit.database in settings.databases:
+        checks.append(("audit scheme", lambda: _audit_scheme(runtime)))
     with ThreadPoolExecutor(max_workers=min(len(checks) + 1, 16)) as pool:
         services = pool.submit(check_services, settings.services)  # the same probes as `/ops health`
         futures = [(name, pool.submit(_timed, fn)) for name, fn in checks]
@@ -111,6 +113,18 @@ def _queue(runtime: Runtime, queue) -> str:
             raise CheckFailed(f"{role} key {key!r} is a Redis {kind}, expected a list")
         parts.append(f"{role} {key!r}: {client.llen(key) if kind == 'list' else 0}")
     return "ok, " + ", ".join(parts)
+
+
+def _audit_scheme(runtime: Runtime) -> str:
+    from bot.invocation import CommandError
+    from commands.audit import check_scheme
+
+    try:
+        return check_scheme(runtime.settings, runtime.targets)
+    except CommandError as exc:
+        if "does not exist" in str(exc):
+            raise _Warning(str(exc)) from None
+        raise CheckFailed(str(exc)) from None
 
 
 def _slack(runtime: Runtime) -> str:

@@ -23,8 +23,15 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from bot.config import ConfigError, Settings, default_config_path, is_secret_key, load_settings
+from bot.config import (
+    ConfigError,
+    Settings,
+    default_config_path,
+    is_secret_key,
+    load_settings,
+)
 from bot.engine import Outcome
 from bot.invocation import Actor, Where
 from bot.logs import setup_logging
@@ -56,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--as", dest="as_user", metavar="USER", help="act as this Slack user id, with their roles")
     run.add_argument("--yes", action="store_true", help="confirm a guarded command without asking")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
-    run.add_argument("text", nargs="+", help='the command text, e.g. "dlq status"')
+    run.add_argument("--output", metavar="PATH", default=".",
+                     help="where files a command produces (audit export) are written: a folder or a file name")
+    run.add_argument("text", nargs=argparse.REMAINDER,
+                     help='the command text, e.g. "dlq status" (quoted or not: options after it belong to it)')
 
     serve = sub.add_parser("serve", help="serve Slack over HTTP")
     serve.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
@@ -136,6 +146,9 @@ def _runtime(settings: Settings, timeout: int = 10) -> Runtime:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    if not " ".join(args.text).strip():
+        print('opsbot run: the command text is missing, e.g. opsbot run "dlq status"', file=sys.stderr)
+        return EXIT_USAGE
     runtime = _runtime(settings, timeout=5)
     try:
         actor = Actor(args.as_user, team="cli") if args.as_user else Actor.local()
@@ -144,6 +157,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         outcome = runtime.engine.handle(text, actor, where, _terminal_progress(runtime))
         if outcome.kind == "preview":
             outcome = _confirm_in_terminal(runtime, outcome, actor, where, args)
+        outcome = _save_attachments(outcome, args.output)
         _print(runtime, outcome, args.json)
         return outcome.exit_code
     finally:
@@ -169,6 +183,29 @@ def _confirm_in_terminal(runtime: Runtime, preview: Outcome, actor: Actor, where
     if not args.json:
         print(note, file=sys.stderr)
     return Outcome("preview", result, preview.pending, preview.command)
+
+
+def _save_attachments(outcome: Outcome, output: str) -> Outcome:
+    """Write the result's files under ``output`` (a folder, or the file name when there is one file)."""
+    import shutil
+    from dataclasses import replace
+
+    files = outcome.result.attachments
+    if not files:
+        return outcome
+    written = []
+    for attachment in files:
+        target = Path(output)
+        if target.is_dir() or len(files) > 1:
+            target = target / attachment.filename
+        if attachment.path:
+            shutil.move(attachment.path, target)
+        else:
+            target.write_bytes(attachment.content or b"")
+        written.append(str(target))
+        print(f"wrote {target}", file=sys.stderr)
+    result = outcome.result.with_(data={**outcome.result.data, "written": written}, attachments=[])
+    return replace(outcome, result=result)
 
 
 def _terminal_progress(runtime: Runtime) -> Throttled:

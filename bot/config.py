@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from bot.durations import parse_duration
 from bot.envsubst import UnsetVariable, expand
@@ -28,9 +36,9 @@ from bot.envsubst import UnsetVariable, expand
 __all__ = [
     "ConfigError",
     "Settings",
-    "load_settings",
     "default_config_path",
     "is_secret_key",
+    "load_settings",
 ]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -131,9 +139,25 @@ class RedisTarget(_Model):
     url: str
 
 
+class MigrationSource(_Model):
+    """Where a database's expected migrations come from, for ``drift``.
+
+    ``source`` is a folder (relative to app.yaml) — Prisma's ``prisma/migrations`` or
+    Alembic's versions folder — or an http(s) URL answering the list as JSON.
+    """
+
+    tool: Literal["prisma", "alembic"]
+    source: str
+    table: Identifier | None = None  # _prisma_migrations / alembic_version
+    db_schema: Identifier | None = Field(None, alias="schema")
+    token: SecretStr | None = None  # bearer token for an http(s) source
+    timeout: Duration = 10.0
+
+
 class DatabaseTarget(_Model):
     url: str
     statement_timeout: Duration = 10.0
+    migrations: MigrationSource | None = None
 
 
 class QueueSettings(_Model):
@@ -243,6 +267,63 @@ class StatusThresholds(_Model):
     stuck_email: int = Field(0, ge=0)
 
 
+AUDIT_FIELDS = ("prev_hash", "id", "tenant", "created", "actor", "action", "payload", "writer")
+AuditField = Literal["prev_hash", "id", "tenant", "created", "actor", "action", "payload", "writer"]
+
+
+class AuditColumns(_Model):
+    """Column names of the audit table; ``writer`` (the node that wrote a row) is optional."""
+
+    id: str = "id"
+    tenant: str = "tenantId"
+    created: str = "createdAt"
+    actor: str = "actor"
+    action: str = "action"
+    payload: str = "payload"
+    prev_hash: str = "prevHash"
+    hash: str = "hash"
+    writer: str | None = None
+
+
+class HashScheme(_Model):
+    """How one row's hash is computed. The default is SPEC §7's v1."""
+
+    fields: list[AuditField] = ["prev_hash", "id", "tenant", "created", "actor", "action", "payload"]
+    algorithm: str = "sha256"
+    framing: Literal["length-prefixed", "separator"] = "length-prefixed"
+    separator: str = "|"
+    null: str = "-1:"
+    created_format: Literal["iso-ms", "iso-us", "epoch-ms"] = "iso-ms"
+    digest: Literal["hex", "base64"] = "hex"
+    function: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+    @model_validator(mode="after")
+    def _known_algorithm(self) -> HashScheme:
+        import hashlib
+
+        if self.algorithm not in hashlib.algorithms_available:
+            raise ValueError(f"algorithm: unknown hash algorithm {self.algorithm!r}")
+        if not self.fields and not self.function:
+            raise ValueError("fields: name at least one field, or a function")
+        return self
+
+
+class AuditSettings(_Model):
+    """The application's hash-chained audit table (seed 004) and how ``audit`` checks it."""
+
+    database: str = "main"
+    table: str = "AuditLog"
+    columns: AuditColumns = AuditColumns()
+    scheme: HashScheme = HashScheme()
+    snapshot_secret: SecretStr | None = None
+    failure_limit: int = Field(20, ge=1, le=1000)
+    window: int = Field(4096, ge=16, le=1_000_000)
+    fork_window: Duration = 2.0
+    timeout: Duration = 1800.0
+    full_rescan_every: Duration = 7 * 86400.0
+    stale_after: Duration = 86400.0
+
+
 class Settings(_Model):
     slack: SlackSettings = SlackSettings()
     state: StateSettings
@@ -256,11 +337,12 @@ class Settings(_Model):
     services: dict[Name, ServiceSettings] = {}
     email: EmailSettings = EmailSettings()
     status: StatusThresholds = StatusThresholds()
+    audit: AuditSettings = AuditSettings()
     runbooks_dir: str = "runbooks"
     base_dir: str = Field(".", exclude=True)
 
     @model_validator(mode="after")
-    def _references_resolve(self) -> "Settings":
+    def _references_resolve(self) -> Settings:
         for name in ("per_user", "guarded_per_user", "per_command"):
             try:
                 self.limits.parsed(name)

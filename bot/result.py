@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["Status", "Section", "Button", "Attachment", "Result", "Plan", "to_json", "fingerprint_of"]
+__all__ = ["Attachment", "Button", "Plan", "Result", "Section", "Status", "fingerprint_of", "to_json"]
 
 Status = Literal["ok", "warn", "fail", "error"]
 
@@ -30,7 +30,7 @@ class Section:
     text: str = ""
     fields: tuple[tuple[str, str], ...] = ()
     code: str | None = None
-    button: "Button | None" = None
+    button: Button | None = None
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,28 @@ class Button:
 
 @dataclass(frozen=True)
 class Attachment:
+    """A file that goes with a result: uploaded to the thread in Slack, written to a path by the CLI.
+
+    Small files carry ``content``; large ones live at ``path`` (a temporary file the
+    renderer moves or uploads and then removes).
+    """
+
     filename: str
-    content: bytes
+    content: bytes | None = None
+    path: str | None = None
     title: str = ""
+
+    def read(self) -> bytes:
+        if self.content is not None:
+            return self.content
+        with open(self.path or "", "rb") as handle:
+            return handle.read()
+
+    def discard(self) -> None:
+        import os
+
+        if self.path and os.path.exists(self.path):
+            os.unlink(self.path)
 
 
 @dataclass(frozen=True)
@@ -62,22 +81,22 @@ class Result:
     command: str = ""
 
     @classmethod
-    def ok(cls, summary: str, **kw: Any) -> "Result":
+    def ok(cls, summary: str, **kw: Any) -> Result:
         return cls("ok", summary, **_tuples(kw))
 
     @classmethod
-    def warn(cls, summary: str, **kw: Any) -> "Result":
+    def warn(cls, summary: str, **kw: Any) -> Result:
         return cls("warn", summary, **_tuples(kw))
 
     @classmethod
-    def fail(cls, summary: str, **kw: Any) -> "Result":
+    def fail(cls, summary: str, **kw: Any) -> Result:
         return cls("fail", summary, **_tuples(kw))
 
     @classmethod
-    def error(cls, summary: str, **kw: Any) -> "Result":
+    def error(cls, summary: str, **kw: Any) -> Result:
         return cls("error", summary, **_tuples(kw))
 
-    def with_(self, **changes: Any) -> "Result":
+    def with_(self, **changes: Any) -> Result:
         return replace(self, **_tuples(changes))
 
 

@@ -66,7 +66,7 @@ class SlackWork:
             self._reply(respond, Outcome("result", Result.error(f"opsbot failed on this request: {exc}")),
                         replace=False)
 
-    def _command(self, body: dict, respond: "_SafeRespond") -> None:
+    def _command(self, body: dict, respond: _SafeRespond) -> None:
         try:
             self.engine.parse(body.get("text", ""))
         except UsageError:
@@ -74,9 +74,9 @@ class SlackWork:
         actor = Actor(body["user_id"], team=body.get("team_id", ""))
         where = Where(body.get("channel_id", ""), channel_name=body.get("channel_name"))
         outcome = self.engine.handle(body.get("text", ""), actor, where, self._progress(where))
-        self._reply(respond, outcome, replace=False)
+        self._reply(respond, outcome, replace=False, where=where)
 
-    def _action(self, body: dict, respond: "_SafeRespond") -> None:
+    def _action(self, body: dict, respond: _SafeRespond) -> None:
         action = (body.get("actions") or [{}])[0]
         kind = action.get("action_id", "").removeprefix(ACTION_PREFIX).split(":", 1)[0]
         actor, where, value = self._clicked(body)
@@ -85,7 +85,7 @@ class SlackWork:
         elif kind == "cancel":
             self._reply(respond, self.engine.cancel(value, actor, where), replace=True)
         elif kind == "run":
-            self._reply(respond, self.engine.handle(value, actor, where), replace=False)
+            self._reply(respond, self.engine.handle(value, actor, where), replace=False, where=where)
 
     def _progress(self, where: Where) -> Throttled | None:
         if self.runtime.slack is None:
@@ -105,8 +105,10 @@ class SlackWork:
         )
         return Actor(user.get("id", ""), team=team), where, (body.get("actions") or [{}])[0].get("value", "")
 
-    def _reply(self, respond: "_SafeRespond", outcome: Outcome, *, replace: bool) -> None:
+    def _reply(self, respond: _SafeRespond, outcome: Outcome, *, replace: bool, where: Where | None = None) -> None:
         message: dict[str, Any] = to_message(outcome.result, self.runtime.redactor)
+        if outcome.result.attachments:
+            message["text"] += self._upload(outcome.result, where)
         # A preview turned into its outcome replaces the preview; a refusal aimed at one
         # person (denied, waiting, already taken) is shown to that person only.
         personal = outcome.kind in ("denied", "waiting", "taken", "usage")
@@ -115,6 +117,25 @@ class SlackWork:
         else:
             respond(response_type="ephemeral" if outcome.ephemeral or personal else "in_channel",
                     replace_original=False, **message)
+
+    def _upload(self, result: Result, where: Where | None) -> str:
+        """Upload the result's files into the channel (thread) it was run from; a note for the reply."""
+        notes = []
+        for attachment in result.attachments:
+            try:
+                if self.runtime.slack is None or where is None or not where.channel:
+                    raise RuntimeError("no Slack client or channel to upload to")
+                self.runtime.slack.files_upload_v2(
+                    channel=where.channel, thread_ts=where.thread_ts, filename=attachment.filename,
+                    title=attachment.title or attachment.filename, content=attachment.read())
+                notes.append(f"\n:paperclip: {attachment.filename} uploaded")
+            except Exception as exc:
+                log.error("could not upload %s: %s", attachment.filename, self.runtime.redactor.text(str(exc)))
+                notes.append(f"\n:warning: {attachment.filename} could not be uploaded ({exc}); run the command"
+                             " with `opsbot run` to get the file")
+            finally:
+                attachment.discard()
+        return "".join(notes)
 
     def _first_delivery(self, body: dict, job_id: str) -> bool:
         """False when another copy of this delivery (a Slack retry, on any replica) was taken already.

@@ -42,16 +42,23 @@ class Targets:
             return self._redis[name]
 
     @contextmanager
-    def database(self, name: str, *, read_only: bool = True) -> Iterator[psycopg.Connection]:
-        """A connection in one transaction (read-only unless asked), with the configured statement timeout."""
+    def database(self, name: str, *, read_only: bool = True, repeatable_read: bool = False,
+                 statement_timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """A connection in one transaction (read-only unless asked), with the configured statement timeout.
+
+        ``repeatable_read`` gives every query of the transaction one snapshot; ``statement_timeout``
+        (seconds) replaces the database's own for long, deliberate reads.
+        """
         target = self.settings.databases.get(name)
         if target is None:
             raise CommandError(
                 f"unknown database {name!r}; configured: {', '.join(self.settings.databases) or 'none'}"
             )
-        timeout_ms = int(target.statement_timeout * 1000)
+        timeout_ms = int((statement_timeout or target.statement_timeout) * 1000)
         with psycopg.connect(target.url, connect_timeout=5, application_name="opsbot") as conn:
             conn.read_only = read_only
+            if repeatable_read:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
                 conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
                 yield conn

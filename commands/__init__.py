@@ -14,11 +14,10 @@ __all__ = ["build_registry"]
 
 
 def build_registry() -> Registry:
-    from commands import dlq, email, health
+    from commands import audit, dlq, email, health, runbook
     from commands import help as help_commands
-    from commands import runbook
 
     registry = Registry()
-    for module in (help_commands, runbook, dlq, email, health):
+    for module in (help_commands, runbook, dlq, email, health, audit):
         registry.add(*module.COMMANDS)
     return registry

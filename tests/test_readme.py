@@ -25,7 +25,7 @@ def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
             continue
         key = prefix + (field.alias or name)
         annotation = field.annotation
-        inner = getattr(annotation, "__args__", (annotation,))[-1]
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)][-1]  # X | None: X
         if isinstance(inner, type) and issubclass(inner, BaseModel):
             sep = "[]." if getattr(annotation, "__origin__", None) is list else (
                 ".<name>." if getattr(annotation, "__origin__", None) is dict else ".")

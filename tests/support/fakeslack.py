@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 from tests.support.http import send_json
 
-__all__ = ["FakeSlack", "Call"]
+__all__ = ["Call", "FakeSlack"]
 
 
 @dataclass
@@ -44,6 +44,7 @@ class FakeSlack:
         self._failures: dict[str, list[tuple[int, dict, dict]]] = {}
         self._lock = threading.Condition()
         self._ts = 0
+        self.uploads: dict[str, bytes] = {}  # file id -> bytes uploaded to its upload URL
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,7 +64,7 @@ class FakeSlack:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     # -- lifecycle --------------------------------------------------------------------
-    def __enter__(self) -> "FakeSlack":
+    def __enter__(self) -> FakeSlack:
         self.thread.start()
         return self
 
@@ -123,7 +124,11 @@ class FakeSlack:
         length = int(request.headers.get("Content-Length") or 0)
         raw = request.rfile.read(length) if length else b""
         ctype = request.headers.get("Content-Type", "")
-        if "json" in ctype:
+        if request.path.startswith("/upload/"):  # the URL files.getUploadURLExternal handed out
+            with self._lock:
+                self.uploads[request.path.removeprefix("/upload/")] = raw
+            body = {"bytes": len(raw)}
+        elif "json" in ctype:
             body = json.loads(raw or b"{}")
         else:
             body = dict(parse_qsl(raw.decode()))
@@ -170,6 +175,12 @@ class FakeSlack:
             if group not in self.usergroups:
                 return 200, {"ok": False, "error": "no_such_subteam"}, {}
             return 200, {"ok": True, "users": self.usergroups[group]}, {}
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{self._ts:06d}"
+            return 200, {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}, {}
+        if method == "files.completeUploadExternal":
+            files = json.loads(body.get("files", "[]"))
+            return 200, {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}, {}
         if method in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
             return 200, {"ok": True, "channel": body.get("channel", "C0"), "ts": body.get("ts") or ts,
                          "message": {"text": body.get("text", "")}}, {}

@@ -1,0 +1,315 @@
+"""``audit verify``, ``audit snapshot`` and ``audit export``: is the AuditLog hash chain intact (seed 004)?
+
+Reads run on the application's database in one read-only, repeatable-read
+transaction with ``audit.timeout`` as statement timeout; rows are streamed, so
+memory does not grow with the table. What the bot remembers (signed snapshots,
+the result of each run) lives in its own schema, see :mod:`commands.audit.records`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from psycopg import sql
+
+from bot.durations import format_duration
+from bot.invocation import CommandError, Invocation
+from bot.registry import Arg, Command, int_between
+from bot.result import Attachment, Result, Section
+from commands.audit.records import AuditRecords
+from commands.audit.rows import copy_rows
+from commands.audit.scheme import CREATED, HASH, ID, Layout, compile_scheme
+from commands.audit.walk import ChainWalker, TenantReport, WalkOptions
+
+__all__ = ["COMMANDS", "records_for", "verify_text", "walk_chains"]
+
+RUNBOOK = "audit-chain-invalid"
+PROGRESS_EVERY = 200_000
+_NEXT_STEP = {
+    "content_mismatch": "a row was edited in place: find who changed it (manual edits, a migration touching the"
+                        " table) and restore it from the export or a backup",
+    "link_break": "rows were deleted, inserted or re-linked: compare `audit export` with the export taken at"
+                  " the last snapshot",
+    "fork": "two app nodes appended at once: make appends take a per-tenant lock (SELECT ... FOR UPDATE on the head)",
+    "clock_skew": "an app node's clock is off: check NTP on the writer named, then re-verify",
+    "scheme_suspect": "the writer's hashing changed at that row: check the deploy at that time and audit.scheme",
+    "truncated": "the newest rows are gone: check for deletes or a restore from an older backup",
+    "rewritten": "the chain was re-hashed after the snapshot: treat as tampering and compare exports",
+    "snapshot_invalid": "the snapshot row was altered or audit.snapshot_secret changed: take a new snapshot only"
+                        " after a full verification",
+}
+
+
+def records_for(inv: Invocation) -> AuditRecords:
+    secret = inv.settings.audit.snapshot_secret
+    return AuditRecords(inv.state.pool, inv.settings.state.db_schema, secret.get_secret_value() if secret else None)
+
+
+def _open(inv: Invocation):
+    audit = inv.settings.audit
+    return inv.targets.database(audit.database, repeatable_read=True, statement_timeout=audit.timeout)
+
+
+def _tenant_filter(layout: Layout, tenant: str | None) -> sql.Composable:
+    if tenant is None:
+        return sql.SQL("TRUE")
+    return sql.SQL("{} = {}").format(layout.column("tenant"), sql.Literal(tenant))
+
+
+def _counted(rows: Iterator, progress, every: int = PROGRESS_EVERY) -> Iterator:
+    """Pass rows through, calling ``progress(n)`` every ``every`` rows (cheap: one countdown per row)."""
+    seen, countdown = 0, every
+    for row in rows:
+        yield row
+        countdown -= 1
+        if not countdown:
+            seen += every
+            countdown = every
+            progress(seen)
+
+
+def walk_chains(conn, inv: Invocation, tenant: str | None, *, since_snapshot: bool = False,
+                limit: int | None = None, on_rows=None) -> tuple[list[TenantReport], str, list[str]]:
+    """Verify the chains; returns the reports, the mode (full or incremental) and notes for the reader."""
+    audit = inv.settings.audit
+    layout = Layout.load(conn, audit)
+    hasher = compile_scheme(audit.scheme, layout.positions)
+    options = WalkOptions(limit=limit or audit.failure_limit, window=audit.window, fork_window=audit.fork_window,
+                          writer=layout.positions.get("writer"))
+    records = records_for(inv)
+    notes: list[str] = []
+    snapshots = records.latest_snapshots([tenant] if tenant else None)
+    if records.secret is None and snapshots:
+        notes.append("snapshots are not checked: audit.snapshot_secret is not set")
+        snapshots = {}
+    walker = ChainWalker(hasher, options)
+    if not since_snapshot:
+        rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)))
+        if on_rows:
+            rows = _counted(rows, on_rows)
+        return list(walker.walk(rows, snapshots)), "full", notes
+    if tenant is None:
+        raise CommandError("--since-snapshot verifies one tenant at a time: audit verify <tenant> --since-snapshot")
+    snap = snapshots.get(tenant)
+    if snap is None or not snap.signature_ok:
+        raise CommandError(f"tenant {tenant!r} has no valid snapshot to start from; run a full `audit verify"
+                           f" {tenant}` and then `audit snapshot {tenant}`")
+    head = conn.execute(sql.SQL("SELECT {hash}::text FROM {table} WHERE {tenant} = %s AND {id}::text = %s").format(
+        hash=layout.column("hash"), table=sql.Identifier(audit.table), tenant=layout.column("tenant"),
+        id=layout.column("id")), (tenant, snap.last_id)).fetchone()
+    if head is None or head[0] != snap.hash:
+        # The head the increment starts from is gone or changed: only a full walk can say what happened.
+        notes.append("the snapshot head changed, so the whole chain was verified instead of the increment")
+        rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)))
+        return list(walker.walk(rows, snapshots)), "full", notes
+    after = sql.SQL("{tenant} = {t} AND ({created}, {id}) > (SELECT {created}, {id} FROM {table}"
+                    " WHERE {tenant} = {t} AND {id}::text = {last})").format(
+        tenant=layout.column("tenant"), created=layout.column("created"), id=layout.column("id"),
+        table=sql.Identifier(audit.table), t=sql.Literal(tenant), last=sql.Literal(snap.last_id))
+    reports = list(walker.walk(copy_rows(conn, layout.select(after)), {},
+                               start={tenant: (snap.count, snap.hash.encode())}))
+    if not reports:  # nothing appended since the snapshot
+        reports = [TenantReport(tenant, rows=snap.count, offset=snap.count, head_id=snap.last_id, head_hash=snap.hash,
+                                head_created=snap.last_created)]
+    age = datetime.now(UTC) - (records.last_run(full_only=True) or _never()).finished_at
+    if age.total_seconds() > audit.full_rescan_every:
+        notes.append(f"the last full verification was {format_duration(age.total_seconds())} ago: run a full"
+                     f" `audit verify {tenant}` (advised every {format_duration(audit.full_rescan_every)})")
+    return reports, "incremental", notes
+
+
+def _never():
+    from commands.audit.records import LastRun
+
+    return LastRun("", "full", True, 0, 0, {}, datetime.fromtimestamp(0, UTC))
+
+
+def verify(inv: Invocation) -> Result:
+    tenant, everyone = inv.args["tenant"], inv.args["all"]
+    if bool(tenant) == bool(everyone):
+        raise CommandError("name one tenant or --all: audit verify <tenant> | audit verify --all")
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+
+    def on_rows(count: int) -> None:
+        inv.progress(Result.ok(f"audit verify: {count:,} rows checked so far ({format_duration(time.perf_counter() - clock)})"))
+
+    with _open(inv) as conn:
+        reports, mode, notes = walk_chains(conn, inv, tenant, since_snapshot=inv.args["since_snapshot"],
+                                           limit=inv.args["limit"], on_rows=on_rows)
+    elapsed = time.perf_counter() - clock
+    if tenant and not reports:
+        raise CommandError(f"tenant {tenant!r} has no rows in {inv.settings.audit.table}")
+    records_for(inv).save_run(tenant or "*", mode, reports, started, inv.actor.label)
+    return verify_result(inv, reports, mode, notes, elapsed)
+
+
+def verify_result(inv: Invocation, reports: list[TenantReport], mode: str, notes: list[str],
+                  elapsed: float) -> Result:
+    table = inv.settings.audit.table
+    rows = sum(r.checked for r in reports)
+    bad = [r for r in reports if not r.valid]
+    rate = f"{rows / elapsed:,.0f} rows/s" if elapsed > 0 else ""
+    data = {"valid": not bad, "mode": mode, "tenants": [_report_dict(r) for r in reports], "rows": rows,
+            "seconds": round(elapsed, 3), "notes": notes}
+    sections = []
+    for report in bad:
+        sections.append(Section(f"{report.tenant}: INVALID", text=verify_text(report)))
+    if bad:
+        kinds = sorted({kind for r in bad for kind in r.counts})
+        sections.append(Section("Next steps", text="\n".join(f"• *{k}*: {_NEXT_STEP[k]}" for k in kinds)
+                                + f"\nRunbook: `/ops runbook {RUNBOOK}`"))
+    valid_lines = [f"{r.tenant}: {r.rows:,} rows{_new(r)}, head {r.head_id} {(r.head_hash or '')[:12]}…" for r in reports
+                   if r.valid]
+    if valid_lines:
+        sections.append(Section("Valid chains", text="\n".join(valid_lines[:50])
+                                + (f"\n… and {len(valid_lines) - 50} more" if len(valid_lines) > 50 else "")))
+    if notes:
+        sections.append(Section("Notes", text="\n".join(f"• {n}" for n in notes)))
+    scope = f"{len(reports)} tenant{'s' if len(reports) != 1 else ''}"
+    if not bad:
+        return Result.ok(f"{table} chain valid ({mode}): {scope}, {rows:,} rows checked in {elapsed:.1f}s ({rate})",
+                         data=data, sections=sections)
+    first = min((r.earliest for r in bad if r.earliest), key=lambda f: (f.tenant, f.position), default=None)
+    where = f"; earliest failure: {first.kind} at row {first.row_id} ({first.created}) in {first.tenant}" if first else ""
+    suspected = any(r.tampering_suspected() for r in bad)
+    verdict = "tampering or data loss suspected" if suspected else "no sign of tampering"
+    return Result.fail(f"{table} chain INVALID for {len(bad)} of {scope} ({verdict}){where}", data=data,
+                       sections=sections)
+
+
+def _new(report: TenantReport) -> str:
+    return f" ({report.checked:,} new since the snapshot)" if report.offset else ""
+
+
+def verify_text(report: TenantReport) -> str:
+    counts = ", ".join(f"{kind} ×{number}" for kind, number in sorted(report.counts.items()))
+    lines = [f"{report.checked:,} rows checked{_new(report) and ' since the snapshot'} · {counts}"]
+    for finding in report.findings:
+        line = f"• `{finding.kind}` row {finding.row_id} ({finding.created}, #{finding.position}): {finding.message}"
+        if finding.expected or finding.actual:
+            line += f"\n   expected `{finding.expected or 'NULL'}`\n   actual   `{finding.actual or 'NULL'}`"
+        lines.append(line)
+    shown = len(report.findings)
+    total = sum(report.counts.values())
+    if total > shown:
+        lines.append(f"… {total - shown} more not shown (--limit)")
+    return "\n".join(lines)
+
+
+def _report_dict(report: TenantReport) -> dict:
+    return {"tenant": report.tenant, "valid": report.valid, "rows": report.rows, "checked": report.checked,
+            "head_id": report.head_id,
+            "head_hash": report.head_hash, "counts": report.counts, "reordered": report.reordered,
+            "findings": [f.as_dict() for f in report.findings]}
+
+
+def check_scheme(inv_settings, targets, sample: int = 50) -> str:
+    """For ``opsbot check``: does the configured scheme reproduce the stored hashes of the first rows?"""
+    audit = inv_settings.audit
+    with targets.database(audit.database) as conn:
+        layout = Layout.load(conn, audit)
+        hasher = compile_scheme(audit.scheme, layout.positions)
+        rows = list(copy_rows(conn, layout.select(sql.SQL("TRUE"), limit=sample)))
+    if not rows:
+        return f"ok, {audit.table} is empty"
+    wrong = sum(1 for row in rows if hasher(row) != row[HASH])
+    if wrong == len(rows):
+        raise CommandError(f"audit.scheme reproduces none of the stored hashes ({wrong} of the first {len(rows)}"
+                           f" rows of {audit.table} differ): check audit.scheme fields, order, algorithm and"
+                           " created_format before a verification raises a false alarm")
+    if wrong:
+        return f"ok, {len(rows) - wrong} of the first {len(rows)} rows verify ({wrong} differ: run audit verify)"
+    return f"ok, the first {len(rows)} rows of {audit.table} verify with the configured scheme"
+
+
+# -- snapshot ----------------------------------------------------------------------------------
+
+def snapshot(inv: Invocation) -> Result:
+    tenant = inv.args["tenant"]
+    records = records_for(inv)
+    if records.secret is None:
+        raise CommandError("audit snapshot needs a signing secret: set audit.snapshot_secret"
+                           " (e.g. ${AUDIT_SNAPSHOT_SECRET}) in app.yaml")
+    clock = time.perf_counter()
+    with _open(inv) as conn:
+        reports, mode, notes = walk_chains(conn, inv, tenant)
+    report = next(iter(reports), None)
+    if report is None:
+        raise CommandError(f"tenant {tenant!r} has no rows in {inv.settings.audit.table}")
+    if not report.valid:
+        return Result.fail(f"no snapshot taken: the {tenant} chain is INVALID; a last-known-good head must verify",
+                           data={"taken": False, "tenant": _report_dict(report)},
+                           sections=[Section(f"{tenant}: INVALID", text=verify_text(report))])
+    records.save_run(tenant, mode, reports, datetime.now(UTC), inv.actor.label)
+    snap = records.save_snapshot(report, inv.actor.label)
+    return Result.ok(
+        f"snapshot of {tenant}: {snap.count:,} rows, head {snap.last_id} {snap.hash[:12]}… (verified in"
+        f" {time.perf_counter() - clock:.1f}s, signed)",
+        data={"taken": True, "tenant": tenant, "last_id": snap.last_id, "hash": snap.hash, "count": snap.count,
+              "taken_at": snap.taken_at.isoformat()},
+        sections=[Section(fields=(("head row", snap.last_id), ("head created", snap.last_created),
+                                  ("head hash", snap.hash), ("rows", f"{snap.count:,}")))])
+
+
+# -- export ------------------------------------------------------------------------------------
+
+def export(inv: Invocation) -> Result:
+    tenant = inv.args["tenant"]
+    audit = inv.settings.audit
+    handle = tempfile.NamedTemporaryFile("wb", prefix="opsbot-audit-", suffix=".jsonl", delete=False)
+    count, head, digest = 0, None, None
+    try:
+        with handle, _open(inv) as conn:
+            layout = Layout.load(conn, audit)
+            names = [getattr(audit.columns, name) for name in layout.names]
+            rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)))
+            digest = hashlib.sha256()
+            for row in rows:
+                record = {n: (None if v is None else v.decode("utf-8", "replace")) for n, v in zip(names, row)}
+                line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+                handle.write(line)
+                digest.update(line)
+                count += 1
+                head = row
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+    if count == 0:
+        os.unlink(handle.name)
+        raise CommandError(f"tenant {tenant!r} has no rows in {audit.table}")
+    head_hash = head[HASH].decode()
+    filename = f"audit-{tenant}-{head_hash[:12]}.jsonl"
+    data = {"tenant": tenant, "rows": count, "head_id": head[ID].decode(), "head_hash": head_hash,
+            "head_created": head[CREATED].decode(), "file": filename, "sha256": digest.hexdigest()}
+    return Result.ok(
+        f"exported {count:,} rows of {tenant}; head {head[ID].decode()} {head_hash[:12]}…",
+        data=data,
+        sections=[Section(fields=(("head hash", head_hash), ("rows", f"{count:,}"),
+                                  ("file sha256", digest.hexdigest()), ("file", filename))),
+                  Section(text="Two exports describe the same chain when their head hashes and row counts match;"
+                               " `diff` them to find where they part.")],
+        attachments=[Attachment(filename, path=handle.name, title=f"AuditLog {tenant} (head {head_hash[:12]})")])
+
+
+COMMANDS = [
+    Command("audit verify", "Verify the AuditLog hash chain and classify the earliest failing record",
+            args=(Arg("tenant", "one tenant id", positional=True),
+                  Arg("all", "every tenant", flag=True),
+                  Arg("since_snapshot", "only rows after the tenant's last snapshot (incremental)", flag=True),
+                  Arg("limit", "findings shown per tenant", type=int_between(1, 1000))),
+            run=verify, examples=("audit verify tenant-a", "audit verify --all",
+                                  "audit verify tenant-a --since-snapshot")),
+    Command("audit snapshot", "Verify a tenant's chain and record its head as last-known-good (signed)",
+            args=(Arg("tenant", "one tenant id", positional=True, required=True),), run=snapshot,
+            examples=("audit snapshot tenant-a",)),
+    Command("audit export", "Export a tenant's chain as JSONL with its head hash (a file in the thread)",
+            args=(Arg("tenant", "one tenant id", positional=True, required=True),), run=export,
+            examples=("audit export tenant-a",)),
+]
