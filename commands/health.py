@@ -96,6 +96,48 @@ def _email_line(inv: Invocation) -> tuple[str, str, str, dict]:
                                   f"(red above {inv.settings.status.stuck_email})"), {"stuck": stuck}
 
 
+def _audit_line(inv: Invocation) -> tuple[str, str, str, dict]:
+    from commands.audit import records_for
+
+    try:
+        last = records_for(inv).last_run()
+    except Exception as exc:
+        return GREY, "audit verification", f"unknown ({str(exc).splitlines()[0][:120]})", {}
+    if last is None:
+        return AMBER, "audit verification", "never run: `audit verify --all`", {}
+    age = time.time() - last.finished_at.timestamp()
+    scope = "all tenants" if last.scope == "*" else last.scope
+    when = f"{format_duration(age)} ago ({last.mode}, {scope}, {last.rows:,} rows)"
+    extra = {"valid": last.valid, "age_seconds": round(age)}
+    if not last.valid:
+        found = ", ".join(f"{kind} ×{n}" for kind, n in sorted(last.counts.items()))
+        return RED, "audit verification", f"INVALID {when}: {found}", extra
+    stale = inv.settings.audit.stale_after
+    if age > stale:
+        return AMBER, "audit verification", f"valid {when} (amber after {format_duration(stale)})", extra
+    return GREEN, "audit verification", f"valid {when}", extra
+
+
+def _drift_lines(inv: Invocation) -> list[tuple[str, str, str, dict]]:
+    from commands.drift import drift_reports
+
+    if not any(db.migrations for db in inv.settings.databases.values()):
+        return [(GREY, "migration drift", "no migrations configured (databases.<name>.migrations)", {})]
+    try:
+        reports = drift_reports(inv.settings, inv.targets)
+    except Exception as exc:
+        return [(GREY, "migration drift", f"unknown ({str(exc).splitlines()[0][:120]})", {})]
+    lines = []
+    for report in reports:
+        color = {"green": GREEN, "amber": AMBER, "red": RED}[report.color]
+        parts = [f"{len(getattr(report, attr))} {attr}" for attr in ("failed", "edited", "pending", "unknown")
+                 if getattr(report, attr)]
+        text = ", ".join(parts) or f"none, at {report.current or 'nothing applied'}"
+        lines.append((color, f"migration drift {report.database}", text,
+                      {"safe_for_audit_job": report.safe_for_audit_job}))
+    return lines
+
+
 def status(inv: Invocation) -> Result:
     limits = inv.settings.status
     lines: list[tuple[str, str, str, dict]] = []
@@ -121,8 +163,8 @@ def status(inv: Invocation) -> Result:
                           f"{depth:g} (amber above {limits.queue_depth})", {"queue_depth": depth}))
     lines += queue_lines
     lines.append(email_line)
-    lines.append((GREY, "audit verification", "no verification result recorded", {}))
-    lines.append((GREY, "migration drift", "not checked", {}))
+    lines.append(_audit_line(inv))
+    lines += _drift_lines(inv)
     reds = [label for color, label, _, _ in lines if color == RED]
     ambers = [label for color, label, _, _ in lines if color == AMBER]
     summary = (f"{len(reds)} red: {', '.join(reds)}" if reds else
@@ -138,5 +180,6 @@ COMMANDS = [
     Command("health", "Liveness and readiness of the configured services, checked concurrently",
             args=(Arg("service", "one service from app.yaml", positional=True),), run=health,
             examples=("health", "health api")),
-    Command("status", "One glance: services, error rate, queues, dead letters, stuck email", run=status),
+    Command("status", "One glance: services, error rate, queues, dead letters, stuck email, audit, drift",
+            run=status),
 ]

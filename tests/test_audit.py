@@ -394,3 +394,15 @@ def test_verification_runs_in_one_snapshot_while_writers_append(chain, bot):
         stop.set()
         writer.join()
     assert result.status == "ok", result.summary
+
+
+def test_status_shows_the_last_verification(chain, bot):
+    ids = chain.append("tenant-a", 4)
+    run(bot, "audit verify --all")
+    line = next(line for line in run(bot, "status").data["lines"] if line["what"] == "audit verification")
+    assert line["color"] == "green" and line["detail"].startswith("valid") and "4 rows" in line["detail"]
+
+    chain.sql('DELETE FROM "AuditLog" WHERE id = %s', (ids[1],))
+    run(bot, "audit verify tenant-a")
+    line = next(line for line in run(bot, "status").data["lines"] if line["what"] == "audit verification")
+    assert line["color"] == "red" and "link_break" in line["detail"]

@@ -160,5 +160,6 @@ def test_status_colours_every_line_with_its_threshold(tmp_path, database_url, ma
     assert lines["dead letters jobs"]["color"] == "red" and lines["dead letters jobs"]["dead"] == 3
     assert lines["queue jobs"]["color"] == "green"
     assert lines["stuck email"]["color"] == "red" and lines["stuck email"]["stuck"] == 7
-    assert lines["audit verification"]["color"] == "unknown"
+    assert lines["audit verification"]["color"] == "amber" and "never run" in lines["audit verification"]["detail"]
+    assert lines["migration drift"]["color"] == "unknown"  # no migrations configured
     assert result.status == "fail" and result.summary.startswith("4 red:")

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from bot.config import QueueSettings
+from bot.httpretry import request
 from bot.invocation import CommandError
 from commands.dlq.entries import DeadEntry
 
@@ -62,19 +63,7 @@ class HttpDeadLetters:
         self.http.close()
 
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
-        delay = 0.2
-        for attempt in range(self.settings.retries + 1):
-            try:
-                response = self.http.request(method, path, **kw)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                if attempt == self.settings.retries:
-                    raise CommandError(f"{self.settings.url}{path} did not answer: {type(exc).__name__}") from None
-            else:
-                if response.status_code < 500 or attempt == self.settings.retries:
-                    return response
-            self.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+        return request(self.http, method, path, retries=self.settings.retries, sleep=self.sleep, **kw)
 
     def entries(self) -> Iterator[DeadEntry]:
         cursor: str | None = None
