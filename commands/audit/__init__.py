@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from psycopg import sql
@@ -30,7 +29,6 @@ from commands.audit.walk import ChainWalker, TenantReport, WalkOptions
 __all__ = ["COMMANDS", "records_for", "verify_text", "walk_chains"]
 
 RUNBOOK = "audit-chain-invalid"
-PROGRESS_EVERY = 200_000
 _NEXT_STEP = {
     "content_mismatch": "a row was edited in place: find who changed it (manual edits, a migration touching the"
                         " table) and restore it from the export or a backup",
@@ -62,18 +60,6 @@ def _tenant_filter(layout: Layout, tenant: str | None) -> sql.Composable:
     return sql.SQL("{} = {}").format(layout.column("tenant"), sql.Literal(tenant))
 
 
-def _counted(rows: Iterator, progress, every: int = PROGRESS_EVERY) -> Iterator:
-    """Pass rows through, calling ``progress(n)`` every ``every`` rows (cheap: one countdown per row)."""
-    seen, countdown = 0, every
-    for row in rows:
-        yield row
-        countdown -= 1
-        if not countdown:
-            seen += every
-            countdown = every
-            progress(seen)
-
-
 def walk_chains(conn, inv: Invocation, tenant: str | None, *, since_snapshot: bool = False,
                 limit: int | None = None, on_rows=None) -> tuple[list[TenantReport], str, list[str]]:
     """Verify the chains; returns the reports, the mode (full or incremental) and notes for the reader."""
@@ -90,9 +76,7 @@ def walk_chains(conn, inv: Invocation, tenant: str | None, *, since_snapshot: bo
         snapshots = {}
     walker = ChainWalker(hasher, options)
     if not since_snapshot:
-        rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)))
-        if on_rows:
-            rows = _counted(rows, on_rows)
+        rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)), progress=on_rows)
         return list(walker.walk(rows, snapshots)), "full", notes
     if tenant is None:
         raise CommandError("--since-snapshot verifies one tenant at a time: audit verify <tenant> --since-snapshot")
@@ -144,8 +128,9 @@ def verify(inv: Invocation) -> Result:
         reports, mode, notes = walk_chains(conn, inv, tenant, since_snapshot=inv.args["since_snapshot"],
                                            limit=inv.args["limit"], on_rows=on_rows)
     elapsed = time.perf_counter() - clock
-    if tenant and not reports:
-        raise CommandError(f"tenant {tenant!r} has no rows in {inv.settings.audit.table}")
+    if not reports:
+        raise CommandError(f"tenant {tenant!r} has no rows in {inv.settings.audit.table}" if tenant
+                           else f"{inv.settings.audit.table} has no rows: nothing to verify")
     records_for(inv).save_run(tenant or "*", mode, reports, started, inv.actor.label)
     return verify_result(inv, reports, mode, notes, elapsed)
 

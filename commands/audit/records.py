@@ -21,9 +21,13 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from psycopg import sql
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
+from bot.invocation import CommandError
 from commands.audit.walk import Snapshot, TenantReport
 
 __all__ = ["AuditRecords", "LastRun"]
@@ -43,8 +47,18 @@ class LastRun:
 class AuditRecords:
     def __init__(self, pool, schema: str, secret: str | None):
         self.pool = pool
+        self.schema_name = schema
         self.schema = sql.Identifier(schema)
         self.secret = secret.encode() if secret else None
+
+    @contextmanager
+    def _connection(self) -> Iterator:
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except errors.UndefinedTable:
+            raise CommandError(f"the bot's schema {self.schema_name!r} is not migrated: run `opsbot migrate`"
+                               " (or set RUN_MIGRATIONS=true)") from None
 
     def sign(self, tenant: str, last_id: str, last_created: str, digest: str, count: int, taken_at: datetime) -> str:
         if self.secret is None:
@@ -57,7 +71,7 @@ class AuditRecords:
         taken_at = datetime.now(UTC).replace(microsecond=0)
         signature = self.sign(report.tenant, report.head_id or "", report.head_created or "",
                               report.head_hash or "", report.rows, taken_at)
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute(sql.SQL(
                 "INSERT INTO {}.audit_snapshots (tenant, last_id, last_created, hash, row_count, taken_at, taken_by,"
                 " signature) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(self.schema),
@@ -68,7 +82,7 @@ class AuditRecords:
 
     def latest_snapshots(self, tenants: list[str] | None) -> dict[str, Snapshot]:
         """The newest snapshot of each tenant (all tenants when ``tenants`` is None)."""
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             rows = conn.execute(sql.SQL(
                 "SELECT DISTINCT ON (tenant) tenant, last_id, last_created, hash, row_count, taken_at, signature"
                 " FROM {}.audit_snapshots WHERE %(all)s OR tenant = ANY(%(tenants)s)"
@@ -88,7 +102,7 @@ class AuditRecords:
         for report in reports:
             for kind, number in report.counts.items():
                 counts[kind] = counts.get(kind, 0) + number
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             conn.execute(sql.SQL(
                 "INSERT INTO {}.audit_runs (scope, mode, valid, tenants, row_count, counts, started_at, actor)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(self.schema),
@@ -96,7 +110,7 @@ class AuditRecords:
                  Jsonb(counts), started_at, actor))
 
     def last_run(self, full_only: bool = False) -> LastRun | None:
-        with self.pool.connection() as conn:
+        with self._connection() as conn:
             row = conn.execute(sql.SQL(
                 "SELECT scope, mode, valid, tenants, row_count, counts, finished_at FROM {}.audit_runs"
                 " WHERE NOT %s OR mode = 'full' ORDER BY finished_at DESC, id DESC LIMIT 1").format(self.schema),

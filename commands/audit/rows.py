@@ -16,7 +16,7 @@ are undone only on rows that have any; ``\\N`` is NULL.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from psycopg import errors, pq, sql
 
@@ -32,14 +32,22 @@ def _unescape(value: bytes) -> bytes | None:
     return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), value)
 
 
-def copy_rows(conn, query: sql.Composable) -> Iterator[list[bytes | None]]:
+def copy_rows(conn, query: sql.Composable, progress: Callable[[int], None] | None = None,
+              every: int = 200_000) -> Iterator[list[bytes | None]]:
+    """The rows of ``query``; ``progress(rows so far)`` is called every ``every`` rows."""
     with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)):
         pgconn = conn.pgconn
         read = pgconn.get_copy_data
+        seen, countdown = 0, every
         while True:
             size, data = read(0)
             if size < 0:
                 break
+            countdown -= 1
+            if not countdown:
+                seen, countdown = seen + every, every
+                if progress is not None:
+                    progress(seen)
             line = bytes(data[:-1])
             fields = line.split(b"\t")
             if b"\\" in line:

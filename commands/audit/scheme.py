@@ -123,15 +123,28 @@ def compile_scheme(scheme: HashScheme, positions: dict[str, int]) -> Hasher:
     slots: list[object] = [None] * (2 * len(scheme.fields))
     hex_digest = scheme.digest == "hex"
 
-    def length_prefixed(fields: Sequence[bytes | None]) -> bytes:
-        values = pick(fields)
+    def framed(values: tuple) -> bytes:
         if None in values:
-            return finish(new(b"".join(null if v is None else b"%d:%b" % (len(v), v) for v in values)))
+            return b"".join(null if v is None else b"%d:%b" % (len(v), v) for v in values)
         slots[0::2] = map(len, values)
         slots[1::2] = values
-        if hex_digest:  # the common case, without the extra call
-            return new(template % tuple(slots)).hexdigest().encode()
-        return finish(new(template % tuple(slots)))
+        return template % tuple(slots)
+
+    if len(scheme.fields) == 7 and hex_digest:
+        # v1's seven fields, unpacked into locals: about twice as fast as the general path, which
+        # matters at millions of rows. A NULL (len(None)) falls back to the general path.
+        def seven(fields: Sequence[bytes | None]) -> bytes:
+            a, b, c, d, e, f, g = values = pick(fields)
+            try:
+                message = template % (len(a), a, len(b), b, len(c), c, len(d), d, len(e), e, len(f), f, len(g), g)
+            except TypeError:
+                message = framed(values)
+            return new(message).hexdigest().encode()
+
+        return seven
+
+    def length_prefixed(fields: Sequence[bytes | None]) -> bytes:
+        return finish(new(framed(pick(fields))))
 
     return length_prefixed
 

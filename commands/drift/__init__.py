@@ -22,7 +22,7 @@ from bot.result import Result, Section
 from commands.drift import alembic, prisma
 from commands.drift.model import DriftReport, Item
 
-__all__ = ["COMMANDS", "DriftReport", "drift_reports"]
+__all__ = ["COMMANDS", "DriftReport", "check_database", "drift_reports"]
 
 RUNBOOK = "drift-check-failure"
 DEFAULT_TABLE = {"prisma": "_prisma_migrations", "alembic": "alembic_version"}

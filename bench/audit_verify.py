@@ -1,0 +1,134 @@
+"""``audit verify --all`` against the cost of just reading the rows, on the real PostgreSQL.
+
+    .venv/bin/python bench/audit_verify.py [--sizes 1000000,4000000] [--rounds 3]
+
+For each size it fills ``"AuditLog"`` (4 tenants, valid v1 chains hashed by
+bench/audit_data.py, ``timestamp(3)`` and the (tenant, createdAt, id) index) in the
+database ``opsbot_bench_audit`` (created if missing; $BENCH_DATABASE_URL to change).
+Then, interleaved over the rounds, it times:
+  * ``psql -c "COPY (<the bot's exact SELECT>) TO STDOUT" > /dev/null``: reading the rows
+    with the same columns, formatting and order;
+  * ``psql -c "COPY (<the raw columns> ORDER BY ...) TO STDOUT"``: without the text formatting;
+  * ``opsbot run --json audit verify --all`` in a fresh process: the walk's own time
+    (from its JSON), the process's wall time, and its peak RSS.
+It prints rows/s, the medians, and the ratios against the targets: verify <= 1.5x the
+COPY time; peak RSS < 150 MB at every size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from audit_data import fill  # noqa: E402
+
+from bot.config import AuditSettings  # noqa: E402
+from commands.audit.scheme import Layout  # noqa: E402
+
+URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/opsbot_bench_audit")
+
+
+def ensure_database(url: str) -> None:
+    info = conninfo_to_dict(url)
+    name = info["dbname"]
+    admin = make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def queries(url: str) -> tuple[str, str]:
+    with psycopg.connect(url) as conn:
+        layout = Layout.load(conn, AuditSettings())
+        exact = layout.select(sql.SQL("TRUE")).as_string(conn)
+    raw = ('SELECT "tenantId", id, "createdAt", "prevHash", hash, actor, action, payload FROM "AuditLog"'
+           ' ORDER BY "tenantId", "createdAt", id')
+    return exact, raw
+
+
+def time_psql(url: str, query: str) -> float:
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        subprocess.run(["psql", url, "-X", "-q", "-c", f"COPY ({query}) TO STDOUT"], stdout=sink, check=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1000000,4000000")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    ensure_database(URL)
+    folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
+    config = folder / "app.yaml"
+    config.write_text(
+        "state: {redis_url: 'redis://127.0.0.1:6379/11', database_url: '${BENCH_DATABASE_URL}', run_migrations: true}\n"
+        "databases: {main: {url: '${BENCH_DATABASE_URL}'}}\n")
+    for size in (int(s) for s in args.sizes.split(",")):
+        print(f"\n== {size:,} rows, 4 tenants")
+        started = time.perf_counter()
+        fill(URL, size, tenants=4)
+        print(f"filled in {time.perf_counter() - started:.0f}s")
+        exact, raw = queries(URL)
+        copy_exact, copy_raw, walks, walls, rss = [], [], [], [], []
+        for round_no in range(1, args.rounds + 1):
+            copy_exact.append(time_psql(URL, exact))
+            copy_raw.append(time_psql(URL, raw))
+            walk, wall, peak, rows = time_verify(config)
+            assert rows == size, rows
+            walks.append(walk)
+            walls.append(wall)
+            rss.append(peak)
+            print(f"round {round_no}: COPY (same SELECT) {copy_exact[-1]:.2f}s · COPY (raw columns)"
+                  f" {copy_raw[-1]:.2f}s · verify walk {walk:.2f}s, process {wall:.2f}s, peak RSS {peak:.0f} MB")
+        walk, wall, same, plain = (statistics.median(v) for v in (walks, walls, copy_exact, copy_raw))
+        print(f"median: verify {walk:.2f}s = {size / walk:,.0f} rows/s (process {wall:.2f}s);"
+              f" COPY same SELECT {same:.2f}s = {size / same:,.0f} rows/s; COPY raw {plain:.2f}s")
+        print(f"ratio verify/COPY(same SELECT): {walk / same:.2f} (target <= 1.5) · whole process {wall / same:.2f}")
+        print(f"ratio verify/COPY(raw columns): {walk / plain:.2f} · whole process {wall / plain:.2f}")
+        print(f"peak RSS: {max(rss):.0f} MB (target < 150 MB)")
+
+
+def time_verify(config: Path) -> tuple[float, float, float, int]:
+    """(walk seconds, process wall seconds, peak RSS MB, rows) of one `opsbot run audit verify --all`.
+
+    The child is forked and reaped here with wait4, so its own peak RSS is read, not this process's.
+    """
+    env = {**os.environ, "RUN_MIGRATIONS": "true", "BENCH_DATABASE_URL": URL}
+    command = [sys.executable, "-m", "bot.cli", "--config", str(config), "run", "--json", "audit", "verify", "--all"]
+    started = time.perf_counter()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(write_end, 1)
+        os.close(read_end)
+        os.chdir(ROOT)
+        os.execve(sys.executable, command, env)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as stream:
+        out = stream.read()
+    _, _, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - started
+    body = json.loads(out)
+    if body["status"] != "ok":
+        raise SystemExit(f"verify did not pass: {body['summary']}")
+    return body["data"]["seconds"], wall, usage.ru_maxrss / 1024, body["data"]["rows"]
+
+
+if __name__ == "__main__":
+    main()
