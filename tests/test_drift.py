@@ -68,9 +68,10 @@ class AlembicProject:
         self.config = Config(str(root / "alembic.ini"))
         self.config.set_main_option("script_location", str(root / "alembic"))
         self.config.set_main_option("sqlalchemy.url", url)
-        env = root / "alembic" / "env.py"  # keep alembic_version in the test's own schema
-        env.write_text(env.read_text().replace("target_metadata=target_metadata",
-                                               "target_metadata=target_metadata, version_table_schema='app'"))
+        env = root / "alembic" / "env.py"  # keep alembic_version in the test's own schema, and leave
+        text = env.read_text().replace(  # the process's logging alone (fileConfig would disable our loggers)
+            "target_metadata=target_metadata", "target_metadata=target_metadata, version_table_schema='app'")
+        env.write_text(text.replace("    fileConfig(config.config_file_name)", "    pass"))
 
     @property
     def versions(self) -> Path:
