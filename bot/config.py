@@ -358,6 +358,38 @@ class AuditSettings(_Model):
     stale_after: Duration = 86400.0
 
 
+class SeveritySettings(_Model):
+    """One severity level (seed 003's table by default)."""
+
+    description: str = ""
+    response: Duration | None = None  # update at least this often, or be reminded; None: backlog, no reminders
+    page: bool = False  # page the notify groups the moment it is declared
+    notify: IdList = []  # Slack user-group ids (S...) mentioned in reminders and pages
+    color: str = "#888888"
+
+
+def _default_severities() -> dict[str, SeveritySettings]:
+    return {
+        "sev1": SeveritySettings(description="Full outage / data loss risk", response=900.0, page=True,
+                                 color="#E01E5A"),
+        "sev2": SeveritySettings(description="Major functionality degraded", response=1800.0, color="#ECB22E"),
+        "sev3": SeveritySettings(description="Minor feature degraded / work-around", response=4 * 3600.0,
+                                 color="#36C5F0"),
+        "sev4": SeveritySettings(description="Cosmetic / low impact", response=None, color="#888888"),
+    }
+
+
+class IncidentSettings(_Model):
+    """Incidents (seed 003): where their threads live, severities, response targets and the postmortem."""
+
+    channel: str | None = None  # default: slack.incident_channel
+    severities: dict[Name, SeveritySettings] = Field(default_factory=_default_severities)
+    postmortem_within: Duration = 48 * 3600.0
+    postmortem_template: str = "postmortem.md.j2"  # in runbooks_dir
+    page_url: str | None = None  # optional webhook POSTed {incident, severity, title, url} when paging
+    sweep_every: Duration = 15.0
+
+
 class Settings(_Model):
     slack: SlackSettings = SlackSettings()
     state: StateSettings
@@ -372,6 +404,7 @@ class Settings(_Model):
     email: EmailSettings = EmailSettings()
     status: StatusThresholds = StatusThresholds()
     audit: AuditSettings = AuditSettings()
+    incidents: IncidentSettings = IncidentSettings()
     runbooks_dir: str = "runbooks"
     base_dir: str = Field(".", exclude=True)
 

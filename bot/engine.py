@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Literal, Protocol
 
@@ -53,6 +53,7 @@ class Outcome:
     result: Result
     pending: PendingAction | None = None
     command: Command | None = None
+    in_thread: str | None = None  # the incident whose thread the result was posted to
 
     @property
     def exit_code(self) -> int:
@@ -99,6 +100,8 @@ class Engine:
         self.limiter = limiter
         self.prefix = settings.slack.command
         self.stopping: Callable[[], bool] = lambda: False  # set by a transport that shuts down gracefully
+        self.context: Any = None  # incident context (commands.incident.context.IncidentContext), set by Runtime
+        self.extras: dict[str, Any] = {}  # services handed to every invocation (the incident desk)
 
     @cached_property
     def pending(self) -> PendingStore:
@@ -111,6 +114,15 @@ class Engine:
 
     def handle(self, text: str, actor: Actor, where: Where,
                progress: Callable[[Result], None] | None = None) -> Outcome:
+        if self.context is not None:
+            try:
+                text, where = self.context.resolve(text, where)
+            except CommandError as exc:
+                return Outcome("usage", Result.error(str(exc), command=text.strip()[:200]))
+            except Exception as exc:
+                log.error("incident context unavailable: %s", exc)
+                if "--incident" in text:
+                    return Outcome("result", Result.error(f"The incident cannot be looked up: {exc}"))
         try:
             parsed = self.parse(text)
         except UsageError as exc:
@@ -145,6 +157,7 @@ class Engine:
         pending = self.pending.get(pending_id)
         if pending is None:
             return self._gone(pending_id, actor, where)
+        where = replace(where, incident=pending.incident) if pending.incident else where
         command = self.registry.get(pending.command)
         if command is None or command.guard is None:
             return Outcome("expired", Result.error(f"`{pending.command}` is no longer a guarded command here."))
@@ -177,6 +190,7 @@ class Engine:
         if pending is None:
             return self._gone(pending_id, actor, where)
         command = self.registry.get(pending.command)
+        where = replace(where, incident=pending.incident) if pending.incident else where
         if actor.user_id != pending.requester:
             refusal = self._may_respond(pending, command, actor, where, "Cancelling")
             if refusal:
@@ -207,6 +221,7 @@ class Engine:
             state=self.state,
             stopping=lambda: self.stopping(),
             metrics=self.metrics,
+            extras=dict(self.extras),
         )
 
     def _run(self, parsed: Parsed, actor: Actor, where: Where,
@@ -220,6 +235,9 @@ class Engine:
         result = self._call(command, lambda: command.run(invocation))
         finish(progress, result)
         self._log_outcome(actor, where, command.name, result, started)
+        if where.incident and self.context is not None:
+            result, posted = self.context.post(result, where)
+            return Outcome("result", result, command=command, in_thread=where.incident if posted else None)
         return Outcome("result", result, command=command)
 
     def _plan(self, parsed: Parsed, actor: Actor, where: Where) -> Plan | Result:
@@ -241,6 +259,7 @@ class Engine:
             channel=where.channel,
             thread_ts=where.thread_ts,
             channel_name=where.channel_name,
+            incident=where.incident,
             fingerprint=plan.fingerprint,
             plan=plan.data,
             two_person=command.two_person,
@@ -305,7 +324,7 @@ class Engine:
                  progress: Callable[[Result], None] | None = None) -> Outcome:
         assert command.guard is not None
         requester = Actor(pending.requester, team=pending.team)
-        origin = Where(pending.channel, pending.thread_ts, pending.channel_name)
+        origin = Where(pending.channel, pending.thread_ts, pending.channel_name, pending.incident)
         try:
             parsed = self.parse(pending.text)
         except UsageError as exc:
@@ -424,9 +443,10 @@ class Engine:
         )
 
     def _log(self, action: str, actor: Actor, where: Where, strict: bool = False, **payload: Any) -> None:
-        document = self.redactor.data(
-            {**payload, "channel": where.channel, "thread_ts": where.thread_ts, "local_admin": actor.local_admin}
-        )
+        context = {"channel": where.channel, "thread_ts": where.thread_ts, "local_admin": actor.local_admin}
+        if where.incident:
+            context["incident"] = where.incident
+        document = self.redactor.data({**payload, **context})
         try:
             self.state.action_log.append(action, actor=actor.user_id, payload=document, tenant=actor.team)
         except Exception as exc:
@@ -436,6 +456,9 @@ class Engine:
             log.error("could not append %s to the action log: %s", action, exc)
 
     def _announce(self, result: Result, where: Where) -> None:
+        if where.incident and self.context is not None:  # into the incident's thread instead of the channel
+            self.context.post(result, where)
+            return
         if self.notifier is None:
             return
         try:

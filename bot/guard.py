@@ -53,6 +53,7 @@ class PendingAction:
     two_person: bool = False
     thread_ts: str | None = None
     channel_name: str | None = None
+    incident: str | None = None  # requested in an incident's context (its results go to the thread)
     created: float = field(default_factory=time.time)
     expires: float = 0.0
     id: str = field(default_factory=lambda: secrets.token_hex(8))

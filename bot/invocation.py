@@ -46,6 +46,7 @@ class Where:
     channel: str = "cli"
     thread_ts: str | None = None
     channel_name: str | None = None
+    incident: str | None = None  # the incident whose context this runs in (INC-42), see commands.incident
 
     def is_channel(self, configured: str) -> bool:
         """Whether this is ``configured`` (a channel id like C123 or a name like #incidents)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from bot.registry import Arg, Command, Registry
 
-__all__ = ["Parsed", "UsageError", "parse", "tokenize", "MAX_TEXT"]
+__all__ = ["Parsed", "UsageError", "parse", "tokenize", "split_incident", "MAX_TEXT"]
 
 MAX_TEXT = 4000
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'", "\u00a0": " "})
@@ -80,7 +80,21 @@ def tokenize(text: str) -> list[str]:
         raise UsageError(f"cannot read the command: {str(exc).lower()} (check your quotes)") from None
 
 
+_INCIDENT = re.compile(r"(?:^|\s)--incident(?:=|\s+)(\S+)")
+
+
+def split_incident(text: str) -> tuple[str, str | None]:
+    """The global ``--incident ID`` option, which any command takes: (text without it, the id or None)."""
+    found = _INCIDENT.findall(text)
+    if len(found) > 1:
+        raise UsageError("`--incident` given twice.")
+    if not found:
+        return text, None
+    return _INCIDENT.sub(" ", text, count=1).strip(), found[0]
+
+
 def parse(text: str, registry: Registry, prefix: str = "/ops") -> Parsed:
+    text, _ = split_incident(text)  # resolved by the engine's incident context, not by the command
     tokens = tokenize(text)
     if not tokens:
         tokens = ["help"]

@@ -74,6 +74,7 @@ class Runtime:
         limiter = RateLimiter(state.redis, settings.state.prefix, settings.limits)
         engine = Engine(settings, registry, state, targets, roles, notifier, redactor, metrics=metrics,
                         limiter=limiter)
+        _wire_incidents(engine, settings, state, slack, redactor, outbox, metrics)
         return cls(settings, registry, state, targets, roles, engine, redactor, slack, metrics, outbox)
 
     @classmethod
@@ -87,3 +88,21 @@ class Runtime:
     def close(self) -> None:
         self.targets.close()
         self.state.close()
+
+
+def _wire_incidents(engine: Engine, settings: Settings, state: State, slack: WebClient | None, redactor: Redactor,
+                    outbox: Outbox, metrics: Metrics) -> None:
+    """Give the engine the incident desk: ``--incident`` and thread context, and the ``incident`` commands."""
+    from bot.slack_board import SlackBoard
+    from commands.incident.context import IncidentContext
+    from commands.incident.desk import IncidentDesk
+    from commands.incident.store import IncidentStore
+
+    board = None
+    if slack is not None:
+        board = SlackBoard(slack, settings.incidents.channel or settings.slack.incident_channel, redactor, outbox,
+                           metrics)
+    desk = IncidentDesk(settings, IncidentStore(state, settings.state.db_schema), board,
+                        command=settings.slack.command)
+    engine.extras["incidents"] = desk
+    engine.context = IncidentContext(desk)

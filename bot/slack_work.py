@@ -112,6 +112,9 @@ class SlackWork:
         # A preview turned into its outcome replaces the preview; a refusal aimed at one
         # person (denied, waiting, already taken) is shown to that person only.
         personal = outcome.kind in ("denied", "waiting", "taken", "usage")
+        if outcome.in_thread:  # everyone sees it in the incident's thread; the requester gets a copy here
+            message["text"] = f"Posted in the {outcome.in_thread} thread. " + message["text"]
+            personal = True
         if replace and not personal:
             respond(replace_original=True, **message)
         else:

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from bot.runtime import Runtime
 from bot.slack_work import SlackWork
@@ -41,6 +42,7 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._last_sweep = float("-inf")
 
     def start(self) -> "Worker":
         self._beat()
@@ -95,6 +97,22 @@ class Worker:
         delivered = self.runtime.outbox.retry_due()
         if delivered:
             log.info("delivered %d Slack posts that had failed before", delivered)
+        self._sweep_incidents()
+
+    def _sweep_incidents(self) -> None:
+        """Incident reminders and overdue postmortems; replicas may all sweep, each reminder goes out once."""
+        now = time.monotonic()
+        if now - self._last_sweep < self.runtime.settings.incidents.sweep_every:
+            return
+        self._last_sweep = now
+        desk = self.runtime.engine.extras.get("incidents")
+        try:
+            sent = desk.sweep() if desk is not None else 0
+        except Exception as exc:
+            log.error("incident reminder sweep failed: %s", exc)
+            return
+        if sent:
+            log.info("sent %d incident reminders", sent)
 
     def _heartbeat(self) -> None:
         while not self._stopping.wait(HEARTBEAT_EVERY):

@@ -14,10 +14,10 @@ __all__ = ["build_registry"]
 
 
 def build_registry() -> Registry:
-    from commands import audit, dlq, drift, email, health, rollback, runbook
+    from commands import audit, dlq, drift, email, health, incident, rollback, runbook
     from commands import help as help_commands
 
     registry = Registry()
-    for module in (help_commands, runbook, dlq, email, health, audit, drift, rollback):
+    for module in (help_commands, runbook, dlq, email, health, audit, drift, rollback, incident):
         registry.add(*module.COMMANDS)
     return registry

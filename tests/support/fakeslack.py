@@ -182,7 +182,9 @@ class FakeSlack:
             files = json.loads(body.get("files", "[]"))
             return 200, {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}, {}
         if method in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
-            return 200, {"ok": True, "channel": body.get("channel", "C0"), "ts": body.get("ts") or ts,
+            channel = body.get("channel", "C0")  # Slack answers with the channel's id, not its name
+            channel = f"C-{channel[1:].upper()}" if channel.startswith("#") else channel
+            return 200, {"ok": True, "channel": channel, "ts": body.get("ts") or ts,
                          "message": {"text": body.get("text", "")}}, {}
         return 200, {"ok": True}, {}
 

@@ -115,7 +115,7 @@ class SlackBot:
         return reply
 
     def click_body(self, reply: Reply, label: str, *, user: str, channel: str, key: str, trigger: str,
-                   value: str | None = None) -> str:
+                   value: str | None = None, thread_ts: str | None = None) -> str:
         button = reply.button(label, value)
         payload = {
             "type": "block_actions",
@@ -124,7 +124,8 @@ class SlackBot:
             "api_app_id": "A1",
             "trigger_id": trigger,
             "channel": {"id": channel, "name": "ops"},
-            "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": channel},
+            "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": channel,
+                          **({"thread_ts": thread_ts} if thread_ts else {})},
             "response_url": self.slack.response_url(key),
             "actions": [{
                 "type": "button", "action_id": button["action_id"], "block_id": button["block_id"],
@@ -134,9 +135,10 @@ class SlackBot:
         return urlencode({"payload": json.dumps(payload)})
 
     def click(self, reply: Reply, label: str, *, user: str = "UALICE", channel: str = "C-ops",
-              wait: bool = True, value: str | None = None, **post_kw) -> Reply:
+              wait: bool = True, value: str | None = None, thread_ts: str | None = None, **post_kw) -> Reply:
         key = f"click{next(_ids)}"
-        body = self.click_body(reply, label, user=user, channel=channel, key=key, trigger=f"trig-{key}", value=value)
+        body = self.click_body(reply, label, user=user, channel=channel, key=key, trigger=f"trig-{key}", value=value,
+                               thread_ts=thread_ts)
         result = Reply(self.post(body, **post_kw), key)
         if wait:
             result.body = self.reply_to(key)

@@ -1,0 +1,66 @@
+"""Incidents in Slack: the root message (colour-coded by severity, edited in place) and its thread.
+
+Usage::
+
+    board = SlackBoard(client, "#incidents", redactor, outbox, metrics)
+    channel, ts = board.post_root(root_result, "#E01E5A")
+    board.update_root(channel, ts, root_result, "#ECB22E")
+    board.post_thread(channel, ts, Result.ok("restarted the worker"))
+
+The root message is the desk's :class:`~bot.result.Result` rendered as usual and
+wrapped in an attachment for the colour bar. A thread post Slack refuses goes to
+the outbox and is retried; the root message itself must succeed (its ``ts`` is the
+incident's home), so its failure is raised to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from slack_sdk import WebClient
+
+from bot.metrics import Metrics
+from bot.outbox import Outbox
+from bot.redact import Redactor
+from bot.render.blocks import to_message
+from bot.result import Attachment, Result
+
+__all__ = ["SlackBoard"]
+
+log = logging.getLogger("opsbot.slack")
+
+
+class SlackBoard:
+    def __init__(self, client: WebClient, channel: str, redactor: Redactor, outbox: Outbox, metrics: Metrics):
+        self.client = client
+        self.channel = channel
+        self.redactor = redactor
+        self.outbox = outbox
+        self.metrics = metrics
+
+    def _colored(self, message: Result, color: str) -> dict:
+        rendered = to_message(message, self.redactor)
+        return {"text": rendered["text"], "attachments": [{"color": color, "blocks": rendered["blocks"]}]}
+
+    def post_root(self, message: Result, color: str) -> tuple[str, str]:
+        response = self.client.chat_postMessage(channel=self.channel, **self._colored(message, color))
+        return response["channel"], response["ts"]
+
+    def update_root(self, channel: str, ts: str, message: Result, color: str) -> None:
+        self.client.chat_update(channel=channel, ts=ts, **self._colored(message, color))
+
+    def post_thread(self, channel: str, ts: str, message: Result) -> None:
+        body = {**to_message(message, self.redactor), "thread_ts": ts}
+        try:
+            self.client.chat_postMessage(channel=channel, **body)
+        except Exception as exc:
+            self.metrics.slack_errors.labels(kind="post_failed").inc()
+            log.error("could not post to the incident thread, keeping it for later: %s", exc)
+            self.outbox.keep({"kind": "chat", "channel": channel}, body, error=str(exc))
+
+    def upload_thread(self, channel: str, ts: str, attachment: Attachment) -> None:
+        try:
+            self.client.files_upload_v2(channel=channel, thread_ts=ts, filename=attachment.filename,
+                                        title=attachment.title or attachment.filename, content=attachment.read())
+        finally:
+            attachment.discard()

@@ -1,0 +1,148 @@
+"""``incident ...``: severity-tagged incident threads with a timeline and a postmortem (seed 003).
+
+Every command but ``declare`` and ``list`` acts on the incident whose thread it runs in,
+or on ``--incident INC-42`` (a global option any command takes, see
+:mod:`commands.incident.context`). Handlers reach the desk through
+``inv.extras["incidents"]``; they never talk to Slack.
+"""
+
+from __future__ import annotations
+
+from bot.invocation import CommandError, Invocation
+from bot.registry import Arg, Command
+from bot.result import Attachment, Result, Section
+from commands.incident.desk import PHASES, IncidentDesk
+from commands.incident.report import postmortem, timeline
+from commands.incident.store import Incident
+
+__all__ = ["COMMANDS"]
+
+
+def _desk(inv: Invocation) -> IncidentDesk:
+    desk = inv.extras.get("incidents")
+    if desk is None:
+        raise CommandError("incidents are not available here (no state database)")
+    return desk
+
+
+def _current(inv: Invocation) -> tuple[IncidentDesk, Incident]:
+    desk = _desk(inv)
+    if inv.where.incident is None:
+        open_ids = ", ".join(i.id for i in desk.store.open()) or "none open"
+        raise CommandError(f"`{inv.command.name}` acts on an incident: run it in the incident's thread or add"
+                           f" `--incident INC-n` ({open_ids})")
+    return desk, desk.store.find(inv.where.incident)
+
+
+def declare(inv: Invocation) -> Result:
+    desk = _desk(inv)
+    incident, notes = desk.declare(inv.args["severity"], inv.args["title"], inv.actor.user_id)
+    where = f"<#{incident.channel}>" if incident.channel else "no Slack thread"
+    summary = f"{incident.id} declared: {incident.severity.upper()} {incident.title} ({where})"
+    sections = [Section(fields=(("Commander", f"<@{incident.commander}>"),
+                                ("Target response", desk.target_text(incident.severity))))]
+    if notes:
+        sections.append(Section(text="\n".join(f"• {note}" for note in notes)))
+    sections.append(Section(text=f"Run commands in its thread, or anywhere with `--incident {incident.id}`."))
+    return Result.ok(summary, data={"incident": incident.as_dict(), "notes": notes}, sections=sections)
+
+
+def severity(inv: Invocation) -> Result:
+    desk, incident = _current(inv)
+    before = incident.severity
+    incident, notes = desk.change_severity(incident, inv.args["level"], inv.actor.user_id)
+    return Result.warn(f"{incident.id}: severity {before.upper()} → {incident.severity.upper()} by"
+                       f" <@{inv.actor.user_id}>; target {desk.target_text(incident.severity)}",
+                       data={"incident": incident.as_dict(), "notes": notes})
+
+
+def note(inv: Invocation) -> Result:
+    desk, incident = _current(inv)
+    text = inv.args["text"]
+    desk.note(incident, inv.actor.user_id, text)
+    return Result.ok(f"{incident.id} update from <@{inv.actor.user_id}>: {text}", data={"incident": incident.id,
+                                                                                       "note": text})
+
+
+def phase(inv: Invocation) -> Result:
+    desk, incident = _current(inv)
+    before = incident.phase
+    incident = desk.set_phase(incident, inv.args["phase"], inv.actor.user_id)
+    return Result.ok(f"{incident.id}: phase {before} → {incident.phase}", data={"incident": incident.as_dict()})
+
+
+def resolve(inv: Invocation) -> Result:
+    desk, incident = _current(inv)
+    incident = desk.resolve(incident, inv.actor.user_id, inv.args["summary"] or "")
+    due = incident.postmortem_due_at
+    return Result.ok(f"{incident.id} resolved by <@{inv.actor.user_id}>" +
+                     (f": {incident.summary}" if incident.summary else ""),
+                     data={"incident": incident.as_dict()},
+                     sections=[Section(text=f"Postmortem due {due:%Y-%m-%d %H:%M} UTC: `incident postmortem` drafts"
+                                            " it from the timeline.")])
+
+
+def show_timeline(inv: Invocation) -> Result:
+    desk, incident = _current(inv)
+    entries = timeline(desk.store, incident)
+    lines = [f"`{e.at:%H:%M:%S}` <@{e.who}> {e.what}" + (f" → {e.result}" if e.result else "")
+             if not e.who.startswith(("cli:", "opsbot")) else
+             f"`{e.at:%H:%M:%S}` {e.who} {e.what}" + (f" → {e.result}" if e.result else "") for e in entries]
+    return Result.ok(f"{incident.id} timeline: {len(entries)} entries since {incident.declared_at:%Y-%m-%d %H:%M} UTC",
+                     data={"incident": incident.id,
+                           "entries": [{"at": e.at.isoformat(), "who": e.who, "what": e.what, "result": e.result,
+                                        "kind": e.kind} for e in entries]},
+                     sections=[Section(text="\n".join(lines) or "nothing yet")])
+
+
+def draft_postmortem(inv: Invocation) -> Result:
+    desk, incident = _current(inv)
+    entries = timeline(desk.store, incident)
+    text = postmortem(inv.settings, incident, entries)
+    if incident.postmortem_posted_at is None:
+        desk.store.update(incident, postmortem_posted_at=desk.clock())
+    note_open = "" if not incident.open else " (the incident is still open: the draft will miss the end)"
+    return Result.ok(f"{incident.id} postmortem draft{note_open}",
+                     data={"incident": incident.id, "markdown": text},
+                     attachments=[Attachment(f"{incident.id}-postmortem.md", content=text.encode(),
+                                             title=f"Postmortem draft: {incident.id} {incident.title}")])
+
+
+def list_open(inv: Invocation) -> Result:
+    desk = _desk(inv)
+    incidents = desk.store.open()
+    lines = [f"*{i.id}* {i.severity.upper()} · {i.title} · {i.phase} · commander <@{i.commander}>" for i in incidents]
+    return Result.ok(f"{len(incidents)} open incident{'s' if len(incidents) != 1 else ''}",
+                     data={"incidents": [i.as_dict() for i in incidents]},
+                     sections=[Section(text="\n".join(lines))] if lines else [])
+
+
+def _severity(text: str) -> str:
+    return text.lower()
+
+
+_severity.__name__ = "SEV"
+
+COMMANDS = [
+    Command("incident declare", "Declare an incident: a severity-tagged thread in the incident channel",
+            args=(Arg("severity", "sev1 (outage) .. sev4 (cosmetic)", positional=True, required=True, type=_severity),
+                  Arg("title", "one line on the impact", positional=True, required=True, rest=True)),
+            run=declare, examples=("incident declare sev2 Exports failing for all tenants",)),
+    Command("incident sev", "Change the incident's severity (edits the root message; SEV1 pages)",
+            args=(Arg("level", "sev1 .. sev4", positional=True, required=True),), run=severity,
+            examples=("incident sev sev1 --incident INC-42",)),
+    Command("incident note", "Post an update to the incident's timeline (restarts the response clock)",
+            args=(Arg("text", "what happened or what you did", positional=True, required=True, rest=True),),
+            run=note, examples=("incident note restarted the export worker --incident INC-42",)),
+    Command("incident phase", f"Move the incident to a phase: {' → '.join(PHASES)}",
+            args=(Arg("phase", "/".join(PHASES), positional=True, required=True),), run=phase,
+            examples=("incident phase mitigate",)),
+    Command("incident resolve", "Resolve the incident; the postmortem falls due 48 h later",
+            args=(Arg("summary", "how it was fixed", positional=True, rest=True),), run=resolve,
+            examples=("incident resolve rolled back api to dep-3",)),
+    Command("incident timeline", "The incident's timeline: notes, changes and every command run in it",
+            run=show_timeline, examples=("incident timeline --incident INC-42",)),
+    Command("incident postmortem", "Draft the postmortem from the timeline, as a file in the thread",
+            run=draft_postmortem, examples=("incident postmortem --incident INC-42",)),
+    Command("incident list", "Open incidents", run=list_open),
+]

@@ -1,0 +1,79 @@
+"""Commands in an incident's context: ``--incident INC-42`` on any command, or run inside its thread.
+
+Usage (the engine calls these; see :class:`bot.engine.Engine`)::
+
+    context = IncidentContext(desk)
+    text, where = context.resolve("dlq status --incident INC-42", where)   # where.incident == "INC-42"
+    reply, posted = context.post(result, where)  # into the incident's thread, and onto its timeline
+
+A result lands in the thread through the board (the Web API), unless the command
+came from that very thread, where the reply already lands. Either way the
+incident's response clock restarts: running a command there is an update.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from bot.invocation import CommandError, Where
+from bot.parser import UsageError, split_incident
+from bot.result import Result, Section
+from commands.incident.desk import IncidentDesk
+
+__all__ = ["IncidentContext"]
+
+log = logging.getLogger("opsbot.incidents")
+
+
+class IncidentContext:
+    def __init__(self, desk: IncidentDesk):
+        self.desk = desk
+
+    def resolve(self, text: str, where: Where) -> tuple[str, Where]:
+        """Strip ``--incident ID`` and say which incident ``where`` belongs to (CommandError if unknown)."""
+        try:
+            text, wanted = split_incident(text)
+        except UsageError as exc:
+            raise CommandError(str(exc)) from None
+        if wanted:
+            incident = self.desk.store.find(wanted)
+            return text, replace(where, incident=incident.id)
+        if where.thread_ts:
+            incident = self.desk.store.by_root(where.thread_ts)
+            if incident is not None:
+                return text, replace(where, incident=incident.id)
+        return text, where
+
+    def in_thread(self, where: Where) -> bool:
+        """Whether the request came from the incident's own thread (the reply lands there already)."""
+        if where.incident is None or where.thread_ts is None:
+            return False
+        incident = self.desk.store.find(where.incident)
+        return incident.root_ts == where.thread_ts
+
+    def post(self, result: Result, where: Where) -> tuple[Result, bool]:
+        """Post ``result`` into the thread (files too) and restart the response clock.
+
+        Returns what is left to reply to the requester, and whether it went to the thread.
+        """
+        if where.incident is None:
+            return result, False
+        try:
+            incident = self.desk.store.find(where.incident)
+            self.desk.touched(incident)
+            if self.in_thread(where):
+                return result, False
+            files = result.attachments
+            shown = result.with_(attachments=[])
+            if not self.desk.post(incident, shown):
+                return result, False
+            if files and self.desk.board is not None:
+                for attachment in files:
+                    self.desk.board.upload_thread(incident.channel, incident.root_ts, attachment)
+                shown = shown.with_(sections=[*shown.sections,
+                                              Section(text=f"Files uploaded to the {incident.id} thread.")])
+            return shown, True
+        except Exception as exc:  # the command ran; failing to post it must not turn into its failure
+            log.error("could not post to the thread of %s: %s", where.incident, exc)
+            return result, False

@@ -1,0 +1,246 @@
+"""Incidents end to end: signed Slack requests in, the exact Web API calls out, reminders on a controlled clock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from slack_sdk import WebClient
+
+from tests.conftest import ALICE, BOB, BOT_TOKEN, REPO, SIGNING_SECRET, write_config
+from tests.support.harness import Reply, SlackBot
+
+INCIDENTS = """
+    incidents:
+      severities:
+        sev1: {description: "Full outage / data loss risk", response: 15m, page: true, notify: [SONCALL], color: "#E01E5A"}
+        sev2: {description: "Major functionality degraded", response: 30m, notify: [SONCALL], color: "#ECB22E"}
+        sev3: {description: "Minor feature degraded / work-around", response: 4h, color: "#36C5F0"}
+        sev4: {description: "Cosmetic / low impact", color: "#888888"}
+"""
+
+
+@pytest.fixture
+def config(tmp_path, database_url, redis_client, fake_slack):
+    return write_config(tmp_path / "app.yaml", database_url, extra=INCIDENTS, api_url=fake_slack.api_url)
+
+
+@pytest.fixture
+def slack(make_runtime, fake_slack, config, slack_env):
+    runtime = make_runtime(config, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+    harness = SlackBot(runtime, fake_slack, SIGNING_SECRET)
+    yield harness
+    harness.close()
+
+
+def posts(fake_slack, thread_ts=None):
+    """chat.postMessage bodies, in order; with ``thread_ts`` only those in that thread."""
+    calls = [c.body for c in fake_slack.calls("chat.postMessage")]
+    return [b for b in calls if thread_ts is None or b.get("thread_ts") == thread_ts]
+
+
+def declare(slack, fake_slack, text="incident declare sev2 Exports failing for all tenants"):
+    reply = slack.command(text)
+    root = fake_slack.wait_for("chat.postMessage")[-1].body
+    return reply, root
+
+
+def _ts_of(fake_slack, call) -> str:
+    position = fake_slack.calls().index(call)  # the fake numbers ts by call order
+    return f"{1700000000 + position + 1}.{position + 1:06d}"
+
+
+# -- the whole flow ----------------------------------------------------------------------------------
+
+def test_declare_work_escalate_resolve_postmortem(slack, fake_slack):
+    reply, root = declare(slack, fake_slack)
+
+    # The root message: severity colour and tag, title, commander, phase, target, buttons.
+    assert root["channel"] == "#incidents"
+    attachment = root["attachments"][0]
+    assert attachment["color"] == "#ECB22E"
+    text = str(attachment["blocks"])
+    assert "SEV2 · INC-1 · Exports failing for all tenants" in text
+    assert f"<@{ALICE}>" in text and "Triage" in text and "an update every 30m" in text
+    labels = [e["text"]["text"] for b in attachment["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert labels == ["Escalate to SEV1", "Lower to SEV3", "Add note", "Resolve"]
+    assert reply.body["text"] == "OK: INC-1 declared: SEV2 Exports failing for all tenants (<#C-INCIDENTS>)"
+    ts = _ts_of(fake_slack, fake_slack.calls("chat.postMessage")[0])
+
+    # A command with --incident posts its result into the thread; the requester gets a copy.
+    status = slack.command("dlq status --incident INC-1")
+    in_thread = fake_slack.wait(lambda s: posts(s, ts))
+    assert in_thread[0]["channel"] == "C-INCIDENTS" and "queue" in in_thread[0]["text"].lower()
+    assert status.body["response_type"] == "ephemeral" and "Posted in the INC-1 thread" in status.body["text"]
+
+    # A guarded command in the incident: the request and the outcome land in the thread.
+    preview = slack.command("test bump --by 3 --incident INC-1")
+    assert "Preview" in preview.text
+    slack.click(preview, "Confirm")
+    thread = fake_slack.wait(lambda s: (lambda p: p if len(p) >= 3 else None)(posts(s, ts)))
+    assert "requested `test bump --by 3`" in thread[1]["text"]
+    assert thread[2]["text"] == "OK: counter is now 3"
+
+    # Severity up: the root message is edited in place and SEV1 pages the on-call group.
+    slack.command("incident sev sev1 --incident INC-1")
+    update = fake_slack.wait_for("chat.update")[-1].body
+    assert (update["channel"], update["ts"]) == ("C-INCIDENTS", ts)
+    assert update["attachments"][0]["color"] == "#E01E5A" and "SEV1 · INC-1" in str(update["attachments"])
+    page = fake_slack.wait(lambda s: [p for p in posts(s, ts) if "Paging" in p["text"]])[0]
+    assert "<!subteam^SONCALL>" in page["text"]
+
+    slack.command("incident note restarted the export worker --incident INC-1", user=BOB)
+    slack.command("incident note follow-up: alert on export failures --incident INC-1")
+    slack.command("incident phase mitigate --incident INC-1")
+    slack.command("incident resolve rolled back the export service --incident INC-1")
+    resolved = fake_slack.wait_for("chat.update", 3)[-1].body
+    assert "Resolved" in str(resolved["attachments"]) and "rolled back the export service" in str(resolved)
+    assert not [b for b in resolved["attachments"][0]["blocks"] if b["type"] == "actions"]  # no buttons left
+
+    timeline = slack.command("incident timeline --incident INC-1")
+    entries = [e["what"] for e in slack.runtime.engine.handle("incident timeline --incident INC-1",
+                                                              _actor(), _where()).result.data["entries"]]
+    assert entries[0].startswith("declared SEV2") and "restarted the export worker" in entries
+    assert any("test bump" in e for e in entries) and entries.index("SEV2 → SEV1") < entries.index(
+        "restarted the export worker")
+    assert "Posted in the INC-1 thread" in timeline.body["text"]
+
+    slack.command("incident postmortem --incident INC-1")
+    complete = fake_slack.wait_for("files.completeUploadExternal")[0].body
+    assert complete["channel_id"] == "C-INCIDENTS" and complete["thread_ts"] == ts
+    draft = next(iter(fake_slack.uploads.values())).decode()
+    assert draft.startswith("# Postmortem: INC-1 — Exports failing for all tenants")
+    assert "rolled back the export service" in draft and "- [ ] follow-up: alert on export failures" in draft
+    assert "`test bump`" in draft.split("## Actions taken through opsbot")[1].split("##")[0]
+
+
+def _actor():
+    from bot.invocation import Actor
+
+    return Actor(ALICE)
+
+
+def _where():
+    from bot.invocation import Where
+
+    return Where("C-ops", channel_name="ops")
+
+
+def test_a_run_button_clicked_inside_the_thread_belongs_to_the_incident(slack, fake_slack):
+    declare(slack, fake_slack)
+    ts = _ts_of(fake_slack, fake_slack.calls("chat.postMessage")[0])
+    book = slack.command("runbook incident-response --incident INC-1")
+    posted = fake_slack.wait(lambda s: posts(s, ts))[0]
+
+    reply = slack.click(Reply(None, "thread", posted), "Run", value="health", channel="C-INCIDENTS", thread_ts=ts)
+
+    assert book.body["response_type"] == "ephemeral"
+    assert reply.body["response_type"] == "in_channel"  # answered in the thread through its response_url
+    assert len(posts(fake_slack, ts)) == 1  # and not posted a second time
+    actions = slack.runtime.engine.extras["incidents"].store.actions(
+        slack.runtime.engine.extras["incidents"].store.find("INC-1"))
+    assert any(payload.get("command") == "health" for _, _, _, payload in actions)
+
+
+def test_several_incidents_keep_their_own_threads(slack, fake_slack):
+    declare(slack, fake_slack, "incident declare sev3 Slow search")
+    declare(slack, fake_slack, "incident declare sev2 Email not sending")
+    first = _ts_of(fake_slack, fake_slack.calls("chat.postMessage")[0])
+    second = _ts_of(fake_slack, fake_slack.calls("chat.postMessage")[1])
+
+    slack.command("incident note reindexing --incident INC-1")
+    slack.command("incident note SMTP 535 from the provider --incident inc-2")
+
+    assert [p["text"] for p in posts(fake_slack, first)] == [f"OK: INC-1 update from <@{ALICE}>: reindexing"]
+    assert "SMTP 535" in posts(fake_slack, second)[0]["text"]
+    listing = slack.command("incident list")
+    assert "2 open incidents" in listing.text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("incident note hello", "run it in the incident's thread or add `--incident INC-n`"),
+    ("dlq status --incident INC-99", "unknown incident INC-99; open incidents: INC-1"),
+    ("dlq status --incident nope", "'nope' is not an incident id"),
+    ("incident declare sev9 Something", "unknown severity 'sev9'"),
+])
+def test_wrong_place_or_unknown_ids_get_a_clear_message(slack, fake_slack, text, message):
+    declare(slack, fake_slack)
+    reply = slack.command(text)
+    assert message in reply.text
+
+
+# -- response targets --------------------------------------------------------------------------------
+
+def test_a_quiet_incident_is_reminded_once_per_target(slack, fake_slack):
+    declare(slack, fake_slack)
+    desk = slack.runtime.engine.extras["incidents"]
+    ts = _ts_of(fake_slack, fake_slack.calls("chat.postMessage")[0])
+    start = desk.store.find("INC-1").declared_at
+
+    assert desk.sweep(start + timedelta(minutes=29)) == 0
+    assert desk.sweep(start + timedelta(minutes=31)) == 1
+    assert desk.sweep(start + timedelta(minutes=31)) == 0  # claimed: not again
+    reminder = posts(fake_slack, ts)[-1]["text"]
+    assert "INC-1 (SEV2) has had no update for 31m" in reminder and "<!subteam^SONCALL>" in reminder
+    assert desk.sweep(start + timedelta(minutes=62)) == 1  # the next target
+
+
+def test_an_update_restarts_the_response_clock(slack, fake_slack):
+    declare(slack, fake_slack)
+    desk = slack.runtime.engine.extras["incidents"]
+    with desk.store.pool.connection() as conn:  # declared 25 minutes ago: its first reminder is 5 minutes away
+        conn.execute("UPDATE opsbot.incidents SET declared_at = declared_at - interval '25 minutes',"
+                     " last_update_at = last_update_at - interval '25 minutes',"
+                     " next_reminder_at = next_reminder_at - interval '25 minutes'")
+    slack.command("incident note still digging --incident INC-1")
+    noted = desk.store.find("INC-1").last_update_at
+
+    assert desk.sweep(noted + timedelta(minutes=10)) == 0  # the old deadline passed, but there was an update
+    assert desk.sweep(noted + timedelta(minutes=31)) == 1
+
+
+def test_sev1_pages_at_once(slack, fake_slack):
+    declare(slack, fake_slack, "incident declare sev1 Everything is down")
+    ts = _ts_of(fake_slack, fake_slack.calls("chat.postMessage")[0])
+    page = fake_slack.wait(lambda s: posts(s, ts))[0]
+    assert page["text"].startswith("FAIL: Paging <!subteam^SONCALL>: SEV1 declared")
+
+
+def test_an_overdue_postmortem_is_reminded_once(slack, fake_slack):
+    declare(slack, fake_slack)
+    slack.command("incident resolve fixed --incident INC-1")
+    desk = slack.runtime.engine.extras["incidents"]
+    due = desk.store.find("INC-1").postmortem_due_at
+    assert due - desk.store.find("INC-1").resolved_at == timedelta(hours=48)
+    assert desk.sweep(due - timedelta(minutes=1)) == 0
+    assert desk.sweep(due + timedelta(minutes=5)) == 1
+    assert desk.sweep(due + timedelta(hours=5)) == 0
+    assert "postmortem of INC-1 was due 5m ago" in posts(fake_slack)[-1]["text"]
+
+
+def test_two_bot_processes_send_each_reminder_once(slack, fake_slack, config):
+    declare(slack, fake_slack)
+    desk = slack.runtime.engine.extras["incidents"]
+    at = (desk.store.find("INC-1").declared_at + timedelta(minutes=31)).isoformat()
+    env = {**os.environ, "TEST_SLACK_BOT_TOKEN": BOT_TOKEN}
+    command = [sys.executable, "-m", "tests.support.sweep", str(config), at, "5"]
+    procs = [subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    sent = [int(proc.communicate(timeout=60)[0].strip() or 0) for proc in procs]
+
+    assert sorted(sent) == [0, 1]  # five sweeps each, at the same moment: one reminder in all
+    assert len([p for p in posts(fake_slack) if "has had no update" in p["text"]]) == 1
+
+
+def test_without_slack_the_incident_is_recorded_and_works_by_id(make_runtime, tmp_path, database_url):
+    from bot.invocation import Actor, Where
+
+    runtime = make_runtime(write_config(tmp_path / "cli.yaml", database_url, extra=INCIDENTS))
+    where = Where("cli")
+    declared = runtime.engine.handle("incident declare sev3 Slow search", Actor.local("ops"), where).result
+    assert declared.status == "ok" and "no thread was opened" in str(declared.data["notes"])
+    noted = runtime.engine.handle("incident note reindexing --incident INC-1", Actor.local("ops"), where)
+    assert noted.result.status == "ok" and noted.in_thread is None
+    assert datetime.now(UTC) - runtime.engine.extras["incidents"].store.find("INC-1").declared_at < timedelta(1)
