@@ -15,6 +15,7 @@ CLI; the processes and files are removed on exit, Ctrl-C included.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import socket
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -60,13 +62,29 @@ class DemoServices:
 
     def __init__(self) -> None:
         demo = self
+        now = time.time()
+        # The API's deploys, newest first: the live one came an hour ago, after the last migration.
+        self.deploys = [
+            {"id": "dep-104", "version": "9f2c1e7a", "status": "live", "message": "bulk export v2",
+             "created_at": _iso(now - 3600), "finished_at": _iso(now - 3500)},
+            {"id": "dep-103", "version": "4b7d0c21", "status": "succeeded", "message": "fix tenant caps",
+             "created_at": _iso(now - 86400), "finished_at": _iso(now - 86300)},
+            {"id": "dep-102", "version": "e81a9f55", "status": "succeeded", "message": "audit log paging",
+             "created_at": _iso(now - 3 * 86400), "finished_at": _iso(now - 3 * 86400 + 100)},
+        ]
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
             def do_GET(self):
-                status, body, kind = demo.answer(self.path)
+                self._send(*demo.answer(self.path))
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self._send(*demo.rollback(json.loads(self.rfile.read(length) or b"{}")))
+
+            def _send(self, status: int, body: str, kind: str) -> None:
                 payload = body.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
@@ -85,7 +103,26 @@ class DemoServices:
             return 200, self.METRICS, "text/plain; version=0.0.4"
         if path in ("/api/health", "/api/readyz", "/worker/health"):
             return 200, json.dumps({"ok": True}), "application/json"
+        if path.startswith("/deploy/deploys"):
+            wanted = path.split("?")[0].removeprefix("/deploy/deploys").strip("/")
+            found = [d for d in self.deploys if not wanted or d["id"] == wanted]
+            body = found if not wanted else (found[0] if found else {})
+            return (200 if found else 404), json.dumps(body), "application/json"
         return 404, "{}", "application/json"
+
+    def rollback(self, body: dict) -> tuple[int, str, str]:
+        """POST /deploy/rollback: the new deploy is live at once (the demo's platform is fast)."""
+        target = next((d for d in self.deploys if d["id"] == body.get("deploy_id")), None)
+        if target is None:
+            return 404, json.dumps({"message": "no such deploy"}), "application/json"
+        for deploy in self.deploys:
+            if deploy["status"] == "live":
+                deploy["status"] = "succeeded"
+        new = {**target, "id": f"dep-{100 + len(self.deploys) + 2}", "status": "live",
+               "message": f"rollback to {target['id']}", "created_at": _iso(time.time()),
+               "finished_at": _iso(time.time())}
+        self.deploys.insert(0, new)
+        return 201, json.dumps(new), "application/json"
 
     @property
     def base(self) -> str:
@@ -98,6 +135,10 @@ class DemoServices:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
 def closed_port() -> int:
@@ -121,12 +162,14 @@ roles:
 redis:
   main: {{url: "{sandbox.redis_url}"}}
 databases:
-  main: {{url: "{sandbox.database_url}"}}
+  main: {{url: "{sandbox.database_url}", migrations: {{tool: prisma, source: "{folder / 'prisma' / 'migrations'}"}}}}
 queues:
   - {{name: jobs, redis: main, ready: jobs, dead: "jobs:dead", keep: 100}}
   - {{name: step, redis: main, ready: step.ready, dead: step.dead, keep: 10}}
 services:
-  api: {{liveness: "{services.base}/api/health", readiness: "{services.base}/api/readyz", expect: {{ok: true}}}}
+  api: {{liveness: "{services.base}/api/health", readiness: "{services.base}/api/readyz", expect: {{ok: true}},
+        deploy: {{provider: http, url: "{services.base}/deploy"}},
+        rollback: {{database: main, verify_window: 1s, verify_interval: 0.5s}}}}
   worker: {{liveness: "{services.base}/worker/health", readiness: "{services.base}/worker/readyz",
            metrics: "{services.base}/worker/metrics"}}
 email:
@@ -137,6 +180,8 @@ email:
   daily_cap: 500
   auto_reminders_cap: 20
   reminder_recipient: deadlines@example.com
+audit:
+  snapshot_secret: ${{OPSBOT_DEMO_SNAPSHOT_SECRET:-demo-snapshot-secret}}
 runbooks_dir: "{ROOT / 'runbooks'}"
 """)
     return path
@@ -166,10 +211,74 @@ INSERT INTO "CaseEvent" ("caseId", "tenantId", type, "createdAt", data) VALUES
 """
 
 
-def seed_database(database_url: str) -> None:
-    """The sending service's tables: mail stuck behind a failing provider, a reminder blocked by its cap."""
+def _jsonb_text(document: dict) -> str:
+    """PostgreSQL's jsonb::text of a flat object: keys by length, then bytes; ", " and ": " separators."""
+    ordered = dict(sorted(document.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode())))
+    return json.dumps(ordered, ensure_ascii=False)
+
+
+def seed_audit(conn: psycopg.Connection, rows_per_tenant: int = 400) -> int:
+    """Two tenants' AuditLog chains (v1), then one manual edit in tenant-b: returns the edited row's id."""
+    from bot.chain import v1_hash
+
+    conn.execute('CREATE TABLE "AuditLog" (id bigint PRIMARY KEY, "tenantId" text NOT NULL,'
+                 ' "createdAt" timestamp(3) NOT NULL, actor text, action text NOT NULL, payload jsonb NOT NULL,'
+                 ' "prevHash" text, hash text NOT NULL)')
+    conn.execute('CREATE INDEX ON "AuditLog" ("tenantId", "createdAt", id)')
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+    number = 0
+    with conn.cursor().copy('COPY "AuditLog" FROM STDIN') as copy:
+        for tenant in ("tenant-a", "tenant-b"):
+            prev = None
+            for n in range(rows_per_tenant):
+                number += 1
+                created = start + timedelta(minutes=5 * n, milliseconds=number)
+                payload = _jsonb_text({"caseId": f"case-{n % 37}", "field": "status", "to": "review"})
+                actor = f"user-{n % 7}@example.com"
+                digest = v1_hash(prev, str(number), tenant, created, actor, "case.update", payload)
+                copy.write_row((number, tenant, created.replace(tzinfo=None), actor, "case.update", payload, prev,
+                                digest))
+                prev = digest
+    edited = rows_per_tenant + 250
+    conn.execute("""UPDATE "AuditLog" SET payload = '{"to": "approved", "field": "status", "caseId": "case-27"}'"""
+                 " WHERE id = %s", (edited,))
+    return edited
+
+
+MIGRATIONS = [
+    ("20260101090000_init", 'CREATE TABLE "Case" (id text PRIMARY KEY);\n'),
+    ("20260215120000_audit_log", 'CREATE INDEX "AuditLog_tenant" ON "AuditLog" ("tenantId");\n'),
+    ("20260402080000_caps", 'ALTER TABLE "Case" ADD COLUMN cap int;\n'),
+]
+
+
+def seed_migrations(conn: psycopg.Connection, folder: Path) -> None:
+    """prisma/migrations with three applied migrations, one of them edited since, and one pending."""
+    conn.execute("""CREATE TABLE "_prisma_migrations" (
+        id VARCHAR(36) PRIMARY KEY NOT NULL, checksum VARCHAR(64) NOT NULL, finished_at TIMESTAMPTZ,
+        migration_name VARCHAR(255) NOT NULL, logs TEXT, rolled_back_at TIMESTAMPTZ,
+        started_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied_steps_count INTEGER NOT NULL DEFAULT 0)""")
+    applied_at = datetime.now(timezone.utc) - timedelta(days=5)
+    for index, (name, script) in enumerate(MIGRATIONS):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "migration.sql").write_text(script)
+        conn.execute("INSERT INTO _prisma_migrations (id, checksum, finished_at, migration_name, started_at,"
+                     " applied_steps_count) VALUES (%s, %s, %s, %s, %s, 1)",
+                     (f"00000000-0000-0000-0000-00000000000{index}", hashlib.sha256(script.encode()).hexdigest(),
+                      applied_at + timedelta(hours=index), name, applied_at + timedelta(hours=index)))
+    edited = folder / MIGRATIONS[1][0] / "migration.sql"
+    edited.write_text(edited.read_text() + "-- tidied up after it ran in production\n")
+    (folder / "20261120100000_export_jobs").mkdir()
+    (folder / "20261120100000_export_jobs" / "migration.sql").write_text('CREATE TABLE "ExportJob" (id text);\n')
+
+
+def seed_database(database_url: str, migrations: Path) -> None:
+    """The application's tables: mail stuck behind a failing provider, a reminder blocked by its cap, an
+    AuditLog with one manual edit, and migration history that drifted from the code."""
     with psycopg.connect(database_url) as conn:
         conn.execute(WORLD_SQL)
+        seed_audit(conn)
+        seed_migrations(conn, migrations)
 
 
 def seed_world(client: redis.Redis, now: float | None = None) -> dict[str, int]:
@@ -227,7 +336,38 @@ TOUR = [
          "why a reminder was not scheduled"),
     Step('email retry --error "timed out"', lambda o: o.result.data["changed"] == 100,
          "a guarded retry of failed mail"),
+    Step("audit verify --all", lambda o: o.result.status == "fail" and _earliest(o) == ("content_mismatch", "650"),
+         "the AuditLog hash chain: one row edited by hand"),
+    Step("drift", lambda o: _drift(o) == (["20260215120000_audit_log"], ["20261120100000_export_jobs"]),
+         "migrations: one edited after it ran, one pending"),
+    Step("incident declare sev2 Exports failing for tenant-b", lambda o: o.result.data["incident"]["id"] == "INC-1",
+         "an incident (in Slack: a thread in #incidents)"),
+    Step("rollback api --incident INC-1", lambda o: o.result.status == "ok" and o.result.data["verified"],
+         "a guarded rollback to the previous deploy, verified, on the incident's timeline"),
+    Step("incident note export worker back to normal --incident INC-1", lambda o: o.result.status == "ok",
+         "an update"),
+    Step("incident resolve rolled back api to dep-103 --incident INC-1",
+         lambda o: o.result.data["incident"]["status"] == "resolved", "resolved; the postmortem is due in 48 h"),
+    Step("incident timeline --incident INC-1", lambda o: _timeline_has(o, "`rollback`", "export worker"),
+         "who did what, when"),
+    Step("incident postmortem --incident INC-1",
+         lambda o: "## Actions taken through opsbot" in o.result.data["markdown"], "a postmortem draft"),
 ]
+
+
+def _earliest(outcome: Outcome) -> tuple[str, str]:
+    bad = [t for t in outcome.result.data["tenants"] if not t["valid"]]
+    return bad[0]["findings"][0]["kind"], bad[0]["findings"][0]["id"]
+
+
+def _drift(outcome: Outcome) -> tuple[list[str], list[str]]:
+    report = outcome.result.data["databases"][0]
+    return [m["name"] for m in report["edited"]], [m["name"] for m in report["pending"]]
+
+
+def _timeline_has(outcome: Outcome, *texts: str) -> bool:
+    whole = " ".join(f"{e['what']} {e['result']}" for e in outcome.result.data["entries"])
+    return all(text in whole for text in texts)
 
 
 def run_tour(runtime: Runtime, out=sys.stdout) -> bool:
@@ -291,12 +431,13 @@ def main(interactive: bool | None = None) -> int:
             try:
                 runtime.state.migrate()
                 counts = seed_world(runtime.state.redis)
-                seed_database(sandbox.database_url)
+                seed_database(sandbox.database_url, Path(folder) / "prisma" / "migrations")
                 print(f"Seeded a broken world: {counts['jobs:dead']} dead jobs in jobs:dead "
                       f"(SMTP timeouts, auth failures, rate limits, a KeyError, bytes that are not JSON), "
                       f"{counts['step.dead']} in step.dead; 45 emails stuck behind an SMTP provider that refuses "
                       "connections and 100 failed; case-42's reminder blocked by its daily cap; a worker that "
-                      "is not ready.", flush=True)
+                      "is not ready; an AuditLog row edited by hand; a migration edited after it ran and one "
+                      "pending; an API with three deploys to roll back between.", flush=True)
                 if interactive:
                     console(runtime)
                     return 0

@@ -32,7 +32,7 @@ _PATTERNS = [
     (
         re.compile(
             r"(\b[\w.-]*?(?:password|passwd|pwd|pass|token|secret|api[_-]?key|private[_-]?key|access[_-]?key)"
-            r"[\"']?\s*[=:]\s*[\"']?)([^\s\"',;&]+)",
+            r"[\"']?[ \t]*[=:][ \t]*[\"']?)([^\s\"',;&]+)",  # on one line: "pass\n:emoji:" is no secret
             re.I,
         ),
         r"\1" + MASK,

@@ -77,3 +77,11 @@ def test_text_rendering_reads_well_in_a_terminal():
                                                            text=":lock: see <https://x.test|the docs> <@U1>")]))
     assert text.splitlines() == ["[OK] 2 queues", "", "== jobs", "[guarded] see the docs (https://x.test) @U1",
                                  "  ready  3", "  dead   14"]
+
+
+def test_a_word_ending_a_line_before_an_emoji_is_not_a_secret():
+    from bot.redact import Redactor
+
+    text = "readiness pass\n:white_circle: unknown"
+    assert Redactor().text(text) == text
+    assert Redactor().text("password: hunter2") == "password: [redacted]"

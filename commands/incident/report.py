@@ -40,6 +40,8 @@ class Entry:
 def timeline(store: IncidentStore, incident: Incident) -> list[Entry]:
     entries = [Entry(e.at, e.actor, e.text, kind=e.kind) for e in store.events(incident)]
     for at, actor, action, payload in store.actions(incident):
+        if str(payload.get("command", "")).startswith("incident "):
+            continue  # the incident's own commands are on the timeline as its events
         command = payload.get("text") or payload.get("command", "")
         if action == "outcome":
             entries.append(Entry(at, actor, f"`{payload.get('command', '')}`",
