@@ -118,6 +118,19 @@ def _audit_line(inv: Invocation) -> tuple[str, str, str, dict]:
     return GREEN, "audit verification", f"valid {when}", extra
 
 
+def _incidents_line(inv: Invocation) -> tuple[str, str, str, dict]:
+    desk = inv.extras.get("incidents")
+    try:
+        open_now = desk.store.open() if desk is not None else []
+    except Exception as exc:
+        return GREY, "incidents", f"unknown ({str(exc).splitlines()[0][:120]})", {}
+    if not open_now:
+        return GREEN, "incidents", "none open", {"open": 0}
+    paging = [i for i in open_now if desk.severity(i.severity).page]
+    text = ", ".join(f"{i.id} {i.severity.upper()} {i.title}" for i in open_now[:5])
+    return (RED if paging else AMBER), "incidents", f"{len(open_now)} open: {text}", {"open": len(open_now)}
+
+
 def _drift_lines(inv: Invocation) -> list[tuple[str, str, str, dict]]:
     from commands.drift import drift_reports
 
@@ -165,6 +178,7 @@ def status(inv: Invocation) -> Result:
     lines.append(email_line)
     lines.append(_audit_line(inv))
     lines += _drift_lines(inv)
+    lines.append(_incidents_line(inv))
     reds = [label for color, label, _, _ in lines if color == RED]
     ambers = [label for color, label, _, _ in lines if color == AMBER]
     summary = (f"{len(reds)} red: {', '.join(reds)}" if reds else
@@ -180,6 +194,6 @@ COMMANDS = [
     Command("health", "Liveness and readiness of the configured services, checked concurrently",
             args=(Arg("service", "one service from app.yaml", positional=True),), run=health,
             examples=("health", "health api")),
-    Command("status", "One glance: services, error rate, queues, dead letters, stuck email, audit, drift",
+    Command("status", "One glance: services, error rate, queues, dead letters, stuck email, audit, drift, incidents",
             run=status),
 ]

@@ -244,3 +244,10 @@ def test_without_slack_the_incident_is_recorded_and_works_by_id(make_runtime, tm
     noted = runtime.engine.handle("incident note reindexing --incident INC-1", Actor.local("ops"), where)
     assert noted.result.status == "ok" and noted.in_thread is None
     assert datetime.now(UTC) - runtime.engine.extras["incidents"].store.find("INC-1").declared_at < timedelta(1)
+
+
+def test_status_counts_open_incidents(slack, fake_slack):
+    declare(slack, fake_slack, "incident declare sev3 Slow search")
+    line = next(line for line in slack.runtime.engine.handle("status", _actor(), _where()).result.data["lines"]
+                if line["what"] == "incidents")
+    assert line["color"] == "amber" and line["detail"] == "1 open: INC-1 SEV3 Slow search"
