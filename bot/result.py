@@ -35,10 +35,14 @@ class Section:
 
 @dataclass(frozen=True)
 class Button:
-    """A button under a result. ``action`` is one of confirm, cancel, run (``value`` is then command text)."""
+    """A button under a result.
+
+    ``action``: confirm or cancel (``value`` is the pending action), run (``value`` is command
+    text), or note (``value`` is an incident id: a form to write an update opens).
+    """
 
     label: str
-    action: Literal["confirm", "cancel", "run"]
+    action: Literal["confirm", "cancel", "run", "note"]
     value: str
     style: Literal["primary", "danger"] | None = None
     confirm: str | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 
 from slack_bolt import Ack, App, BoltResponse
 
@@ -56,10 +57,46 @@ def build_app(runtime: Runtime, queue: WorkQueue) -> App:
     def ack_action(ack: Ack, body: dict) -> None:
         _enqueue(ack, queue, "action", body)
 
+    def open_note_form(ack: Ack, body: dict) -> None:
+        ack()  # the form must open within 3 s of the click (trigger_id), so here rather than in a worker
+        incident = (body.get("actions") or [{}])[0].get("value", "")
+        try:
+            runtime.slack.views_open(trigger_id=body["trigger_id"], view=note_form(incident))
+        except Exception as exc:
+            log.error("could not open the note form for %s: %s", incident, exc)
+
+    def ack_note(ack: Ack, body: dict) -> None:
+        """The form was submitted: run `incident note <text> --incident ID` as its author, like a command."""
+        view = body.get("view") or {}
+        text = view["state"]["values"][NOTE_BLOCK][NOTE_INPUT]["value"] or ""
+        user = body.get("user") or {}
+        command = {"text": f"incident note {shlex.quote(text)} --incident {view.get('private_metadata', '')}",
+                   "user_id": user.get("id", ""), "team_id": user.get("team_id") or (body.get("team") or {}).get("id"),
+                   "channel_id": "", "trigger_id": f"view:{view.get('id')}:{view.get('hash')}"}
+        _enqueue(ack, queue, "command", command)
+
     app.command(settings.slack.command)(ack_command)
     app.action(re.compile(rf"^{ACTION_PREFIX}(confirm|cancel|run)"))(ack_action)
+    app.action(re.compile(rf"^{ACTION_PREFIX}note"))(open_note_form)
+    app.view(NOTE_FORM)(ack_note)
     app.error(_on_error)
     return app
+
+
+NOTE_FORM, NOTE_BLOCK, NOTE_INPUT = "opsbot_incident_note", "note", "text"
+
+
+def note_form(incident: str) -> dict:
+    """The modal behind an incident's "Add note" button."""
+    return {
+        "type": "modal", "callback_id": NOTE_FORM, "private_metadata": incident,
+        "title": {"type": "plain_text", "text": f"Update {incident}"[:24]},
+        "submit": {"type": "plain_text", "text": "Post"}, "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [{"type": "input", "block_id": NOTE_BLOCK,
+                    "label": {"type": "plain_text", "text": "What happened, or what did you do?"},
+                    "element": {"type": "plain_text_input", "action_id": NOTE_INPUT, "multiline": True,
+                                "max_length": 2000}}],
+    }
 
 
 def _enqueue(ack: Ack, queue: WorkQueue, kind: str, body: dict) -> None:

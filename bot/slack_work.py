@@ -113,6 +113,8 @@ class SlackWork:
         # person (denied, waiting, already taken) is shown to that person only.
         personal = outcome.kind in ("denied", "waiting", "taken", "usage")
         if outcome.in_thread:  # everyone sees it in the incident's thread; the requester gets a copy here
+            if respond.url is None:  # a form submission: the thread is the only place to answer
+                return
             message["text"] = f"Posted in the {outcome.in_thread} thread. " + message["text"]
             personal = True
         if replace and not personal:

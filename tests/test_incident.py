@@ -251,3 +251,31 @@ def test_status_counts_open_incidents(slack, fake_slack):
     line = next(line for line in slack.runtime.engine.handle("status", _actor(), _where()).result.data["lines"]
                 if line["what"] == "incidents")
     assert line["color"] == "amber" and line["detail"] == "1 open: INC-1 SEV3 Slow search"
+
+
+def test_add_note_opens_a_form_and_its_text_lands_on_the_timeline(slack, fake_slack):
+    import json
+    from urllib.parse import urlencode
+
+    _, root = declare(slack, fake_slack)
+    ts = _ts_of(fake_slack, fake_slack.calls("chat.postMessage")[0])
+    root_message = Reply(None, "root", {"blocks": root["attachments"][0]["blocks"]})
+
+    clicked = slack.click(root_message, "Add note", channel="C-INCIDENTS", wait=False, user=BOB)
+    assert clicked.http.status_code == 200
+    form = fake_slack.wait_for("views.open")[0].body
+    view = form["view"] if isinstance(form["view"], dict) else json.loads(form["view"])
+    assert view["private_metadata"] == "INC-1" and view["callback_id"] == "opsbot_incident_note"
+
+    submission = {"type": "view_submission", "team": {"id": "T1"}, "user": {"id": BOB, "team_id": "T1"},
+                  "api_app_id": "A1", "trigger_id": "trig-view",
+                  "view": {**view, "id": "V1", "hash": "h1", "state": {"values": {
+                      "note": {"text": {"type": "plain_text_input", "value": "DB failover done --really"}}}}}}
+    answer = slack.post(urlencode({"payload": json.dumps(submission)}))
+
+    assert answer.status_code == 200 and answer.text in ("", "null")  # the form closes
+    note = fake_slack.wait(lambda s: [p for p in posts(s, ts) if "DB failover" in p["text"]])[0]
+    assert note["text"] == f"OK: INC-1 update from <@{BOB}>: DB failover done --really"
+    events = slack.runtime.engine.extras["incidents"].store.events(
+        slack.runtime.engine.extras["incidents"].store.find("INC-1"))
+    assert [(e.actor, e.text) for e in events if e.kind == "note"] == [(BOB, "DB failover done --really")]

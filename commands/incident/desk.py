@@ -98,7 +98,7 @@ class IncidentDesk:
             if index < len(names) - 1:
                 buttons.append(Button(f"Lower to {names[index + 1].upper()}", "run",
                                       f"incident sev {names[index + 1]} --incident {incident.id}"))
-            buttons.append(Button("Add note", "run", "help incident note"))
+            buttons.append(Button("Add note", "note", incident.id))
             buttons.append(Button("Resolve", "run", f"incident resolve --incident {incident.id}", style="primary",
                                   confirm=f"Resolve {incident.id}?"))
         make = Result.ok if not incident.open else (Result.fail if level.page else Result.warn)
