@@ -38,7 +38,9 @@ def _overview(inv: Invocation, prefix: str) -> Result:
         sections.append(Section(title=group, text="\n".join(lines)))
     sections.append(
         Section(text=":lock: changes something: shows a preview and waits for Confirm.  "
-                     f":busts_in_silhouette: needs a second person.  `{prefix} help <command>` for details.")
+                     f":busts_in_silhouette: needs a second person.  `{prefix} help <command>` for details.\n"
+                     "Any command takes `--incident INC-n`: its result goes to that incident's thread and"
+                     " timeline (inside the thread, it is implied).")
     )
     return Result.ok(
         f"{prefix}: {len(inv.registry.commands)} commands",
