@@ -37,6 +37,7 @@ def run_checks(runtime: Runtime, library: RunbookLibrary | None = None) -> Resul
         ("state postgres", lambda: _state_postgres(runtime)),
         ("slack", lambda: _slack(runtime)),
         ("runbooks", lambda: _runbooks(library)),
+        ("postmortem template", lambda: _postmortem_template(runtime)),
     ]
     for name in settings.redis:
         checks.append((f"redis {name}", lambda name=name: _redis_ping(runtime.targets.redis(name))))
@@ -125,6 +126,19 @@ def _audit_scheme(runtime: Runtime) -> str:
         if "does not exist" in str(exc):
             raise _Warning(str(exc)) from None
         raise CheckFailed(str(exc)) from None
+
+
+def _postmortem_template(runtime: Runtime) -> str:
+    import jinja2
+
+    path = runtime.settings.runbooks_path / runtime.settings.incidents.postmortem_template
+    try:
+        jinja2.Environment().parse(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckFailed(f"{path}: {exc.strerror or exc}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise CheckFailed(f"{path.name}:{exc.lineno}: {exc.message}") from None
+    return f"ok, {path.name} parses"
 
 
 def _slack(runtime: Runtime) -> str:

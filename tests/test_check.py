@@ -10,6 +10,7 @@ import pytest
 from bot.checks import run_checks
 from commands.runbook import library_for
 from tests.conftest import REDIS_URL, write_config
+from tests.support.audit import AuditChain
 from tests.support.http import send_json
 
 
@@ -35,7 +36,8 @@ def checks_by_target(result):
     return {c["target"]: c for c in result.data["checks"]}
 
 
-def test_everything_reachable_is_ok(slack_env, runtime, redis_client):
+def test_everything_reachable_is_ok(slack_env, runtime, redis_client, database_url):
+    AuditChain(database_url).create().append("tenant-a", 3)  # the audit table the default scheme is checked on
     result = run_checks(runtime, library_for(runtime.settings))
     found = checks_by_target(result)
     assert result.status == "ok", result.data
@@ -44,6 +46,18 @@ def test_everything_reachable_is_ok(slack_env, runtime, redis_client):
     assert found["queue jobs"]["detail"].startswith("ok, ready 'jobs': 0, dead 'jobs:dead': 0")
     assert "runbooks render" in found["runbooks"]["detail"]
     assert found["slack"]["detail"].startswith("ok, bot opsbot in team Test Team")
+    assert found["audit scheme"]["detail"].startswith("ok, the first 3 rows of AuditLog verify")
+    assert found["postmortem template"]["detail"].startswith("ok, postmortem.md.j2 parses")
+
+
+def test_a_database_without_an_audit_table_is_a_warning(slack_env, runtime, redis_client, database_url):
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute('DROP TABLE IF EXISTS "AuditLog"')
+    result = run_checks(runtime, library_for(runtime.settings))
+    assert result.status == "warn"
+    assert "audit table 'AuditLog' does not exist" in checks_by_target(result)["audit scheme"]["detail"]
 
 
 def test_failures_are_named_with_their_reason(tmp_path, database_url, make_runtime, redis_client, service):
