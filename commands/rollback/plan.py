@@ -46,6 +46,12 @@ def _live_since(deploy: Deploy) -> datetime | None:
     return deploy.finished_at or deploy.created_at
 
 
+def _ran_on_schema_of(deploy: Deploy, migrated_at: datetime) -> bool:
+    """Whether ``deploy`` went live after the migration finished: its code has run against that schema."""
+    live = _live_since(deploy)
+    return deploy.successful and live is not None and live >= migrated_at
+
+
 def _find(deploys: list[Deploy], wanted: str) -> Deploy:
     exact = [d for d in deploys if d.id == wanted or d.version == wanted]
     prefix = [d for d in deploys if len(wanted) >= 7 and d.version.startswith(wanted)]
@@ -98,7 +104,7 @@ def _respect_schema(choice: Choice, deploys: list[Deploy], report: DriftReport, 
         choice.schema_note = f"no migration was applied since {choice.target.short} was live: code only"
         return
     newest = choice.migrations_since[-1]
-    compatible = [d for d in older if d.successful and (_live_since(d) or datetime.min) >= newest.when]
+    compatible = [d for d in older if _ran_on_schema_of(d, newest.when)]
     names = ", ".join(item.name for item in choice.migrations_since)
     if not compatible:
         raise CommandError(
