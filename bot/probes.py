@@ -6,7 +6,10 @@ Usage::
     figures = scrape_all(settings.services)                  # {"worker": ServiceMetrics(...)}
 
 The total time is the slowest single check, and each check is bounded by its
-service's timeout. Metrics are read with prometheus-client's text-format parser.
+service's timeout. A 5xx answer or a refused connection is tried once more after a
+short pause, inside the same timeout; a check that passed only on that retry says so
+(``Check.retried``), so a flapping service is visible rather than hidden. Metrics are
+read with prometheus-client's text-format parser.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Check:
     ms: float
     detail: str = ""
     body: str = ""
+    retried: str = ""  # what the first attempt got, when only the retry passed
 
 
 @dataclass
@@ -60,10 +64,39 @@ def _headers(service: ServiceSettings) -> dict[str, str]:
     return {}
 
 
+RETRY_PAUSE = 0.1
+
+
+async def _get(client: httpx.AsyncClient, url: str, service: ServiceSettings) -> tuple[httpx.Response, str]:
+    """GET with one retry on 5xx or a transport error, all within the service's timeout.
+
+    Returns the response and, when it came from the retry, what the first attempt got.
+    Raises the last httpx error when no response came at all.
+    """
+    deadline = time.perf_counter() + service.timeout
+    first = ""
+    for attempt in (1, 2):
+        remaining = deadline - time.perf_counter()
+        try:
+            response = await client.get(url, headers=_headers(service), timeout=max(remaining, 0.001))
+        except httpx.TimeoutException:
+            raise
+        except httpx.HTTPError as exc:
+            if attempt == 2 or deadline - time.perf_counter() <= RETRY_PAUSE * 2:
+                raise
+            first = f"{type(exc).__name__}"
+        else:
+            if response.status_code < 500 or attempt == 2 or deadline - time.perf_counter() <= RETRY_PAUSE * 2:
+                return response, first
+            first = f"HTTP {response.status_code}"
+        await asyncio.sleep(RETRY_PAUSE)
+    raise AssertionError("unreachable")
+
+
 async def _check(client: httpx.AsyncClient, name: str, kind: str, url: str, service: ServiceSettings) -> Check:
     started = time.perf_counter()
     try:
-        response = await client.get(url, headers=_headers(service), timeout=service.timeout)
+        response, retried = await _get(client, url, service)
     except httpx.TimeoutException:
         return Check(name, kind, url, False, None, (time.perf_counter() - started) * 1000,
                      f"no answer within {service.timeout:g}s")
@@ -85,7 +118,8 @@ async def _check(client: httpx.AsyncClient, name: str, kind: str, url: str, serv
         if wrong:
             return Check(name, kind, url, False, response.status_code, ms,
                          f"expected {json.dumps(service.expect)}, got {json.dumps(wrong)}", body)
-    return Check(name, kind, url, True, response.status_code, ms)
+    return Check(name, kind, url, True, response.status_code, ms,
+                 f"ok on a retry (first: {retried})" if retried else "", retried=retried)
 
 
 def check_services(services: dict[str, ServiceSettings], only: str | None = None) -> list[Check]:
@@ -138,7 +172,7 @@ def scrape_all(services: dict[str, ServiceSettings], only: str | None = None) ->
 
     async def one(client: httpx.AsyncClient, name: str, service: ServiceSettings) -> ServiceMetrics:
         try:
-            response = await client.get(service.metrics, headers=_headers(service), timeout=service.timeout)
+            response, _ = await _get(client, service.metrics, service)
             response.raise_for_status()
             return ServiceMetrics(name, True, parse_metrics(response.text, service.metric_names.model_dump()))
         except (httpx.HTTPError, ValueError) as exc:
@@ -153,4 +187,5 @@ def scrape_all(services: dict[str, ServiceSettings], only: str | None = None) ->
 
 def as_dict(check: Check) -> dict[str, Any]:
     return {"service": check.service, "kind": check.kind, "url": check.url, "ok": check.ok, "status": check.status,
-            "ms": round(check.ms, 1), "detail": check.detail, "body": check.body if not check.ok else ""}
+            "ms": round(check.ms, 1), "detail": check.detail, "body": check.body if not check.ok else "",
+            "retried": check.retried}

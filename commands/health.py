@@ -46,11 +46,15 @@ def health(inv: Invocation) -> Result:
             text = f"metrics unavailable: {figures.detail}"
         sections.append(Section(f"{name} metrics", text=text))
     failing = [c for c in checks if not c.ok]
+    flapping = [c for c in checks if c.ok and c.retried]
     summary = (f"{len(failing)} of {len(checks)} checks failing: "
                + ", ".join(f"{c.service} {c.kind}" for c in failing)) if failing else f"all {len(checks)} checks pass"
+    if flapping:
+        summary += "; passed only on a retry: " + ", ".join(f"{c.service} {c.kind}" for c in flapping)
     data = {"checks": [as_dict(c) for c in checks], "seconds": round(elapsed, 3),
             "metrics": {n: {"ok": m.ok, "values": m.values, "detail": m.detail} for n, m in metrics.items()}}
-    return (Result.fail if failing else Result.ok)(summary, data=data, sections=sections)
+    return (Result.fail if failing else Result.warn if flapping else Result.ok)(summary, data=data,
+                                                                               sections=sections)
 
 
 def _queue_lines(inv: Invocation) -> list[tuple[str, str, str, dict]]:
