@@ -67,6 +67,11 @@ class Attachment:
         with open(self.path or "", "rb") as handle:
             return handle.read()
 
+    def size(self) -> int:
+        import os
+
+        return len(self.content) if self.content is not None else os.path.getsize(self.path or "")
+
     def discard(self) -> None:
         import os
 

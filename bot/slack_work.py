@@ -130,6 +130,10 @@ class SlackWork:
             try:
                 if self.runtime.slack is None or where is None or not where.channel:
                     raise RuntimeError("no Slack client or channel to upload to")
+                size = attachment.size()
+                if size > UPLOAD_LIMIT:
+                    raise RuntimeError(f"{size / 1e6:,.0f} MB is more than the bot uploads to Slack"
+                                       f" ({UPLOAD_LIMIT / 1e6:,.0f} MB)")
                 self.runtime.slack.files_upload_v2(
                     channel=where.channel, thread_ts=where.thread_ts, filename=attachment.filename,
                     title=attachment.title or attachment.filename, content=attachment.read())
@@ -159,6 +163,9 @@ class SlackWork:
         except Exception as exc:  # Redis down: run it; guarded actions still claim atomically
             log.warning("delivery dedupe unavailable: %s", exc)
             return True
+
+
+UPLOAD_LIMIT = 200_000_000  # bytes; a file is read into memory to upload it (Slack itself takes up to 1 GB)
 
 
 class _SafeRespond:

@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -406,3 +408,22 @@ def test_status_shows_the_last_verification(chain, bot):
     run(bot, "audit verify tenant-a")
     line = next(line for line in run(bot, "status").data["lines"] if line["what"] == "audit verification")
     assert line["color"] == "red" and "link_break" in line["detail"]
+
+
+def test_an_export_too_large_for_slack_says_how_to_get_it(chain, make_runtime, audit_config, fake_slack, slack_env,
+                                                          monkeypatch):
+    from slack_sdk import WebClient
+
+    from bot import slack_work
+
+    monkeypatch.setattr(slack_work, "UPLOAD_LIMIT", 100)  # bytes: three rows are more
+    chain.append("tenant-a", 3)
+    runtime = make_runtime(audit_config, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+    slack = SlackBot(runtime, fake_slack, SIGNING_SECRET)
+    try:
+        reply = slack.command("audit export tenant-a", channel="C-inc")
+    finally:
+        slack.close()
+    assert "more than the bot uploads to Slack" in reply.body["text"] and "opsbot run" in reply.body["text"]
+    assert fake_slack.calls("files.getUploadURLExternal") == []
+    assert not list(Path(tempfile.gettempdir()).glob("opsbot-audit-*.jsonl"))  # the temporary file is gone
