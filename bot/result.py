@@ -53,19 +53,13 @@ class Attachment:
     """A file that goes with a result: uploaded to the thread in Slack, written to a path by the CLI.
 
     Small files carry ``content``; large ones live at ``path`` (a temporary file the
-    renderer moves or uploads and then removes).
+    transport moves or streams to Slack and then removes).
     """
 
     filename: str
     content: bytes | None = None
     path: str | None = None
     title: str = ""
-
-    def read(self) -> bytes:
-        if self.content is not None:
-            return self.content
-        with open(self.path or "", "rb") as handle:
-            return handle.read()
 
     def size(self) -> int:
         import os

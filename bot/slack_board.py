@@ -24,6 +24,7 @@ from bot.outbox import Outbox
 from bot.redact import Redactor
 from bot.render.blocks import to_message
 from bot.result import Attachment, Result
+from bot.slack_client import upload_attachment
 
 __all__ = ["SlackBoard"]
 
@@ -60,7 +61,6 @@ class SlackBoard:
 
     def upload_thread(self, channel: str, ts: str, attachment: Attachment) -> None:
         try:
-            self.client.files_upload_v2(channel=channel, thread_ts=ts, filename=attachment.filename,
-                                        title=attachment.title or attachment.filename, content=attachment.read())
+            upload_attachment(self.client, attachment, channel=channel, thread_ts=ts)
         finally:
             attachment.discard()

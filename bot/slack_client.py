@@ -21,6 +21,7 @@ from slack_sdk.webhook import WebhookClient
 
 from bot.config import Settings
 from bot.metrics import Metrics
+from bot.result import Attachment
 
 __all__ = ["web_client", "webhook", "retry_handlers"]
 
@@ -66,3 +67,28 @@ def web_client(settings: Settings, metrics: Metrics | None = None, timeout: int 
 
 def webhook(url: str, metrics: Metrics | None = None, timeout: int = 10) -> WebhookClient:
     return WebhookClient(url, timeout=timeout, retry_handlers=retry_handlers(metrics))
+
+
+def upload_attachment(client: WebClient, attachment: Attachment, *, channel: str, thread_ts: str | None = None,
+                      timeout: float = 300.0) -> str:
+    """Upload a file of any size from disk, streamed (``files_upload_v2`` reads it into memory).
+
+    Slack's three steps: ``files.getUploadURLExternal``, a POST of the bytes to the URL it
+    hands out, ``files.completeUploadExternal`` into the channel (and thread). Returns the file id.
+    """
+    import httpx
+
+    size = attachment.size()
+    target = client.files_getUploadURLExternal(filename=attachment.filename, length=size)
+    headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+    if attachment.path is not None:
+        with open(attachment.path, "rb") as handle:
+            response = httpx.post(target["upload_url"], content=handle, headers=headers, timeout=timeout)
+    else:
+        response = httpx.post(target["upload_url"], content=attachment.content or b"", headers=headers,
+                              timeout=timeout)
+    if response.status_code >= 400:
+        raise RuntimeError(f"the file upload answered HTTP {response.status_code}")
+    client.files_completeUploadExternal(files=[{"id": target["file_id"], "title": attachment.title or
+                                                attachment.filename}], channel_id=channel, thread_ts=thread_ts)
+    return target["file_id"]

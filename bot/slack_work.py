@@ -23,7 +23,7 @@ from bot.progress import SlackProgress, Throttled
 from bot.render.blocks import ACTION_PREFIX, to_message
 from bot.result import Result
 from bot.runtime import Runtime
-from bot.slack_client import webhook
+from bot.slack_client import upload_attachment, webhook
 from bot.workqueue import Job
 
 __all__ = ["SlackWork"]
@@ -132,11 +132,8 @@ class SlackWork:
                     raise RuntimeError("no Slack client or channel to upload to")
                 size = attachment.size()
                 if size > UPLOAD_LIMIT:
-                    raise RuntimeError(f"{size / 1e6:,.0f} MB is more than the bot uploads to Slack"
-                                       f" ({UPLOAD_LIMIT / 1e6:,.0f} MB)")
-                self.runtime.slack.files_upload_v2(
-                    channel=where.channel, thread_ts=where.thread_ts, filename=attachment.filename,
-                    title=attachment.title or attachment.filename, content=attachment.read())
+                    raise RuntimeError(f"{size / 1e6:,.0f} MB is more than Slack takes ({UPLOAD_LIMIT / 1e6:,.0f} MB)")
+                upload_attachment(self.runtime.slack, attachment, channel=where.channel, thread_ts=where.thread_ts)
                 notes.append(f"\n:paperclip: {attachment.filename} uploaded")
             except Exception as exc:
                 log.error("could not upload %s: %s", attachment.filename, self.runtime.redactor.text(str(exc)))
@@ -165,7 +162,7 @@ class SlackWork:
             return True
 
 
-UPLOAD_LIMIT = 200_000_000  # bytes; a file is read into memory to upload it (Slack itself takes up to 1 GB)
+UPLOAD_LIMIT = 1_000_000_000  # bytes: Slack's limit for one file
 
 
 class _SafeRespond:

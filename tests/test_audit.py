@@ -424,6 +424,6 @@ def test_an_export_too_large_for_slack_says_how_to_get_it(chain, make_runtime, a
         reply = slack.command("audit export tenant-a", channel="C-inc")
     finally:
         slack.close()
-    assert "more than the bot uploads to Slack" in reply.body["text"] and "opsbot run" in reply.body["text"]
+    assert "more than Slack takes" in reply.body["text"] and "opsbot run" in reply.body["text"]
     assert fake_slack.calls("files.getUploadURLExternal") == []
     assert not list(Path(tempfile.gettempdir()).glob("opsbot-audit-*.jsonl"))  # the temporary file is gone
