@@ -279,3 +279,18 @@ def test_add_note_opens_a_form_and_its_text_lands_on_the_timeline(slack, fake_sl
     events = slack.runtime.engine.extras["incidents"].store.events(
         slack.runtime.engine.extras["incidents"].store.find("INC-1"))
     assert [(e.actor, e.text) for e in events if e.kind == "note"] == [(BOB, "DB failover done --really")]
+
+
+def test_a_root_message_slack_refused_can_be_posted_again(slack, fake_slack):
+    fake_slack.fail("chat.postMessage", status=200, body={"ok": False, "error": "channel_not_found"})
+    reply = slack.command("incident declare sev3 Slow search")
+    assert "the root message could not be posted" in str(reply.body)
+    assert slack.runtime.engine.extras["incidents"].store.find("INC-1").root_ts is None
+
+    again = slack.command("incident repost --incident INC-1")
+    assert "root message posted again" in again.text
+    incident = slack.runtime.engine.extras["incidents"].store.find("INC-1")
+    assert incident.root_ts and incident.channel == "C-INCIDENTS"
+    slack.command("incident note back on track --incident INC-1")
+    note = fake_slack.wait(lambda s: [p for p in posts(s, incident.root_ts) if "back on track" in p["text"]])[0]
+    assert note["text"] == f"OK: INC-1 update from <@{ALICE}>: back on track"

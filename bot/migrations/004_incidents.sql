@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS incident_events (
     incident integer NOT NULL REFERENCES incidents (number),
     at timestamptz NOT NULL,
     actor text NOT NULL,
-    kind text NOT NULL,                            -- declared | severity | phase | note | resolved | reminder | page | postmortem
+    kind text NOT NULL,                            -- declared | severity | phase | note | resolved | reminder | page | reposted
     text text NOT NULL,
     data jsonb NOT NULL DEFAULT '{}'
 );

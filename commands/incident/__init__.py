@@ -108,6 +108,13 @@ def draft_postmortem(inv: Invocation) -> Result:
                                              title=f"Postmortem draft: {incident.id} {incident.title}")])
 
 
+def repost(inv: Invocation) -> Result:
+    desk, incident = _current(inv)
+    incident = desk.repost(incident, inv.actor.user_id)
+    return Result.ok(f"{incident.id}: root message posted again in <#{incident.channel}>; its thread is the"
+                     " incident's home from now on", data={"incident": incident.as_dict()})
+
+
 def list_open(inv: Invocation) -> Result:
     desk = _desk(inv)
     incidents = desk.store.open()
@@ -145,4 +152,6 @@ COMMANDS = [
     Command("incident postmortem", "Draft the postmortem from the timeline, as a file in the thread",
             run=draft_postmortem, examples=("incident postmortem --incident INC-42",)),
     Command("incident list", "Open incidents", run=list_open),
+    Command("incident repost", "Post the incident's root message again (if Slack refused it, or it was deleted)",
+            run=repost, examples=("incident repost --incident INC-42",)),
 ]

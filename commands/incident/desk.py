@@ -143,6 +143,18 @@ class IncidentDesk:
             notes.append(self.page(incident, actor, f"{incident.severity.upper()} declared"))
         return incident, notes
 
+    def repost(self, incident: Incident, actor: str) -> Incident:
+        """Post the root message again (Slack refused it at declare time, or it was deleted): a new home."""
+        if self.board is None:
+            raise CommandError("Slack is not configured: there is no channel to post the incident to")
+        level = self.severity(incident.severity)
+        channel, ts = self.board.post_root(self.root_message(incident), level.color)
+        before = incident.root_ts
+        incident = self.store.update(incident, channel=channel, root_ts=ts)
+        self.store.event(incident, actor, "reposted", f"root message posted again (was {before or 'missing'})",
+                         now=self.clock())
+        return incident
+
     def page(self, incident: Incident, actor: str, why: str) -> str:
         level = self.severity(incident.severity)
         who = " ".join(f"<!subteam^{group}>" for group in level.notify) or "<!here>"
