@@ -15,8 +15,6 @@ incident's home), so its failure is raised to the caller.
 
 from __future__ import annotations
 
-import logging
-
 from slack_sdk import WebClient
 
 from bot.metrics import Metrics
@@ -25,10 +23,9 @@ from bot.redact import Redactor
 from bot.render.blocks import to_message
 from bot.result import Attachment, Result
 from bot.slack_client import upload_attachment
+from bot.slack_notify import post_or_keep
 
 __all__ = ["SlackBoard"]
-
-log = logging.getLogger("opsbot.slack")
 
 
 class SlackBoard:
@@ -51,13 +48,8 @@ class SlackBoard:
         self.client.chat_update(channel=channel, ts=ts, **self._colored(message, color))
 
     def post_thread(self, channel: str, ts: str, message: Result) -> None:
-        body = {**to_message(message, self.redactor), "thread_ts": ts}
-        try:
-            self.client.chat_postMessage(channel=channel, **body)
-        except Exception as exc:
-            self.metrics.slack_errors.labels(kind="post_failed").inc()
-            log.error("could not post to the incident thread, keeping it for later: %s", exc)
-            self.outbox.keep({"kind": "chat", "channel": channel}, body, error=str(exc))
+        post_or_keep(self.client, self.outbox, self.metrics, channel, {**to_message(message, self.redactor),
+                                                                        "thread_ts": ts})
 
     def upload_thread(self, channel: str, ts: str, attachment: Attachment) -> None:
         try:

@@ -18,7 +18,7 @@ from bot.redact import Redactor
 from bot.render.blocks import to_message
 from bot.result import Result
 
-__all__ = ["SlackNotifier"]
+__all__ = ["SlackNotifier", "post_or_keep"]
 
 log = logging.getLogger("opsbot.slack")
 
@@ -35,10 +35,14 @@ class SlackNotifier:
         """Post to the incident channel, unless the result was produced there already; never lose it."""
         if where.is_channel(self.channel):
             return
-        message = to_message(result, self.redactor)
-        try:
-            self.client.chat_postMessage(channel=self.channel, **message)
-        except Exception as exc:
-            self.metrics.slack_errors.labels(kind="post_failed").inc()
-            log.error("could not post to %s, keeping it for later: %s", self.channel, exc)
-            self.outbox.keep({"kind": "chat", "channel": self.channel}, message, error=str(exc))
+        post_or_keep(self.client, self.outbox, self.metrics, self.channel, to_message(result, self.redactor))
+
+
+def post_or_keep(client: WebClient, outbox: Outbox, metrics: Metrics, channel: str, message: dict) -> None:
+    """``chat.postMessage`` now; if Slack refuses, count it and keep it in the outbox for the workers to retry."""
+    try:
+        client.chat_postMessage(channel=channel, **message)
+    except Exception as exc:
+        metrics.slack_errors.labels(kind="post_failed").inc()
+        log.error("could not post to %s, keeping it for later: %s", channel, exc)
+        outbox.keep({"kind": "chat", "channel": channel}, message, error=str(exc))
