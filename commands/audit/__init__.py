@@ -60,7 +60,13 @@ def _tenant_filter(layout: Layout, tenant: str | None) -> sql.Composable:
     return sql.SQL("{} = {}").format(layout.column("tenant"), sql.Literal(tenant))
 
 
-def walk_chains(conn, inv: Invocation, tenant: str | None, *, since_snapshot: bool = False,
+def _no_rows(inv: Invocation, tenant: str | None) -> CommandError:
+    table = inv.settings.audit.table
+    return CommandError(f"tenant {tenant!r} has no rows in {table}" if tenant else f"{table} has no rows: nothing"
+                        " to verify")
+
+
+def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None, *, since_snapshot: bool = False,
                 limit: int | None = None, on_rows=None) -> tuple[list[TenantReport], str, list[str]]:
     """Verify the chains; returns the reports, the mode (full or incremental) and notes for the reader."""
     audit = inv.settings.audit
@@ -68,16 +74,19 @@ def walk_chains(conn, inv: Invocation, tenant: str | None, *, since_snapshot: bo
     hasher = compile_scheme(audit.scheme, layout.positions)
     options = WalkOptions(limit=limit or audit.failure_limit, window=audit.window, fork_window=audit.fork_window,
                           writer=layout.positions.get("writer"))
-    records = records_for(inv)
     notes: list[str] = []
     snapshots = records.latest_snapshots([tenant] if tenant else None)
     if records.secret is None and snapshots:
         notes.append("snapshots are not checked: audit.snapshot_secret is not set")
         snapshots = {}
     walker = ChainWalker(hasher, options)
-    if not since_snapshot:
+
+    def full_walk() -> list[TenantReport]:
         rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)), progress=on_rows)
-        return list(walker.walk(rows, snapshots)), "full", notes
+        return list(walker.walk(rows, snapshots))
+
+    if not since_snapshot:
+        return full_walk(), "full", notes
     if tenant is None:
         raise CommandError("--since-snapshot verifies one tenant at a time: audit verify <tenant> --since-snapshot")
     snap = snapshots.get(tenant)
@@ -90,8 +99,7 @@ def walk_chains(conn, inv: Invocation, tenant: str | None, *, since_snapshot: bo
     if head is None or head[0] != snap.hash:
         # The head the increment starts from is gone or changed: only a full walk can say what happened.
         notes.append("the snapshot head changed, so the whole chain was verified instead of the increment")
-        rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)))
-        return list(walker.walk(rows, snapshots)), "full", notes
+        return full_walk(), "full", notes
     after = sql.SQL("{tenant} = {t} AND ({created}, {id}) > (SELECT {created}, {id} FROM {table}"
                     " WHERE {tenant} = {t} AND {id}::text = {last})").format(
         tenant=layout.column("tenant"), created=layout.column("created"), id=layout.column("id"),
@@ -101,17 +109,14 @@ def walk_chains(conn, inv: Invocation, tenant: str | None, *, since_snapshot: bo
     if not reports:  # nothing appended since the snapshot
         reports = [TenantReport(tenant, rows=snap.count, offset=snap.count, head_id=snap.last_id, head_hash=snap.hash,
                                 head_created=snap.last_created)]
-    age = datetime.now(UTC) - (records.last_run(full_only=True) or _never()).finished_at
-    if age.total_seconds() > audit.full_rescan_every:
-        notes.append(f"the last full verification was {format_duration(age.total_seconds())} ago: run a full"
-                     f" `audit verify {tenant}` (advised every {format_duration(audit.full_rescan_every)})")
+    last_full = records.last_run(full_only=True)
+    age = None if last_full is None else (datetime.now(UTC) - last_full.finished_at).total_seconds()
+    if age is None or age > audit.full_rescan_every:
+        when = "no full verification is on record" if age is None else \
+            f"the last full verification was {format_duration(age)} ago"
+        notes.append(f"{when}: run a full `audit verify {tenant}` (advised every"
+                     f" {format_duration(audit.full_rescan_every)})")
     return reports, "incremental", notes
-
-
-def _never():
-    from commands.audit.records import LastRun
-
-    return LastRun("", "full", True, 0, 0, {}, datetime.fromtimestamp(0, UTC))
 
 
 def verify(inv: Invocation) -> Result:
@@ -124,14 +129,14 @@ def verify(inv: Invocation) -> Result:
     def on_rows(count: int) -> None:
         inv.progress(Result.ok(f"audit verify: {count:,} rows checked so far ({format_duration(time.perf_counter() - clock)})"))
 
+    records = records_for(inv)
     with _open(inv) as conn:
-        reports, mode, notes = walk_chains(conn, inv, tenant, since_snapshot=inv.args["since_snapshot"],
+        reports, mode, notes = walk_chains(conn, inv, records, tenant, since_snapshot=inv.args["since_snapshot"],
                                            limit=inv.args["limit"], on_rows=on_rows)
     elapsed = time.perf_counter() - clock
     if not reports:
-        raise CommandError(f"tenant {tenant!r} has no rows in {inv.settings.audit.table}" if tenant
-                           else f"{inv.settings.audit.table} has no rows: nothing to verify")
-    records_for(inv).save_run(tenant or "*", mode, reports, started, inv.actor.label)
+        raise _no_rows(inv, tenant)
+    records.save_run(tenant or "*", mode, reports, started, inv.actor.label)
     return verify_result(inv, reports, mode, notes, elapsed)
 
 
@@ -224,10 +229,10 @@ def snapshot(inv: Invocation) -> Result:
                            " (e.g. ${AUDIT_SNAPSHOT_SECRET}) in app.yaml")
     clock = time.perf_counter()
     with _open(inv) as conn:
-        reports, mode, notes = walk_chains(conn, inv, tenant)
+        reports, mode, notes = walk_chains(conn, inv, records, tenant)
     report = next(iter(reports), None)
     if report is None:
-        raise CommandError(f"tenant {tenant!r} has no rows in {inv.settings.audit.table}")
+        raise _no_rows(inv, tenant)
     if not report.valid:
         return Result.fail(f"no snapshot taken: the {tenant} chain is INVALID; a last-known-good head must verify",
                            data={"taken": False, "tenant": _report_dict(report)},
@@ -268,7 +273,7 @@ def export(inv: Invocation) -> Result:
         raise
     if count == 0:
         os.unlink(handle.name)
-        raise CommandError(f"tenant {tenant!r} has no rows in {audit.table}")
+        raise _no_rows(inv, tenant)
     head_hash = head[HASH].decode()
     filename = f"audit-{tenant}-{head_hash[:12]}.jsonl"
     data = {"tenant": tenant, "rows": count, "head_id": head[ID].decode(), "head_hash": head_hash,
