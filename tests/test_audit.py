@@ -297,16 +297,21 @@ def test_export_writes_jsonl_that_rehashes_and_compares_by_head(chain, audit_con
     assert (tmp_path / second["data"]["file"]).read_text().startswith((tmp_path / "one.jsonl").read_text())
 
 
-def test_export_in_slack_uploads_the_file_to_the_thread(chain, make_runtime, audit_config, fake_slack, slack_env):
+def export_through_slack(make_runtime, audit_config, fake_slack):
+    """`/ops audit export tenant-a` from channel C-inc, through signed requests; the reply."""
     from slack_sdk import WebClient
 
-    chain.append("tenant-a", 3)
     runtime = make_runtime(audit_config, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
     slack = SlackBot(runtime, fake_slack, SIGNING_SECRET)
     try:
-        reply = slack.command("audit export tenant-a", channel="C-inc")
+        return slack.command("audit export tenant-a", channel="C-inc")
     finally:
         slack.close()
+
+
+def test_export_in_slack_uploads_the_file_to_the_thread(chain, make_runtime, audit_config, fake_slack, slack_env):
+    chain.append("tenant-a", 3)
+    reply = export_through_slack(make_runtime, audit_config, fake_slack)
 
     assert fake_slack.wait_for("files.getUploadURLExternal")[0].body["filename"].startswith("audit-tenant-a-")
     complete = fake_slack.wait_for("files.completeUploadExternal")[0].body
@@ -412,18 +417,11 @@ def test_status_shows_the_last_verification(chain, bot):
 
 def test_an_export_too_large_for_slack_says_how_to_get_it(chain, make_runtime, audit_config, fake_slack, slack_env,
                                                           monkeypatch):
-    from slack_sdk import WebClient
-
     from bot import slack_work
 
     monkeypatch.setattr(slack_work, "UPLOAD_LIMIT", 100)  # bytes: three rows are more
     chain.append("tenant-a", 3)
-    runtime = make_runtime(audit_config, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
-    slack = SlackBot(runtime, fake_slack, SIGNING_SECRET)
-    try:
-        reply = slack.command("audit export tenant-a", channel="C-inc")
-    finally:
-        slack.close()
+    reply = export_through_slack(make_runtime, audit_config, fake_slack)
     assert "more than Slack takes" in reply.body["text"] and "opsbot run" in reply.body["text"]
     assert fake_slack.calls("files.getUploadURLExternal") == []
     assert not list(Path(tempfile.gettempdir()).glob("opsbot-audit-*.jsonl"))  # the temporary file is gone

@@ -13,7 +13,7 @@ from bot.render.text import to_text
 from tests.conftest import ALICE, write_config
 from tests.support import email as email_data
 from tests.support.dlq import dead_letter, kill
-from tests.support.http import send_json
+from tests.support.http import PROMETHEUS_TEXT, send_json, send_text
 
 OPS = Where("C-ops", channel_name="ops")
 
@@ -63,12 +63,7 @@ class Services:
                 elif self.path == "/worker/health":
                     send_json(self, 200, {"ok": True})
                 elif self.path == "/worker/metrics":
-                    payload = METRICS.encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/plain; version=0.0.4")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    send_text(self, 200, METRICS, PROMETHEUS_TEXT)
                 else:
                     send_json(self, 404, {"error": "no"})
 

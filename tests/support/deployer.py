@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-from tests.support.http import send_json
+from tests.support.http import PROMETHEUS_TEXT, send_json, send_text
 
 __all__ = ["Deployer", "FakeService"]
 
@@ -162,11 +162,7 @@ class FakeService(_Server):
             self.queue = max(0.0, self.queue + self.queue_step)
             text = (f"# TYPE http_requests_total counter\nhttp_requests_total {self.requests}\n"
                     f"# TYPE http_requests_errors_total counter\nhttp_requests_errors_total {self.errors}\n"
-                    f"# TYPE queue_depth gauge\nqueue_depth {self.queue}\n").encode()
-            request.send_response(200)
-            request.send_header("Content-Type", "text/plain; version=0.0.4")
-            request.send_header("Content-Length", str(len(text)))
-            request.end_headers()
-            request.wfile.write(text)
+                    f"# TYPE queue_depth gauge\nqueue_depth {self.queue}\n")
+            send_text(request, 200, text, PROMETHEUS_TEXT)
         else:
             send_json(request, 404, {})
