@@ -85,9 +85,10 @@ def resolve(inv: Invocation) -> Result:
 def show_timeline(inv: Invocation) -> Result:
     desk, incident = _current(inv)
     entries = timeline(desk.store, incident)
-    lines = [f"`{e.at:%H:%M:%S}` <@{e.who}> {e.what}" + (f" → {e.result}" if e.result else "")
-             if not e.who.startswith(("cli:", "opsbot")) else
-             f"`{e.at:%H:%M:%S}` {e.who} {e.what}" + (f" → {e.result}" if e.result else "") for e in entries]
+    def who(name: str) -> str:  # Slack users are mentioned; the terminal and the bot itself are named
+        return name if name.startswith(("cli:", "opsbot")) else f"<@{name}>"
+
+    lines = [f"`{e.at:%H:%M:%S}` {who(e.who)} {e.what}" + (f" → {e.result}" if e.result else "") for e in entries]
     return Result.ok(f"{incident.id} timeline: {len(entries)} entries since {incident.declared_at:%Y-%m-%d %H:%M} UTC",
                      data={"incident": incident.id,
                            "entries": [{"at": e.at.isoformat(), "who": e.who, "what": e.what, "result": e.result,

@@ -45,13 +45,6 @@ class IncidentContext:
                 return text, replace(where, incident=incident.id)
         return text, where
 
-    def in_thread(self, where: Where) -> bool:
-        """Whether the request came from the incident's own thread (the reply lands there already)."""
-        if where.incident is None or where.thread_ts is None:
-            return False
-        incident = self.desk.store.find(where.incident)
-        return incident.root_ts == where.thread_ts
-
     def post(self, result: Result, where: Where) -> tuple[Result, bool]:
         """Post ``result`` into the thread (files too) and restart the response clock.
 
@@ -62,8 +55,8 @@ class IncidentContext:
         try:
             incident = self.desk.store.find(where.incident)
             self.desk.touched(incident)
-            if self.in_thread(where):
-                return result, False
+            if where.thread_ts is not None and where.thread_ts == incident.root_ts:
+                return result, False  # asked from the thread itself: the reply lands there already
             files = result.attachments
             shown = result.with_(attachments=[])
             if not self.desk.post(incident, shown):
