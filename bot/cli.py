@@ -19,19 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from bot.config import (
-    ConfigError,
-    Settings,
-    default_config_path,
-    is_secret_key,
-    load_settings,
-)
+from bot.config import ConfigError, Settings, default_config_path, is_secret_key, load_settings
 from bot.engine import Outcome
 from bot.invocation import Actor, Where
 from bot.logs import setup_logging
@@ -187,9 +183,6 @@ def _confirm_in_terminal(runtime: Runtime, preview: Outcome, actor: Actor, where
 
 def _save_attachments(outcome: Outcome, output: str) -> Outcome:
     """Write the result's files under ``output`` (a folder, or the file name when there is one file)."""
-    import shutil
-    from dataclasses import replace
-
     files = outcome.result.attachments
     if not files:
         return outcome
