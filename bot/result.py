@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -62,13 +63,9 @@ class Attachment:
     title: str = ""
 
     def size(self) -> int:
-        import os
-
         return len(self.content) if self.content is not None else os.path.getsize(self.path or "")
 
     def discard(self) -> None:
-        import os
-
         if self.path and os.path.exists(self.path):
             os.unlink(self.path)
 
