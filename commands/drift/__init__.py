@@ -49,31 +49,29 @@ def _folder(settings: Settings, source: MigrationSource) -> Path:
     return folder
 
 
-def _table_exists(conn, table: str, schema: str | None) -> bool:
-    name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
-    return conn.execute("SELECT to_regclass(%s)", (name.as_string(conn),)).fetchone()[0] is not None
+# Per tool: the expected list from JSON, from a folder; the applied side; the comparison.
+TOOLS = {
+    "prisma": (prisma.expected_from_json, prisma.expected_from_folder, prisma.applied_rows, prisma.compare),
+    "alembic": (alembic.graph_from_json, alembic.graph_from_folder, alembic.current_versions, alembic.compare),
+}
 
 
 def check_database(settings: Settings, targets, name: str) -> DriftReport:
     source = settings.databases[name].migrations
     assert source is not None
-    remote = source.source.startswith(("http://", "https://"))
+    from_json, from_folder, applied, compare = TOOLS[source.tool]
     table = source.table or DEFAULT_TABLE[source.tool]
+    relation = sql.Identifier(source.db_schema, table) if source.db_schema else sql.Identifier(table)
     try:
-        if source.tool == "prisma":
-            expected = (prisma.expected_from_json(_fetch_json(source)) if remote
-                        else prisma.expected_from_folder(_folder(settings, source)))
+        if source.source.startswith(("http://", "https://")):
+            expected = from_json(_fetch_json(source))
         else:
-            graph = (alembic.graph_from_json(_fetch_json(source)) if remote
-                     else alembic.graph_from_folder(_folder(settings, source)))
+            expected = from_folder(_folder(settings, source))
     except (ValueError, KeyError, SyntaxError) as exc:
         raise CommandError(f"expected migrations of {name!r} cannot be read: {exc}") from None
     with targets.database(name) as conn:
-        exists = _table_exists(conn, table, source.db_schema)
-        if source.tool == "prisma":
-            report = prisma.compare(expected, prisma.applied_rows(conn, table, source.db_schema) if exists else [])
-        else:
-            report = alembic.compare(graph, alembic.current_versions(conn, table, source.db_schema) if exists else [])
+        exists = conn.execute("SELECT to_regclass(%s)", (relation.as_string(conn),)).fetchone()[0] is not None
+        report = compare(expected, applied(conn, relation) if exists else [])
     if not exists:
         report.notes.append(f"table {table!r} does not exist: no migration was ever applied, or"
                             " databases.<name>.migrations.table/schema is wrong")

@@ -3,7 +3,7 @@
 Usage::
 
     graph = graph_from_folder(Path("alembic/versions"))      # {revision: Revision}
-    report = compare(graph, current_versions(conn, "alembic_version", None))
+    report = compare(graph, current_versions(conn, sql.Identifier("alembic_version")))
 
 Revision files are read with :mod:`ast`, never imported: ``revision = "..."`` and
 ``down_revision = None | "..." | ("a", "b")``, annotated or not. Everything
@@ -77,9 +77,8 @@ def graph_from_json(body: object) -> dict[str, Revision]:
                                             str(item.get("message") or "")) for item in body}
 
 
-def current_versions(conn, table: str, schema: str | None) -> list[str]:
-    name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
-    return [row[0] for row in conn.execute(sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(name))]
+def current_versions(conn, table: sql.Identifier) -> list[str]:
+    return [row[0] for row in conn.execute(sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(table))]
 
 
 def _ancestors(graph: dict[str, Revision], start: str) -> set[str]:

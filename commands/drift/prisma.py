@@ -3,7 +3,7 @@
 Usage::
 
     expected = expected_from_folder(Path("prisma/migrations"))      # [Expected(name, checksum)]
-    applied = applied_rows(conn, "_prisma_migrations", None)         # [Applied(...)] oldest first
+    applied = applied_rows(conn, sql.Identifier("_prisma_migrations"))  # [Applied(...)] oldest first
     report = compare(expected, applied)
 
 Per migration name the newest row counts. Besides what ``prisma migrate status``
@@ -58,11 +58,10 @@ def expected_from_json(body: object) -> list[Expected]:
                    for item in body), key=lambda e: e.name)
 
 
-def applied_rows(conn, table: str, schema: str | None) -> list[Applied]:
-    name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+def applied_rows(conn, table: sql.Identifier) -> list[Applied]:
     rows = conn.execute(sql.SQL(
         "SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, logs FROM {}"
-        " ORDER BY started_at, migration_name").format(name)).fetchall()
+        " ORDER BY started_at, migration_name").format(table)).fetchall()
     return [Applied(*row) for row in rows]
 
 
