@@ -156,8 +156,7 @@ class IncidentDesk:
         return incident
 
     def page(self, incident: Incident, actor: str, why: str) -> str:
-        level = self.severity(incident.severity)
-        who = " ".join(f"<!subteam^{group}>" for group in level.notify) or "<!here>"
+        who = _mentions(self.severity(incident.severity)) or "<!here>"
         self.post(incident, Result.fail(f"Paging {who}: {why} — {incident.id} {incident.title}"))
         sent = "paged in the thread"
         if self.config.page_url:
@@ -228,24 +227,28 @@ class IncidentDesk:
     def sweep(self, now: datetime | None = None) -> int:
         """Send due reminders and overdue-postmortem reminders; each is claimed by exactly one sweeper."""
         now = now or self.clock()
-        sent = 0
-        for incident in self.store.claim_reminders(now, self._responses()):
-            level = self.severity(incident.severity)
-            who = " ".join(f"<!subteam^{group}>" for group in level.notify)
-            quiet = format_duration((now - incident.last_update_at).total_seconds())
-            text = (f"{incident.id} ({incident.severity.upper()}) has had no update for {quiet}; the target is"
-                    f" {self.target_text(incident.severity)}. Post one: `{self.command} incident note <text>`"
-                    + (f" {who}" if who else ""))
+        due = [(incident, self._quiet_text(incident, now))
+               for incident in self.store.claim_reminders(now, self._responses())]
+        due += [(incident, self._postmortem_text(incident, now)) for incident in self.store.claim_postmortems(now)]
+        for incident, text in due:
             self.post(incident, Result.warn(text))
             self.store.event(incident, "opsbot", "reminder", text, now=now)
-            sent += 1
-        for incident in self.store.claim_postmortems(now):
-            late = format_duration((now - incident.postmortem_due_at).total_seconds())
-            within = format_duration(self.config.postmortem_within)
-            text = (f"The postmortem of {incident.id} was due {late} ago (within {within} of resolving):"
-                    f" `{self.command} incident postmortem --incident {incident.id}` drafts it."
-                    f" <@{incident.commander}>")
-            self.post(incident, Result.warn(text))
-            self.store.event(incident, "opsbot", "reminder", text, now=now)
-            sent += 1
-        return sent
+        return len(due)
+
+    def _quiet_text(self, incident: Incident, now: datetime) -> str:
+        who = _mentions(self.severity(incident.severity))
+        quiet = format_duration((now - incident.last_update_at).total_seconds())
+        return (f"{incident.id} ({incident.severity.upper()}) has had no update for {quiet}; the target is"
+                f" {self.target_text(incident.severity)}. Post one: `{self.command} incident note <text>`"
+                + (f" {who}" if who else ""))
+
+    def _postmortem_text(self, incident: Incident, now: datetime) -> str:
+        late = format_duration((now - incident.postmortem_due_at).total_seconds())
+        within = format_duration(self.config.postmortem_within)
+        return (f"The postmortem of {incident.id} was due {late} ago (within {within} of resolving):"
+                f" `{self.command} incident postmortem --incident {incident.id}` drafts it."
+                f" <@{incident.commander}>")
+
+
+def _mentions(level: SeveritySettings) -> str:
+    return " ".join(f"<!subteam^{group}>" for group in level.notify)
