@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -45,12 +46,21 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0 if verb in ("help", "-h", "--help") else 2
     ensure_venv()
-    os.chdir(ROOT)
     if verb == "test":
-        return subprocess.call([str(BIN / "python"), "-m", "pytest", *rest])
-    if verb == "demo":
-        return subprocess.call([str(BIN / "opsbot"), "demo", *rest])
-    return subprocess.call([str(BIN / "opsbot"), *rest])
+        os.chdir(ROOT)  # pytest finds its settings and tests here; the demo writes its files where you are
+        command = [str(BIN / "python"), "-m", "pytest", *rest]
+    elif verb == "demo":
+        command = [str(BIN / "opsbot"), "demo", *rest]
+    else:
+        command = [str(BIN / "opsbot"), *rest]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        # Become the command: Ctrl-C reaches it alone, it cleans up (the demo's servers and folder), and its
+        # exit code is ours. No waiting parent to die with a traceback and leave it stopped in the background.
+        os.execv(command[0], command)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # elsewhere: the child handles Ctrl-C, we only wait for it
+    return subprocess.call(command)
 
 
 if __name__ == "__main__":

@@ -135,8 +135,8 @@ def main() -> int:
         serve_bare(args.serve_bare, args.api_url)
         return 0
 
-    fake = subprocess.Popen([sys.executable, "-m", "tests.support.fakeslack"], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True)
+    fake = subprocess.Popen([sys.executable, "-m", "tests.support.fakeslack", "--token", TOKEN], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     slack = _Remote(fake.stdout.readline().strip())
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp, "app.yaml")
@@ -157,7 +157,7 @@ def main() -> int:
                 [sys.executable, __file__, "--serve-bare", str(bare_port), "--api-url", slack.api_url],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
             servers["opsbot serve"].append(subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(bot_port),
+                [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(bot_port),
                  "--threads", str(THREADS), "--worker-nice", str(args.worker_nice)],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT))
             urls["bare Bolt app"].append(f"http://127.0.0.1:{bare_port}/slack/events")

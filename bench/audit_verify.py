@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from audit_data import fill  # noqa: E402
 
-from bot.config import AuditSettings  # noqa: E402
+from commands.audit.settings import AuditSettings  # noqa: E402
 from commands.audit.scheme import Layout  # noqa: E402
 
 URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/opsbot_bench_audit")
@@ -110,7 +110,7 @@ def time_verify(config: Path) -> tuple[float, float, float, int]:
     The child is forked and reaped here with wait4, so its own peak RSS is read, not this process's.
     """
     env = {**os.environ, "RUN_MIGRATIONS": "true", "BENCH_DATABASE_URL": URL}
-    command = [sys.executable, "-m", "bot.cli", "--config", str(config), "run", "--json", "audit", "verify", "--all"]
+    command = [sys.executable, "-m", "bot", "--config", str(config), "run", "--json", "audit", "verify", "--all"]
     started = time.perf_counter()
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -57,7 +57,7 @@ def child_requeue(type_filter: str | None) -> None:
     """Run in a fresh process: the bot's own requeue path, then report time and peak RSS."""
     import resource
 
-    from bot.config import QueueSettings
+    from commands.dlq.settings import QueueSettings
     from commands.dlq.entries import Filters
     from commands.dlq.redis_list import RedisListQueue
 

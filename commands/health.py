@@ -6,13 +6,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bot.durations import format_duration
-from bot.invocation import CommandError, Invocation
-from bot.registry import Arg, Command
-from bot.result import Result, Section
-from bot.probes import as_dict, check_services, scrape_all
+from bot.core.durations import format_duration
+from bot.core.invocation import BadArgument, CommandError, Invocation
+from bot.core.registry import Arg, Command
+from bot.core.result import Result, Section
+from bot.core.probes import as_dict, check_services, scrape_all
+from bot.core.group import Group
+from pydantic import Field
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "GROUP"]
 
 GREEN, AMBER, RED, GREY = ":large_green_circle:", ":large_orange_circle:", ":red_circle:", ":white_circle:"
 
@@ -21,7 +23,7 @@ def health(inv: Invocation) -> Result:
     services = inv.settings.services
     only = inv.args["service"]
     if only and only not in services:
-        raise CommandError(f"unknown service {only!r}; configured: {', '.join(services) or 'none'}")
+        raise BadArgument(f"unknown service {only!r}; configured: {', '.join(services) or 'none'}")
     if not services:
         raise CommandError("no services are configured in app.yaml (services:)")
     started = time.perf_counter()
@@ -66,7 +68,10 @@ def _queue_lines(inv: Invocation) -> list[tuple[str, str, str, dict]]:
     for queue in inv.settings.queues:
         try:
             backend = _backend(inv, queue)
-            if not isinstance(backend, RedisListQueue):
+            if not isinstance(backend, RedisListQueue):  # an http queue: its dead letters, or its error
+                dead = sum(1 for _ in backend.entries())
+                lines.append((RED if dead > limits.dead_letters else GREEN, f"dead letters {queue.name}",
+                              f"{dead} dead (red above {limits.dead_letters})", {"dead": dead}))
                 continue
             depth = backend.depth()
         except Exception as exc:
@@ -120,6 +125,17 @@ def _audit_line(inv: Invocation) -> tuple[str, str, str, dict]:
     if age > stale:
         return AMBER, "audit verification", f"valid {when} (amber after {format_duration(stale)})", extra
     return GREEN, "audit verification", f"valid {when}", extra
+
+
+def _action_log_line(inv: Invocation) -> tuple[str, str, str, dict]:
+    from commands.log import summary_line, verify_action_log
+
+    try:
+        report = verify_action_log(inv.state, quick=True)
+    except Exception as exc:
+        return RED, "action log", f"cannot verify ({str(exc).splitlines()[0][:160]})", {}
+    color = RED if report.level == "fail" else AMBER if report.level == "warn" else GREEN
+    return color, "action log", summary_line(report), {"level": report.level, "first_bad": report.first_bad}
 
 
 def _incidents_line(inv: Invocation) -> tuple[str, str, str, dict]:
@@ -181,6 +197,7 @@ def status(inv: Invocation) -> Result:
     lines += queue_lines
     lines.append(email_line)
     lines.append(_audit_line(inv))
+    lines.append(_action_log_line(inv))
     lines += _drift_lines(inv)
     lines.append(_incidents_line(inv))
     reds = [label for color, label, _, _ in lines if color == RED]
@@ -198,6 +215,13 @@ COMMANDS = [
     Command("health", "Liveness and readiness of the configured services, checked concurrently",
             args=(Arg("service", "one service from app.yaml", positional=True),), run=health,
             examples=("health", "health api")),
-    Command("status", "One glance: services, error rate, queues, dead letters, stuck email, audit, drift, incidents",
+    Command("status", "One glance: services, error rate, queues, dead letters, stuck email, audit, action log, drift,"
+            " incidents",
             run=status),
 ]
+
+GROUP = Group(
+    "health",
+    commands=COMMANDS,
+    extends={"status": {"error_rate": (float, Field(0.05, ge=0))}},  # a service's error rate above this is red
+)

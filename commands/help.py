@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 
-from bot.invocation import Invocation
-from bot.registry import Arg, Command
-from bot.result import Result, Section
+from bot.core.invocation import Invocation
+from bot.core.registry import Arg, Command
+from bot.core.result import Result, Section
+from bot.core.group import Group
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "GROUP"]
 
 
 def show_help(inv: Invocation) -> Result:
@@ -19,7 +20,7 @@ def show_help(inv: Invocation) -> Result:
         return _overview(inv, prefix)
     command = registry.get(topic)
     if command is not None:
-        return _one(command, prefix)
+        return _one(command, prefix, inv.policy.describe(command) if inv.policy else [])
     groups = registry.groups()
     if topic in groups:
         lines = [f"`{c.usage(prefix)}`\n{_marks(c)}{c.summary}" for c in groups[topic]]
@@ -50,7 +51,7 @@ def _overview(inv: Invocation, prefix: str) -> Result:
     )
 
 
-def _one(command: Command, prefix: str) -> Result:
+def _one(command: Command, prefix: str, who: list[str]) -> Result:
     fields = []
     for arg in command.args:
         label = arg.usage().strip("[]")
@@ -63,7 +64,8 @@ def _one(command: Command, prefix: str) -> Result:
         facts.append(":lock: guarded: shows a preview, then waits for Confirm")
     if command.two_person:
         facts.append(":busts_in_silhouette: two-person: a second holder of the role must confirm")
-    facts.append(f"role: `{command.role}`" if command.role else "role: anyone in the workspace")
+    facts += [f"who may run it: {line}" for line in who] or [
+        f"role: `{command.role}`" if command.role else "role: anyone in the workspace"]
     text = "\n".join(part for part in (command.description, "\n".join(facts)) if part)
     sections = [Section(text=f"`{command.usage(prefix)}`\n{text}")]
     if fields:
@@ -78,6 +80,7 @@ def _one(command: Command, prefix: str) -> Result:
             "guarded": command.guarded,
             "two_person": command.two_person,
             "role": command.role,
+            "permissions": who,
             "args": [{"name": a.name, "usage": a.usage(), "help": a.help, "default": a.default} for a in command.args],
         },
         sections=sections,
@@ -99,3 +102,5 @@ COMMANDS = [
         examples=("help", "help runbook"),
     ),
 ]
+
+GROUP = Group("help", commands=COMMANDS)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
-from bot.config import Settings
-from bot.invocation import CommandError, Invocation
-from bot.parser import UsageError, parse
-from bot.registry import Arg, Command
-from bot.result import Button, Result, Section
-from bot.runbooks import RunbookError, RunbookLibrary
+from bot.config.settings import Settings
+from bot.core.invocation import BadArgument, CommandError, Invocation
+from bot.core.markup import Mrkdwn, code, escape, link, md
+from bot.core.parser import UsageError, parse
+from bot.core.registry import Arg, Command
+from bot.core.result import Button, Result, Section
+from bot.core.runbooks import RunbookError, RunbookLibrary, UnknownName
+from bot.core.group import Group
 
-__all__ = ["COMMANDS", "library_for"]
+__all__ = ["COMMANDS", "GROUP", "library_for"]
 
 
 def library_for(settings: Settings) -> RunbookLibrary:
@@ -35,23 +38,26 @@ def show_runbook(inv: Invocation) -> Result:
         if not name:
             return _listing(library)
         book = library.render(name, inv.args["params"])
+    except UnknownName as exc:
+        raise BadArgument(str(exc)) from None
     except RunbookError as exc:
         raise CommandError(str(exc)) from None
     prefix = inv.settings.slack.command
     sections = []
     if book.book.symptoms:
-        sections.append(Section(text="*Symptoms:* " + "; ".join(book.book.symptoms)))
+        sections.append(Section(text=md("*Symptoms:* {}", "; ".join(book.book.symptoms))))
     for part in book.parts:
         if part.heading:
             sections.append(Section(title=part.heading))
-        elif part.step:
-            step = part.step
-            runnable = step.run and _runnable(inv, step.run)
-            text = f"{step.number}. {_mrkdwn(step.text)}" + ("" if runnable else f"\n`{prefix} {step.run}`")
-            button = Button("Run", "run", step.run) if runnable else None
-            sections.append(Section(text=text, button=button))
-        else:
-            sections.append(Section(text=_mrkdwn(part.text)))
+        elif part.step and part.step.run and _runnable(inv, part.step.run):
+            sections.append(Section(text=_step_text(part.step), button=Button("Run", "run", part.step.run)))
+        else:  # prose, or a step without a command to run here: shown as text, folded with its neighbours
+            text = _step_text(part.step, prefix) if part.step else _mrkdwn(part.text)
+            previous = sections[-1] if sections else None
+            if previous and previous.text and not previous.button and not previous.fields:
+                sections[-1] = replace(previous, text=previous.text + Mrkdwn("\n") + text)
+            else:
+                sections.append(Section(text=text))
     return Result.ok(
         book.title,
         data={
@@ -62,9 +68,24 @@ def show_runbook(inv: Invocation) -> Result:
             "commands": list(book.book.commands),
             "params": book.params,
             "steps": [{"number": s.number, "text": s.text, "run": s.run} for s in book.steps],
+            "parts": [_part_dict(part) for part in book.parts],
         },
         sections=_merge_headings(sections),
     )
+
+
+def _step_text(step, prefix: str | None = None) -> Mrkdwn:
+    """A step's text; with ``prefix``, its command is shown as code (no Run button: it does not exist here)."""
+    text = md("{}. {}", step.number, _mrkdwn(step.text))
+    return text + md("\n{}", code(f"{prefix} {step.run}")) if prefix and step.run else text
+
+
+def _part_dict(part) -> dict[str, Any]:
+    if part.heading:
+        return {"heading": part.heading}
+    if part.step:
+        return {"step": {"number": part.step.number, "text": part.step.text, "run": part.step.run}}
+    return {"text": part.text}
 
 
 def _listing(library: RunbookLibrary) -> Result:
@@ -101,12 +122,21 @@ def _merge_headings(sections: list[Section]) -> list[Section]:
 _TABLE = re.compile(r"(?:^\|.*\|[ \t]*$\n?)+", re.M)
 
 
-def _mrkdwn(text: str) -> str:
-    """Markdown to Slack mrkdwn: bold, links, checkboxes; tables become preformatted blocks."""
+def _mrkdwn(text: str) -> Mrkdwn:
+    """Markdown to Slack mrkdwn: bold, links, checkboxes; tables become preformatted blocks.
+
+    The whole text is a value (it holds parameters users typed): escaped first, so only the
+    links written in Markdown become links.
+    """
+    text = escape(text)
     text = _TABLE.sub(lambda m: "```\n" + m.group(0).rstrip("\n") + "\n```\n", text)
     text = re.sub(r"\*\*(.+?)\*\*", r"*\1*", text)
-    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<\2|\1>", text)
-    return text.replace("- [ ]", "☐").replace("- [x]", "☑")
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: link(_unescape(m.group(2)), _unescape(m.group(1))), text)
+    return Mrkdwn(text.replace("- [ ]", "☐").replace("- [x]", "☑"))
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 COMMANDS = [
@@ -121,3 +151,5 @@ COMMANDS = [
         examples=("runbook", "runbook dead-letter-backlog queue=step"),
     ),
 ]
+
+GROUP = Group("runbook", commands=COMMANDS)

@@ -1,8 +1,8 @@
 """Fixtures: the real Redis and PostgreSQL, a fake Slack Web API, and a bot to talk to.
 
-Redis: ``$REDIS_URL`` or database 15 on the loopback server, flushed around each
-test. PostgreSQL: a fresh database created on ``$DATABASE_URL``'s server (or
-the loopback one) for the session, dropped at the end.
+Redis: the database ``$REDIS_URL`` names, flushed around each test. PostgreSQL: a
+fresh database created on ``$DATABASE_URL``'s server, as its user, for the session,
+dropped at the end. Without both variables: embedded servers (bot.demo.sandbox).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import secrets
-import socket
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -20,8 +20,8 @@ import redis
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from slack_sdk import WebClient
 
-from bot.config import load_settings
-from bot.runtime import Runtime
+from bot.config.settings import load_settings
+from bot.runtime.factory import Runtime
 from commands import build_registry
 from tests.support import commands as test_commands
 from tests.support.fakeslack import FakeSlack
@@ -29,36 +29,43 @@ from tests.support.fakeslack import FakeSlack
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _services() -> tuple[str, str]:
-    """``$REDIS_URL`` / ``$DATABASE_URL``, else the loopback servers, else embedded ones (a fresh machine)."""
-    redis_url = os.environ.get("REDIS_URL") or ("redis://127.0.0.1:6379/15" if _listening(6379) else None)
-    database_url = os.environ.get("DATABASE_URL") or (
-        "postgresql://127.0.0.1:5432/postgres" if _listening(5432) else None)
+    """``$REDIS_URL`` and ``$DATABASE_URL``, and nothing else: without them, embedded servers (a fresh machine).
+
+    The tests flush the Redis database ``$REDIS_URL`` names around each test, and create (then drop) their own
+    databases on ``$DATABASE_URL``'s server, as its user: point them at servers meant for it.
+    """
+    redis_url, database_url = os.environ.get("REDIS_URL"), os.environ.get("DATABASE_URL")
     if redis_url and database_url:
         return redis_url, database_url
-    from bot.sandbox import Sandbox
+    from bot.demo.sandbox import Sandbox
 
     sandbox = Sandbox().start()
     atexit.register(sandbox.stop)
-    print(f"\nno Redis/PostgreSQL configured or listening: using embedded servers in {sandbox.directory}")
+    print(f"\nREDIS_URL/DATABASE_URL not set: using embedded servers in {sandbox.directory}")
     return redis_url or sandbox.redis_db(15), database_url or sandbox.database_url
 
 
 REDIS_URL, ADMIN_DATABASE_URL = _services()
 SIGNING_SECRET = "test-signing-secret-0123456789"
+os.environ.setdefault("TEST_OPSBOT_LOG_SECRET", "test-log-secret-0123456789")  # secrets come from the environment
 BOT_TOKEN = "xoxb-test-token-0000"
 
 # Who is who in the tests.
 ADMIN, ALICE, BOB, CAROL, MALLORY = "UADMIN", "UALICE", "UBOB", "UCAROL", "UMALLORY"
 USERGROUPS = {"SONCALL": [CAROL]}
+
+
+@pytest.fixture(autouse=True)
+def own_tempdir(tmp_path, monkeypatch):
+    """Temporary files go to this test's own folder (this process and the ones it starts); none may be left."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    yield folder
+    leftovers = sorted(path.name for path in folder.iterdir() if path.name.startswith("opsbot-"))
+    assert not leftovers, f"opsbot left temporary files behind: {leftovers}"
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +92,14 @@ def redis_client():
 
 @pytest.fixture
 def fake_slack():
-    with FakeSlack(usergroups=USERGROUPS) as slack:
+    """A fake Slack as strict as Slack: a test that made it refuse anything (not ``allow()``-ed) fails."""
+    with FakeSlack(usergroups=USERGROUPS, token=BOT_TOKEN) as slack:
         yield slack
+    refused = slack.unexpected_refusals()
+    if refused:
+        pytest.fail("Slack would have refused: " + "; ".join(
+            f"{c.method} -> {c.refusal} {c.answer if isinstance(c.answer, dict) else ''}"[:1500] for c in refused),
+            pytrace=False)
 
 
 def write_config(path: Path, database_url: str, extra: str = "", **overrides: str) -> Path:
@@ -108,7 +121,8 @@ def write_config(path: Path, database_url: str, extra: str = "", **overrides: st
         state:
           redis_url: "{values['redis_url']}"
           database_url: "{values['database_url']}"
-          run_migrations: ${{RUN_MIGRATIONS:-false}}
+          run_migrations: ${{RUN_MIGRATIONS:-true}}
+          log_secret: ${{TEST_OPSBOT_LOG_SECRET:-}}
         guard:
           confirm_ttl: {values['confirm_ttl']}
         roles:

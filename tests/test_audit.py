@@ -9,12 +9,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from bot.invocation import Actor, Where
+from bot.core.invocation import Actor, Where
 from tests.conftest import ALICE, BOT_TOKEN, REPO, SIGNING_SECRET, write_config
 from tests.support.audit import V2_TRIGGER, AuditChain
 from tests.support.harness import SlackBot
@@ -126,6 +128,54 @@ def test_a_forged_row_slipped_in_is_an_insertion_not_a_fork(chain, bot):
     findings = tenant(result, "tenant-a")["findings"]
     assert [f["kind"] for f in findings] == ["link_break"]
     assert "inserted" in findings[0]["message"] and "999" in findings[0]["message"]
+
+
+def test_a_forged_row_with_a_made_up_hash_is_a_broken_link_not_clock_skew(chain, bot):
+    ids = chain.append("tenant-a", 6, step=60)
+    rows = chain.rows("tenant-a")
+    made_up = "f" * 64  # prevHash and hash both made up, and equal: the row "links to itself"
+    chain.forge("tenant-a", 999, rows[2][1] + timedelta(seconds=30), made_up, made_up)
+
+    result = run(bot, "audit verify tenant-a")
+
+    report = tenant(result, "tenant-a")
+    assert set(report["counts"]) == {"content_mismatch", "link_break"}, report
+    assert report["reordered"] == 0  # the row after it links past it: evidence of the insertion, not reordering
+    first, second = report["findings"][:2]
+    assert {first["kind"], second["kind"]} == {"content_mismatch", "link_break"}
+    assert first["id"] == second["id"] == "999" and first["position"] == 4
+    broken = next(f for f in report["findings"] if f["kind"] == "link_break")
+    assert broken["expected"] == rows[2][3] and broken["actual"] == made_up  # what the link should have been
+    assert "itself" in broken["message"] and str(ids[3]) in broken["message"] and "inserted" in broken["message"]
+    assert len(report["findings"]) == 2
+    assert "tampering or data loss suspected" in result.summary
+
+
+def test_a_forged_row_with_another_made_up_link_names_the_row_that_skips_it(chain, bot):
+    ids = chain.append("tenant-a", 5, step=60)
+    chain.forge("tenant-a", 999, chain.rows("tenant-a")[1][1] + timedelta(seconds=30), "a" * 64, "b" * 64)
+
+    result = run(bot, "audit verify tenant-a")
+
+    report = tenant(result, "tenant-a")
+    assert [(f["kind"], f["id"]) for f in report["findings"]] == [("content_mismatch", "999"), ("link_break", "999")]
+    assert "clock_skew" not in report["counts"] and report["reordered"] == 0
+    message = report["findings"][1]["message"]
+    assert f"row {ids[2]} after it links past it to row {ids[1]}" in message and "inserted" in message
+    assert "forged" in report["findings"][0]["message"]  # not "edited": its link is broken as well
+
+
+def test_a_deleted_row_shows_the_hash_the_next_link_should_have(chain, bot):
+    ids = chain.append("tenant-a", 6)
+    before = chain.rows("tenant-a")[2][3]  # the row before the deleted one
+    chain.sql('DELETE FROM "AuditLog" WHERE id = %s', (ids[3],))
+
+    result = run(bot, "audit verify tenant-a")
+
+    finding = tenant(result, "tenant-a")["findings"][0]
+    assert (finding["kind"], finding["id"], finding["expected"]) == ("link_break", str(ids[4]), before)
+    text = result.sections[0].text
+    assert f"expected `{before}`" in text and "expected `NULL`" not in text
 
 
 def test_two_writers_appending_at_once_fork_the_chain(chain, bot):
@@ -268,7 +318,7 @@ def test_incremental_falls_back_to_a_full_walk_when_the_snapshot_head_changed(ch
 
 def opsbot_cli(config, *args, cwd=None):
     env = {**os.environ, "RUN_MIGRATIONS": "true", "AUDIT_SNAPSHOT_SECRET": SECRET}
-    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bot", "--config", str(config), *args], capture_output=True,
                           text=True, timeout=120, env=env, cwd=cwd or REPO)
 
 
@@ -319,6 +369,19 @@ def test_export_in_slack_uploads_the_file_to_the_thread(chain, make_runtime, aud
     uploaded = next(iter(fake_slack.uploads.values())).decode()
     assert len(uploaded.splitlines()) == 3 and chain.rows("tenant-a")[-1][3] in uploaded.splitlines()[-1]
     assert "uploaded" in reply.body["text"] and reply.body["response_type"] == "in_channel"
+
+
+def test_an_export_from_a_private_channel_opsbot_is_not_in_says_to_invite_it(chain, make_runtime, audit_config,
+                                                                              fake_slack, slack_env):
+    chain.append("tenant-a", 3)
+    fake_slack.channel("C-inc", private=True, member=False)  # /ops works there; posting a file needs an invitation
+    fake_slack.allow("not_in_channel")
+    reply = export_through_slack(make_runtime, audit_config, fake_slack)
+
+    assert fake_slack.refusals("not_in_channel")[0].method == "files.completeUploadExternal"
+    assert ("could not be uploaded (opsbot is not in C-inc: invite it with /invite @opsbot (posting to private "
+            "channels needs an invitation") in reply.body["text"]
+    assert "opsbot run" in reply.body["text"]
 
 
 # -- configuration: custom schemes, mistakes caught early -----------------------------------------
@@ -417,11 +480,45 @@ def test_status_shows_the_last_verification(chain, bot):
 
 def test_an_export_too_large_for_slack_says_how_to_get_it(chain, make_runtime, audit_config, fake_slack, slack_env,
                                                           monkeypatch):
-    from bot import slack_work
+    from bot.slack import work as slack_work
 
     monkeypatch.setattr(slack_work, "UPLOAD_LIMIT", 100)  # bytes: three rows are more
     chain.append("tenant-a", 3)
     reply = export_through_slack(make_runtime, audit_config, fake_slack)
     assert "more than Slack takes" in reply.body["text"] and "opsbot run" in reply.body["text"]
     assert fake_slack.calls("files.getUploadURLExternal") == []
-    assert not list(Path(tempfile.gettempdir()).glob("opsbot-audit-*.jsonl"))  # the temporary file is gone
+    assert not list(Path(tempfile.gettempdir()).glob("opsbot-audit-*.jsonl"))  # gone (this test's own temp folder)
+
+
+def test_an_export_through_opsbot_serve_leaves_no_copy_behind(chain, audit_config, fake_slack, own_tempdir):
+    """The whole chain is audit data: after the upload, neither serve nor its workers keep a file of it."""
+    from tests.test_operations import free_port
+
+    chain.append("tenant-a", 20)
+    config = audit_config.read_text().replace('api_url: "https://slack.invalid/api/"',
+                                              f'api_url: "{fake_slack.api_url}"')
+    audit_config.write_text(config)
+    port = free_port()
+    env = {**os.environ, "TEST_SLACK_BOT_TOKEN": BOT_TOKEN, "TEST_SLACK_SIGNING_SECRET": SIGNING_SECRET,
+           "RUN_MIGRATIONS": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "--config", str(audit_config), "serve", "--host",
+                             "127.0.0.1", "--port", str(port), "--workers", "1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        bot = SlackBot.against(f"http://127.0.0.1:{port}", fake_slack, SIGNING_SECRET)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if bot.http.get("/readyz").status_code == 200:
+                    break
+            except Exception:
+                time.sleep(0.2)
+        reply = bot.command("audit export tenant-a", channel="C-inc")
+        assert "exported 20 rows of tenant-a" in reply.text
+        assert len(fake_slack.uploads) == 1
+        assert list(own_tempdir.glob("opsbot-audit-*")) == []
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert list(own_tempdir.iterdir()) == []  # the metrics folder of serve's workers went too

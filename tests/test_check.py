@@ -7,9 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bot.checks import run_checks
+from bot.runtime.checks import run_checks
 from commands.runbook import library_for
-from tests.conftest import REDIS_URL, write_config
+from tests.conftest import BOT_TOKEN, REDIS_URL, write_config
 from tests.support.audit import AuditChain
 from tests.support.http import send_json
 
@@ -92,10 +92,38 @@ redis:
 def test_readyz_is_503_naming_the_dependency_that_is_down(tmp_path, database_url, make_runtime, fake_slack):
     from slack_sdk import WebClient
 
-    from bot.http import readiness
+    from bot.runtime.http import readiness
 
     path = write_config(tmp_path / "app.yaml", database_url, redis_url="redis://127.0.0.1:1/0")
-    runtime = make_runtime(path, slack=WebClient(token="xoxb-x", base_url=fake_slack.api_url), migrate=False)
+    runtime = make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url), migrate=False)
     checks = readiness(runtime)
     assert checks["postgres"] == "ok"
     assert checks["redis"].startswith("error:") and "Connection refused" in checks["redis"]
+
+
+def test_levels_and_hosts_are_named_and_advice_is_not_redacted(tmp_path, database_url, make_runtime, redis_client):
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.servers import free_port
+
+    dead = free_port()
+    path = write_config(tmp_path / "app.yaml", database_url)
+    path.write_text(path.read_text().replace(f'  main: {{url: "{database_url}"}}',
+                                             f'  main: {{url: "postgresql://127.0.0.1:{dead}/app"}}')
+                    + 'permissions: {"dlq trim": anyone}\n')
+    proc = subprocess.run([sys.executable, "-m", "bot", "--config", str(path), "check", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    found = {c["target"]: c for c in json.loads(proc.stdout)["data"]["checks"]}
+    assert proc.returncode == 1
+    assert found["database main"]["level"] == "fail" and found["database main"]["ok"] is False
+    assert f"127.0.0.1:{dead}/app is unreachable" in found["database main"]["detail"]
+    assert found["slack"]["level"] == "warn" and found["slack"]["ok"] is False
+    assert found["permissions"]["level"] == "warn" and "dlq trim" in found["permissions"]["detail"]
+    assert found["state redis"]["level"] == "ok" and found["state redis"]["ok"] is True
+
+    text = subprocess.run([sys.executable, "-m", "bot", "--config", str(path), "check"],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "SLACK_BOT_TOKEN is not set, so Slack is off (the CLI works)" in text
+    assert "[redacted]" not in text

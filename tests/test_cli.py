@@ -16,7 +16,7 @@ from tests.support import commands as test_commands
 PLUGIN = "tests.support.cli_with_test_commands"
 
 
-def opsbot(*args, config=None, env=None, module="bot.cli"):
+def opsbot(*args, config=None, env=None, module="bot"):
     command = [sys.executable, "-m", module] + (["--config", str(config)] if config else []) + list(args)
     full_env = {**os.environ, "RUN_MIGRATIONS": "true", "TEST_SLACK_BOT_TOKEN": BOT_TOKEN, **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=full_env)
@@ -46,9 +46,21 @@ def test_usage_error_exits_2(config):
 
 
 def test_failed_command_exits_1(config):
-    proc = opsbot("run", "runbook no-such-book", config=config)
+    proc = opsbot("run", "audit verify tenant-a", config=config)  # the database has no AuditLog table
     assert proc.returncode == 1
-    assert "No runbook named `no-such-book`" in proc.stdout
+    assert "audit table 'AuditLog' does not exist" in proc.stdout
+
+
+@pytest.mark.parametrize("text, message", [
+    ("runbook no-such-book", "No runbook named `no-such-book`"),
+    ("dlq status no-such-queue", "unknown queue 'no-such-queue'"),
+    ("incident declare sev9 Exports failing", "unknown severity 'sev9'"),
+    ("health no-such-service", "unknown service 'no-such-service'"),
+])
+def test_an_argument_naming_nothing_configured_is_a_usage_error(config, text, message):
+    proc = opsbot("run", text, config=config)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
 
 
 def test_config_env_variable_is_used(config):
@@ -112,8 +124,12 @@ def test_manifest_is_generated_from_the_registry(config):
     assert {"commands", "chat:write", "usergroups:read"} <= set(manifest["oauth_config"]["scopes"]["bot"])
     assert "/ops runbook:" in manifest["display_information"]["long_description"]
 
-    socket = json.loads(opsbot("manifest", "--socket", "--json", config=config).stdout)
-    assert socket["settings"]["socket_mode_enabled"] is True and "url" not in socket["features"]["slash_commands"][0]
+    assert "WARNING: OPSBOT_PUBLIC_URL (slack.request_url) is not set" in proc.stderr
+
+    socket = opsbot("manifest", "--socket", "--json", config=config)
+    manifest = json.loads(socket.stdout)
+    assert manifest["settings"]["socket_mode_enabled"] is True and "url" not in manifest["features"]["slash_commands"][0]
+    assert "WARNING" not in socket.stderr
 
 
 def test_migrate_is_idempotent(config):
@@ -127,3 +143,48 @@ def test_serve_fails_fast_listing_every_missing_setting(config):
     proc = opsbot("serve", "--port", "0", config=config, env={"TEST_SLACK_BOT_TOKEN": ""})
     assert proc.returncode == 2
     assert "SLACK_BOT_TOKEN" in proc.stderr and "SLACK_SIGNING_SECRET" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--as", "", "help"], "--as takes a Slack user id"),
+    (["run", "--as", "alice", "help"], "--as takes a Slack user id"),
+    (["run", "audit verify tenant\x01"], "control character"),
+    (["run", "email triage --since 99999999999d"], "at most 3650d"),
+])
+def test_hostile_cli_input_is_a_usage_error(config, args, message):
+    proc = opsbot(*args, config=config)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_brand_new_database_needs_no_migrate_step(tmp_path, database_url, redis_client):
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS opsbot CASCADE")
+    path = write_config(tmp_path / "app.yaml", database_url)
+    env = {**os.environ, "RUN_MIGRATIONS": ""}  # the default
+    status = subprocess.run([sys.executable, "-m", "bot", "--config", str(path), "run", "dlq status"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert status.returncode == 0, status.stderr
+    assert status.stderr == ""  # no "relation does not exist", no warnings
+    listed = subprocess.run([sys.executable, "-m", "bot", "--config", str(path), "run", "incident list"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert listed.returncode == 0 and "0 open incidents" in listed.stdout
+
+
+def test_without_automatic_migrations_every_command_says_to_migrate_in_one_line(tmp_path, database_url,
+                                                                               redis_client):
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS opsbot CASCADE")
+    path = write_config(tmp_path / "app.yaml", database_url)
+    env = {**os.environ, "RUN_MIGRATIONS": "false"}
+    for text in ("incident list", "incident declare sev3 Slow search"):
+        proc = subprocess.run([sys.executable, "-m", "bot", "--config", str(path), "run", text],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "run `opsbot migrate`" in proc.stdout, proc.stdout
+        assert "Traceback" not in proc.stderr and "UndefinedTable" not in proc.stdout + proc.stderr

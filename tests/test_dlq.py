@@ -8,11 +8,12 @@ from collections import Counter
 
 import pytest
 
-from bot.invocation import Actor, Where
+from bot.core.invocation import Actor, Where
 from commands.dlq.entries import Filters
 from commands.dlq.redis_list import RedisListQueue
 from tests.conftest import ALICE, BOB, REDIS_URL, write_config
-from tests.support.dlq import ERRORS, dead_letter, everything, kill, oldest_first
+from tests.support.dlq import ERRORS, dead_letter, everything, kill, oldest_first, two_queues_runtime
+from commands.dlq.settings import find_queue
 
 OPS = Where("C-ops", channel_name="ops")
 BINARY = b"\x00\xff\xfe not json \x80"
@@ -30,15 +31,7 @@ def requeue(runtime, text, user=ALICE):
 
 @pytest.fixture
 def two_queues(tmp_path, database_url, make_runtime, fake_slack, redis_client):
-    from slack_sdk import WebClient
-
-    path = write_config(tmp_path / "app.yaml", database_url, api_url=fake_slack.api_url)
-    text = path.read_text().replace(
-        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}\n',
-        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead", keep: 5, batch: 7}\n'
-        '  - {name: step, redis: main, ready: step.ready, dead: step.dead}\n')
-    path.write_text(text)
-    return make_runtime(path, slack=WebClient(token="xoxb-x", base_url=fake_slack.api_url))
+    return two_queues_runtime(tmp_path, database_url, make_runtime, fake_slack)
 
 
 # -- status and peek ------------------------------------------------------------------------
@@ -255,7 +248,7 @@ def test_redis_down_gives_a_clear_message(tmp_path, database_url, make_runtime, 
 def test_an_interrupted_requeue_resumes_from_its_task_state(two_queues, redis_client):
     entries = [dead_letter(i) for i in range(50)]
     kill(redis_client, entries)
-    queue = RedisListQueue(two_queues.settings.queue("jobs"), redis_client)
+    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), redis_client)
     task = queue.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=17, requested_by=ALICE)
     calls = {"n": 0}
 
@@ -304,7 +297,7 @@ def test_trim_archives_what_it_drops_and_keeps_the_newest(two_queues, redis_clie
 def test_trim_survives_a_crash_between_archive_and_removal(two_queues, redis_client, database_url):
     entries = [dead_letter(i) for i in range(30)]
     kill(redis_client, entries)
-    queue = RedisListQueue(two_queues.settings.queue("jobs"), redis_client)
+    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), redis_client)
     import psycopg
 
     def archive(task_id, first, batch):
@@ -334,3 +327,19 @@ def test_trim_with_nothing_to_drop(two_queues, redis_client):
     kill(redis_client, [dead_letter(i) for i in range(3)])
     outcome = run(two_queues, "dlq trim")
     assert outcome.kind == "result" and outcome.result.summary.startswith("Nothing to trim")
+
+
+def test_a_dead_letter_reads_well_at_3am(runtime, redis_client):
+    import json as _json
+    import time as _time
+
+    from bot.render.text import to_text
+
+    now = _time.time()
+    kill(redis_client, [_json.dumps({"id": "job-1", "type": "send_email", "attempts": None, "error": "SMTP timeout",
+                                     "failedAt": now - 7200.5}).encode(),
+                        _json.dumps({"id": "job-2", "type": "send_email", "failedAt": "yesterday"}).encode()])
+    text = to_text(runtime.engine.handle("dlq peek", Actor(ALICE), Where("C-ops")).result)
+    assert "attempts=None" not in text and "failedAt=" not in text
+    assert "job-1  send_email  failed " in text and " UTC (2h" in text
+    assert "job-2  send_email  failed at 'yesterday' (not a time opsbot reads)" in text

@@ -9,8 +9,14 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
+from bot.core.invocation import Actor, Where
 from tests.conftest import write_config
-from tests.support.dlq import dead_letter, everything, kill, oldest_first
+from tests.support.servers import PostgresCluster, RedisServer
+from commands.dlq.settings import find_queue
+from tests.support.dlq import (archive_rows, assert_exactly_once, dead_letter, everything, kill, opsbot,
+                               oldest_first, reset_schema)
 
 
 def test_requeue_killed_three_times_then_resumed(tmp_path, database_url, redis_client):
@@ -22,7 +28,7 @@ def test_requeue_killed_three_times_then_resumed(tmp_path, database_url, redis_c
     kill(redis_client, entries)
     original = Counter(entries)
     env = {**os.environ, "RUN_MIGRATIONS": "true"}
-    command = [sys.executable, "-m", "bot.cli", "--config", str(path), "run", "--yes", "dlq requeue --type send_email --rate 200"]
+    command = [sys.executable, "-m", "bot", "--config", str(path), "run", "--yes", "dlq requeue --type send_email --rate 200"]
 
     for delay in (0.9, 1.3, 0.7):
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -47,3 +53,216 @@ def test_requeue_killed_three_times_then_resumed(tmp_path, database_url, redis_c
     assert oldest_first(redis_client, "jobs:dead") == [e for e in entries if e not in set(emails)]
     assert redis_client.keys("opsbot:dlq:held:*") == []
     assert redis_client.hget("opsbot:dlq:task:jobs", "status") == b"done"
+
+
+# -- trim: a real `opsbot run` killed between archive commit and removal ------------------------
+
+def _own_config(tmp_path, database_url, redis_url, queue_extra="batch: 50, lease_ttl: 1s"):
+    path = write_config(tmp_path / "app.yaml", database_url, redis_url=redis_url)
+    path.write_text(path.read_text().replace(
+        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}',
+        f'  - {{name: jobs, redis: main, ready: jobs, dead: "jobs:dead", {queue_extra}}}'))
+    return path
+
+
+def _kill_between_commit_and_removal(proc, client, database_url, min_rows=100):
+    """Pause Redis writes (our own server) once the trim is under way: the trimmer blocks on its
+    compare-and-remove right after an archive commit. SIGKILL it there, then let writes go."""
+    deadline = time.monotonic() + 30
+    while len(archive_rows(database_url)) < min_rows:
+        assert proc.poll() is None and time.monotonic() < deadline, "the trim did not get going"
+        time.sleep(0.005)
+    for _ in range(20):
+        client.execute_command("CLIENT", "PAUSE", 10000, "WRITE")
+        until = time.monotonic() + 2
+        while time.monotonic() < until:
+            dropped = int(client.hget("opsbot:dlq:trim:jobs", "dropped") or 0)
+            if len(archive_rows(database_url)) > dropped:   # committed, not removed
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                client.execute_command("CLIENT", "UNPAUSE")
+                return dropped
+            time.sleep(0.01)
+        client.execute_command("CLIENT", "UNPAUSE")         # paused elsewhere (a lease renewal): again
+        time.sleep(0.05)
+    raise AssertionError("never caught the trimmer between commit and removal")
+
+
+def test_trim_killed_between_commit_and_removal_then_requeue_then_resume_loses_nothing(tmp_path, database_url):
+    reset_schema(database_url)
+    own = RedisServer().start()
+    try:
+        client = own.client()
+        path = _own_config(tmp_path, database_url, own.url)
+        entries = [dead_letter(i) for i in range(3000)]
+        kill(client, entries)
+        original = Counter(entries)
+        env = {**os.environ, "RUN_MIGRATIONS": "true"}
+
+        trim = subprocess.Popen(opsbot(path, "dlq trim --keep 1"), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        dropped = _kill_between_commit_and_removal(trim, client, database_url)
+        assert int(client.hget("opsbot:dlq:trim:jobs", "dropped")) == dropped   # the removal never happened
+        time.sleep(1.1)  # the killed trimmer's lease runs out
+
+        requeue = subprocess.run(opsbot(path, "dlq requeue --type send_email --limit 300"), env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert requeue.returncode == 0, requeue.stdout + requeue.stderr
+        assert client.llen("jobs") == 300
+        # What the killed trimmer archived but never removed is not described as archived any more.
+        assert_exactly_once(client, database_url, original, "jobs", "jobs:dead")
+
+        again = subprocess.run(opsbot(path, "dlq trim --keep 1"), env=env, capture_output=True, text=True,
+                               timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "Nothing was lost" not in again.stdout
+        assert client.llen("jobs:dead") == 1 and client.llen("jobs") == 300
+        assert_exactly_once(client, database_url, original, "jobs", "jobs:dead")
+    finally:
+        own.close()
+
+
+# -- Redis restarted under a requeue: its lease is not "already running" afterwards -----------
+
+def test_a_requeue_resumes_at_once_after_redis_restarts_under_it(tmp_path, database_url):
+    reset_schema(database_url)
+    own = RedisServer(persist=True).start()
+    try:
+        client = own.client()
+        path = _own_config(tmp_path, database_url, own.url, queue_extra="batch: 50, lease_ttl: 15s")
+        entries = [dead_letter(i) for i in range(2000)]
+        kill(client, entries)
+        env = {**os.environ, "RUN_MIGRATIONS": "true"}
+        command = opsbot(path, "dlq requeue --type render_pdf --rate 400")
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while int(client.hget("opsbot:dlq:task:jobs", "moved") or 0) < 50:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)   # the bot and Redis die together (a host restart)
+        proc.wait()
+        own.restart()                        # by its PID; back from its append-only file
+        client = own.client()
+        assert client.exists("opsbot:dlq:lease:jobs")  # restored with 15 s to live
+        assert everything(client, "jobs", "jobs:dead") == Counter(entries)
+
+        started = time.monotonic()
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "already running" not in again.stdout and "Requeued" in again.stdout
+        assert time.monotonic() - started < 12        # it did not wait the old lease out
+        pdfs = [e for e in entries if b'"render_pdf"' in e]
+        assert list(reversed(client.lrange("jobs", 0, -1))) == pdfs
+        assert oldest_first(client, "jobs:dead") == [e for e in entries if e not in set(pdfs)]
+    finally:
+        own.close()
+
+
+def test_a_requeue_holder_stops_when_redis_restarted_under_it(tmp_path):
+    from commands.dlq.settings import QueueSettings
+    from commands.dlq.entries import Filters
+    from commands.dlq.redis_list import RedisListQueue
+
+    own = RedisServer(persist=True).start()
+    try:
+        client = own.client()
+        entries = [dead_letter(i) for i in range(300)]
+        kill(client, entries)
+        queue = RedisListQueue(QueueSettings(name="jobs"), client)
+        task = queue.start_requeue(Filters(), limit=None, rate=None, matching=300, requested_by="t")
+        restarted = []
+
+        def progress(task, rate):
+            if not restarted:
+                own.restart()          # by PID, while this holder is between two batches
+                restarted.append(True)
+
+        report = queue.run_requeue(task.id, owner="a", batch=10, lease_ttl=0.3, progress=progress,
+                                   should_stop=lambda: time.sleep(0.02) or False)
+
+        assert restarted and report.outcome == "lost"           # it saw the new run_id and stopped
+        assert everything(client, "jobs", "jobs:dead") == Counter(entries)
+        resumed = queue.run_requeue(task.id, owner="b", batch=50)
+        assert resumed.outcome == "done" and list(reversed(client.lrange("jobs", 0, -1))) == entries
+    finally:
+        own.close()
+
+
+# -- PostgreSQL stopped mid-trim (our own cluster) ---------------------------------------------
+
+def test_trim_survives_its_postgresql_stopping_mid_trim(tmp_path, make_runtime, redis_client):
+    import psycopg
+
+    from commands.dlq.archive import TrimArchive
+    from commands.dlq.redis_list import RedisListQueue
+
+    pg = PostgresCluster().open()
+    try:
+        path = write_config(tmp_path / "app.yaml", pg.url)
+        runtime = make_runtime(path)
+        entries = [dead_letter(i) for i in range(120)]
+        kill(redis_client, entries)
+        queue = RedisListQueue(find_queue(runtime.settings, "jobs"), redis_client)
+        archive = TrimArchive(runtime.state.pool, "opsbot", find_queue(runtime.settings, "jobs"))
+        calls = {"n": 0}
+
+        class StopsPostgres:
+            def __getattr__(self, name):
+                return getattr(archive, name)
+
+            def __call__(self, *args):
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    pg.stop(signal.SIGQUIT)  # immediate shutdown by PID: every backend dies at once
+                archive(*args)
+
+        with pytest.raises(psycopg.OperationalError):
+            queue.run_trim(keep=10, archive=StopsPostgres(), batch=20)
+        assert redis_client.llen("jobs:dead") == 80 and not redis_client.exists("opsbot:dlq:lease:jobs")
+
+        pg.start()
+        again = make_runtime(path)      # a bot restarted once PostgreSQL is back
+        preview = again.engine.handle("dlq trim --keep 10", Actor.local(), Where())
+        assert "resume the interrupted trim" in preview.result.summary
+        done = again.engine.confirm(preview.pending.id, Actor.local(), Where()).result
+        assert done.status == "ok" and done.data["dropped"] == 110
+        assert oldest_first(redis_client, "jobs:dead") == entries[110:]
+        assert_exactly_once(redis_client, pg.url, Counter(entries), "jobs", "jobs:dead")
+    finally:
+        pg.close()
+
+
+# -- killed while putting held entries back ------------------------------------------------------
+
+def test_requeue_killed_while_restoring_held_entries_resumes_in_order(tmp_path, database_url, make_runtime,
+                                                                      redis_client):
+    from commands.dlq.entries import Filters
+    from commands.dlq.redis_list import RedisListQueue
+
+    entries = [dead_letter(i) for i in range(3000)]
+    kill(redis_client, entries)
+    runtime = make_runtime(write_config(tmp_path / "app.yaml", database_url))
+    queue = RedisListQueue(find_queue(runtime.settings, "jobs"), redis_client)
+    task = queue.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=1000, requested_by="t")
+    restore, calls = queue._restore, {"n": 0}
+
+    def killed_after_one_chunk(**kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SystemExit("killed between two restore chunks")
+        return restore(**kw)
+
+    queue._restore = killed_after_one_chunk
+    with pytest.raises(SystemExit):
+        queue.run_requeue(task.id, owner="a", batch=500)
+    assert 0 < redis_client.llen(queue.held_key(task.id)) < 2000
+    assert everything(redis_client, "jobs", "jobs:dead") == Counter(entries)
+    assert redis_client.hget("opsbot:dlq:task:jobs", "status") == b"running"
+
+    preview = runtime.engine.handle("dlq requeue", Actor.local(), Where())
+    assert "resume the interrupted requeue" in preview.result.summary
+    done = runtime.engine.confirm(preview.pending.id, Actor.local(), Where()).result
+    crm = [e for e in entries if b'"sync_crm"' in e]
+    assert done.status == "ok" and list(reversed(redis_client.lrange("jobs", 0, -1))) == crm
+    assert oldest_first(redis_client, "jobs:dead") == [e for e in entries if e not in set(crm)]

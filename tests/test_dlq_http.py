@@ -1,4 +1,4 @@
-"""The http dead-letter backend against a local service implementing seed 001's admin API."""
+"""The http dead-letter backend against a local service implementing the dead-letter admin API."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from pydantic import SecretStr
 
-from bot.invocation import Actor, CommandError, Where
+from bot.core.invocation import Actor, CommandError, Where
 from commands.dlq.http_api import HttpDeadLetters
 from tests.conftest import ALICE, write_config
 from tests.support.http import send_json
+from commands.dlq.settings import find_queue
 
 TOKEN = "admin-token-123"
 OPS = Where("C-ops", channel_name="ops")
@@ -164,7 +165,7 @@ def test_a_timeout_is_retried_and_the_replay_still_happens_once(runtime_http, se
 
 
 def test_a_wrong_token_is_a_clear_error(runtime_http):
-    wrong = runtime_http.settings.queue("exports").model_copy(update={"token": SecretStr("wrong")})
+    wrong = find_queue(runtime_http.settings, "exports").model_copy(update={"token": SecretStr("wrong")})
 
     with pytest.raises(CommandError, match="refused the token"):
         list(HttpDeadLetters(wrong).entries())

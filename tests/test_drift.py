@@ -15,8 +15,9 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.engine import URL
 
-from bot.invocation import Actor, Where
+from bot.core.invocation import Actor, Where
 from tests.conftest import ALICE, write_config
 
 OPS = Where("C-ops", channel_name="ops")
@@ -57,13 +58,23 @@ def names(items):
 
 # -- Alembic ---------------------------------------------------------------------------------------
 
+def _sqlalchemy_url(conninfo: str) -> str:
+    """The same server, database and user as ``conninfo`` (password too), as SQLAlchemy writes it for alembic.ini."""
+    info = conninfo_to_dict(conninfo)
+    host = info.get("host", "127.0.0.1")
+    socket = host.startswith("/")
+    url = URL.create("postgresql+psycopg", username=info.get("user"), password=info.get("password"),
+                     host=None if socket else host, port=None if socket else int(info.get("port") or 5432),
+                     database=info["dbname"], query={"host": host, "port": info.get("port") or "5432"} if socket else {})
+    return url.render_as_string(hide_password=False).replace("%", "%%")  # configparser interpolates %
+
+
 class AlembicProject:
     """A real Alembic project in a folder: `alembic init`, revisions with fixed ids, real upgrades."""
 
     def __init__(self, root: Path, database_url: str):
         self.root = root
-        info = conninfo_to_dict(database_url)
-        url = f"postgresql+psycopg:///{info['dbname']}?host={info.get('host', '127.0.0.1')}&port={info.get('port', 5432)}"
+        url = _sqlalchemy_url(database_url)
         command.init(Config(str(root / "alembic.ini")), str(root / "alembic"))
         self.config = Config(str(root / "alembic.ini"))
         self.config.set_main_option("script_location", str(root / "alembic"))

@@ -12,7 +12,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from bot.invocation import Actor, Where
+from bot.render.text import to_text
+from bot.core.invocation import Actor, Where
 from commands.email import normalized_error
 from tests.conftest import ALICE, write_config
 from tests.support import email as data
@@ -203,6 +204,12 @@ def test_probe_names_a_refused_connection(tmp_path, world, make_runtime):
     result = probe_result(tmp_path, world, make_runtime, port=free_port())
     failed = result.data["smtp"]["steps"][0]
     assert failed["name"] == "connect" and not failed["ok"] and "Connection refused" in failed["detail"]
+    assert "check connectivity" in result.data["verdict"] and "credentials" not in result.data["verdict"]
+    text = to_text(result)  # the failed step's reason lines up under the probe's steps
+    lines = text.splitlines()
+    probe_line = next(i for i, line in enumerate(lines) if line.startswith("  SMTP 127.0.0.1:"))
+    assert lines[probe_line + 1].lstrip().startswith("connect: ConnectionRefusedError")
+    assert lines[probe_line + 1].startswith(" " * (lines[probe_line].index("connect FAILED")))
 
 
 def test_probe_times_out_on_a_silent_server(tmp_path, world, make_runtime, silent_server):

@@ -1,4 +1,4 @@
-"""Guarded actions (SPEC §6) at the engine level, with a real side effect in Redis.
+"""Guarded actions at the engine level, with a real side effect in Redis.
 
 Each test reads as what an on-call engineer does: request, look at the preview,
 confirm (or not), and what the world looks like afterwards.
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bot.invocation import Actor, Where
+from bot.core.invocation import Actor, Where
 from tests.conftest import ADMIN, ALICE, BOB, CAROL, MALLORY, write_config
 from tests.support.commands import COUNTER, EXECUTIONS
 

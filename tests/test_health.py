@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bot.invocation import Actor, Where
+from bot.core.invocation import Actor, Where
 from bot.render.text import to_text
 from tests.conftest import ALICE, write_config
 from tests.support import email as email_data

@@ -118,13 +118,13 @@ def test_declare_work_escalate_resolve_postmortem(slack, fake_slack):
 
 
 def _actor():
-    from bot.invocation import Actor
+    from bot.core.invocation import Actor
 
     return Actor(ALICE)
 
 
 def _where():
-    from bot.invocation import Where
+    from bot.core.invocation import Where
 
     return Where("C-ops", channel_name="ops")
 
@@ -235,7 +235,7 @@ def test_two_bot_processes_send_each_reminder_once(slack, fake_slack, config):
 
 
 def test_without_slack_the_incident_is_recorded_and_works_by_id(make_runtime, tmp_path, database_url):
-    from bot.invocation import Actor, Where
+    from bot.core.invocation import Actor, Where
 
     runtime = make_runtime(write_config(tmp_path / "cli.yaml", database_url, extra=INCIDENTS))
     where = Where("cli")
@@ -243,6 +243,9 @@ def test_without_slack_the_incident_is_recorded_and_works_by_id(make_runtime, tm
     assert declared.status == "ok" and "no thread was opened" in str(declared.data["notes"])
     noted = runtime.engine.handle("incident note reindexing --incident INC-1", Actor.local("ops"), where)
     assert noted.result.status == "ok" and noted.in_thread is None
+    paged = runtime.engine.handle("incident declare sev1 Checkout down", Actor.local("ops"), where).result
+    target = dict(paged.sections[0].fields)["Target response"]
+    assert target.startswith("immediate (not paged: no notify groups, pager URL or Slack)")  # nothing could page
     assert datetime.now(UTC) - runtime.engine.extras["incidents"].store.find("INC-1").declared_at < timedelta(1)
 
 
@@ -294,3 +297,61 @@ def test_a_root_message_slack_refused_can_be_posted_again(slack, fake_slack):
     slack.command("incident note back on track --incident INC-1")
     note = fake_slack.wait(lambda s: [p for p in posts(s, incident.root_ts) if "back on track" in p["text"]])[0]
     assert note["text"] == f"OK: INC-1 update from <@{ALICE}>: back on track"
+
+
+HOSTILE_TITLE = "Payments slow <!here> & co <https://evil.example|click here> <@U0BOSS>"
+LIVE = ("<!here>", "<!channel>", "<https://evil", "<@U0BOSS>")
+
+
+def _every_text(fake_slack) -> list[str]:
+    """Every string Slack would parse as mrkdwn in everything the bot sent: Web API calls and response_url posts."""
+    import json
+
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "text" and isinstance(item, str):
+                    found.append(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and value.startswith(("[", "{")):
+            try:
+                walk(json.loads(value))  # form-encoded calls carry blocks as a JSON string
+            except ValueError:
+                pass
+
+    for call in fake_slack.calls():
+        walk(call.body)
+    return found
+
+
+def test_what_someone_typed_is_never_live_markup_anywhere_in_slack(slack, fake_slack):
+    """`/ops incident declare sev3 Payments slow <!here> & co ...`: no live @here, link or mention in any message."""
+    slack.command(f"incident declare sev3 {HOSTILE_TITLE}")
+    slack.command(f"incident note checked {HOSTILE_TITLE} --incident INC-1")
+    slack.command("incident list")
+    slack.command("incident timeline --incident INC-1")
+    slack.command(f"incident resolve fixed {HOSTILE_TITLE} --incident INC-1")
+    slack.command(f"dlq peek --type {HOSTILE_TITLE.split()[2]!r}")
+
+    texts = _every_text(fake_slack)
+    assert sum("Payments slow" in text for text in texts) >= 10
+    for text in texts:
+        for live in LIVE:
+            assert live not in text, text
+
+
+def test_the_bots_own_pages_and_mentions_are_live(slack, fake_slack):
+    """`/ops incident declare sev1 x`: the page mentions the on-call group for real, and the commander is mentioned."""
+    slack.command("incident declare sev1 x", user=ALICE)
+    fake_slack.wait(lambda s: any("Paging" in b.get("text", "") for b in posts(s)))
+    page = next(b for b in posts(fake_slack) if "Paging" in b.get("text", ""))
+    assert "Paging <!subteam^SONCALL>" in page["text"]
+    assert "&lt;!subteam" not in str(page)
+    root = posts(fake_slack)[0]
+    assert f"<@{ALICE}>" in str(root["attachments"]) and f"&lt;@{ALICE}&gt;" not in str(root)

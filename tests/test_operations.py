@@ -17,12 +17,12 @@ import httpx
 import pytest
 from slack_sdk import WebClient
 
-from bot.config import load_settings
-from bot.invocation import Actor, Where
-from bot.logs import setup_logging
-from bot.metrics import Metrics
-from bot.redact import Redactor
-from bot.slack_client import web_client
+from bot.config.settings import load_settings
+from bot.core.invocation import Actor, Where
+from bot.runtime.logs import setup_logging
+from bot.runtime.metrics import Metrics
+from bot.core.redact import Redactor
+from bot.slack.client import web_client
 from tests.conftest import ALICE, BOB, BOT_TOKEN, SIGNING_SECRET, write_config
 from tests.support.commands import EXECUTIONS
 from tests.support.dlq import dead_letter, everything, kill
@@ -67,6 +67,7 @@ def test_metrics_count_commands_acks_and_confirmations(bot):
     assert metric(text, "opsbot_confirmations_total", result="confirmed") == 1
     assert metric(text, "opsbot_denials_total", reason="role") == 1
     assert "opsbot_work_queue_depth 0.0" in text and "opsbot_outbox_depth 0.0" in text
+    assert "opsbot_action_log_kept_depth 0.0" in text
 
 
 def test_metrics_need_the_bearer_token_when_one_is_set(tmp_path, database_url, make_runtime, fake_slack, slack_env,

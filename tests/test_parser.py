@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.parser import UsageError, parse
-from bot.registry import Arg, Command, Registry, choice, duration, positive_int
+from bot.core.parser import UsageError, parse
+from bot.core.registry import Arg, Command, Registry, choice, duration, positive_int
 from commands import build_registry
 
 noop = lambda inv: None  # noqa: E731
@@ -137,3 +137,42 @@ def test_no_command_like_input_crashes_the_parser(text):
 def test_values_that_look_like_options_survive_the_canonical_form(text):
     parsed = parse(text, REGISTRY)
     assert parse(parsed.canonical(), REGISTRY).args == parsed.args
+
+
+def test_zero_survives_the_canonical_round_trip(registry):
+    from bot.core.parser import parse
+
+    parsed = parse("dlq trim jobs --keep 0", registry)
+    assert parsed.args["keep"] == 0
+    assert parsed.canonical() == "dlq trim jobs --keep 0"
+    assert parse(parsed.canonical(), registry).args["keep"] == 0
+
+
+def test_incident_inside_a_quoted_argument_is_text_not_the_option(registry):
+    from bot.core.parser import parse
+
+    parsed = parse('incident note "next time use --incident INC-2 from the start" --incident INC-7', registry)
+    assert parsed.incident == "INC-7"
+    assert parsed.args["text"] == "next time use --incident INC-2 from the start"
+    assert parse("incident note -- --incident INC-2 is the option", registry).incident is None
+    assert parse("dlq status --incident=INC-3", registry).incident == "INC-3"
+    with pytest.raises(UsageError, match="given twice"):
+        parse("dlq status --incident INC-1 --incident INC-2", registry)
+    with pytest.raises(UsageError, match="needs an incident id"):
+        parse("dlq status --incident", registry)
+
+
+@pytest.mark.parametrize("text", ["audit verify tenant\x00", "dlq peek --type a\x1b[2Jb", "help\x7f"])
+def test_control_characters_are_a_usage_error(registry, text):
+    from bot.core.parser import parse
+
+    with pytest.raises(UsageError, match="control character"):
+        parse(text, registry)
+
+
+def test_a_duration_beyond_ten_years_is_a_usage_error(registry):
+    from bot.core.parser import parse
+
+    with pytest.raises(UsageError, match="at most 3650d"):
+        parse("email triage --since 99999999999d", registry)
+    assert parse("email triage --since 3650d", registry).args["since"] == 3650 * 86400

@@ -1,7 +1,7 @@
 """Progress is shown at most every 2 s, and the end is always shown."""
 
-from bot.progress import Throttled
-from bot.result import Result
+from bot.core.progress import Throttled
+from bot.core.result import Result
 
 
 class Sink:

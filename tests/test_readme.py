@@ -6,7 +6,7 @@ import re
 
 from pydantic import BaseModel
 
-from bot.config import Settings
+from bot.config.settings import settings_class
 from commands import build_registry
 from tests.conftest import REPO
 
@@ -36,7 +36,7 @@ def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def test_every_setting_is_documented():
-    for key in _keys(Settings):
+    for key in _keys(settings_class()):
         assert f"| `{key}` |" in README, f"README's configuration table lacks {key}"
 
 
@@ -44,3 +44,30 @@ def test_quick_start_has_exactly_two_commands():
     section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     block = section.split("```sh", 1)[1].split("```", 1)[0]
     assert len([line for line in block.splitlines() if line.strip()]) == 2
+
+
+def test_the_conventions_example_hash_is_right():
+    import hashlib
+
+    from bot.store.chain import v1_hash
+
+    text = (REPO / "docs" / "conventions.md").read_text(encoding="utf-8")
+    framed = '-1:1:12:t124:2026-01-31T09:15:02.123Z6:a@x.io11:case.update8:{"a": 1}'
+    digest = hashlib.sha256(framed.encode()).hexdigest()
+    assert framed in text and digest in text
+    assert v1_hash(None, "1", "t1", "2026-01-31T09:15:02.123Z", "a@x.io", "case.update", '{"a": 1}') == digest
+
+
+def test_the_license_pyproject_names_is_there():
+    assert 'license = "MIT"' in (REPO / "pyproject.toml").read_text()
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_the_readme_refers_to_no_document_users_do_not_have():
+    import re as _re
+
+    for name in ("README.md", "app.yaml", "render.yaml", "docs/conventions.md"):
+        text = (REPO / name).read_text(encoding="utf-8")
+        assert not _re.search(r"(?i)\bseeds?\b[ ']*(0\d\d|'s|s')|SPEC\s*§|SPEC\.md", text), name
+    for path in (REPO / "runbooks").iterdir():
+        assert not _re.search(r"(?i)\bseed \d|SPEC\s*§", path.read_text(encoding="utf-8")), path.name

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from slack_sdk.models.blocks import Block
 
-from bot.redact import MASK, Redactor
+from bot.core.markup import Mrkdwn, code, here, link, md, mention, plain, subteam
+from bot.core.redact import MASK, Redactor
 from bot.render.blocks import to_message
 from bot.render.text import to_text
-from bot.result import Button, Result, Section, to_json
+from bot.core.result import Button, Result, Section, to_json
 
 SECRET_RESULT = Result.fail(
     "could not reach postgresql://app:s3cret-pw@db:5432/app",
@@ -73,15 +76,95 @@ def test_buttons_have_unique_action_ids_and_a_confirm_dialog():
 
 
 def test_text_rendering_reads_well_in_a_terminal():
+    markup = md(":lock: see {} {}", link("https://x.test", "the docs"), mention("U1"))
     text = to_text(Result.ok("2 queues", sections=[Section("jobs", fields=(("ready", "3"), ("dead", "14")),
-                                                           text=":lock: see <https://x.test|the docs> <@U1>")]))
+                                                           text=markup)]))
     assert text.splitlines() == ["[OK] 2 queues", "", "== jobs", "[guarded] see the docs (https://x.test) @U1",
                                  "  ready  3", "  dead   14"]
 
 
 def test_a_word_ending_a_line_before_an_emoji_is_not_a_secret():
-    from bot.redact import Redactor
+    from bot.core.redact import Redactor
 
     text = "readiness pass\n:white_circle: unknown"
     assert Redactor().text(text) == text
     assert Redactor().text("password: hunter2") == "password: [redacted]"
+
+
+HOSTILE = "Payments slow <!here> & co <https://evil.example|click here> <@U0BOSS> <#C0SECRET> <!subteam^S0ALL>"
+
+
+def _all_text(message: dict) -> str:
+    """Every mrkdwn string Slack will parse in a message: the fallback text and each block's text and fields."""
+    return json.dumps(message)
+
+
+def test_what_users_wrote_never_becomes_live_markup_in_any_field():
+    result = Result.fail(HOSTILE, sections=[
+        Section(HOSTILE, text=HOSTILE, fields=((HOSTILE, HOSTILE),), code=HOSTILE,
+                button=Button("Run", "run", "help", confirm=HOSTILE)),
+    ], buttons=[Button("Go", "run", "help", confirm=HOSTILE)], command=HOSTILE)
+    message = to_message(result)
+    texts = [message["text"]]
+    for block in message["blocks"]:
+        texts += [block.get("text", {}).get("text", "")] + [f["text"] for f in block.get("fields", [])]
+        texts += [e.get("text", "") for e in block.get("elements", []) if isinstance(e.get("text"), str)]
+        for element in block.get("elements", []) + [block.get("accessory") or {}]:
+            if element.get("confirm"):
+                texts.append(element["confirm"]["text"]["text"])
+    assert len([t for t in texts if "Payments slow" in t]) >= 7
+    for text in texts:
+        for live in ("<!here>", "<https://evil", "<@U0BOSS>", "<#C0SECRET>", "<!subteam"):
+            assert live not in text, text
+    assert "&lt;!here&gt; &amp; co" in message["text"]
+
+
+def test_the_bots_own_mentions_and_links_stay_live():
+    summary = md("Paging {}: {} requested {} {}", subteam("S0ONCALL"), mention("U0ALICE"), code("dlq requeue"),
+                 link("https://status.example/x?a=1&b=2", "status page"))
+    message = to_message(Result.fail(summary, sections=[Section(text=md("by {} in {}", mention("U0BOB"), here()))]))
+    assert message["text"] == ("FAIL: Paging <!subteam^S0ONCALL>: <@U0ALICE> requested `dlq requeue` "
+                               "<https://status.example/x?a=1&amp;b=2|status page>")
+    assert "by <@U0BOB> in <!here>" in json.dumps(message["blocks"])
+
+
+def test_a_value_combined_with_markup_is_escaped_however_it_is_combined():
+    value = "<!channel> & <@U1>"
+    for combined in (md("{} says {}", mention("U2"), value), mention("U2") + value, value + mention("U2"),
+                     Mrkdwn(", ").join([mention("U2"), value])):
+        assert "<@U2>" in combined and "&lt;!channel&gt; &amp; &lt;@U1&gt;" in combined
+    assert plain(md("{} says {}", mention("U2"), value)) == "@U2 says <!channel> & <@U1>"
+    # An f-string gives a plain str: its mention is shown as text, never live.
+    assert "&lt;@U2&gt;" in to_message(Result.ok(f"{mention('U2')} did it"))["text"]
+
+
+def test_ids_and_links_cannot_smuggle_markup():
+    assert mention("U1> <!here") == "U1&gt; &lt;!here"      # not an id: shown as a name
+    assert link("javascript:alert(1)", "x") == "x (javascript:alert(1))"
+    assert link("https://a.example/|<!here>", "y") == "y (https://a.example/|&lt;!here&gt;)"
+    assert link("https://a.example/", "a|<!here>") == "<https://a.example/|a¦&lt;!here&gt;>"
+    assert code("a`<!here>`b") == "`aˋ&lt;!here&gt;ˋb`"
+    with pytest.raises(ValueError):
+        subteam("S1>|<!here")
+
+
+def test_cutting_a_long_message_never_splits_an_escape_or_a_mention():
+    for filler in range(2990, 3000):
+        summary = md("{}{}", "x" * filler, mention("U0ALICE")) + " & more <tail>"
+        head = to_message(Result.ok(summary))["blocks"][0]["text"]["text"]
+        Block.parse(to_message(Result.ok(summary))["blocks"][0]).validate_json()
+        body = head.split("\n…")[0]
+        assert body.count("<") == body.count(">") and not body.rstrip("*").endswith(("&", "&a", "&am", "&amp"))
+
+
+def test_a_message_stays_within_slacks_total_size_and_never_cuts_a_command():
+    result = Result.ok("big", sections=[Section(f"part {i}", text="t" * 2900) for i in range(30)],
+                       buttons=[Button("Run", "run", "dlq peek --type " + "x" * 2100), Button("Help", "run", "help")])
+    message = to_message(result)
+    total = sum(len(b.get("text", {}).get("text", "")) for b in message["blocks"])
+    assert total <= 12_100 and "more blocks not shown" in json.dumps(message)
+    buttons = [e for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert [b["value"] for b in buttons] == ["help"]  # the too-long command is left out, not cut
+    assert "too long for Slack was left out" in json.dumps(message)
+    small = to_message(Result.ok("fits", sections=[Section(text=f"s{i}") for i in range(45)]))
+    assert "not shown" not in json.dumps(small)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from bot.invocation import Actor, Where
+from bot.core.invocation import Actor, Where
 from tests.conftest import ALICE, BOB, MALLORY, SIGNING_SECRET, write_config
 from tests.support.deployer import Deployer, FakeService
 from tests.support.harness import SlackBot
@@ -67,7 +67,7 @@ def confirm(runtime, outcome, user=ALICE, progress=None):
 # -- the plan -------------------------------------------------------------------------------------
 
 def test_plan_targets_the_previous_successful_deploy_and_changes_nothing(bot, deployer, service):
-    service.errors, service.requests = 300, 1000  # 300 of 1,100 after the scrape: seed 002 trigger met
+    service.errors, service.requests = 300, 1000  # 300 of 1,100 after the scrape: the error-rate trigger is met
 
     outcome = preview(bot)
 

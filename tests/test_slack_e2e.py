@@ -99,6 +99,7 @@ def test_guarded_flow_executes_once_despite_double_click_and_retry(bot):
     assert len(bot.slack.responses(key)) == 1
     posts = bot.slack.wait_for("chat.postMessage", count=2)
     assert all(p.body["channel"] == "#incidents" for p in posts)
+    assert posts[0].body["text"].startswith(f"OK: <@{ALICE}> requested `test bump --by 5`")  # a live mention
 
 
 def test_another_user_without_the_role_is_refused(bot):

@@ -70,7 +70,7 @@ def test_slash_command_over_socket_mode(tmp_path, database_url, redis_client, fa
     config.write_text(config.read_text().replace("slack:\n", "slack:\n  app_token: ${TEST_SLACK_APP_TOKEN:-}\n", 1))
     env = {**os.environ, "TEST_SLACK_BOT_TOKEN": BOT_TOKEN, "TEST_SLACK_APP_TOKEN": "xapp-test",
            "RUN_MIGRATIONS": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "socket"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "--config", str(config), "socket"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         endpoint.to_send.put(slash(fake_slack, "help", "sock1", "env-1"))

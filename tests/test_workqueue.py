@@ -7,9 +7,9 @@ import time
 import pytest
 from slack_sdk import WebClient
 
-from bot.slack_work import SlackWork
-from bot.worker import Worker
-from bot.workqueue import WorkQueue
+from bot.slack.work import SlackWork
+from bot.runtime.worker import Worker
+from bot.store.workqueue import WorkQueue
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET, write_config
 from tests.support.harness import SlackBot
 

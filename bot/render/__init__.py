@@ -1,1 +1,1 @@
-"""Renderings of a :class:`~bot.result.Result`: Block Kit for Slack, plain text for the terminal."""
+"""Renderings of a :class:`~bot.core.result.Result`: Block Kit for Slack, plain text for the terminal."""

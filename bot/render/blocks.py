@@ -7,6 +7,9 @@ Usage::
 
 Stays within Slack's limits (50 blocks, 3000 characters a section, 10 fields a
 section, 25 buttons a row); what does not fit is cut with a note saying so.
+Every text is mrkdwn built by :mod:`bot.core.markup`: a plain ``str`` is a value and is
+escaped (``&``, ``<``, ``>``), :class:`~bot.core.markup.Mrkdwn` is the bot's markup and
+kept. That holds for the fallback ``text`` too, where Slack also expands mentions.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.redact import Redactor
-from bot.result import Button, Result, Section
+from bot.core.markup import Mrkdwn, bold, code, md
+from bot.core.redact import Redactor
+from bot.core.result import Button, Result, Section
 
 __all__ = ["to_message", "STATUS_EMOJI", "ACTION_PREFIX"]
 
@@ -33,6 +37,8 @@ MAX_FIELD = 2000
 MAX_FIELDS = 10
 MAX_BUTTONS = 25
 MAX_FALLBACK = 3000
+MAX_VALUE = 2000  # a button's value: the command a Run button runs must fit whole
+MAX_TOTAL = 12000  # characters of text in one message: Slack refuses far less than 50 full sections
 ACTION_PREFIX = "opsbot_"
 STATUS_EMOJI = {"ok": ":large_green_circle:", "warn": ":large_orange_circle:", "fail": ":red_circle:", "error": ":x:"}
 _CUT = "\n… _(cut to fit Slack; run it with `opsbot run --json` for everything)_"
@@ -40,37 +46,46 @@ _CUT = "\n… _(cut to fit Slack; run it with `opsbot run --json` for everything
 
 def to_message(result: Result, redactor: Redactor | None = None) -> dict:
     result = (redactor or Redactor()).result(result)
-    head = f"{STATUS_EMOJI[result.status]} *{_escape(result.summary)}*"
+    head = md("{} *{}*", Mrkdwn(STATUS_EMOJI[result.status]), result.summary)
     blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_fit(head, MAX_SECTION)))]
     if result.command:
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_fit(f"`/ops {result.command}`", MAX_FIELD))]))
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_fit(code(f"/ops {result.command}"),
+                                                                          MAX_FIELD))]))
     body: list[Block] = []
     for section in result.sections:
         body.extend(_section_blocks(section, len(body)))
     room = MAX_BLOCKS - len(blocks) - (1 if result.buttons else 0) - 1
-    if len(body) > room:
-        hidden = len(body) - (room - 1)
-        body = body[: room - 1] + [_note(f"{hidden} more blocks not shown; run it with `opsbot run --json` for everything.")]
+    shown, spent = 0, sum(_chars(block) for block in blocks)
+    while shown < len(body) and spent + _chars(body[shown]) <= MAX_TOTAL:
+        spent += _chars(body[shown])
+        shown += 1
+    if shown < len(body) or len(body) > room:  # cut, keeping a block for the note saying so
+        shown = min(shown, room - 1)
+        hidden = len(body) - shown
+        body = body[:shown] + [_note(f"{hidden} more blocks not shown; run it with `opsbot run --json` for everything.")]
     blocks.extend(body)
-    if result.buttons:
-        blocks.append(ActionsBlock(elements=[_button(b, i) for i, b in enumerate(result.buttons[:MAX_BUTTONS])]))
+    buttons = [b for b in result.buttons[:MAX_BUTTONS] if len(b.value) <= MAX_VALUE]
+    if buttons:
+        blocks.append(ActionsBlock(elements=[_button(b, i) for i, b in enumerate(buttons)]))
+    if len(buttons) < len(result.buttons[:MAX_BUTTONS]):
+        blocks.append(_note("A button whose command is too long for Slack was left out; run it with `opsbot run`."))
     return {
-        "text": _fit(f"{result.status.upper()}: {result.summary}", MAX_FALLBACK),
+        "text": _fit(md("{}: {}", result.status.upper(), result.summary), MAX_FALLBACK),
         "blocks": [block.to_dict() for block in blocks],
     }
 
 
 def _section_blocks(section: Section, offset: int) -> list[Block]:
     blocks: list[Block] = []
-    title = f"*{_escape(section.title)}*" if section.title else ""
-    text = "\n".join(part for part in (title, section.text) if part)
+    title = bold(section.title) if section.title else ""
+    text = Mrkdwn("\n").join(part for part in (title, Mrkdwn.of(section.text)) if part)
     if section.code is not None:
-        fence = "```\n" + section.code + "\n```"
         room = MAX_SECTION - len(text) - 10
-        if len(fence) > room:
-            fence = "```\n" + section.code[: max(room - len(_CUT) - 10, 0)] + "\n```" + _CUT
-        text = "\n".join(part for part in (text, fence) if part)
-    accessory = _button(section.button, offset) if section.button else None
+        body, cut = _clip(Mrkdwn.of(section.code), max(room - len(_CUT) - 8, 0))
+        fence = Mrkdwn("```\n") + body + Mrkdwn("\n```" + (_CUT if cut else ""))
+        text = Mrkdwn("\n").join(part for part in (text, fence) if part)
+    accessory = _button(section.button, offset) if section.button and len(section.button.value) <= MAX_VALUE \
+        else None  # a longer command would be cut by Slack and run as something else: no button then
     if text or accessory:
         blocks.append(SectionBlock(text=MarkdownTextObject(text=_fit(text or " ", MAX_SECTION)), accessory=accessory))
     fields = list(section.fields)
@@ -78,7 +93,7 @@ def _section_blocks(section: Section, offset: int) -> list[Block]:
         chunk = fields[start : start + MAX_FIELDS]
         blocks.append(
             SectionBlock(
-                fields=[MarkdownTextObject(text=_fit(f"*{_escape(k)}*\n{v}", MAX_FIELD)) for k, v in chunk]
+                fields=[MarkdownTextObject(text=_fit(md("{}\n{}", bold(k), v), MAX_FIELD)) for k, v in chunk]
             )
         )
     if section.title and blocks:
@@ -89,25 +104,41 @@ def _section_blocks(section: Section, offset: int) -> list[Block]:
 def _button(button: Button, index: int) -> ButtonElement:
     confirm = None
     if button.confirm:
-        confirm = ConfirmObject(title="Are you sure?", text=_fit(button.confirm, 300), confirm=button.label[:30], deny="Back")
+        confirm = ConfirmObject(title="Are you sure?", text=MarkdownTextObject(text=_fit(Mrkdwn.of(button.confirm), 300)),
+                                confirm=button.label[:30], deny="Back")
     return ButtonElement(
         text=button.label[:75],
         action_id=f"{ACTION_PREFIX}{button.action}:{index}",
-        value=button.value[:2000],
+        value=button.value,
         style=button.style,
         confirm=confirm,
     )
 
 
+def _chars(block: Block) -> int:
+    """The text a block carries, as Slack counts it against a message's size."""
+    data = block.to_dict()
+    texts = [data.get("text", {}).get("text", "")] + [f["text"] for f in data.get("fields", [])]
+    texts += [e.get("text", "") for e in data.get("elements", []) if isinstance(e.get("text"), str)]
+    return sum(len(t) for t in texts)
+
+
 def _note(text: str) -> ContextBlock:
-    return ContextBlock(elements=[MarkdownTextObject(text=_fit(text, MAX_FIELD))])
+    return ContextBlock(elements=[MarkdownTextObject(text=_fit(Mrkdwn.of(text), MAX_FIELD))])
 
 
-def _fit(text: str, limit: int) -> str:
+def _fit(text: Mrkdwn, limit: int) -> Mrkdwn:
+    """``text`` cut to ``limit`` characters with a note saying so."""
+    clipped, cut = _clip(text, limit - len(_CUT))
+    return Mrkdwn(clipped + _CUT) if cut else clipped
+
+
+def _clip(text: Mrkdwn, limit: int) -> tuple[Mrkdwn, bool]:
+    """At most ``limit`` characters, never cut inside a mention, a link or an escape; and whether it was cut."""
     if len(text) <= limit:
-        return text
-    return text[: limit - len(_CUT)] + _CUT
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return text, False
+    cut = str(text)[: max(limit, 0)]
+    for opener, closer in (("<", ">"), ("&", ";")):  # an unfinished <...> or &...; shows as garbage, or not at all
+        if cut.rfind(opener) > cut.rfind(closer):
+            cut = cut[: cut.rfind(opener)]
+    return Mrkdwn(cut), True

@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 import textwrap
 
-from bot.redact import Redactor
-from bot.result import Result
+from bot.core.markup import plain
+from bot.core.redact import Redactor
+from bot.core.result import Result
 
 __all__ = ["to_text"]
 
 _LABEL = {"ok": "OK", "warn": "WARN", "fail": "FAIL", "error": "ERROR"}
-_SLACK_LINK = re.compile(r"<([^|>]+)\|([^>]+)>")
-_MENTION = re.compile(r"<@([A-Z0-9:._-]+)>", re.I)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # a value must not drive the terminal (ANSI escapes)
 _EMOJI = re.compile(r":([a-z0-9_+-]+):")
 _EMOJI_WORDS = {
     "lock": "[guarded]",
@@ -40,25 +40,29 @@ def to_text(result: Result, redactor: Redactor | None = None) -> str:
     for section in result.sections:
         lines.append("")
         if section.title:
-            lines.append(f"== {section.title}")
+            lines.append(f"== {_plain(section.title)}")
         if section.text:
             lines.append(_plain(section.text))
         width = max((len(key) for key, _ in section.fields), default=0)
         for key, value in section.fields:
-            lines.append(f"  {key.ljust(width)}  {_plain(value)}")
+            continued = "\n" + " " * (width + 4)  # a value's further lines line up under its first
+            lines.append(f"  {_plain(key).ljust(width)}  {_plain(value).replace(chr(10), continued)}")
         if section.code is not None:
-            lines.append(textwrap.indent(section.code, "  "))
+            lines.append(textwrap.indent(_safe(section.code), "  "))
         if section.button:
-            lines.append(f"  -> {section.button.value}")
+            lines.append(f"  -> {_safe(section.button.value)}")
     runs = [button for button in result.buttons if button.action == "run"]
     if runs:
         lines.append("")
-        lines.extend(f"  -> {button.value}" for button in runs)
+        lines.extend(f"  -> {_safe(button.value)}" for button in runs)
     return "\n".join(lines)
 
 
 def _plain(text: str) -> str:
-    text = _SLACK_LINK.sub(r"\2 (\1)", text)
-    text = _MENTION.sub(r"@\1", text)
-    text = _BOLD.sub(r"\1", text)
+    """Markup spelled out (mentions, links), formatting and emoji in words; values as they were given."""
+    text = _BOLD.sub(r"\1", _safe(plain(text)))
     return _EMOJI.sub(lambda m: _EMOJI_WORDS.get(m.group(1), m.group(0)), text)
+
+
+def _safe(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

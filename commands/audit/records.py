@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
-from bot.invocation import CommandError
-from commands.audit.walk import Snapshot, TenantReport
+from bot.core.invocation import CommandError
+from commands.audit.report import Snapshot, TenantReport
 
 __all__ = ["AuditRecords", "LastRun"]
 

@@ -9,7 +9,7 @@ Usage::
 
 Rows are read as PostgreSQL's own text (``COPY ... TO STDOUT``) and hashed as
 stored: ``payload`` is ``jsonb::text`` and ``createdAt`` is formatted by the
-server, never rebuilt in Python (SPEC §7). ``fields`` is a list of ``bytes``
+server, never rebuilt in Python (docs/conventions.md). ``fields`` is a list of ``bytes``
 with ``None`` for NULL, in the order of the SELECT.
 """
 
@@ -24,8 +24,8 @@ from operator import itemgetter
 
 from psycopg import sql
 
-from bot.config import AuditSettings, HashScheme
-from bot.invocation import CommandError
+from commands.audit.settings import AuditSettings, HashScheme
+from bot.core.invocation import CommandError
 
 __all__ = ["CREATED", "HASH", "ID", "PREV", "TENANT", "Hasher", "Layout", "compile_scheme"]
 

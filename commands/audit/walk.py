@@ -12,130 +12,38 @@ to the stored hash of the row before it in (createdAt, id) order). A failed link
 is then explained from a bounded window of recent rows:
 
 * ``content_mismatch`` — the row's fields no longer produce its hash (edited in place);
-* ``link_break`` — the predecessor it names is nowhere (deleted), or a second row
-  was slipped in after the same predecessor long after it (inserted);
+* ``link_break`` — the predecessor it names is nowhere (deleted, or the row was
+  forged), or a second row was slipped in after the same predecessor long after it
+  (inserted);
 * ``fork`` — two rows written within ``fork_window`` of each other name the same
   predecessor (concurrent writers read the same head);
 * ``clock_skew`` — every link exists, but a row sorts before the row it links to:
-  its writer's clock was behind (the time difference and the writers are reported);
+  its writer's clock was behind (the time difference and the writers are reported),
+  unless another row claims that predecessor too (then one of them was inserted);
 * ``scheme_suspect`` — from one row on, every row fails its content check while the
   links stay intact: the canonical form or scheme changed, not tampering;
-* ``truncated`` / ``rewritten`` — against the last snapshot: fewer rows than it
-  counted, or its head row is gone or carries another hash.
+* ``truncated`` / ``rewritten`` — against the last snapshot: its head row is gone and
+  fewer rows than it counted remain, or its head row is gone or carries another hash.
+
+How links are explained is in :mod:`commands.audit.links`; the report types are in
+:mod:`commands.audit.report`.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
+from commands.audit.links import MAX_EXPLAINED, LinkExplainer
+from commands.audit.report import (KINDS, TAMPERING, Finding, Snapshot, TenantReport, WalkOptions,
+                                   seconds_between, text)
 from commands.audit.scheme import CREATED, HASH, ID, PREV, TENANT, Hasher
 
-__all__ = ["KINDS", "TAMPERING", "ChainWalker", "Finding", "Snapshot", "TenantReport", "WalkOptions"]
+__all__ = ["KINDS", "MAX_EXPLAINED", "TAMPERING", "ChainWalker", "Finding", "Snapshot", "TenantReport",
+           "WalkOptions", "seconds_between"]
 
-KINDS = ("content_mismatch", "link_break", "fork", "clock_skew", "scheme_suspect", "truncated", "rewritten",
-         "snapshot_invalid")
-TAMPERING = {"content_mismatch", "link_break", "truncated", "rewritten", "snapshot_invalid"}
 SCHEME_RUN = 3  # this many failing rows in a row, up to the head, with links intact: a scheme change
-MAX_EXPLAINED = 10_000  # link failures explained per tenant; past this they are only counted
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A signed last-known-good head (see :mod:`commands.audit.snapshots`)."""
-
-    tenant: str
-    last_id: str
-    last_created: str
-    hash: str
-    count: int
-    taken_at: datetime
-    signature_ok: bool = True
-
-
-@dataclass(frozen=True)
-class WalkOptions:
-    limit: int = 20
-    window: int = 4096
-    fork_window: float = 2.0
-    writer: int | None = None  # index of the writer column, when configured
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    tenant: str
-    position: int  # 1-based place of the row in (createdAt, id) order
-    row_id: str
-    created: str
-    message: str
-    expected: str | None = None
-    actual: str | None = None
-    detail: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        out = {"kind": self.kind, "tenant": self.tenant, "position": self.position, "id": self.row_id,
-               "createdAt": self.created, "message": self.message}
-        if self.expected is not None or self.actual is not None:
-            out.update(expected=self.expected, actual=self.actual)
-        return out | ({"detail": self.detail} if self.detail else {})
-
-
-@dataclass
-class TenantReport:
-    tenant: str
-    rows: int = 0
-    offset: int = 0  # rows before the walk started (an incremental walk continues a snapshot)
-    head_id: str | None = None
-    head_hash: str | None = None
-    head_created: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)
-    reordered: int = 0
-    snapshot: Snapshot | None = None
-    _heap: list = field(default_factory=list, repr=False)
-
-    @property
-    def checked(self) -> int:
-        return self.rows - self.offset
-
-    @property
-    def valid(self) -> bool:
-        return not any(self.counts.values())
-
-    @property
-    def findings(self) -> list[Finding]:
-        """At most ``limit`` findings, the earliest row first."""
-        return [entry[2] for entry in sorted(self._heap, key=lambda e: (-e[0], e[1]))]
-
-    @property
-    def earliest(self) -> Finding | None:
-        found = self.findings
-        return found[0] if found else None
-
-    def tampering_suspected(self) -> bool:
-        return any(self.counts.get(kind) for kind in TAMPERING)
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else bytes(value).decode("utf-8", "replace")
-
-
-def _moment(created: str) -> datetime | None:
-    try:
-        if created.isdigit():
-            return datetime.fromtimestamp(int(created) / 1000, UTC)
-        return datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def seconds_between(earlier: str, later: str) -> float | None:
-    a, b = _moment(earlier), _moment(later)
-    return None if a is None or b is None else (b - a).total_seconds()
 
 
 class _Tenant:
@@ -143,21 +51,19 @@ class _Tenant:
 
     _order = itertools.count()
 
-    def __init__(self, name: str, options: WalkOptions, snapshot: Snapshot | None, offset: int, limit: int):
+    def __init__(self, name: str, options: WalkOptions, snapshot: Snapshot | None, offset: int, hasher: Hasher):
         self.report = TenantReport(name, rows=offset, offset=offset, snapshot=snapshot)
         self.options = options
-        self.limit = limit
-        self.ring: deque = deque(maxlen=options.window)
-        self.pending: dict[bytes, tuple[int, Sequence]] = {}
-        self.run_start: int | None = None
-        self.explained = 0
+        self.limit = options.limit
+        self.links = LinkExplainer(options, self.report, self.add, lambda row: hasher(row) == row[HASH])
+        self.run_start: int | None = None  # the first of the rows failing their content check up to here
+        self.run_linked = True  # and whether their links all hold
         self.seen_head: tuple[bytes, int] | None = None
 
-    # -- recording ----------------------------------------------------------------------
     def add(self, kind: str, position: int, row: Sequence, message: str, **extra) -> None:
         report = self.report
         report.counts[kind] = report.counts.get(kind, 0) + 1
-        finding = Finding(kind, report.tenant, position, _text(row[ID]) or "", _text(row[CREATED]) or "",
+        finding = Finding(kind, report.tenant, position, text(row[ID]) or "", text(row[CREATED]) or "",
                           message, **extra)
         entry = (-position, next(self._order), finding)
         if len(report._heap) < self.limit:
@@ -165,80 +71,21 @@ class _Tenant:
         elif entry > report._heap[0]:
             heapq.heapreplace(report._heap, entry)
 
-    def who(self, row: Sequence) -> str:
-        writer = self.options.writer
-        name = _text(row[writer]) if writer is not None and len(row) > writer else None
-        return f" (writer {name})" if name else ""
-
-    # -- explanations -------------------------------------------------------------------
-    def content_failed(self, position: int, row: Sequence, computed: bytes) -> None:
+    def content_failed(self, position: int, row: Sequence, computed: bytes, linked: bool) -> None:
+        """``linked``: its link holds (an edit in place), else it may as well be forged."""
         if self.run_start is None:
-            self.run_start = position
-        self.add("content_mismatch", position, row,
-                 f"row {_text(row[ID])} no longer matches its hash: its fields were changed after it was written",
-                 expected=_text(computed), actual=_text(row[HASH]))
-
-    def link_failed(self, position: int, row: Sequence, expected: bytes | None) -> None:
-        self.explained += 1
-        if self.explained > MAX_EXPLAINED:
-            self.report.counts["link_break"] = self.report.counts.get("link_break", 0) + 1
-            return
-        prev = row[PREV]
-        if prev is None:
-            self.add("link_break", position, row,
-                     f"row {_text(row[ID])} starts a new chain (prevHash is NULL) after {position - 1} rows:"
-                     " it was inserted, or the rows before it were rewritten",
-                     expected=_text(expected), actual=None)
-            return
-        predecessor = next((r for r in reversed(self.ring) if r[HASH] == prev), None)
-        if predecessor is None:
-            self.pending[prev] = (position, row)
-            if len(self.pending) > self.options.window:
-                old_prev, (old_position, old_row) = next(iter(self.pending.items()))
-                del self.pending[old_prev]
-                self.missing(old_position, old_row)
-            return
-        rival = next((r for r in reversed(self.ring) if r[PREV] == prev), None)
-        if rival is None:
-            self.report.reordered += 1  # the link exists; an out-of-order row nearby explains it
-            return
-        gap = seconds_between(_text(rival[CREATED]) or "", _text(row[CREATED]) or "")
-        gap_text = "an unknown time" if gap is None else f"{abs(gap):.3f} s"
-        both = f"rows {_text(rival[ID])}{self.who(rival)} and {_text(row[ID])}{self.who(row)}"
-        if gap is not None and abs(gap) <= self.options.fork_window:
-            self.add("fork", position, row,
-                     f"{both} both follow row {_text(predecessor[ID])}, written {gap_text} apart:"
-                     " two writers appended concurrently from the same head",
-                     expected=_text(expected), actual=_text(prev), detail={"rival": _text(rival[ID])})
-        else:
-            self.add("link_break", position, row,
-                     f"{both} both claim row {_text(predecessor[ID])} as predecessor, {gap_text} apart:"
-                     " a row was inserted (the one no later row links to)",
-                     expected=_text(expected), actual=_text(prev), detail={"rival": _text(rival[ID])})
-
-    def predecessor_arrived(self, position: int, row: Sequence) -> None:
-        early_position, early = self.pending.pop(row[HASH])
-        behind = seconds_between(_text(early[CREATED]) or "", _text(row[CREATED]) or "")
-        detail = {"predecessor": _text(row[ID]), "seconds_behind": behind}
-        if self.options.writer is not None:
-            detail.update(writer=_text(early[self.options.writer]), predecessor_writer=_text(row[self.options.writer]))
-        behind_text = "" if behind is None else f"{behind:.3f} s "
-        self.add("clock_skew", early_position, early,
-                 f"row {_text(early[ID])}{self.who(early)} links to row {_text(row[ID])}{self.who(row)} but is dated"
-                 f" {behind_text}earlier: the links are intact, the writer's clock was behind",
-                 detail=detail)
-
-    def missing(self, position: int, row: Sequence) -> None:
-        where = "the first row" if position == 1 else f"row {_text(row[ID])}"
-        self.add("link_break", position, row,
-                 f"{where} links to a hash no row in the chain has: the row before it was deleted,"
-                 " or this row was forged or re-linked", actual=_text(row[PREV]))
+            self.run_start, self.run_linked = position, linked
+        elif not linked:
+            self.run_linked = False
+        why = ("its fields were changed after it was written" if linked else
+               "its fields were changed after it was written, or it was forged with a made-up hash"
+               " (its link fails too)")
+        self.add("content_mismatch", position, row, f"row {text(row[ID])} no longer matches its hash: {why}",
+                 expected=text(computed), actual=text(row[HASH]))
 
     # -- end of the chain ---------------------------------------------------------------
     def finish(self) -> TenantReport:
-        for position, row in list(self.pending.values()):
-            self.missing(position, row)
-        self.pending.clear()
+        self.links.finish()
         self._scheme_run()
         self._against_snapshot()
         return self.report
@@ -248,7 +95,7 @@ class _Tenant:
         if start is None:
             return
         length = report.rows - start + 1
-        if length < SCHEME_RUN:
+        if length < SCHEME_RUN or not self.run_linked or self._verified_at_snapshot(start):
             return
         first = next((f for f in report.findings if f.kind == "content_mismatch" and f.position == start), None)
         report._heap = [e for e in report._heap if not (e[2].kind == "content_mismatch" and e[2].position >= start)]
@@ -263,6 +110,18 @@ class _Tenant:
         row[ID], row[CREATED] = (first.row_id.encode(), first.created.encode()) if first else (b"", b"")
         self.add("scheme_suspect", start, row, message, expected=first.expected if first else None,
                  actual=first.actual if first else None, detail={"rows": length})
+
+    def _verified_at_snapshot(self, start: int) -> bool:
+        """Whether rows of the failing run were verified by the snapshot: then they were edited since.
+
+        A scheme change only affects rows written after it; a run starting at the first row is
+        the configured scheme itself changing, which a snapshot does not rule out.
+        """
+        snap = self.report.snapshot
+        if snap is None or not snap.signature_ok or self.seen_head is None:
+            return False
+        stored, position = self.seen_head
+        return stored.decode() == snap.hash and 1 < start <= position
 
     def _against_snapshot(self) -> None:
         snap, report = self.report.snapshot, self.report
@@ -293,12 +152,8 @@ class _Tenant:
                      f"row {snap.last_id} had hash {snap.hash[:12]}… when the snapshot of {taken} was taken and"
                      f" now has {stored.decode()[:12]}…: the rows up to it were rewritten and re-hashed;"
                      " compare with the export taken then", expected=snap.hash, actual=stored.decode())
-        elif report.rows < snap.count or position != snap.count:
-            self.add("truncated", position, row,
-                     f"the snapshot of {taken} counted {snap.count} rows up to its head, there are now {position}:"
-                     " rows before the head were removed or added", detail={"rows_then": snap.count,
-                                                                            "rows_now": position})
-
+        # The head is there with its hash: rows removed or added before it broke links the walk reports,
+        # and rows appended since by a writer whose clock is behind may sort before it (clock_skew).
 
 class ChainWalker:
     def __init__(self, hasher: Hasher, options: WalkOptions):
@@ -315,31 +170,34 @@ class ChainWalker:
         hasher, options = self.hasher, self.options
         state: _Tenant | None = None
         current: bytes | None = None
-        position, last_hash, snap_id, ring_append = 0, None, None, None
+        position, last_hash, snap_id, links, pending, ring_append = 0, None, None, None, {}, None
         for row in rows:
             if row[TENANT] != current:
                 if state is not None:
                     state.report.rows = position
                     yield self._close(state, last_hash)
                 current = row[TENANT]
-                name = _text(current) or ""
+                name = text(current) or ""
                 offset, last_hash = start.get(name, (0, None))
                 snap = snapshots.get(name)
-                state = _Tenant(name, options, snap, offset, options.limit)
+                state = _Tenant(name, options, snap, offset, hasher)
                 position = offset
                 snap_id = snap.last_id.encode() if snap is not None else None
-                ring_append = state.ring.append
+                links = state.links
+                pending, ring_append = links.pending, links.ring.append
             position += 1
             stored = row[HASH]
             computed = hasher(row)
             if computed != stored:
-                state.content_failed(position, row, computed)
+                state.content_failed(position, row, computed, row[PREV] == last_hash)
             elif state.run_start is not None:
                 state.run_start = None
             if row[PREV] != last_hash:
-                state.link_failed(position, row, last_hash)
-            if state.pending and stored in state.pending:
-                state.predecessor_arrived(position, row)
+                links.failed(position, row, last_hash)
+            elif links.settling:
+                links.settle(position, row)
+            if pending and stored in pending:
+                links.arrived(position, row)
             if snap_id is not None and row[ID] == snap_id:
                 state.seen_head = (bytes(stored), position)
             ring_append(row)
@@ -351,8 +209,8 @@ class ChainWalker:
     @staticmethod
     def _close(state: _Tenant, head_hash: bytes | None) -> TenantReport:
         report = state.finish()
-        if state.ring:
-            head = state.ring[-1]
-            report.head_id, report.head_created = _text(head[ID]), _text(head[CREATED])
-            report.head_hash = _text(head_hash)
+        if state.links.ring:
+            head = state.links.ring[-1]
+            report.head_id, report.head_created = text(head[ID]), text(head[CREATED])
+            report.head_hash = text(head_hash)
         return report

@@ -7,18 +7,53 @@ Usage::
     Filters(type="send_email", error="timeout").matches(entry, now=time.time())
 
 Entries are usually JSON objects ``{"id","type","attempts","error","failedAt","payload"}``,
-but any bytes are valid: an entry that is not JSON is *opaque*, shown as bytes and
-never dropped. ``failedAt`` may be ISO-8601 or epoch seconds/milliseconds.
+but any bytes are valid. An entry that is not a JSON object (binary, a list, JSON nested
+deeper than a parser will go) is *opaque*: shown as bytes, never fatal, never dropped.
+A JSON object that is not valid UTF-8 is *partial*: decoded with the bad bytes replaced,
+for display and filtering only; the stored bytes are never touched. ``failedAt`` may be
+ISO-8601 or epoch seconds/milliseconds. These rules match the Lua side
+(:mod:`commands.dlq.lua`), so a filter selects the same entries in Redis and here.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["DeadEntry", "Filters", "parse_time"]
+__all__ = ["DeadEntry", "Filters", "parse_time", "id_text", "safe_text"]
+
+EXACT_INTEGERS = 2 ** 53
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\n\t"} | {127: "\\x7f"}
+MAX_DEPTH = 1000  # Lua cjson's decode_max_depth
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Nested deeper than Lua's cjson reads (1000), decided before parsing: never a RecursionError
+    (nor a C stack overflow), whatever recursion limit the process runs with."""
+    if raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub(b"", raw)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
+def _lone_surrogate(document: Any) -> bool:
+    """Whether an escape like \\ud800 left half a character (Lua's cjson refuses such JSON)."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_time(value: Any) -> float | None:
@@ -26,30 +61,93 @@ def parse_time(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return value / 1000.0 if value > 1e11 else float(value)
-    if isinstance(value, str):
         try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            seconds = value / 1000.0 if value > 1e11 else float(value)
+        except OverflowError:
             return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
+        return seconds if math.isfinite(seconds) else None
+    if isinstance(value, str) and len(value) <= 64:
+        return _iso_seconds(value)
     return None
+
+
+_ISO = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})")
+_FRACTION = re.compile(r"[0-9]+-[0-9]+-[0-9]+[T ][0-9]+:[0-9]+:[0-9]+(\.[0-9]+)")
+_OFFSET = re.compile(r"([+-])([0-9]{2}):?([0-9]{2})\Z")
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    y = y - 1 if m <= 2 else y
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def _iso_seconds(text: str) -> float | None:
+    """ISO-8601 read exactly as the Lua filter reads it (to_epoch in commands.dlq.lua), so that
+    ``--older-than`` selects the same entries in Redis as here."""
+    found = _ISO.match(text)
+    if not found:
+        return None
+    y, mo, d, h, mi, sec = (int(part) for part in found.groups())
+    seconds = float(_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec)
+    fraction = _FRACTION.match(text)
+    if fraction:
+        seconds += float("0" + fraction.group(1))
+    offset = _OFFSET.search(text)
+    if offset and len(text) > 19:
+        shift = int(offset.group(2)) * 3600 + int(offset.group(3)) * 60
+        seconds += -shift if offset.group(1) == "+" else shift
+    return seconds
+
+
+def id_text(value: Any) -> str | None:
+    """The id ``--id`` compares with: a string as is, an exact integer in decimal, otherwise none."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and (not math.isfinite(value) or value != math.floor(value)):
+        return None
+    return str(int(value)) if abs(value) < EXACT_INTEGERS else None
+
+
+def safe_text(value: Any, limit: int | None = None) -> str:
+    """Display-safe text: no lone surrogates, control bytes escaped, cut at ``limit`` characters."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return text.encode("utf-8", "replace").decode("utf-8").translate(_CONTROL)
+
+
+def ascii_lower(text: str) -> str:
+    """Lower-case A-Z only, as Lua's string.lower does on bytes."""
+    return text.translate(_ASCII_LOWER)
 
 
 @dataclass(frozen=True)
 class DeadEntry:
     raw: bytes
     document: dict[str, Any] | None
+    partial: bool = False  # decoded with invalid UTF-8 replaced
 
     @classmethod
     def parse(cls, raw: bytes) -> "DeadEntry":
-        try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        """Never raises: anything that is not a readable JSON object is opaque."""
+        if not raw.lstrip()[:1] == b"{" or b"\x00" in raw or _too_deep(raw):  # cjson reads none of these
             return cls(raw, None)
-        return cls(raw, document if isinstance(document, dict) else None)
+        try:
+            text, partial = raw.decode("utf-8"), False
+        except UnicodeDecodeError:
+            text, partial = raw.decode("utf-8", "replace"), True
+        try:
+            document = json.loads(text, strict=False)  # control characters in strings, as Lua's cjson
+        except (ValueError, RecursionError):
+            return cls(raw, None)
+        if not isinstance(document, dict) or (_SURROGATE.search(raw) and _lone_surrogate(document)):
+            return cls(raw, None)
+        return cls(raw, document, partial)
 
     @property
     def opaque(self) -> bool:
@@ -60,18 +158,17 @@ class DeadEntry:
 
     @property
     def id(self) -> str | None:
-        value = self._get("id")
-        return None if value is None else str(value)
+        return id_text(self._get("id"))
 
     @property
     def type(self) -> str | None:
         value = self._get("type")
-        return None if value is None else str(value)
+        return value if isinstance(value, str) else None
 
     @property
     def error(self) -> str | None:
         value = self._get("error")
-        return None if value is None else str(value)
+        return value if isinstance(value, str) else None
 
     @property
     def failed_at(self) -> float | None:
@@ -82,11 +179,20 @@ class DeadEntry:
         if self.opaque:
             preview = self.raw[:48]
             return {"opaque": True, "bytes": len(self.raw), "hex": preview.hex() + ("…" if len(self.raw) > 48 else "")}
-        payload = json.dumps(self._get("payload"), ensure_ascii=False, default=str)
-        if len(payload) > payload_chars:
-            payload = payload[:payload_chars] + "…"
-        return {"id": self.id, "type": self.type, "attempts": self._get("attempts"), "error": self.error,
-                "failedAt": self._get("failedAt"), "payload": payload}
+
+        def shown(key: str, limit: int = 300) -> Any:
+            value = self._get(key)
+            if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                 and math.isfinite(value)):
+                return value
+            return safe_text(value, limit)
+
+        view = {"id": shown("id"), "type": shown("type"), "attempts": shown("attempts", 40),
+                "error": shown("error", 1000), "failedAt": shown("failedAt", 64),
+                "payload": safe_text(self._get("payload"), payload_chars)}
+        if self.partial:
+            view["partial"] = True
+        return view
 
 
 @dataclass(frozen=True)
@@ -113,7 +219,7 @@ class Filters:
         if self.error:
             parts.append(f"error~{self.error!r}")
         if self.older_than is not None:
-            from bot.durations import format_duration
+            from bot.core.durations import format_duration
 
             parts.append(f"older than {format_duration(self.older_than)}")
         if self.ids:
@@ -125,7 +231,7 @@ class Filters:
         document = {
             "any": self.empty,
             "type": self.type,
-            "error": self.error.lower() if self.error else None,
+            "error": ascii_lower(self.error) if self.error else None,
             "before": (now - self.older_than) if self.older_than is not None else None,
             "ids": {i: True for i in self.ids} if self.ids else None,
         }

@@ -1,8 +1,8 @@
-"""The ``http`` dead-letter backend: a service's admin API (seed 001).
+"""The ``http`` dead-letter backend: a service's admin API (docs/conventions.md).
 
 Usage::
 
-    queue = HttpDeadLetters(settings.queue("exports"))
+    queue = HttpDeadLetters(find_queue(settings, "exports"))
     entries = list(queue.entries())               # every dead letter, page by page
     result = queue.replay("job-17", key="task1")  # ReplayResult(id="job-17", ok=True, status=200, detail="")
 
@@ -25,9 +25,9 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.config import QueueSettings
-from bot.httpretry import request
-from bot.invocation import CommandError
+from commands.dlq.settings import QueueSettings
+from bot.core.httpretry import request
+from bot.core.invocation import CommandError
 from commands.dlq.entries import DeadEntry
 
 __all__ = ["HttpDeadLetters", "ReplayResult"]

@@ -7,7 +7,7 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_POP", "LEASE_RENEW", "LEASE_RELEASE"]
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
 _MATCH = r"""
@@ -21,12 +21,17 @@ local function days_from_civil(y, m, d)
   return era * 146097 + doe - 719468
 end
 
+local function finite(v)
+  if v ~= v or v == math.huge or v == -math.huge then return nil end
+  return v
+end
+
 local function to_epoch(v)
   if type(v) == 'number' then
-    if v > 1e11 then return v / 1000 end
-    return v
+    if v > 1e11 then return finite(v / 1000) end
+    return finite(v)
   end
-  if type(v) ~= 'string' then return nil end
+  if type(v) ~= 'string' or #v > 64 then return nil end
   local y, mo, d, h, mi, s = string.match(v, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)')
   if not y then return nil end
   local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400 + tonumber(h) * 3600
@@ -41,22 +46,39 @@ local function to_epoch(v)
   return t
 end
 
+-- Only a JSON object is read (as DeadEntry.parse does); anything else is opaque.
 local function decode(raw)
+  if not string.find(raw, '^%s*{') then return nil end
   local ok, e = pcall(cjson.decode, raw)
   if ok and type(e) == 'table' then return e end
   return nil
 end
 
+-- The id --id compares with: a string as is, an exact integer in decimal (entries.id_text).
+local function id_text(v)
+  if type(v) == 'string' then return v end
+  if type(v) == 'number' and v == math.floor(v) and math.abs(v) < 9007199254740992 then
+    return string.format('%d', v)
+  end
+  return nil
+end
+
 local function matches(raw, f)
   if f.any then return true end
-  if f.type and not string.find(raw, f.type, 1, true) then return false end
+  -- Cheap pre-check: the type's bytes must appear, unless the entry has escapes that could spell it.
+  if f.type and not string.find(raw, f.type, 1, true) and not string.find(raw, '\\', 1, true) then
+    return false
+  end
   local e = decode(raw)
   if not e then return false end
   if f.type and e.type ~= f.type then return false end
   if f.error then
     if type(e.error) ~= 'string' or not string.find(string.lower(e.error), f.error, 1, true) then return false end
   end
-  if f.ids and not f.ids[tostring(e.id)] then return false end
+  if f.ids then
+    local id = id_text(e.id)
+    if not id or not f.ids[id] then return false end
+  end
   if f.before then
     local t = to_epoch(e.failedAt)
     if not t or t >= f.before then return false end
@@ -148,10 +170,17 @@ end
 return n
 """
 
-# TRIM_POP: remove the ARGV[1] oldest entries only if they are still exactly the archived ones.
-# KEYS: dead, trim task. ARGV: n, sha256 hex of the concatenated entries (as archived).
-# Returns 1 removed, 0 changed (someone touched the oldest end: nothing removed).
+# TRIM_POP: remove the ARGV[1] oldest entries only if they are still exactly the archived ones,
+# and only for the holder of the queue's lease, driving this trim task.
+# KEYS: dead, trim task, lease. ARGV: n, sha1 hex of the entries as archived (oldest first,
+# each as <length>:<bytes>), lease token, task id.
+# Returns 1 removed (and `dropped` grew by n in the same step), 0 the oldest end changed
+# (nothing removed), -1 not ours (lease lost or another task).
 TRIM_POP = r"""
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then return -1 end
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[4] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
+  return -1
+end
 local n = tonumber(ARGV[1])
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
 if #items ~= n then return 0 end
@@ -163,12 +192,44 @@ redis.call('HINCRBY', KEYS[2], 'dropped', n)
 return 1
 """
 
-LEASE_RENEW = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
+# The one-task-per-queue lease (requeue and trim alike). Its value is "<token>|<run_id>":
+# the run_id of the Redis server that granted it (INFO server). A lease granted before the
+# server restarted names an older run_id: nobody holds it any more, and it may be taken.
+_RUN_ID = r"""
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+"""
+
+# LEASE_TAKE: KEYS: lease. ARGV: token, ttl ms. Returns {1, value} taken, {0, holder} held by another.
+LEASE_TAKE = _RUN_ID + r"""
+local run = run_id()
+local held = redis.call('GET', KEYS[1])
+if held then
+  local granted = string.match(held, '|(%x+)$')
+  if granted == nil or granted == run then return {0, held} end
+end
+local value = ARGV[1] .. '|' .. run
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return {1, value}
+"""
+
+# LEASE_RENEW: KEYS: lease. ARGV: value, ttl ms. 1 renewed; 0 lost (taken, expired, or Redis restarted).
+LEASE_RENEW = _RUN_ID + r"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if string.match(ARGV[1], '|(%x+)$') ~= run_id() then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
 LEASE_RELEASE = r"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# TRIM_STATUS: close (or mark) a trim task, only for the lease holder driving it.
+# KEYS: trim task, lease. ARGV: lease token, task id, status. Returns 1 done, 0 not ours.
+TRIM_STATUS = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('HGET', KEYS[1], 'id') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3])
+return 1
 """

@@ -1,8 +1,8 @@
-"""The ``redis-list`` dead-letter backend: ``jobs`` / ``jobs:dead`` lists (SPEC §7).
+"""The ``redis-list`` dead-letter backend: ``jobs`` / ``jobs:dead`` lists (docs/conventions.md).
 
 Usage::
 
-    queue = RedisListQueue(settings.queue("jobs"), redis_client, prefix="opsbot:")
+    queue = RedisListQueue(find_queue(settings, "jobs"), redis_client, prefix="opsbot:")
     queue.depth()                                   # Depth(ready=3, dead=1200, oldest=..., held=0)
     summary = queue.scan(Filters(type="send_email"), samples=5)
     task = queue.start_requeue(Filters(), limit=None, requested_by="U1")
@@ -16,7 +16,6 @@ state (status, filter, counters) lives in Redis next to the lists it describes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -27,12 +26,13 @@ from typing import Any
 
 import redis
 
-from bot.config import QueueSettings
-from bot.invocation import CommandError
+from commands.dlq.settings import QueueSettings
+from bot.core.invocation import CommandError
 from commands.dlq import lua
 from commands.dlq.entries import DeadEntry, Filters
+from commands.dlq.lease import Holder, LeaseBusy, QueueLease
 
-__all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport", "TrimReport"]
+__all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport"]
 
 SCAN_CHUNK = 1000
 GROUP_KEY_CHARS = 120
@@ -127,15 +127,6 @@ class RequeueReport:
     moved_before: int = 0  # moved by earlier, interrupted runs of the same task
 
 
-@dataclass(frozen=True)
-class TrimReport:
-    task_id: str
-    dropped: int
-    to_drop: int
-    outcome: str  # done | changed | interrupted
-    seconds: float
-
-
 class RedisListQueue:
     backend = "redis-list"
 
@@ -152,9 +143,7 @@ class RedisListQueue:
         self._scan = client.register_script(lua.SCAN)
         self._batch = client.register_script(lua.REQUEUE_BATCH)
         self._restore = client.register_script(lua.RESTORE)
-        self._trim_pop = client.register_script(lua.TRIM_POP)
-        self._renew = client.register_script(lua.LEASE_RENEW)
-        self._release = client.register_script(lua.LEASE_RELEASE)
+        self.lease = QueueLease(client, self.lease_key, self.name)
 
     def held_key(self, task_id: str) -> str:
         return f"{self.prefix}dlq:held:{self.name}:{task_id}"
@@ -187,7 +176,8 @@ class RedisListQueue:
         while offset < summary.total:
             reply = self._scan(keys=[self.settings.dead],
                                args=[lua_filter, offset, chunk, samples, GROUP_KEY_CHARS])
-            stats = json.loads(reply[0])
+            # Group keys are entry bytes: they need not be UTF-8 (a poisoned entry must not stop the scan).
+            stats = json.loads(reply[0].decode("utf-8", "replace"))
             if stats["scanned"] == 0:
                 break
             summary.add(stats, reply[1:], samples)
@@ -198,20 +188,19 @@ class RedisListQueue:
         data = self.client.hgetall(self.task_key)
         return Task.from_hash(data) if data else None
 
-    def lease_holder(self) -> str | None:
-        value = self.client.get(self.lease_key)
-        return value.decode() if value else None
+    def lease_holder(self) -> Holder | None:
+        return self.lease.holder()
 
     # -- requeue ------------------------------------------------------------------------
 
     def start_requeue(self, filters: Filters, *, limit: int | None, rate: float | None, matching: int,
-                      requested_by: str) -> Task:
+                      requested_by: str, task_id: str | None = None) -> Task:
         """Record a new requeue task bounded by the dead list's length now (later dead letters are not taken)."""
         current = self.task()
         if current and current.unfinished:
             raise CommandError(f"an unfinished requeue of {self.name!r} exists ({current.id}); resume it first")
         now = self.clock()
-        task_id = secrets.token_hex(6)
+        task_id = task_id or secrets.token_hex(6)
         total = self.client.llen(self.settings.dead)
         self.client.delete(self.task_key)
         self.client.hset(self.task_key, mapping={
@@ -231,15 +220,21 @@ class RedisListQueue:
         batch: int = 1000,
         lease_ttl: float = 15.0,
         should_stop: Callable[[], bool] = lambda: False,
+        before: Callable[[], Any] = lambda: None,
     ) -> RequeueReport:
-        """Drive the task to its end (or resume it); safe to kill at any instant and run again."""
-        task = self.task()
-        if task is None or task.id != task_id:
-            raise CommandError(f"requeue task {task_id} of {self.name!r} no longer exists")
-        token = f"{task_id}:{owner}:{secrets.token_hex(4)}"
-        ttl_ms = int(lease_ttl * 1000)
-        if not self.client.set(self.lease_key, token, nx=True, px=ttl_ms):
-            raise CommandError(f"a requeue of {self.name!r} is already running ({self.lease_holder()})")
+        """Drive the task to its end (or resume it); safe to kill at any instant and run again.
+
+        ``before()`` runs once the queue's lease is held, before the task is read: it may
+        record the task (``start_requeue``), so that nothing is recorded while a trim runs."""
+        token = self.lease.take("requeue", task_id, owner=owner, ttl=lease_ttl)
+        try:
+            before()
+            task = self.task()
+            if task is None or task.id != task_id:
+                raise CommandError(f"requeue task {task_id} of {self.name!r} no longer exists")
+        except BaseException:
+            self.lease.release(token)
+            raise
         started = self.clock()
         first_moved = task.moved
         renewed = reported = started
@@ -254,7 +249,7 @@ class RedisListQueue:
                 scanned, moved, state = self._batch(keys=keys, args=[step, token, self.clock()])
                 now = self.clock()
                 if now - renewed > lease_ttl / 3:
-                    if not self._renew(keys=[self.lease_key], args=[token, ttl_ms]):
+                    if not self.lease.renew(token, ttl=lease_ttl):
                         state = 2
                     renewed = now
                 if state == 2:
@@ -274,7 +269,7 @@ class RedisListQueue:
             if outcome in ("done",):
                 outcome = self._finish(task_id)
         finally:
-            self._release(keys=[self.lease_key], args=[token])
+            self.lease.release(token)
         return RequeueReport(self.task(), outcome, self.clock() - started, first_moved)
 
     def _finish(self, task_id: str) -> str:
@@ -292,49 +287,22 @@ class RedisListQueue:
         if task is None or not task.unfinished:
             return None
         self.client.hset(self.task_key, "status", "cancelling")
-        if self.lease_holder() is None:  # nobody is driving it: put things back ourselves
+        try:  # nobody is driving it: put things back ourselves
+            token = self.lease.take("requeue", task.id, owner="cancel", ttl=self.settings.lease_ttl)
+        except LeaseBusy:
+            return self.task()  # its driver sees `cancelling` after its current batch
+        try:
             self._finish(task.id)
+        finally:
+            self.lease.release(token)
         return self.task()
 
-    # -- trim ---------------------------------------------------------------------------
+    # -- trim (commands.dlq.trimmer) -----------------------------------------------------
 
     def run_trim(self, *, keep: int, archive: Callable[[str, int, list[bytes]], None], batch: int = 500,
-                 should_stop: Callable[[], bool] = lambda: False) -> TrimReport:
-        """Drop all but the newest ``keep`` entries, archiving each batch before removing it.
+                 should_stop: Callable[[], bool] = lambda: False, **options: Any):
+        """Start a trim keeping the newest ``keep`` (or resume/replace one: see QueueTrim.run)."""
+        from commands.dlq.trimmer import QueueTrim
 
-        ``archive(task_id, first_ordinal, entries)`` must be idempotent (the same ordinals may
-        be archived again after a crash). An interrupted trim resumes with the same task.
-        """
-        self.check_types()
-        started = self.clock()
-        state = {k.decode(): v.decode() for k, v in self.client.hgetall(self.trim_key).items()}
-        if state.get("status") != "running":
-            to_drop = max(self.client.llen(self.settings.dead) - keep, 0)
-            state = {"id": secrets.token_hex(6), "status": "running", "to_drop": str(to_drop), "dropped": "0",
-                     "keep": str(keep)}
-            self.client.delete(self.trim_key)
-            self.client.hset(self.trim_key, mapping=state)
-        task_id, to_drop = state["id"], int(state["to_drop"])
-        outcome = "done"
-        while True:
-            dropped = int(self.client.hget(self.trim_key, "dropped"))
-            n = min(batch, to_drop - dropped)
-            if n <= 0:
-                break
-            if should_stop():
-                outcome = "interrupted"
-                break
-            oldest_first = list(reversed(self.client.lrange(self.settings.dead, -n, -1)))
-            if len(oldest_first) < n:
-                outcome = "changed"
-                break
-            archive(task_id, dropped, oldest_first)
-            digest = hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
-            if not self._trim_pop(keys=[self.settings.dead, self.trim_key], args=[n, digest]):
-                outcome = "changed"
-                break
-        dropped = int(self.client.hget(self.trim_key, "dropped"))
-        if outcome != "interrupted":
-            self.client.hset(self.trim_key, "status", outcome)
-        return TrimReport(task_id, dropped, to_drop, outcome, self.clock() - started)
-
+        return QueueTrim(self, self.clock).run(keep=keep, archive=archive, batch=batch, should_stop=should_stop,
+                                               **options)

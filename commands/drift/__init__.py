@@ -1,9 +1,9 @@
-"""``drift [database]``: applied migrations against the ones the code expects (seeds 001, 003, 004).
+"""``drift [database]``: applied migrations against the ones the code expects (Prisma or Alembic).
 
 Which migrations are expected comes from ``databases.<name>.migrations`` in app.yaml:
 a folder next to app.yaml, or an http(s) URL answering the list as JSON. The applied
 side is read read-only from the database. The answer says whether it is safe to run
-the audit verification job (seed 004: no pending migrations) and whether older code
+the audit verification job (only with no pending migrations) and whether older code
 would run against a newer schema (what ``rollback`` needs to know).
 """
 
@@ -14,15 +14,18 @@ from pathlib import Path
 import httpx
 from psycopg import sql
 
-from bot.config import MigrationSource, Settings
-from bot.httpretry import request
-from bot.invocation import CommandError, Invocation
-from bot.registry import Arg, Command
-from bot.result import Result, Section
+from bot.config.settings import Settings
+
+from commands.drift.settings import MigrationSource
+from bot.core.httpretry import request
+from bot.core.invocation import BadArgument, CommandError, Invocation
+from bot.core.registry import Arg, Command
+from bot.core.result import Result, Section
 from commands.drift import alembic, prisma
 from commands.drift.model import DriftReport, Item
+from bot.core.group import Group
 
-__all__ = ["COMMANDS", "DriftReport", "check_database", "drift_reports"]
+__all__ = ["COMMANDS", "GROUP", "DriftReport", "check_database", "drift_reports"]
 
 RUNBOOK = "drift-check-failure"
 DEFAULT_TABLE = {"prisma": "_prisma_migrations", "alembic": "alembic_version"}
@@ -83,7 +86,7 @@ def drift_reports(settings: Settings, targets, only: str | None = None) -> list[
     configured = [name for name, db in settings.databases.items() if db.migrations is not None]
     if only is not None:
         if only not in settings.databases:
-            raise CommandError(f"unknown database {only!r}; configured: {', '.join(settings.databases) or 'none'}")
+            raise BadArgument(f"unknown database {only!r}; configured: {', '.join(settings.databases) or 'none'}")
         if only not in configured:
             raise CommandError(f"database {only!r} has no migrations configured (databases.{only}.migrations)")
         configured = [only]
@@ -105,10 +108,10 @@ def verdicts(report: DriftReport) -> list[str]:
         lines.append(":white_check_mark: safe to run the audit verification job: no pending or failed migrations")
     else:
         lines.append(f":no_entry: do not run the audit verification job yet: {len(report.pending)} pending,"
-                     f" {len(report.failed)} failed (seed 004: no pending migrations)")
+                     f" {len(report.failed)} failed (it needs no pending migrations)")
     if report.schema_ahead_of_code:
         lines.append(f":warning: the database has {len(report.unknown)} migration(s) this code does not know: the"
-                     " code is older than the schema; roll code forward or keep the schema (seed 004)")
+                     " code is older than the schema; roll code forward or keep the schema")
     newest = report.applied[-1] if report.applied else None
     if newest is not None and newest.when is not None:
         lines.append(f"code deployed before {newest.when:%Y-%m-%d %H:%M} UTC (when `{newest.name}` was applied) would"
@@ -158,3 +161,9 @@ COMMANDS = [
             args=(Arg("database", "one database from app.yaml", positional=True),), run=drift,
             examples=("drift", "drift main")),
 ]
+
+GROUP = Group(
+    "drift",
+    commands=COMMANDS,
+    extends={"databases": {"migrations": (MigrationSource | None, None)}},
+)

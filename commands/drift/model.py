@@ -48,7 +48,7 @@ class DriftReport:
 
     @property
     def safe_for_audit_job(self) -> bool:
-        """Seed 004: the audit verification job runs only with no pending (or failed) migrations."""
+        """The audit verification job runs only with no pending (or failed) migrations."""
         return not (self.pending or self.failed)
 
     @property

@@ -1,4 +1,4 @@
-"""``email triage``, ``email retry`` and ``reminders``: why mail and reminders do not go out (seed 004).
+"""``email triage``, ``email retry`` and ``reminders``: why mail and reminders do not go out.
 
 Every query is parameterised, names come from app.yaml and are quoted, and diagnosis
 runs in a read-only transaction with the database's statement timeout. ``email retry``
@@ -15,14 +15,16 @@ from typing import Any
 import httpx
 from psycopg import sql
 
-from bot.config import EmailSettings
-from bot.durations import format_duration
-from bot.invocation import Invocation
-from bot.registry import Arg, Command, Guard, duration, positive_int
-from bot.result import Plan, Result, Section
+from commands.email.settings import EmailSettings
+from bot.core.durations import format_duration
+from bot.core.invocation import Invocation
+from bot.core.registry import Arg, Command, Guard, duration, positive_int
+from bot.core.result import Plan, Result, Section
 from commands.email.smtp_probe import probe
+from pydantic import Field
+from bot.core.group import Group
 
-__all__ = ["COMMANDS", "normalized_error"]
+__all__ = ["COMMANDS", "GROUP", "normalized_error"]
 
 RUNBOOK = "email-not-sending"
 TRUE = {"1", "true", "yes", "on"}
@@ -165,12 +167,22 @@ def triage(inv: Invocation) -> Result:
     )
 
 
+_ADVICE = {  # what to check, by the step of the SMTP conversation that failed
+    "connect": "it cannot be reached: check connectivity (host, port, firewall, the provider's status page)",
+    "ehlo": "it answers but refuses the conversation: check the provider's status and limits",
+    "starttls": "TLS fails: check the certificate (email.smtp.ca_file) and the security setting",
+    "ehlo after starttls": "TLS fails: check the certificate (email.smtp.ca_file) and the security setting",
+    "auth": "it refuses the login: check SMTP_USER and SMTP_PASS (rotated, or locked?)",
+}
+
+
 def _verdict(email, stuck_total, failures, dry_run, smtp, capped) -> tuple[str, str]:
     if dry_run and email.environment == "production":
         return "DRY_RUN_EMAILS is on in production: the sender pretends to send. Turn it off.", "fail"
     if smtp is not None and not smtp.ok:
         step = smtp.failed_step
-        return f"the SMTP provider fails at {step.name} ({step.detail}): check credentials and connectivity", "fail"
+        return f"the SMTP provider fails at {step.name} ({step.detail}): {_ADVICE.get(step.name, _ADVICE['ehlo'])}", \
+            "fail"
     if capped and stuck_total:
         tenants = ", ".join(t for t, _ in capped)
         return f"tenant(s) {tenants} reached TENANT_DAILY_COMMS_CAP today: blocked by the cap, not an outage", "warn"
@@ -324,3 +336,10 @@ COMMANDS = [
         run=reminders, examples=("reminders case-123",),
     ),
 ]
+
+GROUP = Group(
+    "email",
+    commands=COMMANDS,
+    settings={"email": (EmailSettings, EmailSettings())},
+    extends={"status": {"stuck_email": (int, Field(0, ge=0))}},  # more stuck communications than this is red
+)

@@ -18,7 +18,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from bot.config import SmtpSettings
+from commands.email.settings import SmtpSettings
 
 __all__ = ["probe", "ProbeReport", "ProbeStep"]
 

@@ -1,4 +1,4 @@
-"""``incident ...``: severity-tagged incident threads with a timeline and a postmortem (seed 003).
+"""``incident ...``: severity-tagged incident threads with a timeline and a postmortem.
 
 Every command but ``declare`` and ``list`` acts on the incident whose thread it runs in,
 or on ``--incident INC-42`` (a global option any command takes, see
@@ -8,14 +8,18 @@ or on ``--incident INC-42`` (a global option any command takes, see
 
 from __future__ import annotations
 
-from bot.invocation import CommandError, Invocation
-from bot.registry import Arg, Command
-from bot.result import Attachment, Result, Section
+from bot.core.invocation import CommandError, Invocation
+from bot.core.markup import Mrkdwn, channel, code, md, mention
+from bot.core.registry import Arg, Command
+from bot.core.result import Attachment, Result, Section
 from commands.incident.desk import PHASES, IncidentDesk
 from commands.incident.report import postmortem, timeline
 from commands.incident.store import Incident
+from pathlib import Path
+from bot.core.group import Group
+from commands.incident.settings import IncidentSettings
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "GROUP", "permissions"]
 
 
 def _desk(inv: Invocation) -> IncidentDesk:
@@ -37,13 +41,14 @@ def _current(inv: Invocation) -> tuple[IncidentDesk, Incident]:
 def declare(inv: Invocation) -> Result:
     desk = _desk(inv)
     incident, notes = desk.declare(inv.args["severity"], inv.args["title"], inv.actor.user_id)
-    where = f"<#{incident.channel}>" if incident.channel else "no Slack thread"
-    summary = f"{incident.id} declared: {incident.severity.upper()} {incident.title} ({where})"
-    sections = [Section(fields=(("Commander", f"<@{incident.commander}>"),
+    where = channel(incident.channel) if incident.channel else "no Slack thread"
+    summary = md("{} declared: {} {} ({})", incident.id, incident.severity.upper(), incident.title, where)
+    sections = [Section(fields=(("Commander", mention(incident.commander)),
                                 ("Target response", desk.target_text(incident.severity))))]
     if notes:
         sections.append(Section(text="\n".join(f"• {note}" for note in notes)))
-    sections.append(Section(text=f"Run commands in its thread, or anywhere with `--incident {incident.id}`."))
+    sections.append(Section(text=md("Run commands in its thread, or anywhere with {}.",
+                                    code(f"--incident {incident.id}"))))
     return Result.ok(summary, data={"incident": incident.as_dict(), "notes": notes}, sections=sections)
 
 
@@ -51,8 +56,8 @@ def severity(inv: Invocation) -> Result:
     desk, incident = _current(inv)
     before = incident.severity
     incident, notes = desk.change_severity(incident, inv.args["level"], inv.actor.user_id)
-    return Result.warn(f"{incident.id}: severity {before.upper()} → {incident.severity.upper()} by"
-                       f" <@{inv.actor.user_id}>; target {desk.target_text(incident.severity)}",
+    return Result.warn(md("{}: severity {} → {} by {}; target {}", incident.id, before.upper(),
+                          incident.severity.upper(), mention(inv.actor.user_id), desk.target_text(incident.severity)),
                        data={"incident": incident.as_dict(), "notes": notes})
 
 
@@ -60,8 +65,8 @@ def note(inv: Invocation) -> Result:
     desk, incident = _current(inv)
     text = inv.args["text"]
     desk.note(incident, inv.actor.user_id, text)
-    return Result.ok(f"{incident.id} update from <@{inv.actor.user_id}>: {text}", data={"incident": incident.id,
-                                                                                       "note": text})
+    return Result.ok(md("{} update from {}: {}", incident.id, mention(inv.actor.user_id), text),
+                     data={"incident": incident.id, "note": text})
 
 
 def phase(inv: Invocation) -> Result:
@@ -75,8 +80,8 @@ def resolve(inv: Invocation) -> Result:
     desk, incident = _current(inv)
     incident = desk.resolve(incident, inv.actor.user_id, inv.args["summary"] or "")
     due = incident.postmortem_due_at
-    return Result.ok(f"{incident.id} resolved by <@{inv.actor.user_id}>" +
-                     (f": {incident.summary}" if incident.summary else ""),
+    return Result.ok(md("{} resolved by {}", incident.id, mention(inv.actor.user_id)) +
+                     (md(": {}", incident.summary) if incident.summary else ""),
                      data={"incident": incident.as_dict()},
                      sections=[Section(text=f"Postmortem due {due:%Y-%m-%d %H:%M} UTC: `incident postmortem` drafts"
                                             " it from the timeline.")])
@@ -85,15 +90,14 @@ def resolve(inv: Invocation) -> Result:
 def show_timeline(inv: Invocation) -> Result:
     desk, incident = _current(inv)
     entries = timeline(desk.store, incident)
-    def who(name: str) -> str:  # Slack users are mentioned; the terminal and the bot itself are named
-        return name if name.startswith(("cli:", "opsbot")) else f"<@{name}>"
-
-    lines = [f"`{e.at:%H:%M:%S}` {who(e.who)} {e.what}" + (f" → {e.result}" if e.result else "") for e in entries]
+    # Slack users are mentioned; the terminal and the bot itself are named.
+    lines = [md("`{:%H:%M:%S}` {} {}", e.at, mention(e.who), e.what) + (md(" → {}", e.result) if e.result else "")
+             for e in entries]
     return Result.ok(f"{incident.id} timeline: {len(entries)} entries since {incident.declared_at:%Y-%m-%d %H:%M} UTC",
                      data={"incident": incident.id,
                            "entries": [{"at": e.at.isoformat(), "who": e.who, "what": e.what, "result": e.result,
                                         "kind": e.kind} for e in entries]},
-                     sections=[Section(text="\n".join(lines) or "nothing yet")])
+                     sections=[Section(text=Mrkdwn("\n").join(lines) or "nothing yet")])
 
 
 def draft_postmortem(inv: Invocation) -> Result:
@@ -112,17 +116,26 @@ def draft_postmortem(inv: Invocation) -> Result:
 def repost(inv: Invocation) -> Result:
     desk, incident = _current(inv)
     incident = desk.repost(incident, inv.actor.user_id)
-    return Result.ok(f"{incident.id}: root message posted again in <#{incident.channel}>; its thread is the"
-                     " incident's home from now on", data={"incident": incident.as_dict()})
+    return Result.ok(md("{}: root message posted again in {}; its thread is the incident's home from now on",
+                        incident.id, channel(incident.channel)), data={"incident": incident.as_dict()})
 
 
 def list_open(inv: Invocation) -> Result:
     desk = _desk(inv)
     incidents = desk.store.open()
-    lines = [f"*{i.id}* {i.severity.upper()} · {i.title} · {i.phase} · commander <@{i.commander}>" for i in incidents]
+    lines = [md("*{}* {} · {} · {} · commander {}", i.id, i.severity.upper(), i.title, i.phase, mention(i.commander))
+             for i in incidents]
     return Result.ok(f"{len(incidents)} open incident{'s' if len(incidents) != 1 else ''}",
                      data={"incidents": [i.as_dict() for i in incidents]},
-                     sections=[Section(text="\n".join(lines))] if lines else [])
+                     sections=[Section(text=Mrkdwn("\n").join(lines))] if lines else [])
+
+
+def permissions(settings) -> dict[str, str]:
+    """Declaring or raising to a severity that pages people needs the ``oncall`` role (when the role exists)."""
+    if "oncall" not in settings.roles:
+        return {}
+    paging = [name for name, level in settings.incidents.severities.items() if level.page]
+    return {f"incident {verb} {name}": "oncall" for name in paging for verb in ("declare", "sev")}
 
 
 def _severity(text: str) -> str:
@@ -156,3 +169,11 @@ COMMANDS = [
     Command("incident repost", "Post the incident's root message again (if Slack refused it, or it was deleted)",
             run=repost, examples=("incident repost --incident INC-42",)),
 ]
+
+GROUP = Group(
+    "incident",
+    commands=COMMANDS,
+    settings={"incidents": (IncidentSettings, IncidentSettings())},
+    permissions=permissions,
+    migrations=Path(__file__).with_name("migrations"),
+)

@@ -1,9 +1,9 @@
 """Commands in an incident's context: ``--incident INC-42`` on any command, or run inside its thread.
 
-Usage (the engine calls these; see :class:`bot.engine.Engine`)::
+Usage (the engine calls these; see :class:`bot.engine.dispatch.Engine`)::
 
     context = IncidentContext(desk)
-    text, where = context.resolve("dlq status --incident INC-42", where)   # where.incident == "INC-42"
+    where = context.resolve(parsed.incident, where)   # "INC-42" from --incident, or the thread's incident
     reply, posted = context.post(result, where)  # into the incident's thread, and onto its timeline
 
 A result lands in the thread through the board (the Web API), unless the command
@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from bot.invocation import CommandError, Where
-from bot.parser import UsageError, split_incident
-from bot.result import Result, Section
+from bot.core.invocation import Where
+from bot.core.result import Result, Section
 from commands.incident.desk import IncidentDesk
 
 __all__ = ["IncidentContext"]
@@ -30,20 +29,17 @@ class IncidentContext:
     def __init__(self, desk: IncidentDesk):
         self.desk = desk
 
-    def resolve(self, text: str, where: Where) -> tuple[str, Where]:
-        """Strip ``--incident ID`` and say which incident ``where`` belongs to (CommandError if unknown)."""
-        try:
-            text, wanted = split_incident(text)
-        except UsageError as exc:
-            raise CommandError(str(exc)) from None
+    def resolve(self, wanted: str | None, where: Where) -> Where:
+        """Which incident ``where`` belongs to: ``wanted`` (from ``--incident``; BadArgument if unknown), else the
+        incident whose thread it is."""
         if wanted:
             incident = self.desk.store.find(wanted)
-            return text, replace(where, incident=incident.id)
+            return replace(where, incident=incident.id)
         if where.thread_ts:
             incident = self.desk.store.by_root(where.thread_ts)
             if incident is not None:
-                return text, replace(where, incident=incident.id)
-        return text, where
+                return replace(where, incident=incident.id)
+        return where
 
     def post(self, result: Result, where: Where) -> tuple[Result, bool]:
         """Post ``result`` into the thread (files too) and restart the response clock.

@@ -7,7 +7,7 @@ Usage::
     desk.note(incident, "U2", "restarted the export worker")
     desk.sweep(now)                                       # reminders and overdue postmortems, each sent once
 
-The desk knows nothing of Block Kit: it hands the board :class:`~bot.result.Result`
+The desk knows nothing of Block Kit: it hands the board :class:`~bot.core.result.Result`
 objects (the root message is one, with its buttons) and the board renders and posts.
 """
 
@@ -19,11 +19,14 @@ from typing import Protocol
 
 import httpx
 
-from bot.config import IncidentSettings, Settings, SeveritySettings
-from bot.durations import format_duration
-from bot.httpretry import request
-from bot.invocation import CommandError
-from bot.result import Attachment, Button, Result, Section
+from bot.config.settings import Settings
+
+from commands.incident.settings import IncidentSettings, SeveritySettings
+from bot.core.durations import format_duration
+from bot.core.httpretry import request
+from bot.core.invocation import BadArgument, CommandError
+from bot.core.markup import Mrkdwn, code, here, md, mention, plain, subteam
+from bot.core.result import Attachment, Button, Result, Section
 from commands.incident.store import Incident, IncidentStore
 
 __all__ = ["Board", "IncidentDesk", "PHASES"]
@@ -34,7 +37,7 @@ PHASES = ("detect", "triage", "mitigate", "communicate", "postmortem")
 
 
 class Board(Protocol):
-    """Where incidents are shown: the Slack implementation is :class:`bot.slack_board.SlackBoard`."""
+    """Where incidents are shown: the Slack implementation is :class:`bot.slack.board.SlackBoard`."""
 
     def post_root(self, message: Result, color: str) -> tuple[str, str]: ...  # (channel id, ts)
 
@@ -63,15 +66,20 @@ class IncidentDesk:
     def severity(self, name: str) -> SeveritySettings:
         key = name.lower()
         if key not in self.config.severities:
-            raise CommandError(f"unknown severity {name!r}; use one of {', '.join(self.config.severities)}")
+            raise BadArgument(f"unknown severity {name!r}; use one of {', '.join(self.config.severities)}")
         return self.config.severities[key]
 
     def target_text(self, name: str) -> str:
         level = self.severity(name)
         if level.page:
-            return "immediate (paged)" + (f", then updates every {format_duration(level.response)}"
-                                          if level.response else "")
+            how = "paged" if self.can_page(level) else "not paged: no notify groups, pager URL or Slack"
+            return f"immediate ({how})" + (f", then updates every {format_duration(level.response)}"
+                                           if level.response else "")
         return f"an update every {format_duration(level.response)}" if level.response else "backlog (no reminders)"
+
+    def can_page(self, level: SeveritySettings) -> bool:
+        """Whether declaring this severity reaches anyone: a pager webhook, or Slack (groups or @here)."""
+        return bool(self.config.page_url) or self.board is not None
 
     def _responses(self) -> dict[str, float | None]:
         return {name: level.response for name, level in self.config.severities.items()}
@@ -80,14 +88,14 @@ class IncidentDesk:
     def root_message(self, incident: Incident) -> Result:
         level = self.severity(incident.severity)
         sev = incident.severity.upper()
-        fields = [("Commander", f"<@{incident.commander}>"), ("Phase", incident.phase.title()),
+        fields = [("Commander", mention(incident.commander)), ("Phase", incident.phase.title()),
                   ("Status", incident.status.title()), ("Target response", self.target_text(incident.severity))]
         if incident.summary:
             fields.append(("Resolution", incident.summary))
         sections = [Section(fields=tuple(fields)),
-                    Section(text=f"{level.description}. This thread is {incident.id}'s home: run commands here or"
-                                 f" with `--incident {incident.id}`; `{self.command} incident note <text>` posts an"
-                                 " update.")]
+                    Section(text=md("{}. This thread is {}'s home: run commands here or with {}; {} posts an update.",
+                                    level.description, incident.id, code(f"--incident {incident.id}"),
+                                    code(f"{self.command} incident note <text>")))]
         buttons = []
         if incident.open:
             names = list(self.config.severities)
@@ -156,18 +164,19 @@ class IncidentDesk:
         return incident
 
     def page(self, incident: Incident, actor: str, why: str) -> str:
-        who = _mentions(self.severity(incident.severity)) or "<!here>"
-        self.post(incident, Result.fail(f"Paging {who}: {why} — {incident.id} {incident.title}"))
+        who = _mentions(self.severity(incident.severity)) or here()
+        self.post(incident, Result.fail(md("Paging {}: {} — {} {}", who, why, incident.id, incident.title)))
         sent = "paged in the thread"
         if self.config.page_url:
+            page_url = self.config.page_url.get_secret_value()  # the URL itself is the secret: never shown
             try:
                 with httpx.Client(timeout=10) as client:
-                    response = request(client, "POST", self.config.page_url, retries=2, json={
+                    response = request(client, "POST", page_url, retries=2, json={
                         "incident": incident.id, "severity": incident.severity, "title": incident.title,
                         "summary": why, "commander": incident.commander})
                 sent += f", pager webhook answered HTTP {response.status_code}"
             except CommandError as exc:
-                sent += f", pager webhook failed: {exc}"
+                sent += f", pager webhook failed: {str(exc).replace(page_url, 'the pager webhook')}"
         self.store.event(incident, actor, "page", f"{why}: {sent}", now=self.clock())
         return sent
 
@@ -189,7 +198,7 @@ class IncidentDesk:
     def set_phase(self, incident: Incident, phase: str, actor: str) -> Incident:
         phase = phase.lower()
         if phase not in PHASES:
-            raise CommandError(f"unknown phase {phase!r}; phases: {' → '.join(PHASES)}")
+            raise BadArgument(f"unknown phase {phase!r}; phases: {' → '.join(PHASES)}")
         now = self.clock()
         before = incident.phase
         incident = self.store.touch(self.store.update(incident, phase=phase), now,
@@ -232,23 +241,23 @@ class IncidentDesk:
         due += [(incident, self._postmortem_text(incident, now)) for incident in self.store.claim_postmortems(now)]
         for incident, text in due:
             self.post(incident, Result.warn(text))
-            self.store.event(incident, "opsbot", "reminder", text, now=now)
+            self.store.event(incident, "opsbot", "reminder", plain(text), now=now)
         return len(due)
 
-    def _quiet_text(self, incident: Incident, now: datetime) -> str:
+    def _quiet_text(self, incident: Incident, now: datetime) -> Mrkdwn:
         who = _mentions(self.severity(incident.severity))
         quiet = format_duration((now - incident.last_update_at).total_seconds())
-        return (f"{incident.id} ({incident.severity.upper()}) has had no update for {quiet}; the target is"
-                f" {self.target_text(incident.severity)}. Post one: `{self.command} incident note <text>`"
-                + (f" {who}" if who else ""))
+        return md("{} ({}) has had no update for {}; the target is {}. Post one: {}", incident.id,
+                  incident.severity.upper(), quiet, self.target_text(incident.severity),
+                  code(f"{self.command} incident note <text>")) + (md(" {}", who) if who else "")
 
-    def _postmortem_text(self, incident: Incident, now: datetime) -> str:
+    def _postmortem_text(self, incident: Incident, now: datetime) -> Mrkdwn:
         late = format_duration((now - incident.postmortem_due_at).total_seconds())
         within = format_duration(self.config.postmortem_within)
-        return (f"The postmortem of {incident.id} was due {late} ago (within {within} of resolving):"
-                f" `{self.command} incident postmortem --incident {incident.id}` drafts it."
-                f" <@{incident.commander}>")
+        return md("The postmortem of {} was due {} ago (within {} of resolving): {} drafts it. {}", incident.id, late,
+                  within, code(f"{self.command} incident postmortem --incident {incident.id}"),
+                  mention(incident.commander))
 
 
-def _mentions(level: SeveritySettings) -> str:
-    return " ".join(f"<!subteam^{group}>" for group in level.notify)
+def _mentions(level: SeveritySettings) -> Mrkdwn:
+    return Mrkdwn(" ").join(subteam(group) for group in level.notify)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import jinja2
 
-from bot.config import Settings
-from bot.durations import format_duration
-from bot.invocation import CommandError
+from bot.config.settings import Settings
+from bot.core.durations import format_duration
+from bot.core.invocation import CommandError
 from commands.incident.store import Incident, IncidentStore
 
 __all__ = ["Entry", "timeline", "postmortem"]

@@ -25,7 +25,7 @@ from psycopg import errors, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from bot.invocation import CommandError
+from bot.core.invocation import BadArgument, CommandError
 
 __all__ = ["Incident", "Event", "IncidentStore", "parse_id"]
 
@@ -35,7 +35,7 @@ _ID = re.compile(r"^(?:INC-?)?(\d{1,9})$", re.I)
 def parse_id(text: str) -> int:
     match = _ID.match(text.strip())
     if not match:
-        raise CommandError(f"{text!r} is not an incident id; they look like INC-42")
+        raise BadArgument(f"{text!r} is not an incident id; they look like INC-42")
     return int(match.group(1))
 
 
@@ -85,12 +85,13 @@ class Event:
 
 
 class IncidentStore:
-    """``state`` is the bot's :class:`~bot.state.State` (its pool is opened on first use) or a pool."""
+    """``state`` is the bot's :class:`~bot.store.state.State` (its pool is opened on first use) or a pool."""
 
-    def __init__(self, state, schema: str):
+    def __init__(self, state, schema: str, redactor=None):
         self._state = state
         self.schema_name = schema
         self.s = sql.Identifier(schema)
+        self.redactor = redactor  # events are stored redacted: an upstream's error can echo a secret
 
     @property
     def pool(self):
@@ -113,7 +114,7 @@ class IncidentStore:
         found = self._one("SELECT * FROM {s}.incidents WHERE number = %s", (parse_id(text),))
         if found is None:
             open_ids = ", ".join(i.id for i in self.open()) or "none"
-            raise CommandError(f"unknown incident {text}; open incidents: {open_ids}")
+            raise BadArgument(f"unknown incident {text}; open incidents: {open_ids}")
         return found
 
     def by_root(self, root_ts: str) -> Incident | None:
@@ -134,7 +135,8 @@ class IncidentStore:
         """The action log's entries made in the incident's context: (at, actor, action, payload)."""
         with self.pool.connection() as conn:
             return conn.execute(self._q(
-                "SELECT created_at, actor, action, payload FROM {s}.action_log"
+                "SELECT coalesce((payload->>'occurred_at')::timestamptz, created_at), actor, action, payload"
+                " FROM {s}.action_log"
                 " WHERE payload->>'incident' = %s ORDER BY id"), (incident.id,)).fetchall()
 
     # -- writing ----------------------------------------------------------------------------
@@ -164,10 +166,12 @@ class IncidentStore:
 
     def event(self, incident: Incident, actor: str, kind: str, text: str, *, now: datetime,
               data: dict | None = None) -> None:
+        if self.redactor is not None:
+            text, data = self.redactor.text(text), self.redactor.data(data or {})
         with self.pool.connection() as conn:
             conn.execute(self._q("INSERT INTO {s}.incident_events (incident, at, actor, kind, text, data)"
                                  " VALUES (%s, %s, %s, %s, %s, %s)"),
-                         (incident.number, now, actor, kind, text, Jsonb(data or {})))
+                         (incident.number, now, actor, kind, str(text), Jsonb(data or {})))
 
     # -- what falls due -------------------------------------------------------------------------
     def claim_reminders(self, now: datetime, responses: dict[str, float | None], limit: int = 20) -> list[Incident]:

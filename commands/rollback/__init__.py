@@ -2,8 +2,8 @@
 
 The plan names the live and the target deploy, what changed between them, whether
 migrations were applied since the target was live (from ``drift`` on the service's
-``rollback.database``) and which of seed 002's rollback triggers are met now. Code
-rolls back before schema (seed 004). On confirm the provider starts the rollback,
+``rollback.database``) and which rollback triggers are met now. Code
+rolls back before schema. On confirm the provider starts the rollback,
 the bot follows the new deploy until it is live and then watches readiness, error
 rate and queue depth for ``rollback.verify_window``, posting progress.
 """
@@ -12,17 +12,19 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from bot.durations import format_duration
-from bot.invocation import CommandError, Invocation
-from bot.probes import check_services, scrape_all
-from bot.registry import Arg, Command, Guard
-from bot.result import Plan, Result, Section, fingerprint_of
+from bot.core.durations import format_duration
+from bot.core.invocation import BadArgument, CommandError, Invocation
+from bot.core.probes import check_services, scrape_all
+from bot.core.registry import Arg, Command, Guard
+from bot.core.result import Plan, Result, Section, fingerprint_of
 from commands.drift import check_database
 from commands.rollback.plan import Choice, Trigger, choose_target, rollback_triggers
 from commands.rollback.providers import Deploy, provider_for
 from commands.rollback.verify import follow_deploy, watch
+from bot.core.group import Group
+from commands.rollback.settings import DeploySettings, RollbackSettings
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "GROUP"]
 
 MARK = {True: ":red_circle: met", False: ":white_check_mark: not met", None: ":white_circle: unknown"}
 
@@ -30,7 +32,7 @@ MARK = {True: ":red_circle: met", False: ":white_check_mark: not met", None: ":w
 def _service(inv: Invocation, name: str):
     services = inv.settings.services
     if name not in services:
-        raise CommandError(f"unknown service {name!r}; configured: {', '.join(services) or 'none'}")
+        raise BadArgument(f"unknown service {name!r}; configured: {', '.join(services) or 'none'}")
     service = services[name]
     if service.deploy is None:
         raise CommandError(f"service {name!r} has no deploy provider (services.{name}.deploy in app.yaml)")
@@ -84,8 +86,8 @@ def _plan(inv: Invocation, name: str, choice: Choice, triggers: list[Trigger], s
         Section(fields=(("live now", _deploy_line(choice.current)), ("roll back to", _deploy_line(choice.target)),
                         ("provider", deploy.provider))),
         Section("What changed (rolled back)", text="\n".join(changed)),
-        Section("Schema (code before schema, seed 004)", text=schema),
-        Section("Rollback triggers now (seed 002)", text="\n".join(f"{MARK[t.met]} *{t.name}*: {t.detail}"
+        Section("Schema (code rolls back before schema)", text=schema),
+        Section("Rollback triggers now", text="\n".join(f"{MARK[t.met]} *{t.name}*: {t.detail}"
                                                                    for t in triggers)),
         Section(text=f"On confirm: the rollback starts at {deploy.provider}, the new deploy is followed until live,"
                      f" then readiness, error rate and queue depth are watched for"
@@ -153,3 +155,9 @@ COMMANDS = [
             guard=Guard(plan=plan_rollback, execute=execute_rollback), role="oncall",
             examples=("rollback api", "rollback api --to dep-4f2a")),
 ]
+
+GROUP = Group(
+    "rollback",
+    commands=COMMANDS,
+    extends={"services": {"deploy": (DeploySettings | None, None), "rollback": (RollbackSettings, RollbackSettings())}},
+)

@@ -1,10 +1,10 @@
-"""Which deploy to roll back to, and whether the schema allows it (seed 004 "Safe rollback guidance").
+"""Which deploy to roll back to, and whether the schema allows it (code rolls back before schema).
 
 Usage::
 
     choice = choose_target(deploys, to=None, migrations=drift_report)
     choice.current, choice.target, choice.between, choice.schema_note
-    triggers = rollback_triggers(settings, checks, metrics)      # seed 002's, met or not
+    triggers = rollback_triggers(settings, checks, metrics)      # met or not
 
 Code rolls back before schema. If migrations were applied since the target was
 live, the schema stays at its newest and the target becomes the newest earlier
@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from bot.config import ServiceSettings
-from bot.invocation import CommandError
-from bot.probes import Check, ServiceMetrics
+from bot.config.settings import ServiceSettings
+from bot.core.invocation import CommandError
+from bot.core.probes import Check, ServiceMetrics
 from commands.drift.model import DriftReport, Item
 from commands.rollback.providers import Deploy
 
@@ -109,13 +109,13 @@ def _respect_schema(choice: Choice, deploys: list[Deploy], report: DriftReport, 
     if not compatible:
         raise CommandError(
             f"migrations were applied since {choice.target.short} ({names}) and no earlier deploy has run against"
-            f" that schema: rolling code back would run it against a newer schema. Keep the schema (seed 004):"
+            f" that schema: rolling code back would run it against a newer schema. Keep the schema:"
             f" fix forward, or roll the schema back first following the safe-rollback runbook")
     best = compatible[0]
     if best is choice.target:
         choice.schema_note = f"{best.short} already ran against the newest schema ({newest.name})"
         return
-    reason = (f"migrations were applied after {choice.target.short} was live ({names}); following seed 004 the"
+    reason = (f"migrations were applied after {choice.target.short} was live ({names}); code rolls back before schema, so the"
               f" schema stays at its newest and the rollback goes to {best.short}, the last code that ran on it")
     if explicit:
         raise CommandError(reason.replace("the rollback goes to", "roll back to") + f" (`--to {best.id}`)")
@@ -124,7 +124,7 @@ def _respect_schema(choice: Choice, deploys: list[Deploy], report: DriftReport, 
 
 
 def rollback_triggers(service: ServiceSettings, checks: list[Check], metrics: ServiceMetrics | None) -> list[Trigger]:
-    """Seed 002: error rate > 10%, critical functionality broken, performance degradation > 50%."""
+    """The triggers: error rate > 10%, critical functionality broken, performance degradation > 50%."""
     limits = service.rollback
     rate = metrics.error_rate if metrics and metrics.ok else None
     out = [Trigger("error rate", None if rate is None else rate > limits.error_rate,

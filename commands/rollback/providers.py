@@ -13,7 +13,7 @@ Two implementations:
   ``GET {url}/deploys?limit=N`` → ``[{"id", "version", "status", "created_at", "finished_at", "message"}]``
   newest first; ``GET {url}/deploys/{id}`` → one; ``POST {url}/rollback`` with
   ``{"deploy_id"}`` and an ``Idempotency-Key`` → the deploy it started.
-* ``render`` — Render's API (the seeds' platform): ``GET /services/{id}/deploys``,
+* ``render`` — Render's API: ``GET /services/{id}/deploys``,
   ``GET /services/{id}/deploys/{deployId}``, ``POST /services/{id}/rollback`` with ``{"deployId"}``.
 
 Every call has the configured timeout and bounded retries on 5xx and timeouts; the
@@ -28,9 +28,9 @@ from typing import Literal, Protocol
 
 import httpx
 
-from bot.config import DeploySettings
-from bot.httpretry import request
-from bot.invocation import CommandError
+from commands.rollback.settings import DeploySettings
+from bot.core.httpretry import request
+from bot.core.invocation import CommandError
 
 __all__ = ["Deploy", "DeployProvider", "HttpDeploys", "RenderDeploys", "provider_for"]
 

@@ -6,7 +6,7 @@ Usage::
     verdict = watch(name, service, thresholds, window=300, interval=15, progress=show)
     verdict.ok, verdict.evidence
 
-Seed 004: "confirm /ready passes and worker queues are draining normally". The
+After a rollback: /ready passes and the worker queues drain normally. The
 verdict passes when the last third of the readiness checks pass, the error rate
 over the window (from counter deltas, so the old process's history does not
 count; a counter reset is handled) is under the threshold, and the queue depth
@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.config import ServiceSettings, StatusThresholds
-from bot.invocation import CommandError
-from bot.probes import check_services, scrape_all
+from bot.config.settings import ServiceSettings, StatusThresholds
+from bot.core.invocation import CommandError
+from bot.core.probes import check_services, scrape_all
 from commands.rollback.providers import Deploy, DeployProvider
 
 __all__ = ["follow_deploy", "watch", "Sample", "Verdict"]

@@ -1,4 +1,4 @@
-"""An ``"AuditLog"`` whose chain is written by PostgreSQL itself: a trigger implementing v1 (SPEC §7).
+"""An ``"AuditLog"`` whose chain is written by PostgreSQL itself: a trigger implementing v1 (docs/conventions.md).
 
 The trigger is an appender independent of the bot's code: it links each new row to
 the tenant's newest row by id (insertion order) and hashes it in SQL. Tests then
@@ -10,6 +10,7 @@ Usage::
     chain.append("tenant-a", 5)                         # five rows, one second apart
     chain.append("tenant-a", 1, writer="node-b", skew=-3.0)
     chain.rows("tenant-a")                              # [(id, createdAt, prevHash, hash), ...] in (createdAt, id) order
+    chain.forge("tenant-a", 999, created, prev=rows[2][3])   # behind the appender's back, hashed correctly
 """
 
 from __future__ import annotations
@@ -127,3 +128,17 @@ class AuditChain:
                     END LOOP;
                 END $$
             """.replace("%(t)s", psycopg.sql.quote(tenant)).replace("%(first)s", str(int(first_id))))
+
+    def forge(self, tenant: str, row_id: int, created: datetime, prev: str | None, digest: str | None = None, *,
+              actor: str | None = "mallory@example.com",
+              payload: str = '{"case": "c-1", "status": "approved"}') -> None:
+        """Insert a row behind the appender's back; ``digest`` None: hashed correctly (v1) with ``prev``."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")
+            conn.execute("""
+                INSERT INTO "AuditLog" (id, "tenantId", "createdAt", actor, action, payload, "prevHash", hash)
+                VALUES (%(id)s, %(t)s, %(created)s, %(actor)s, 'case.update', %(payload)s, %(prev)s,
+                        coalesce(%(digest)s, audit_v1_hash(%(prev)s, %(id)s, %(t)s, %(created)s, %(actor)s,
+                                                           'case.update', %(payload)s)))""",
+                         {"id": row_id, "t": tenant, "created": created, "actor": actor, "payload": payload,
+                          "prev": prev, "digest": digest})

@@ -3,7 +3,7 @@
 import sys
 
 import commands
-from bot.cli import main
+from bot.runtime.cli import main
 from tests.support import commands as test_commands
 
 _build = commands.build_registry

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from bot.invocation import Invocation
-from bot.registry import Arg, Command, Guard, positive_int
-from bot.result import Plan, Result, Section
+from bot.core.invocation import Invocation
+from bot.core.registry import Arg, Command, Guard, positive_int
+from bot.core.result import Plan, Result, Section
 
 COUNTER, EXECUTIONS = "test:counter", "test:executions"
 

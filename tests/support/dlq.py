@@ -1,11 +1,13 @@
-"""Helpers to fill and inspect dead-letter lists the way producers and workers do (SPEC §7)."""
+"""Helpers to fill and inspect dead-letter lists the way producers and workers do (docs/conventions.md)."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
+import psycopg
 import redis
 
 TYPES = ("send_email", "render_pdf", "sync_crm")
@@ -38,3 +40,51 @@ def everything(client: redis.Redis, *keys: str) -> Counter:
     for key in list(keys) + [k.decode() for k in client.keys("opsbot:dlq:held:*")]:
         total.update(client.lrange(key, 0, -1))
     return total
+
+
+def reset_schema(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS opsbot CASCADE")
+
+
+def archive_rows(database_url: str) -> list[tuple[str, int, bytes]]:
+    """(task_id, ordinal, entry) of every archived dead letter, in task and ordinal order."""
+    with psycopg.connect(database_url) as conn:
+        if conn.execute("SELECT to_regclass('opsbot.dlq_archive')").fetchone()[0] is None:
+            return []
+        rows = conn.execute("SELECT task_id, ordinal, entry FROM opsbot.dlq_archive ORDER BY task_id, ordinal")
+        return [(task, ordinal, bytes(entry)) for task, ordinal, entry in rows]
+
+
+def assert_exactly_once(client: redis.Redis, database_url: str, original: Counter, *keys: str) -> None:
+    """Every original entry is exactly once in Redis or in the archive, and never in both."""
+    in_redis = everything(client, *keys)
+    archived = Counter(entry for _, _, entry in archive_rows(database_url))
+    both = set(in_redis) & set(archived)
+    assert not both, f"{len(both)} archive rows describe entries still in Redis"
+    lost = original - (in_redis + archived)
+    extra = (in_redis + archived) - original
+    assert not lost and not extra, f"{sum(lost.values())} lost, {sum(extra.values())} duplicated"
+
+
+def opsbot(config: Path, text: str, *extra: str, yes: bool = True) -> list[str]:
+    """The command line of ``opsbot run --yes TEXT`` (a real process, as an on-call would start it)."""
+    import sys
+
+    return [sys.executable, "-m", "bot", "--config", str(config), "run", *(["--yes"] if yes else []), *extra,
+            text]
+
+
+def two_queues_runtime(tmp_path: Path, database_url: str, make_runtime, fake_slack):
+    """A runtime with queue `jobs` (keep 5, batch 7) and queue `step`, on the test's Redis and database."""
+    from slack_sdk import WebClient
+
+    from tests.conftest import BOT_TOKEN, write_config
+
+    path = write_config(tmp_path / "app.yaml", database_url, api_url=fake_slack.api_url)
+    text = path.read_text().replace(
+        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}\n',
+        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead", keep: 5, batch: 7}\n'
+        '  - {name: step, redis: main, ready: step.ready, dead: step.dead}\n')
+    path.write_text(text)
+    return make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))

@@ -1,4 +1,4 @@
-"""The sending service's tables (SPEC §7) with realistic data, made for each test."""
+"""The sending service's tables (docs/conventions.md) with realistic data, made for each test."""
 
 from __future__ import annotations
 

@@ -1,15 +1,25 @@
-"""A fake Slack Web API on loopback that records every request body.
+"""A fake Slack Web API on loopback, at least as strict as Slack, that records every request body.
 
 Usage::
 
-    with FakeSlack() as slack:
+    with FakeSlack(token="xoxb-test") as slack:
         client = WebClient(token="xoxb-test", base_url=slack.api_url)
         client.chat_postMessage(channel="C1", text="hi")
         slack.calls("chat.postMessage")[0].body["text"]      # 'hi'
         slack.response_url("abc")                            # where respond() posts
 
-Web API methods answer ``{"ok": true, ...}``; ``fail(method, status, body, times)``
-makes the next calls fail (429 with Retry-After, 500, ``ok: false``).
+It refuses what Slack refuses, with Slack's answers: a missing or wrong bot token
+(``not_authed``/``invalid_auth``), Block Kit that is malformed or past Slack's limits
+(``invalid_blocks`` with Slack's ``errors`` list; see :mod:`tests.support.blockkit`), blocks
+without fallback ``text`` (``no_text``), more than 40,000 characters (``msg_too_long``),
+channels it cannot post to (``channel_not_found``, ``not_in_channel``; see
+:mod:`tests.support.fakeworkspace`), ``chat.update`` of a message that is not there. A
+response_url answers as Slack does: an HTTP error status with a short text body. A
+message opsbot answers in an HTTP ack is checked with ``acked()`` (the harness does it).
+
+Every refusal is recorded (``refusals()``); the ``fake_slack`` fixture fails a test that
+made Slack refuse something, unless the test ``allow()``-ed that error. ``fail(method,
+status, body, times)`` scripts failures (429 with Retry-After, 500, ``ok: false``).
 """
 
 from __future__ import annotations
@@ -22,9 +32,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
+from tests.support.blockkit import message_refusal, view_errors
+from tests.support.fakeworkspace import Workspace
 from tests.support.http import send_json
 
 __all__ = ["Call", "FakeSlack"]
+
+RESPONSE_URL_USES = 5  # Slack: a response_url takes up to 5 messages within 30 minutes
 
 
 @dataclass
@@ -34,14 +48,33 @@ class Call:
     headers: dict[str, str]
     body: Any
     at: float = field(default_factory=time.time)
+    status: int = 200
+    answer: Any = None
+    refusal: str | None = None  # Slack's error code when the fake's rules refused the call (not fail())
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None and self.status < 400 and not (
+            isinstance(self.answer, dict) and self.answer.get("ok") is False)
+
+
+def _invalid_arguments(*messages: str) -> dict:
+    return {"ok": False, "error": "invalid_arguments",
+            "response_metadata": {"messages": [f"[ERROR] {m}" for m in messages]}}
 
 
 class FakeSlack:
-    def __init__(self, usergroups: dict[str, list[str]] | None = None):
+    def __init__(self, usergroups: dict[str, list[str]] | None = None, *, token: str = "xoxb-test-token-0000",
+                 app_token: str = "xapp-test"):
         self.usergroups = usergroups or {}
+        self.token, self.app_token = token, app_token
+        self.workspace = Workspace()
         self.answers: dict[str, dict] = {}  # method -> fixed answer (e.g. apps.connections.open)
         self._calls: list[Call] = []
         self._failures: dict[str, list[tuple[int, dict, dict]]] = {}
+        self._allowed: set[str] = set()
+        self._expired: set[str] = set()
+        self._files: set[str] = set()
         self._lock = threading.Condition()
         self._ts = 0
         self.uploads: dict[str, bytes] = {}  # file id -> bytes uploaded to its upload URL
@@ -91,6 +124,31 @@ class FakeSlack:
                 [(status, body or {"ok": False, "error": "internal_error"}, headers or {})] * times
             )
 
+    def channel(self, ref: str, **kw) -> Any:
+        """Declare a channel: ``channel("#secret", private=True, member=False)``, ``channel("#x", exists=False)``."""
+        with self._lock:
+            return self.workspace.channel(ref, **kw)
+
+    def expire(self, key: str) -> None:
+        """The response_url ``key`` is past its 30 minutes: Slack answers 404 ``expired_url``."""
+        with self._lock:
+            self._expired.add(key)
+
+    def allow(self, *errors: str) -> None:
+        """This test makes Slack refuse on purpose with these errors (e.g. ``not_in_channel``)."""
+        with self._lock:
+            self._allowed.update(errors)
+
+    def acked(self, answer: dict) -> Call:
+        """Check a message opsbot answered in an HTTP ack (Slack shows it like a post): recorded as ``ack``."""
+        call = Call("/ack", "ack", {}, answer)
+        refusal = message_refusal(answer)
+        call.answer, call.refusal = refusal or {"ok": True}, refusal and refusal["error"]
+        with self._lock:
+            self._calls.append(call)
+            self._lock.notify_all()
+        return call
+
     # -- inspection -------------------------------------------------------------------
     def calls(self, method: str | None = None) -> list[Call]:
         with self._lock:
@@ -101,6 +159,14 @@ class FakeSlack:
         with self._lock:
             return [c for c in self._calls if c.method.startswith("response/")
                     and (key is None or c.method == f"response/{key}")]
+
+    def refusals(self, error: str | None = None) -> list[Call]:
+        """Calls the fake refused by Slack's rules (scripted ``fail()`` answers are not refusals)."""
+        with self._lock:
+            return [c for c in self._calls if c.refusal and error in (None, c.refusal)]
+
+    def unexpected_refusals(self) -> list[Call]:
+        return [c for c in self.refusals() if c.refusal not in self._allowed]
 
     def wait(self, predicate, timeout: float = 10.0) -> Any:
         """Block until ``predicate(self)`` is truthy; return its value (AssertionError on timeout)."""
@@ -124,16 +190,6 @@ class FakeSlack:
         length = int(request.headers.get("Content-Length") or 0)
         raw = request.rfile.read(length) if length else b""
         ctype = request.headers.get("Content-Type", "")
-        if request.path.startswith("/upload/"):  # the URL files.getUploadURLExternal handed out
-            with self._lock:
-                self.uploads[request.path.removeprefix("/upload/")] = raw
-            body = {"bytes": len(raw)}
-        elif "json" in ctype:
-            body = json.loads(raw or b"{}")
-        else:
-            body = dict(parse_qsl(raw.decode()))
-            if "?" in request.path:
-                body.update(parse_qsl(request.path.split("?", 1)[1]))
         path = request.path.split("?", 1)[0]
         if path == "/_stats":  # for out-of-process users (benchmarks): calls per method
             with self._lock:
@@ -142,9 +198,27 @@ class FakeSlack:
                     counts[call.method] = counts.get(call.method, 0) + 1
             send_json(request, 200, counts)
             return
+        body: Any
+        if path.startswith("/upload/"):  # the URL files.getUploadURLExternal handed out
+            with self._lock:
+                self.uploads[path.removeprefix("/upload/")] = raw
+            body = {"bytes": len(raw)}
+        elif "json" in ctype:
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                body = raw.decode(errors="replace")  # refused below: invalid_json / invalid_payload
+        else:
+            body = dict(parse_qsl(raw.decode(errors="replace")))
+            if "?" in request.path:
+                body.update(parse_qsl(request.path.split("?", 1)[1]))
         method = path.removeprefix("/api/") if path.startswith("/api/") else path.lstrip("/")
-        status, answer, extra = self._answer(method, body)
         call = Call(path, method, dict(request.headers.items()), body)
+        status, answer, extra = self._answer(call)
+        call.status, call.answer = status, answer
+        with self._lock:  # recorded before the answer goes out: a client that got it can inspect the call
+            self._calls.append(call)
+            self._lock.notify_all()
         payload = json.dumps(answer).encode() if not isinstance(answer, bytes) else answer
         request.send_response(status)
         request.send_header("Content-Type", "application/json" if not isinstance(answer, bytes) else "text/plain")
@@ -153,45 +227,152 @@ class FakeSlack:
             request.send_header(key, value)
         request.end_headers()
         request.wfile.write(payload)
-        with self._lock:
-            self._calls.append(call)
-            self._lock.notify_all()
 
-    def _answer(self, method: str, body: dict) -> tuple[int, Any, dict]:
-        with self._lock:
+    def _refuse(self, call: Call, answer: dict, status: int = 200) -> tuple[int, Any, dict]:
+        call.refusal = answer["error"]
+        return status, answer, {}
+
+    def _answer(self, call: Call) -> tuple[int, Any, dict]:
+        method, body = call.method, call.body
+        with self._lock:  # scripted failures first; every other call gets the next ts (tests count on it)
             queue = self._failures.get(method)
             if queue:
                 return queue.pop(0)
             self._ts += 1
             ts = f"{1700000000 + self._ts}.{self._ts:06d}"
+        if method.startswith("upload/"):
+            return 200, b"OK - " + str(body["bytes"]).encode(), {}
         if method.startswith("response/"):
-            return 200, b"ok", {}
+            return self._respond(call)
+        refusal = self._auth(call)
+        if refusal:
+            return self._refuse(call, {"ok": False, "error": refusal})
+        if not isinstance(body, dict):
+            return self._refuse(call, {"ok": False, "error": "invalid_json"})
         if method in self.answers:
             return 200, self.answers[method], {}
-        if method == "auth.test":
-            return 200, {"ok": True, "user": "opsbot", "team": "Test Team", "user_id": "UBOT", "team_id": "T1"}, {}
-        if method == "usergroups.users.list":
-            group = body.get("usergroup", "")
-            if group not in self.usergroups:
-                return 200, {"ok": False, "error": "no_such_subteam"}, {}
-            return 200, {"ok": True, "users": self.usergroups[group]}, {}
-        if method == "files.getUploadURLExternal":
-            file_id = f"F{self._ts:06d}"
-            return 200, {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}, {}
-        if method == "files.completeUploadExternal":
-            files = json.loads(body.get("files", "[]"))
-            return 200, {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}, {}
-        if method in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
-            channel = body.get("channel", "C0")  # Slack answers with the channel's id, not its name
-            channel = f"C-{channel[1:].upper()}" if channel.startswith("#") else channel
-            return 200, {"ok": True, "channel": channel, "ts": body.get("ts") or ts,
-                         "message": {"text": body.get("text", "")}}, {}
-        return 200, {"ok": True}, {}
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        if handler is None:
+            return 200, {"ok": True}, {}
+        answer = handler(body, ts)
+        if answer.get("ok") is False:
+            return self._refuse(call, answer)
+        return 200, answer, {}
+
+    def _auth(self, call: Call) -> str | None:
+        """Slack's answer to a call without the right token: not_authed, invalid_auth, not_allowed_token_type."""
+        header = call.headers.get("Authorization") or call.headers.get("authorization") or ""
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
+        if token is None and isinstance(call.body, dict):
+            token = call.body.get("token")  # Slack also takes the token as a form field
+        expected = self.app_token if call.method == "apps.connections.open" else self.token
+        if not token:
+            return "not_authed"
+        if token != expected:
+            return "not_allowed_token_type" if token in (self.token, self.app_token) else "invalid_auth"
+        return None
+
+    def _respond(self, call: Call) -> tuple[int, Any, dict]:
+        """A post to a response_url: Slack answers errors with an HTTP status and a one-word body."""
+        key = call.method.removeprefix("response/")
+        with self._lock:
+            expired = key in self._expired
+            used = len([c for c in self._calls if c.method == call.method and c.ok])
+        if expired or used >= RESPONSE_URL_USES:
+            call.refusal = "expired_url" if expired else "used_url"
+            return 404, call.refusal.encode(), {}
+        if not isinstance(call.body, dict):
+            call.refusal = "invalid_payload"
+            return 400, b"invalid_payload", {}
+        answer = message_refusal(call.body)
+        if answer:
+            call.refusal = answer["error"]
+            return 400, answer["error"].encode(), {}
+        return 200, b"ok", {}
+
+    # -- Web API methods (each answers like Slack; ``ok: false`` answers count as refusals) --
+    def _auth_test(self, body: dict, ts: str) -> dict:
+        return {"ok": True, "user": "opsbot", "team": "Test Team", "user_id": "UBOT", "team_id": "T1"}
+
+    def _usergroups_users_list(self, body: dict, ts: str) -> dict:
+        group = body.get("usergroup", "")
+        if group not in self.usergroups:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"ok": True, "users": self.usergroups[group]}
+
+    def _files_getUploadURLExternal(self, body: dict, ts: str) -> dict:
+        missing = [f for f in ("filename", "length") if not body.get(f)]
+        if missing:
+            return _invalid_arguments(*(f"missing required field: {f}" for f in missing))
+        file_id = f"F{ts.split('.')[1]}"
+        with self._lock:
+            self._files.add(file_id)
+        return {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}
+
+    def _files_completeUploadExternal(self, body: dict, ts: str) -> dict:
+        files = body.get("files", "[]")
+        files = json.loads(files) if isinstance(files, str) else files
+        with self._lock:
+            if not files or any(f.get("id") not in self._files or f["id"] not in self.uploads for f in files):
+                return {"ok": False, "error": "file_not_found"}
+            if body.get("channel_id"):
+                channel, error = self.workspace.resolve(body["channel_id"], ids_only=True)
+                if error:
+                    return {"ok": False, "error": error}
+        return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+
+    def _views_open(self, body: dict, ts: str) -> dict:
+        view = body.get("view")
+        if isinstance(view, str):
+            try:
+                view = json.loads(view)
+            except ValueError:
+                return _invalid_arguments("must provide an object [json-pointer:/view]")
+        if not body.get("trigger_id"):
+            return _invalid_arguments("missing required field: trigger_id")
+        errors = view_errors(view)
+        if errors:
+            return _invalid_arguments(*errors)
+        return {"ok": True, "view": {**view, "id": f"V{self._ts:06d}", "hash": f"h{self._ts}"}}
+
+    def _chat(self, body: dict, ts: str, *, update: bool = False, ephemeral: bool = False) -> dict:
+        missing = [f for f in (("channel", "ts") if update else ("user",) if ephemeral else ()) if not body.get(f)]
+        if missing:
+            return _invalid_arguments(*(f"missing required field: {f}" for f in missing))
+        refusal = message_refusal(body)
+        if refusal:
+            return refusal
+        with self._lock:
+            channel, error = self.workspace.resolve(body.get("channel"), ids_only=update, users_too=not update)
+            if error:
+                return {"ok": False, "error": error}
+            if update:
+                error = self.workspace.update(channel, body["ts"], body)
+                if error:
+                    return {"ok": False, "error": error}
+                ts = body["ts"]
+            elif not ephemeral:
+                self.workspace.posted(channel, ts, body)
+        if ephemeral:
+            return {"ok": True, "message_ts": ts}
+        return {"ok": True, "channel": channel, "ts": ts, "message": {"text": body.get("text", "")}}
+
+    def _chat_postMessage(self, body: dict, ts: str) -> dict:
+        return self._chat(body, ts)
+
+    def _chat_update(self, body: dict, ts: str) -> dict:
+        return self._chat(body, ts, update=True)
+
+    def _chat_postEphemeral(self, body: dict, ts: str) -> dict:
+        return self._chat(body, ts, ephemeral=True)
 
 
-if __name__ == "__main__":  # python -m tests.support.fakeslack: serve until killed, print the base URL
+if __name__ == "__main__":  # python -m tests.support.fakeslack [--token xoxb-…]: serve until killed, print the base URL
+    import argparse
     import signal
 
-    with FakeSlack() as fake:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token", default="xoxb-test-token-0000")
+    with FakeSlack(token=parser.parse_args().token) as fake:
         print(fake.base, flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})

@@ -18,11 +18,11 @@ from urllib.parse import urlencode
 import httpx
 from slack_sdk.signature import SignatureVerifier
 
-from bot.http import HttpServer
-from bot.runtime import Runtime
-from bot.slack_app import build_app
-from bot.worker import Worker
-from bot.workqueue import WorkQueue
+from bot.runtime.http import HttpServer
+from bot.runtime.factory import Runtime
+from bot.slack.app import build_app
+from bot.runtime.worker import Worker
+from bot.store.workqueue import WorkQueue
 from tests.support.fakeslack import FakeSlack
 
 __all__ = ["SlackBot", "Reply"]
@@ -95,7 +95,12 @@ class SlackBot:
             "X-Slack-Signature": signature,
             **(headers or {}),
         }
-        return self.http.post("/slack/events", content=body.encode(), headers=all_headers)
+        response = self.http.post("/slack/events", content=body.encode(), headers=all_headers)
+        if response.status_code == 200 and response.headers.get("content-type", "").startswith("application/json"):
+            answer = response.json()
+            if isinstance(answer, dict) and ("text" in answer or "blocks" in answer):
+                self.slack.acked(answer)  # a message in the ack is checked like any other
+        return response
 
     def command_body(self, text: str, *, user: str, channel: str, channel_name: str, key: str, trigger: str) -> str:
         return urlencode({

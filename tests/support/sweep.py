@@ -11,8 +11,8 @@ import os
 import sys
 from datetime import datetime
 
-from bot.config import load_settings
-from bot.runtime import Runtime
+from bot.config.settings import load_settings
+from bot.runtime.factory import Runtime
 
 
 def main(config: str, at: str, rounds: str) -> None:

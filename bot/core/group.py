@@ -1,0 +1,147 @@
+"""The contract between the framework and a command group: everything a group adds to the bot, in one place.
+
+Usage (a group's ``__init__.py``)::
+
+    GROUP = Group(
+        "dlq",
+        commands=COMMANDS,
+        settings={"queues": (list[QueueSettings], [])},          # app.yaml keys this group owns
+        extends={"status": {"dead_letters": (int, 0)}},          # fields it adds to shared sections
+        validate=check_queues,                                   # cross-setting checks: raise ValueError("key: why")
+        status=queue_lines,                                      # lines for `status`
+        checks=queue_checks,                                     # lines for `opsbot check`
+        migrations=Path(__file__).with_name("migrations"),       # SQL files for the bot's schema
+    )
+
+The framework (``bot/``) loops over what the groups contribute and names none of
+them: ``commands/__init__.py`` collects the groups, the runtime assembles settings,
+registry, services, hooks, status and checks from them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from bot.core.registry import Arg, Command
+
+if TYPE_CHECKING:
+    from bot.core.invocation import Invocation, Where
+    from bot.core.result import Result
+
+__all__ = ["Check", "Color", "Context", "Group", "Services", "StatusLine"]
+
+T = TypeVar("T")
+
+
+class Color(enum.Enum):
+    """How a `status` line looks; ``UNKNOWN`` when it could not be read."""
+
+    GREEN = "green"
+    AMBER = "amber"
+    RED = "red"
+    UNKNOWN = "unknown"
+
+    @property
+    def emoji(self) -> str:
+        return {"green": ":large_green_circle:", "amber": ":large_orange_circle:", "red": ":red_circle:",
+                "unknown": ":white_circle:"}[self.value]
+
+
+@dataclass(frozen=True)
+class StatusLine:
+    """One line of `status`: what it is about, its colour, the figures and the threshold that made the colour."""
+
+    color: Color
+    what: str
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def unknown(cls, what: str, exc: BaseException) -> StatusLine:
+        return cls(Color.UNKNOWN, what, f"unknown ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]})")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `opsbot check`: ``run()`` returns what is fine, raises CheckWarning or any error otherwise."""
+
+    target: str
+    run: Callable[[], str]
+
+
+class Context(Protocol):
+    """A conversation commands can run in (an incident's thread), contributed by one group.
+
+    ``option`` is the global option that names it (``--incident INC-42``); ``name`` keys it
+    in the action log. The engine calls ``resolve`` before a command runs, ``post`` after
+    it ran (into the conversation), and ``announce`` for a guarded request or outcome.
+    """
+
+    name: str
+    option: Arg
+
+    def resolve(self, wanted: str | None, where: Where) -> Where: ...
+
+    def post(self, result: Result, where: Where) -> tuple[Result, bool]: ...
+
+    def announce(self, result: Result, where: Where) -> bool: ...
+
+
+class Services:
+    """Objects the groups made for their handlers, found by type: ``inv.services.get(IncidentDesk)``."""
+
+    def __init__(self, objects: Sequence[object] = ()):
+        self._by_type = {type(obj): obj for obj in objects}
+
+    def get(self, kind: type[T]) -> T:
+        found = self._by_type.get(kind)
+        if found is None:
+            raise LookupError(f"no {kind.__name__} here (its group is not loaded, or it needs a state database)")
+        return found  # type: ignore[return-value]
+
+    def find(self, kind: type[T]) -> T | None:
+        return self._by_type.get(kind)  # type: ignore[return-value]
+
+    def all(self) -> list[object]:
+        return list(self._by_type.values())
+
+
+@dataclass(frozen=True)
+class Group:
+    """What one command group adds to the bot.
+
+    Args:
+        name: the group's word (``dlq``); its commands start with it.
+        commands: the commands it declares.
+        settings: app.yaml keys it owns: key → (type, default).
+        extends: fields it adds to shared sections (``databases``, ``services``, ``status``): section → field →
+            (type, default).
+        validate: checks across settings once they are read; raises ValueError("key.path: why").
+        services: builds the objects its handlers use, from the runtime (``inv.services.get(T)``).
+        context: builds a conversation commands can run in, from the runtime (the incident thread).
+        sweep: periodic work every worker does (reminders), from the runtime; returns how much it did.
+        status: lines for `status`, from an invocation.
+        checks: lines for `opsbot check`, from the runtime.
+        permissions: default rules that depend on the configuration (a paging severity needs a role).
+        migrations: a folder of SQL files for the bot's own schema, applied in name order with every other's.
+    """
+
+    name: str
+    commands: tuple[Command, ...]
+    settings: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    extends: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)
+    validate: Callable[[Any], None] | None = None
+    services: Callable[[Any], list[object]] | None = None
+    context: Callable[[Any], Context | None] | None = None
+    sweep: Callable[[Any], int] | None = None
+    status: Callable[[Invocation], list[StatusLine]] | None = None
+    checks: Callable[[Any], list[Check]] | None = None
+    permissions: Callable[[Any], dict[str, str]] | None = None
+    migrations: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "commands", tuple(self.commands))

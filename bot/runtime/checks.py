@@ -1,0 +1,199 @@
+"""``opsbot check``: reach every configured target and say which answer.
+
+Usage::
+
+    result = run_checks(runtime)      # Result: ok when every target answered, fail naming those that did not
+
+Checks run concurrently with short timeouts, so one hanging target costs its
+own timeout, not the sum of all of them. Services are checked by the same probes
+as ``/ops health`` (auth header, timeout and body expectation from app.yaml).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+
+from bot.core.probes import check_services
+from bot.core.result import Result, Section
+from bot.core.runbooks import RunbookLibrary
+from bot.runtime.factory import Runtime
+from bot.runtime.targets import connect_options, describe_postgres, first_line
+
+__all__ = ["run_checks"]
+
+TIMEOUT = 5.0
+_LEVEL = {True: "ok", None: "warn", False: "fail"}
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def run_checks(runtime: Runtime, library: RunbookLibrary | None = None) -> Result:
+    settings = runtime.settings
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("state redis", lambda: _redis_ping(runtime.state.redis)),
+        ("state postgres", lambda: _state_postgres(runtime)),
+        ("action log", lambda: _action_log(runtime)),
+        ("slack", lambda: _slack(runtime)),
+        ("runbooks", lambda: _runbooks(library)),
+        ("postmortem template", lambda: _postmortem_template(runtime)),
+        ("permissions", lambda: _permissions(runtime)),
+    ]
+    for name in settings.redis:
+        checks.append((f"redis {name}", lambda name=name: _redis_ping(runtime.targets.redis(name))))
+    for name in settings.databases:
+        checks.append((f"database {name}", lambda name=name: _database(runtime, name)))
+    for queue in settings.queues:
+        checks.append((f"queue {queue.name}", lambda queue=queue: _queue(runtime, queue)))
+    if settings.audit.database in settings.databases:
+        checks.append(("audit scheme", lambda: _audit_scheme(runtime)))
+    with ThreadPoolExecutor(max_workers=min(len(checks) + 1, 16)) as pool:
+        services = pool.submit(check_services, settings.services)  # the same probes as `/ops health`
+        futures = [(name, pool.submit(_timed, fn)) for name, fn in checks]
+        outcomes = [(name, *future.result()) for name, future in futures]
+        outcomes += [
+            (f"service {c.service} {c.kind}", c.ok,
+             f"ok, HTTP {c.status} ({c.ms:.0f} ms)" if c.ok else f"{c.detail} from {c.url}")
+            for c in services.result()
+        ]
+    failed = [name for name, ok, _ in outcomes if ok is False]
+    warned = [name for name, ok, _ in outcomes if ok is None]
+    fields = tuple((name, (":white_check_mark: " if ok else (":x: " if ok is False else ":warning: ")) + detail)
+                   for name, ok, detail in outcomes)
+    data = {"checks": [{"target": name, "level": _LEVEL[ok], "ok": ok is True, "detail": detail}
+                       for name, ok, detail in outcomes]}
+    if failed:
+        return Result.fail(f"{len(failed)} of {len(outcomes)} targets failing: {', '.join(failed)}",
+                           data=data, sections=[Section(fields=fields)], command="check")
+    summary = f"all {len(outcomes)} targets answered" + (f" ({len(warned)} warnings)" if warned else "")
+    return (Result.warn if warned else Result.ok)(summary, data=data, sections=[Section(fields=fields)],
+                                                 command="check")
+
+
+def _timed(fn: Callable[[], str]) -> tuple[bool | None, str]:
+    started = time.perf_counter()
+    try:
+        detail = fn()
+    except _Warning as exc:
+        return None, str(exc)
+    except Exception as exc:
+        return False, str(exc).strip() or type(exc).__name__
+    return True, f"{detail} ({(time.perf_counter() - started) * 1000:.0f} ms)"
+
+
+class _Warning(Exception):
+    pass
+
+
+def _redis_ping(client) -> str:
+    try:
+        client.ping()
+    except Exception as exc:
+        kwargs = client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        raise CheckFailed(f"Redis at {where}: {first_line(exc)}") from None
+    return f"ok, Redis {client.info('server').get('redis_version', '?')}"
+
+
+def _state_postgres(runtime: Runtime) -> str:
+    schema = runtime.settings.state.db_schema
+    url = runtime.settings.state.database_url
+    try:
+        conn = psycopg.connect(url, **connect_options(url))
+    except psycopg.OperationalError as exc:
+        raise CheckFailed(f"{describe_postgres(url)}: {first_line(exc)}") from None
+    with conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        pending = runtime.state.pending_migrations(conn)
+    if pending:
+        raise CheckFailed(f"schema {schema!r} needs migrations {', '.join(pending)}: run `opsbot migrate`")
+    return f"ok, PostgreSQL {version}, schema {schema!r} up to date"
+
+
+def _action_log(runtime: Runtime) -> str:
+    from commands.log import summary_line, verify_action_log
+
+    report = verify_action_log(runtime.state)  # from the last checkpoint; the first time, every row
+    if report.level == "fail":
+        raise CheckFailed(summary_line(report) + ": run `opsbot run log verify`")
+    if report.level == "warn":
+        raise _Warning(summary_line(report))
+    return f"ok, {summary_line(report)}"
+
+
+def _database(runtime: Runtime, name: str) -> str:
+    with runtime.targets.database(name) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    return f"ok, PostgreSQL {version} at {describe_postgres(runtime.settings.databases[name].url)}"
+
+
+def _queue(runtime: Runtime, queue) -> str:
+    client = runtime.targets.redis(queue.redis)
+    parts = []
+    for role, key in (("ready", queue.ready), ("dead", queue.dead)):
+        kind = client.type(key).decode()
+        if kind not in ("list", "none"):
+            raise CheckFailed(f"{role} key {key!r} is a Redis {kind}, expected a list")
+        parts.append(f"{role} {key!r}: {client.llen(key) if kind == 'list' else 0}")
+    return "ok, " + ", ".join(parts)
+
+
+def _audit_scheme(runtime: Runtime) -> str:
+    from bot.core.invocation import CommandError
+    from commands.audit import check_scheme
+
+    try:
+        return check_scheme(runtime.settings, runtime.targets)
+    except CommandError as exc:
+        if "does not exist" in str(exc):
+            raise _Warning(str(exc)) from None
+        raise CheckFailed(str(exc)) from None
+
+
+def _postmortem_template(runtime: Runtime) -> str:
+    import jinja2
+
+    path = runtime.settings.runbooks_path / runtime.settings.incidents.postmortem_template
+    try:
+        jinja2.Environment().parse(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckFailed(f"{path}: {exc.strerror or exc}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise CheckFailed(f"{path.name}:{exc.lineno}: {exc.message}") from None
+    return f"ok, {path.name} parses"
+
+
+def _slack(runtime: Runtime) -> str:
+    if runtime.slack is None:
+        raise _Warning("SLACK_BOT_TOKEN is not set, so Slack is off (the CLI works)")
+    identity = runtime.slack.auth_test()
+    if not runtime.settings.slack.signing_secret:
+        raise CheckFailed("SLACK_SIGNING_SECRET is not set: `opsbot serve` cannot verify requests")
+    return f"ok, bot {identity.get('user', '?')} in team {identity.get('team', '?')}"
+
+
+def _runbooks(library: RunbookLibrary | None) -> str:
+    if library is None:
+        raise _Warning("not checked")
+    books = library.all()
+    for book in books:
+        library.render(book.name)
+    return f"ok, {len(books)} runbooks render"
+
+
+def _permissions(runtime: Runtime) -> str:
+    """Guarded commands app.yaml opens to anyone are worth a second look."""
+    from bot.core.parser import Parsed
+
+    policy = runtime.engine.policy
+    open_guarded = [c.name for c in runtime.registry if c.guarded
+                    and policy.role_for(Parsed(c, {}, c.name))[0] is None]
+    if open_guarded:
+        raise _Warning(f"guarded commands anyone may run: {', '.join(open_guarded)} (permissions in app.yaml)")
+    rules = len([r for r in policy.roles + policy.channels if r.source == "app.yaml"])
+    return f"ok, {rules} rules from app.yaml over the defaults"

@@ -1,0 +1,135 @@
+"""``opsbot serve``: Slack over HTTP, plus the probes a platform needs.
+
+Usage::
+
+    server = HttpServer(runtime, host="127.0.0.1", port=0)   # port 0: any free port
+    server.start()           # in a background thread; server.port is the bound port
+    server.stop()
+
+Routes: ``POST /slack/events`` (Bolt), ``GET /healthz`` (the process is up),
+``GET /readyz`` (Redis and PostgreSQL answer; 503 naming the one that does not),
+``GET /metrics`` (Prometheus; a bearer token when ``metrics.token`` is set).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from waitress.server import create_server
+
+from bot.runtime.metrics import GaugeCollector
+from bot.runtime.factory import Runtime
+from bot.slack.gate import SlackGate
+from bot.store.workqueue import WorkQueue
+
+__all__ = ["HttpServer", "build_wsgi", "readiness"]
+
+log = logging.getLogger("opsbot.http")
+
+
+def readiness(runtime: Runtime, timeout: float = 2.0) -> dict[str, str]:
+    """``{"redis": "ok", "postgres": "error: ..."}`` for the bot's own state stores."""
+    checks: dict[str, str] = {}
+    try:
+        runtime.state.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {runtime.redactor.text(str(exc))}"
+    try:
+        with runtime.state.pool.connection(timeout=timeout) as conn:
+            conn.execute("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"error: {runtime.redactor.text(str(exc) or type(exc).__name__)}"
+    return checks
+
+
+def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Callable:
+    slack = SlackRequestHandler(app, path=path)
+    queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+    gauges = [
+        GaugeCollector("opsbot_work_queue_depth", "Slack deliveries waiting for a worker", queue.depth),
+        GaugeCollector("opsbot_outbox_depth", "Slack posts waiting to be delivered again", runtime.outbox.depth),
+        GaugeCollector("opsbot_action_log_kept_depth", "Action-log entries kept in Redis, waiting for PostgreSQL",
+                       lambda: runtime.state.action_log.spool.depth()),
+    ]
+    token = runtime.settings.metrics.token
+    secret = runtime.settings.slack.signing_secret
+    gate = SlackGate(secret.get_secret_value() if secret else None)
+
+    def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        route = (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+        if route == ("GET", "/healthz"):
+            return _json(start_response, 200, {"ok": True})
+        if route == ("GET", "/readyz"):
+            checks = readiness(runtime)
+            ready = all(value == "ok" for value in checks.values())
+            return _json(start_response, 200 if ready else 503, {"ok": ready, "checks": checks})
+        if route == ("GET", "/metrics"):
+            given = environ.get("HTTP_AUTHORIZATION", "")
+            if token is not None and not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}"):
+                return _json(start_response, 401, {"ok": False, "error": "metrics need a bearer token"})
+            body, content_type = runtime.metrics.exposition(extra=gauges)
+            start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+            return [body]
+        if route[1] == path:
+            started = time.perf_counter()
+            refusal = gate.check(environ) if route[0] == "POST" else None
+            if refusal is not None:
+                status, reason = refusal
+                log.warning("refused a request to %s: %s", path, reason)
+                return _json(start_response, status, {"ok": False, "error": reason})
+            try:
+                return slack(environ, start_response)
+            finally:
+                runtime.metrics.ack_seconds.observe(time.perf_counter() - started)
+        return slack(environ, start_response)
+
+    return application
+
+
+def _json(start_response: Callable, status: int, body: dict) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 413: "Content Too Large",
+              503: "Service Unavailable"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+class HttpServer:
+    def __init__(self, runtime: Runtime, app: App, *, host: str = "0.0.0.0", port: int = 3000, threads: int = 8):
+        self.server = create_server(
+            build_wsgi(runtime, app), host=host, port=port, threads=threads, ident="opsbot", clear_untrusted_proxy_headers=True
+        )
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        return self.server.effective_port
+
+    def serve_forever(self) -> None:
+        try:
+            self.server.run()
+        except OSError:
+            if not self._stopping:  # closing the sockets under the loop ends it with EBADF: expected
+                raise
+
+    def start(self) -> "HttpServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="opsbot-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking requests; requests in flight are answered (up to ``timeout``)."""
+        self._stopping = True
+        self.server.close()
+        if self._thread:
+            self._thread.join(timeout)

@@ -1,0 +1,101 @@
+"""Clients for the targets named in app.yaml, created on first use.
+
+Usage::
+
+    targets = Targets(settings)
+    targets.redis("main").llen("jobs")
+    with targets.database("main") as conn:       # read-only, statement timeout
+        conn.execute("SELECT 1")
+
+Only configured names are accepted: anything else is a CommandError that lists
+the configured ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import redis
+from psycopg.conninfo import conninfo_to_dict
+
+from bot.config.settings import Settings
+from bot.core.invocation import BadArgument, CommandError
+
+__all__ = ["Targets", "connect_options", "describe_postgres", "first_line"]
+
+CONNECT_TIMEOUT = 2  # seconds: a database that does not answer by then is reported, not waited for
+
+
+def connect_options(url: str) -> dict:
+    """libpq options opsbot adds: a short connect timeout (unless the URL sets one) and its name."""
+    options: dict = {"application_name": "opsbot"}
+    if "connect_timeout" not in url:
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    return options
+
+
+def describe_postgres(url: str) -> str:
+    """``host:port/dbname`` of a PostgreSQL URL or conninfo, never its password."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(an unreadable database URL)"
+    host = info.get("host") or info.get("hostaddr") or "localhost"
+    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class Targets:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._redis: dict[str, redis.Redis] = {}
+        self._lock = threading.Lock()
+
+    def redis(self, name: str) -> redis.Redis:
+        target = self.settings.redis.get(name)
+        if target is None:
+            raise BadArgument(f"unknown redis connection {name!r}; configured: {', '.join(self.settings.redis) or 'none'}")
+        with self._lock:
+            if name not in self._redis:
+                self._redis[name] = redis.Redis.from_url(target.url, socket_timeout=10,
+                                                         socket_connect_timeout=CONNECT_TIMEOUT)
+            return self._redis[name]
+
+    @contextmanager
+    def database(self, name: str, *, read_only: bool = True, repeatable_read: bool = False,
+                 statement_timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """A connection in one transaction (read-only unless asked), with the configured statement timeout.
+
+        ``repeatable_read`` gives every query of the transaction one snapshot; ``statement_timeout``
+        (seconds) replaces the database's own for long, deliberate reads.
+        """
+        target = self.settings.databases.get(name)
+        if target is None:
+            raise BadArgument(
+                f"unknown database {name!r}; configured: {', '.join(self.settings.databases) or 'none'}"
+            )
+        timeout_ms = int((statement_timeout or target.statement_timeout) * 1000)
+        try:
+            conn = psycopg.connect(target.url, **connect_options(target.url))
+        except psycopg.OperationalError as exc:
+            raise CommandError(f"database {name!r} at {describe_postgres(target.url)} is unreachable:"
+                               f" {first_line(exc)}") from None
+        with conn:
+            conn.read_only = read_only
+            if repeatable_read:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._redis.values():
+                client.close()
+            self._redis.clear()

@@ -1,0 +1,124 @@
+"""The Slack side: a Bolt app built by a factory. It verifies, acks and queues; workers do the rest.
+
+Usage::
+
+    app = build_app(runtime, WorkQueue(runtime.state.redis))
+    SlackRequestHandler(app)                 # HTTP (see bot.runtime.http), or SocketModeHandler(app, token)
+
+``/ops`` and button clicks are acknowledged at once. Before the ack, the
+delivery is pushed onto the Redis work queue, so an acked request is never
+lost. A usage error is answered in the ack itself. If the queue cannot be
+reached, the user is told so at once. Worker processes (:mod:`bot.runtime.worker`)
+carry the work out with :class:`bot.slack.work.SlackWork`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+
+from slack_bolt import Ack, App, BoltResponse
+
+from bot.core.parser import UsageError
+from bot.render.blocks import ACTION_PREFIX
+from bot.runtime.factory import Runtime
+from bot.slack.client import webhook
+from bot.slack.errors import explain
+from bot.store.workqueue import WorkQueue
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("opsbot.slack")
+
+QUEUE_DOWN = ":x: opsbot cannot take work right now (its Redis is unreachable); nothing was run. " \
+             "Use `opsbot run` from a terminal, or try again shortly."
+
+
+def build_app(runtime: Runtime, queue: WorkQueue) -> App:
+    settings = runtime.settings
+    if runtime.slack is None:
+        raise ValueError("the Slack app needs a bot token (SLACK_BOT_TOKEN)")
+    secret = settings.slack.signing_secret.get_secret_value() if settings.slack.signing_secret else None
+    app = App(
+        signing_secret=secret,
+        client=runtime.slack,
+        token_verification_enabled=False,
+        request_verification_enabled=secret is not None,
+        logger=logging.getLogger("opsbot.bolt"),
+    )
+
+    def ack_command(ack: Ack, body: dict) -> None:
+        try:
+            runtime.engine.parse(body.get("text", ""))
+        except UsageError as exc:
+            ack(text=runtime.redactor.text(str(exc)), response_type="ephemeral")
+            return
+        _enqueue(ack, queue, "command", body)
+
+    def ack_action(ack: Ack, body: dict) -> None:
+        _enqueue(ack, queue, "action", body)
+
+    def open_note_form(ack: Ack, body: dict) -> None:
+        ack()  # the form must open within 3 s of the click (trigger_id), so here rather than in a worker
+        incident = (body.get("actions") or [{}])[0].get("value", "")
+        try:
+            runtime.slack.views_open(trigger_id=body["trigger_id"], view=note_form(incident))
+        except Exception as exc:
+            line = runtime.redactor.text(explain(exc).line)
+            log.error("could not open the note form for %s: %s", incident, line)
+            if body.get("response_url"):  # tell the person who clicked, rather than nothing happening
+                try:
+                    webhook(body["response_url"], runtime.metrics).send_dict({
+                        "response_type": "ephemeral", "replace_original": False,
+                        "text": f":warning: The note form could not be opened: {line}"})
+                except Exception as error:
+                    log.error("could not say so either: %s", error)
+
+    def ack_note(ack: Ack, body: dict) -> None:
+        """The form was submitted: run `incident note <text> --incident ID` as its author, like a command."""
+        view = body.get("view") or {}
+        text = view["state"]["values"][NOTE_BLOCK][NOTE_INPUT]["value"] or ""
+        user = body.get("user") or {}
+        command = {"text": f"incident note {shlex.quote(text)} --incident {view.get('private_metadata', '')}",
+                   "user_id": user.get("id", ""), "team_id": user.get("team_id") or (body.get("team") or {}).get("id"),
+                   "channel_id": "", "trigger_id": f"view:{view.get('id')}:{view.get('hash')}"}
+        _enqueue(ack, queue, "command", command)
+
+    app.command(settings.slack.command)(ack_command)
+    app.action(re.compile(rf"^{ACTION_PREFIX}(confirm|cancel|run)"))(ack_action)
+    app.action(re.compile(rf"^{ACTION_PREFIX}note"))(open_note_form)
+    app.view(NOTE_FORM)(ack_note)
+    app.error(_on_error)
+    return app
+
+
+NOTE_FORM, NOTE_BLOCK, NOTE_INPUT = "opsbot_incident_note", "note", "text"
+
+
+def note_form(incident: str) -> dict:
+    """The modal behind an incident's "Add note" button."""
+    return {
+        "type": "modal", "callback_id": NOTE_FORM, "private_metadata": incident,
+        "title": {"type": "plain_text", "text": f"Update {incident}"[:24]},
+        "submit": {"type": "plain_text", "text": "Post"}, "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [{"type": "input", "block_id": NOTE_BLOCK,
+                    "label": {"type": "plain_text", "text": "What happened, or what did you do?"},
+                    "element": {"type": "plain_text_input", "action_id": NOTE_INPUT, "multiline": True,
+                                "max_length": 2000}}],
+    }
+
+
+def _enqueue(ack: Ack, queue: WorkQueue, kind: str, body: dict) -> None:
+    try:
+        queue.push(kind, body)
+    except Exception as exc:
+        log.error("could not queue a %s: %s", kind, exc)
+        ack(text=QUEUE_DOWN, response_type="ephemeral")
+        return
+    ack()
+
+
+def _on_error(error: Exception, body: dict) -> BoltResponse:
+    log.error("unhandled error for %s: %r", body.get("type") or body.get("command"), error, exc_info=error)
+    return BoltResponse(status=500, body="")

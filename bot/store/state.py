@@ -1,0 +1,127 @@
+"""Connections to the bot's own state: Redis (pending actions, caches) and PostgreSQL (action log).
+
+Usage::
+
+    state = State(settings)
+    state.redis.ping(); state.action_log.append(...)
+    state.close()
+
+Connections are created lazily, so commands that need neither (``help``) and
+the ``/healthz`` probe work with both down. The bot owns its schema: the first
+connection of a process applies any pending migration (under an advisory lock, so
+replicas starting together are safe), unless ``state.run_migrations`` is off; then
+commands that need a missing table say in one line to run ``opsbot migrate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import psycopg
+import redis
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from bot.store.actionlog import ActionLog
+from bot.config.settings import Settings, installed_groups
+from bot.store.schema import migrate, pending_migrations
+
+__all__ = ["State"]
+
+POOL_NAME = "opsbot-state"
+
+
+class _QuietReconnects(logging.Filter):
+    """The pool retries a PostgreSQL that is down in the background and warns at every attempt; the action
+    log says it once, naming the host (see :class:`bot.store.actionlog.ActionLog`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith(("discarding closed connection", "discarding broken connection")):
+            return False  # after a restart or during an outage: said once, by the action log
+        return not (message.startswith(("error connecting in", "reconnection attempt in pool"))
+                    and POOL_NAME in map(str, record.args or ()))
+
+
+_quiet = _QuietReconnects()
+
+
+def describe_database(url: str) -> str:
+    """``host:port/dbname`` of a PostgreSQL URL, without credentials."""
+    try:
+        info = conninfo_to_dict(url)
+    except Exception:
+        return "PostgreSQL"
+    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+class State:
+    """``migrations``: the groups' migration folders (default: those of the installed groups)."""
+
+    def __init__(self, settings: Settings, metrics=None, migrations: Sequence[Path] | None = None):
+        self.settings = settings
+        self.metrics = metrics
+        self.migrations = list(migrations) if migrations is not None else [
+            group.migrations for group in installed_groups() if group.migrations]
+        self._schema_checked = False
+        self._schema_lock = threading.Lock()
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.state.redis_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+        )
+
+    @cached_property
+    def pool(self) -> ConnectionPool:
+        pool_log = logging.getLogger("psycopg.pool")
+        if _quiet not in pool_log.filters:
+            pool_log.addFilter(_quiet)
+        return ConnectionPool(
+            self.settings.state.database_url,
+            min_size=1,
+            max_size=8,
+            open=True,
+            timeout=5,
+            configure=self._ensure_schema,
+            kwargs={"connect_timeout": 2, "application_name": "opsbot"},
+            name=POOL_NAME,
+        )
+
+    def _ensure_schema(self, conn: psycopg.Connection) -> None:
+        """On a process's first connection: migrate the bot's schema if it is behind (and that is allowed)."""
+        if self._schema_checked:
+            return
+        with self._schema_lock:
+            if self._schema_checked:
+                return
+            schema = self.settings.state.db_schema
+            pending = pending_migrations(conn, schema, self.migrations)
+            conn.rollback()  # the pool wants the connection idle, outside any transaction
+            if pending and self.settings.state.run_migrations:
+                migrate(conn, schema, self.migrations)
+            self._schema_checked = True
+
+    @cached_property
+    def action_log(self) -> ActionLog:
+        state = self.settings.state
+        secret = state.log_secret.get_secret_value() if state.log_secret else None
+        return ActionLog(self.pool, state.db_schema, self.redis, secret=secret, prefix=state.prefix,
+                         metrics=self.metrics, where=describe_database(state.database_url))
+
+    def migrate(self) -> list[str]:
+        with self.pool.connection() as conn:
+            return migrate(conn, self.settings.state.db_schema, self.migrations)
+
+    def pending_migrations(self, conn: psycopg.Connection) -> list[str]:
+        return pending_migrations(conn, self.settings.state.db_schema, self.migrations)
+
+    def close(self) -> None:
+        if "pool" in self.__dict__:
+            self.pool.close()
+        if "redis" in self.__dict__:
+            self.redis.close()

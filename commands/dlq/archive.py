@@ -1,0 +1,83 @@
+"""The PostgreSQL side of ``dlq trim``: archive rows, fenced by a per-task epoch.
+
+Usage::
+
+    archive = TrimArchive(pool, "opsbot", queue_settings)
+    archive.begin(task_id, keep=1, to_drop=5000)   # after taking the queue's lease: epoch += 1
+    archive.settle(task_id, dropped)               # rows at or past `dropped` were never removed: gone
+    archive(task_id, dropped, oldest_first)        # one transaction: fence, drop stale rows, insert
+    archive.finish(task_id, "done")
+
+Redis's ``dropped`` counter is authoritative: the compare-and-remove script raises it in the
+same atomic step that removes a batch, so rows of a task with ordinal >= dropped describe
+entries that are still in Redis (or were requeued since). Every transaction here deletes them
+before writing, and only while ``epoch`` is still this trimmer's: a trimmer that lost its
+lease is fenced off in PostgreSQL (and, by the lease token, in Redis).
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from commands.dlq.settings import QueueSettings
+from bot.core.invocation import CommandError
+
+__all__ = ["TrimArchive", "Fenced"]
+
+
+class Fenced(CommandError):
+    """Another trimmer took this task over: this one must stop without writing anything."""
+
+
+class TrimArchive:
+    def __init__(self, pool: ConnectionPool, schema: str, queue: QueueSettings):
+        self.pool = pool
+        self.queue = queue
+        self.archive = sql.Identifier(schema, "dlq_archive")
+        self.tasks = sql.Identifier(schema, "dlq_trim_tasks")
+        self.epoch: int | None = None
+
+    def begin(self, task_id: str, *, keep: int | None = None, to_drop: int | None = None) -> int:
+        """Take the task's next epoch (call after taking the lease); older epochs are fenced off."""
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                sql.SQL("INSERT INTO {} (task_id, queue, epoch, keep, to_drop) VALUES (%s, %s, 1, %s, %s)"
+                        " ON CONFLICT (task_id) DO UPDATE SET epoch = {}.epoch + 1, taken_at = now(),"
+                        " updated_at = now() RETURNING epoch").format(self.tasks, self.tasks),
+                (task_id, self.queue.name, keep, to_drop)).fetchone()
+        self.epoch = row[0]
+        return self.epoch
+
+    def _fence(self, cur, task_id: str) -> None:
+        if self.epoch is None:
+            raise Fenced(f"trim task {task_id}: no epoch taken")
+        cur.execute(sql.SQL("UPDATE {} SET updated_at = now() WHERE task_id = %s AND epoch <= %s RETURNING epoch")
+                    .format(self.tasks), (task_id, self.epoch))
+        if cur.fetchone() is None:
+            raise Fenced(f"trim task {task_id} of {self.queue.name!r} was taken over by another trimmer")
+
+    def settle(self, task_id: str, dropped: int) -> int:
+        """Delete the rows of entries that were never removed (ordinal >= dropped); returns how many."""
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            self._fence(cur, task_id)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE task_id = %s AND ordinal >= %s").format(self.archive),
+                        (task_id, dropped))
+            return cur.rowcount
+
+    def __call__(self, task_id: str, first: int, entries: list[bytes]) -> None:
+        """Archive ``entries`` as ordinals first.. (first = Redis's `dropped` now), durably, or raise."""
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            self._fence(cur, task_id)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE task_id = %s AND ordinal >= %s").format(self.archive),
+                        (task_id, first))
+            copy = sql.SQL("COPY {} (task_id, ordinal, queue, dead_key, entry) FROM STDIN").format(self.archive)
+            with cur.copy(copy) as out:
+                for offset, entry in enumerate(entries):
+                    out.write_row((task_id, first + offset, self.queue.name, self.queue.dead, entry))
+
+    def finish(self, task_id: str, status: str) -> None:
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            self._fence(cur, task_id)
+            cur.execute(sql.SQL("UPDATE {} SET status = %s WHERE task_id = %s").format(self.tasks),
+                        (status, task_id))

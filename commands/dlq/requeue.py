@@ -1,0 +1,163 @@
+"""``dlq requeue``: move dead letters back to the ready list (redis-list) or replay them (http)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from commands.dlq.settings import QueueSettings
+from bot.core.durations import format_duration
+from bot.core.invocation import Invocation
+from bot.core.result import Button, Plan, Result, Section
+from commands.dlq.archive import TrimArchive
+from commands.dlq.common import SAMPLE, backend_of, http_scan, owner, scan, settings_of, summary_sections
+from commands.dlq.entries import Filters
+from commands.dlq.http_api import HttpDeadLetters
+from commands.dlq.redis_list import RedisListQueue, Task
+from commands.dlq.trimmer import QueueTrim
+
+__all__ = ["plan_requeue", "requeue_still_valid", "execute_requeue", "settle_interrupted_trim"]
+
+
+def _busy_with_trim(queue: QueueSettings, backend: RedisListQueue) -> Result:
+    trim = QueueTrim(backend).task()
+    progress = f": {trim.dropped}/{trim.to_drop} dropped" if trim else ""
+    return Result.warn(f"A trim of `{queue.name}` is running{progress}. A requeue can start when it ends "
+                       "(one task per queue at a time).", data={"queue": queue.name, "busy": "trim"})
+
+
+def settle_interrupted_trim(inv: Invocation, backend: RedisListQueue, queue: QueueSettings) -> int:
+    """Under the lease, before a requeue moves anything: an interrupted trim's rows of entries it
+    archived but never removed are deleted, so no archive row describes an entry that gets requeued."""
+    trim = QueueTrim(backend).task()
+    if trim is None or not trim.unfinished:
+        return 0
+    archive = TrimArchive(inv.state.pool, inv.settings.state.db_schema, queue)
+    archive.begin(trim.id)
+    return archive.settle(trim.id, int(backend.client.hget(backend.trim_key, "dropped")))
+
+
+def _progress_result(queue: QueueSettings, task: Task, rate: float) -> Result:
+    remaining = task.target - task.moved
+    eta = format_duration(remaining / rate) if rate > 0 and remaining > 0 else "-"
+    text = (f"Requeueing `{queue.name}`: {task.moved}/{task.target} moved · {task.scanned}/{task.total} scanned · "
+            f"{rate:,.0f}/s · ETA {eta}")
+    return Result.ok(text, data={"task": task.id, "moved": task.moved, "target": task.target,
+                                 "scanned": task.scanned, "rate": rate},
+                     buttons=[Button("Cancel requeue", "run", f"dlq cancel {queue.name}", style="danger",
+                                     confirm=f"Stop requeueing {queue.name}? What moved stays moved.")])
+
+
+def plan_requeue(inv: Invocation) -> Plan | Result:
+    queue = settings_of(inv)
+    backend = backend_of(inv, queue)
+    filters = Filters.from_args(inv.args)
+    limit, rate = inv.args["limit"], inv.args["rate"]
+    if isinstance(backend, RedisListQueue):
+        holder = backend.lease_holder()
+        task = backend.task()
+        if holder and holder.kind == "trim":
+            return _busy_with_trim(queue, backend)
+        if holder and task:
+            return _progress_result(queue, task, 0.0).with_(
+                status="warn", summary=f"A requeue of `{queue.name}` is already running: "
+                                       f"{task.moved}/{task.target} moved. `/ops dlq cancel {queue.name}` stops it.")
+        if task and task.unfinished:
+            return Plan(
+                f"resume the interrupted requeue of `{queue.name}` ({task.moved}/{task.target} moved so far, "
+                f"{task.filters.describe()})",
+                data={"queue": queue.name, "resume": task.id, "matching": task.target - task.moved},
+                sections=[Section(text="An earlier requeue was interrupted (the bot stopped or was killed). "
+                                       "Confirm to finish it; its entries set aside go back in order.")],
+            )
+    summary = scan(backend, filters, SAMPLE)
+    if summary.matched == 0:
+        return Result.ok(f"Nothing to requeue: no dead letters in `{queue.name}` match {filters.describe()}.",
+                         data={"queue": queue.name, "matching": 0})
+    target = min(summary.matched, limit) if limit else summary.matched
+    destination = f"`{queue.dead}` → `{queue.ready}`" if queue.backend == "redis-list" else f"replay via {queue.url}"
+    pace = f" at {rate}/s" if rate else ""
+    return Plan(
+        f"requeue {target} of {summary.matched} matching dead letters ({destination}){pace}",
+        data={"queue": queue.name, "filters": filters.to_dict(), "limit": limit, "rate": rate,
+              "matching": summary.matched, "dead": summary.total},
+        sections=[Section(fields=(("matching", f"{summary.matched} of {summary.total}"),
+                                  ("will move", str(target)), ("filter", filters.describe())))]
+                 + summary_sections(summary, time.time(), "Sample"),
+    )
+
+
+def requeue_still_valid(old: Plan, new: Plan) -> bool:
+    """Same request, and the matching count has not grown beyond the queue's bound (default 10%)."""
+    same = all(old.data.get(k) == new.data.get(k) for k in ("queue", "filters", "limit", "resume"))
+    growth = new.data.get("growth_bound", 0.10)
+    return same and new.data["matching"] <= old.data["matching"] * (1 + growth)
+
+
+def execute_requeue(inv: Invocation, plan: Plan) -> Result:
+    queue = settings_of(inv)
+    backend = backend_of(inv, queue)
+    if isinstance(backend, HttpDeadLetters):
+        return _replay_http(inv, backend, queue, plan)
+    task_id = plan.data.get("resume") or secrets.token_hex(6)
+
+    def before() -> None:  # under the queue's lease
+        settle_interrupted_trim(inv, backend, queue)
+        if not plan.data.get("resume"):
+            backend.start_requeue(Filters.from_dict(plan.data["filters"]), limit=plan.data["limit"],
+                                  rate=plan.data["rate"], matching=plan.data["matching"],
+                                  requested_by=inv.actor.user_id, task_id=task_id)
+
+    report = backend.run_requeue(
+        task_id, owner=owner(), batch=queue.batch, lease_ttl=queue.lease_ttl, should_stop=inv.stopping,
+        progress=lambda task, rate: inv.progress(_progress_result(queue, task, rate)), before=before,
+    )
+    task = report.task
+    if inv.metrics is not None:
+        inv.metrics.requeue_moved.labels(queue=queue.name).inc(task.moved - report.moved_before)
+    rate = (task.moved - report.moved_before) / report.seconds if report.seconds > 0 else 0.0
+    data = {"queue": queue.name, "task": task.id, "moved": task.moved, "scanned": task.scanned,
+            "target": task.target, "outcome": report.outcome, "seconds": round(report.seconds, 3),
+            "rate": round(rate)}
+    where = f"`{queue.dead}` → `{queue.ready}`"
+    if report.outcome == "done":
+        return Result.ok(f"Requeued {task.moved} dead letters {where} in {format_duration(report.seconds)} "
+                         f"({rate:,.0f}/s)", data=data)
+    if report.outcome == "cancelled":
+        return Result.warn(f"Requeue cancelled after {task.moved} of {task.target}; the rest stay dead, in order",
+                           data=data)
+    if report.outcome == "interrupted":
+        return Result.warn(f"Requeue paused at {task.moved}/{task.target} (the bot is stopping); "
+                           f"`/ops dlq requeue {queue.name}` resumes it", data=data)
+    return Result.error(f"Requeue stopped at {task.moved}/{task.target}: it lost its lease (another process took "
+                        f"over, or Redis restarted); `/ops dlq requeue {queue.name}` resumes it",
+                        data=data)
+
+
+def _replay_http(inv: Invocation, backend: HttpDeadLetters, queue: QueueSettings, plan: Plan) -> Result:
+    filters = Filters.from_dict(plan.data["filters"])
+    _, matching = http_scan(backend, filters, 0)
+    limit = plan.data["limit"]
+    matching = matching[:limit] if limit else matching
+    started = time.monotonic()
+    ok, failed = 0, []
+    for index, entry in enumerate(matching, 1):
+        if inv.stopping():
+            break
+        key = f"opsbot:{entry.failed_at or ''}"
+        outcome = backend.replay(entry.id or "", key=key)
+        if outcome.ok:
+            ok += 1
+        else:
+            failed.append({"id": outcome.id, "status": outcome.status, "detail": outcome.detail})
+        if plan.data["rate"]:
+            ahead = index / plan.data["rate"] - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    seconds = time.monotonic() - started
+    data = {"queue": queue.name, "replayed": ok, "failed": failed, "target": len(matching), "seconds": seconds}
+    sections = [Section("Failed replays", code="\n".join(f"{f['id']}: HTTP {f['status']} {f['detail']}"
+                                                          for f in failed[:20]))] if failed else []
+    make = Result.ok if not failed else Result.warn
+    return make(f"Replayed {ok} of {len(matching)} dead letters via {queue.url}"
+                + (f"; {len(failed)} failed" if failed else ""), data=data, sections=sections)

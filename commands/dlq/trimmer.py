@@ -1,0 +1,216 @@
+"""``dlq trim`` on a ``redis-list`` queue: drop all but the newest N dead letters, archiving first.
+
+Usage::
+
+    trim = QueueTrim(queue)                    # a RedisListQueue
+    trim.task()                                # TrimTask(...) or None; `unfinished` when interrupted
+    report = trim.run(archive=TrimArchive(...), keep=100, owner="host:pid", max_drop=5000)
+    report = trim.run(archive=..., keep=100, resume=task_id)      # finish an interrupted trim
+    report = trim.run(archive=..., keep=100, replaces=task_id)    # abandon it cleanly, trim anew
+
+The invariant: an entry leaves Redis only if those exact bytes are durably archived. Each
+batch is read from the oldest end, archived in one PostgreSQL transaction (which first
+deletes this task's rows at or past Redis's ``dropped`` counter: those entries were never
+removed), then removed by a compare-and-remove script that checks the lease token and the
+bytes, and raises ``dropped`` in the same atomic step. A changed oldest end is detected and
+the batch is read and archived again (bounded retries). The trim holds the queue's lease,
+the same one a requeue takes, so the two never run at the same time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.core.invocation import CommandError
+from commands.dlq import lua
+from commands.dlq.archive import Fenced
+
+__all__ = ["QueueTrim", "TrimTask", "TrimReport"]
+
+CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
+BATCH_BYTES = 16 * 2 ** 20  # a batch larger than this makes the next ones smaller
+PROGRESS_EVERY = 0.5
+
+
+@dataclass(frozen=True)
+class TrimTask:
+    id: str
+    status: str  # running | done | abandoned
+    keep: int
+    to_drop: int
+    dropped: int
+    requested_by: str = ""
+    started_at: float = 0.0
+
+    @classmethod
+    def from_hash(cls, data: dict[bytes, bytes]) -> "TrimTask":
+        get = {k.decode(): v.decode() for k, v in data.items()}
+        return cls(get["id"], get["status"], int(get.get("keep") or 0), int(get["to_drop"]), int(get["dropped"]),
+                   get.get("requested_by", ""), float(get.get("started_at") or 0))
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status == "running"
+
+    def remaining(self, dead: int) -> int:
+        """What resuming would still drop: never past its size, never below its keep."""
+        return max(min(self.to_drop - self.dropped, dead - self.keep), 0)
+
+
+@dataclass(frozen=True)
+class TrimReport:
+    task_id: str
+    dropped: int        # by the task, over all its runs
+    to_drop: int
+    outcome: str        # done | interrupted | changed | lost
+    seconds: float
+    dropped_now: int = 0
+    retries: int = 0    # batches read and archived again because the oldest end changed
+    abandoned: str | None = None
+
+
+class QueueTrim:
+    def __init__(self, queue: Any, clock: Callable[[], float] = time.time):
+        self.queue = queue
+        self.client = queue.client
+        self.dead = queue.settings.dead
+        self.key = queue.trim_key
+        self.lease = queue.lease
+        self.clock = clock
+        self._pop = self.client.register_script(lua.TRIM_POP)
+        self._status = self.client.register_script(lua.TRIM_STATUS)
+
+    def task(self) -> TrimTask | None:
+        data = self.client.hgetall(self.key)
+        return TrimTask.from_hash(data) if data else None
+
+    def run(self, *, archive: Callable[[str, int, list[bytes]], None], keep: int, owner: str = "",
+            resume: str | None = None, replaces: str | None = None, max_drop: int | None = None,
+            batch: int = 500, lease_ttl: float = 15.0, requested_by: str = "",
+            should_stop: Callable[[], bool] = lambda: False,
+            progress: Callable[[TrimTask, float], None] = lambda task, rate: None) -> TrimReport:
+        """Run (or resume, or replace) a trim to its end; safe to kill at any instant and run again.
+
+        ``archive(task_id, first_ordinal, entries)`` must commit durably or raise. When it also has
+        ``begin(task_id)`` and ``settle(task_id, dropped)`` (:class:`~commands.dlq.archive.TrimArchive`),
+        the run is fenced against stale trimmers and leaves no row of an entry still in Redis.
+        """
+        self.queue.check_types()
+        started = self.clock()
+        task_id = resume or secrets.token_hex(6)
+        token = self.lease.take("trim", task_id, owner=owner, ttl=lease_ttl)
+        abandoned = None
+        try:
+            task = self._task_for(token, task_id, keep, resume, replaces, max_drop, requested_by)
+            if replaces and task.id == replaces:
+                abandoned = replaces if self._abandon(token, replaces, archive) else None
+                task = self._create(token, task_id, keep, max_drop, requested_by)
+            report = self._drive(token, task, archive, batch, lease_ttl, should_stop, progress, started)
+        finally:
+            self.lease.release(token)
+        return TrimReport(**{**report.__dict__, "abandoned": abandoned})
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _task_for(self, token: str, task_id: str, keep: int, resume: str | None, replaces: str | None,
+                  max_drop: int | None, requested_by: str) -> TrimTask:
+        current = self.task()
+        if current is not None and current.unfinished:
+            if current.id == resume:
+                if max_drop is not None and current.to_drop > current.dropped + max_drop:
+                    self.client.hset(self.key, "to_drop", current.dropped + max_drop)  # as previewed
+                    return self.task()
+                return current
+            if current.id == replaces:
+                return current  # abandoned by the caller, under the lease
+            raise CommandError(f"an interrupted trim of {self.queue.name!r} ({current.id}: {current.dropped}/"
+                               f"{current.to_drop} dropped, keep {current.keep}) was not in the confirmed plan; "
+                               "run `dlq trim` again for a preview that shows it")
+        if resume:
+            raise CommandError(f"the interrupted trim {resume} of {self.queue.name!r} is no longer pending "
+                               "(finished or replaced meanwhile); run `dlq trim` again")
+        return self._create(token, task_id, keep, max_drop, requested_by)
+
+    def _create(self, token: str, task_id: str, keep: int, max_drop: int | None, requested_by: str) -> TrimTask:
+        to_drop = max(self.client.llen(self.dead) - keep, 0)
+        if max_drop is not None:
+            to_drop = min(to_drop, max_drop)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key)
+        pipe.hset(self.key, mapping={"id": task_id, "status": "running", "keep": keep, "to_drop": to_drop,
+                                     "dropped": 0, "requested_by": requested_by, "started_at": self.clock()})
+        pipe.execute()
+        return self.task()
+
+    def _abandon(self, token: str, task_id: str, archive: Any) -> bool:
+        """Close an interrupted task: rows of entries it never removed are deleted first."""
+        if hasattr(archive, "begin"):
+            archive.begin(task_id)
+            archive.settle(task_id, int(self.client.hget(self.key, "dropped") or 0))
+            archive.finish(task_id, "abandoned")
+        return bool(self._status(keys=[self.key, self.lease.key], args=[token, task_id, "abandoned"]))
+
+    def _drive(self, token: str, task: TrimTask, archive: Any, batch: int, lease_ttl: float,
+               should_stop: Callable[[], bool], progress: Callable[[TrimTask, float], None],
+               started: float) -> TrimReport:
+        fenced = hasattr(archive, "begin")
+        first_dropped = task.dropped
+        if fenced:
+            archive.begin(task.id, keep=task.keep, to_drop=task.to_drop)
+            archive.settle(task.id, int(self.client.hget(self.key, "dropped")))
+        outcome, changes, retries, size = "done", 0, 0, batch
+        renewed = reported = self.clock()
+        dropped = task.dropped
+        try:
+            while True:
+                dropped = int(self.client.hget(self.key, "dropped"))
+                n = min(size, task.to_drop - dropped, self.client.llen(self.dead) - task.keep)
+                if n <= 0:
+                    break
+                if should_stop():
+                    outcome = "interrupted"
+                    break
+                if self.clock() - renewed > lease_ttl / 3:
+                    if not self.lease.renew(token, ttl=lease_ttl):
+                        outcome = "lost"
+                        break
+                    renewed = self.clock()
+                oldest_first = self.client.lrange(self.dead, -n, -1)[::-1]
+                if len(oldest_first) < n:  # the list shrank between LLEN and LRANGE: read again
+                    continue
+                archive(task.id, dropped, oldest_first)
+                digest = hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
+                removed = self._pop(keys=[self.dead, self.key, self.lease.key], args=[n, digest, token, task.id])
+                if removed == -1:
+                    outcome = "lost"
+                    break
+                if removed == 0:  # someone else changed the oldest end: read and archive again
+                    changes, retries = changes + 1, retries + 1
+                    if changes > CHANGE_RETRIES:
+                        outcome = "changed"
+                        break
+                    continue
+                changes = 0
+                total = sum(map(len, oldest_first))
+                size = max(1, min(batch, n * BATCH_BYTES // total)) if total > BATCH_BYTES else batch
+                now = self.clock()
+                if now - reported >= PROGRESS_EVERY:
+                    progress(self.task(), (dropped + n - first_dropped) / max(now - started, 1e-6))
+                    reported = now
+            dropped = int(self.client.hget(self.key, "dropped"))
+            if outcome == "changed" and fenced:  # the last batch was archived but not removed
+                archive.settle(task.id, dropped)
+            if outcome == "done":
+                if fenced:
+                    archive.finish(task.id, "done")
+                if not self._status(keys=[self.key, self.lease.key], args=[token, task.id, "done"]):
+                    outcome = "lost"
+        except Fenced:
+            outcome = "lost"
+        return TrimReport(task.id, dropped, task.to_drop, outcome, self.clock() - started, dropped - first_dropped,
+                          retries)

@@ -1,0 +1,133 @@
+"""Guarded actions when things break: the action log's database stops, the executing process is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bot.core.invocation import Actor, Where
+from tests.conftest import ALICE, write_config
+from tests.support.commands import COUNTER, EXECUTIONS
+from tests.support.servers import PostgresCluster
+
+OPS = Where("C-ops", channel_name="ops")
+
+
+def executions(redis_client) -> int:
+    return int(redis_client.get(EXECUTIONS) or 0)
+
+
+@pytest.fixture
+def own_state_db(tmp_path, redis_client):
+    """A config whose action log lives in a PostgreSQL cluster this test may stop."""
+    with PostgresCluster() as pg:
+        yield pg, write_config(tmp_path / "own-state.yaml", pg.url)
+
+
+def test_no_side_effect_without_its_confirm_row(own_state_db, make_runtime, redis_client):
+    pg, path = own_state_db
+    runtime = make_runtime(path)
+    preview = runtime.engine.handle("test bump --by 2", Actor(ALICE), OPS)
+    assert preview.kind == "preview"
+
+    pg.stop()
+    refused = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert refused.kind == "unavailable", refused.result
+    assert refused.exit_code == 1 and refused.ephemeral
+    assert "was not executed" in refused.result.summary and "confirm again" in refused.result.summary
+    assert executions(redis_client) == 0
+
+    pg.start()
+    done = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS)  # the same Confirm button, once it is back
+
+    assert done.kind == "result" and done.result.data["counter"] == 2
+    assert executions(redis_client) == 1
+    assert [e.action for e in runtime.state.action_log.entries()] == ["request", "confirm", "outcome"]
+
+
+def _executor(path, redis_client, text: str) -> subprocess.Popen:
+    """An ``opsbot run --yes`` that is executing ``text`` (its side effect has started) when this returns."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.cli_with_test_commands", "--config", str(path),
+                             "run", "--yes", text], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "RUN_MIGRATIONS": "true"})
+    deadline = time.monotonic() + 30
+    while executions(redis_client) == 0:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the executor never started"
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.fixture
+def quick_timeout(tmp_path, database_url, redis_client):
+    path = write_config(tmp_path / "quick.yaml", database_url)
+    path.write_text(path.read_text().replace("  confirm_ttl: 5m", "  confirm_ttl: 5m\n  executor_timeout: 1s"))
+    return path
+
+
+def test_a_killed_executor_is_reported_as_interrupted_never_as_done(quick_timeout, make_runtime, redis_client,
+                                                                     fake_slack):
+    from slack_sdk import WebClient
+
+    runtime = make_runtime(quick_timeout, slack=WebClient(token="xoxb-test-token-0000", base_url=fake_slack.api_url))
+    proc = _executor(quick_timeout, redis_client, "test bump --by 5 --slow 30")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pending_id = redis_client.keys("opsbot:exec:*")[0].decode().rsplit(":", 1)[1]
+    time.sleep(1.2)  # the dead executor's heartbeat runs out
+
+    # Its click is delivered again (another replica took over the job): nothing runs twice, and it says why.
+    again = runtime.engine.confirm(pending_id, Actor.local(), Where("cli"))
+
+    assert again.kind == "interrupted" and again.exit_code == 1
+    assert "`test bump --by 5 --slow 30.0` was interrupted" in again.result.summary
+    assert "Nothing was run again" in again.result.summary
+    assert executions(redis_client) == 1 and redis_client.get(COUNTER) is None  # it died before adding
+    outcomes = [e.payload for e in runtime.state.action_log.entries() if e.action == "outcome"]
+    assert [(o["status"], o["pending_id"]) for o in outcomes] == [("interrupted", pending_id)]
+    announced = [c.body["text"] for c in fake_slack.calls("chat.postMessage") if "interrupted" in c.body["text"]]
+    assert len(announced) == 1
+
+    # Asked again, or swept by a worker: reported, but logged and announced only once.
+    assert runtime.engine.confirm(pending_id, Actor.local(), Where("cli")).kind == "interrupted"
+    assert runtime.engine.report_interrupted() == 0
+    assert len([e for e in runtime.state.action_log.entries() if e.action == "outcome"]) == 1
+
+    # Running it again shows a fresh plan.
+    fresh = runtime.engine.handle("test bump --by 5", Actor(ALICE), OPS)
+    assert fresh.kind == "preview" and fresh.pending.id != pending_id
+
+
+def test_a_worker_sweep_reports_an_executor_that_died_with_nobody_asking(quick_timeout, make_runtime, redis_client):
+    runtime = make_runtime(quick_timeout)
+    proc = _executor(quick_timeout, redis_client, "test bump --slow 30")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    assert runtime.engine.report_interrupted() == 0  # still beating: not yet
+    time.sleep(1.2)
+    assert runtime.engine.report_interrupted() == 1
+    assert runtime.engine.report_interrupted() == 0
+    outcome = [e.payload for e in runtime.state.action_log.entries() if e.action == "outcome"]
+    assert outcome[0]["status"] == "interrupted" and "was interrupted" in outcome[0]["summary"]
+
+
+def test_a_live_slow_executor_is_not_reported(quick_timeout, make_runtime, redis_client):
+    runtime = make_runtime(quick_timeout)
+    proc = _executor(quick_timeout, redis_client, "test bump --slow 3")
+    try:
+        time.sleep(1.5)  # longer than the timeout: only its heartbeat keeps it alive
+        assert runtime.engine.report_interrupted() == 0
+        pending_id = redis_client.keys("opsbot:exec:*")[0].decode().rsplit(":", 1)[1]
+        late = runtime.engine.confirm(pending_id, Actor.local(), Where("cli"))
+        assert late.kind == "taken" and "It is running now" in str(late.result.sections)
+    finally:
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert runtime.engine.report_interrupted() == 0

@@ -1,0 +1,62 @@
+"""Requests to /slack/events that are signed correctly but malformed get 400 (or 401), never a 500 and a traceback."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import pytest
+from slack_sdk import WebClient
+
+from tests.conftest import BOT_TOKEN, SIGNING_SECRET
+from tests.support.harness import SlackBot
+
+
+@pytest.fixture
+def bot(make_runtime, fake_slack, config_path, slack_env):
+    runtime = make_runtime(config_path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+    harness = SlackBot(runtime, fake_slack, SIGNING_SECRET)
+    yield harness
+    harness.close()
+
+
+def _payload(document) -> str:
+    return urlencode({"payload": document if isinstance(document, str) else json.dumps(document)})
+
+
+BAD_BODIES = {
+    "payload not JSON": _payload("{not json"),
+    "payload a JSON list": _payload([1, 2]),
+    "payload a JSON string": _payload("\"block_actions\""),
+    "block_actions without actions": _payload({"type": "block_actions", "user": {"id": "U1"}, "actions": []}),
+    "block_actions with a non-object action": _payload({"type": "block_actions", "user": {"id": "U1"},
+                                                         "actions": ["x"]}),
+    "view_submission without a view": _payload({"type": "view_submission", "user": {"id": "U1"}}),
+    "JSON body that is a list": "[1, 2, 3]",
+    "form body with two payloads": "payload=%7B%7D&payload=%7B%7D",
+    "binary": "\udcff\x00\x01".encode("utf-8", "surrogateescape").decode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_BODIES)
+def test_malformed_but_signed_bodies_get_400(bot, name, caplog):
+    answer = bot.post(BAD_BODIES[name])
+    assert answer.status_code == 400, (answer.status_code, answer.text)
+    assert "Traceback" not in caplog.text
+    bot.command("help")  # the server still works
+    assert bot.runtime.state.redis.llen("opsbot:work:queue") == 0
+
+
+@pytest.mark.parametrize("timestamp", ["abc", "", "1e9", "-1", "99999999999999999999999"])
+def test_a_timestamp_that_is_not_a_number_gets_401(bot, timestamp, caplog):
+    body = bot.command_body("help", user="UALICE", channel="C1", channel_name="ops", key="k", trigger="t")
+    answer = bot.http.post("/slack/events", content=body.encode(), headers={
+        "Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": timestamp,
+        "X-Slack-Signature": "v0=" + "0" * 64})
+    assert answer.status_code == 401
+    assert "Traceback" not in caplog.text
+
+
+def test_an_oversized_body_is_refused_before_anything_reads_it(bot):
+    answer = bot.post("text=" + "x" * 2_000_000)
+    assert answer.status_code == 413
