@@ -14,28 +14,16 @@ framework loops over ``GROUPS``; adding a group is adding it here.
 
 from __future__ import annotations
 
-from bot.core.group import Group
+from bot.core.group import Group, registry_of
 from bot.core.registry import Registry
 from commands import audit, dlq, drift, email, health, incident, log, rollback, runbook
 from commands import help as help_commands
 
-__all__ = ["GROUPS", "build_registry", "default_permissions"]
+__all__ = ["GROUPS", "build_registry"]
 
 GROUPS: list[Group] = [help_commands.GROUP, runbook.GROUP, dlq.GROUP, email.GROUP, health.GROUP, audit.GROUP,
                        log.GROUP, drift.GROUP, rollback.GROUP, incident.GROUP]
 
 
 def build_registry(groups: list[Group] | None = None) -> Registry:
-    registry = Registry()
-    for group in GROUPS if groups is None else groups:
-        registry.add(*group.commands)
-    return registry
-
-
-def default_permissions(settings, groups: list[Group] | None = None) -> dict[str, str]:
-    """Rules that depend on the configuration (a paging severity needs a role), from the groups that know them."""
-    rules: dict[str, str] = {}
-    for group in GROUPS if groups is None else groups:
-        if group.permissions is not None:
-            rules.update(group.permissions(settings))
-    return rules
+    return registry_of(GROUPS if groups is None else groups)

@@ -6,13 +6,15 @@ next run only hashes what was appended since. ``--full`` hashes every row.
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from bot.core.invocation import CommandError, Invocation
 from bot.store.logverify import KINDS, VerifyReport
 from bot.core.registry import Arg, Command
 from bot.core.result import Result, Section
-from bot.core.group import Group
+from bot.core.group import Check, CheckWarning, Color, Group, StatusLine
 
 __all__ = ["COMMANDS", "GROUP", "verify_action_log", "summary_line"]
 
@@ -119,4 +121,29 @@ COMMANDS = [
                         " missing, truncated, rewritten, a forged segment start, a head that is not anchored."),
 ]
 
-GROUP = Group("log", commands=COMMANDS)
+def status_lines(inv: Invocation) -> list[StatusLine]:
+    """`status`: the action log from its last checkpoint (quick: the head and what was appended since)."""
+    try:
+        report = verify_action_log(inv.state, quick=True)
+    except Exception as exc:
+        return [StatusLine(Color.RED, "action log", f"cannot verify ({str(exc).splitlines()[0][:160]})")]
+    color = Color.RED if report.level == "fail" else Color.AMBER if report.level == "warn" else Color.GREEN
+    return [StatusLine(color, "action log", summary_line(report), {"level": report.level,
+                                                                    "first_bad": report.first_bad})]
+
+
+def checks(runtime: Any) -> list[Check]:
+    """`opsbot check`: the action log verifies from the last checkpoint (the first time, every row)."""
+
+    def verified() -> str:
+        report = verify_action_log(runtime.state)
+        if report.level == "fail":
+            raise CommandError(summary_line(report) + ": run `opsbot run log verify`")
+        if report.level == "warn":
+            raise CheckWarning(summary_line(report))
+        return f"ok, {summary_line(report)}"
+
+    return [Check("action log", verified)]
+
+
+GROUP = Group("log", commands=COMMANDS, status=status_lines, checks=checks)

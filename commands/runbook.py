@@ -13,7 +13,7 @@ from bot.core.parser import UsageError, parse
 from bot.core.registry import Arg, Command
 from bot.core.result import Button, Result, Section
 from bot.core.runbooks import RunbookError, RunbookLibrary, UnknownName
-from bot.core.group import Group
+from bot.core.group import Check, Group
 
 __all__ = ["COMMANDS", "GROUP", "library_for"]
 
@@ -152,4 +152,17 @@ COMMANDS = [
     ),
 ]
 
-GROUP = Group("runbook", commands=COMMANDS)
+def checks(runtime: Any) -> list[Check]:
+    """`opsbot check`: every runbook renders with this app.yaml."""
+
+    def render_all() -> str:
+        library = library_for(runtime.settings)
+        books = library.all()
+        for book in books:
+            library.render(book.name)
+        return f"ok, {len(books)} runbooks render"
+
+    return [Check("runbooks", render_all)]
+
+
+GROUP = Group("runbook", commands=COMMANDS, checks=checks)

@@ -8,7 +8,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from bot.runtime.checks import run_checks
-from commands.runbook import library_for
 from tests.conftest import BOT_TOKEN, REDIS_URL, write_config
 from tests.support.audit import AuditChain
 from tests.support.http import send_json
@@ -38,7 +37,7 @@ def checks_by_target(result):
 
 def test_everything_reachable_is_ok(slack_env, runtime, redis_client, database_url):
     AuditChain(database_url).create().append("tenant-a", 3)  # the audit table the default scheme is checked on
-    result = run_checks(runtime, library_for(runtime.settings))
+    result = run_checks(runtime)
     found = checks_by_target(result)
     assert result.status == "ok", result.data
     assert found["state redis"]["ok"] and found["state postgres"]["ok"] and found["database main"]["ok"]
@@ -55,7 +54,7 @@ def test_a_database_without_an_audit_table_is_a_warning(slack_env, runtime, redi
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute('DROP TABLE IF EXISTS "AuditLog"')
-    result = run_checks(runtime, library_for(runtime.settings))
+    result = run_checks(runtime)
     assert result.status == "warn"
     assert "audit table 'AuditLog' does not exist" in checks_by_target(result)["audit scheme"]["detail"]
 
@@ -77,7 +76,7 @@ redis:
     redis_client.set("jobs:dead", "not a list")
     runtime = make_runtime(path)
 
-    result = run_checks(runtime, library_for(runtime.settings))
+    result = run_checks(runtime)
     found = checks_by_target(result)
 
     assert result.status == "fail"

@@ -8,7 +8,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 from slack_sdk.webhook import WebhookClient
 
-from bot.slack.app import note_form
+from bot.slack.app import form_view
+from commands.incident.desk import NOTE_FORM
 from tests.support.fakeslack import FakeSlack
 
 TOKEN = "xoxb-test-token-0000"
@@ -188,7 +189,7 @@ def test_chat_update_needs_a_ts_of_a_message_the_bot_posted(fake, client):
 # -- modals --------------------------------------------------------------------------------------
 
 def test_views_are_checked_with_a_modals_limits(client):
-    assert client.views_open(trigger_id="t1", view=note_form("INC-1"))["ok"]  # opsbot's own form
+    assert client.views_open(trigger_id="t1", view=form_view(NOTE_FORM, "INC-1"))["ok"]  # opsbot's own form
 
     def answer(view, trigger="t1"):
         return refused(lambda: client.views_open(trigger_id=trigger, view=view))
@@ -201,7 +202,7 @@ def test_views_are_checked_with_a_modals_limits(client):
         in too_many["response_metadata"]["messages"]
     assert "[ERROR] must be less than 25 characters [json-pointer:/view/title/text]" in answer(
         {**modal, "title": {"type": "plain_text", "text": "t" * 25}})["response_metadata"]["messages"]
-    no_submit = {**note_form("INC-1")}
+    no_submit = {**form_view(NOTE_FORM, "INC-1")}
     del no_submit["submit"]
     assert "submit" in answer(no_submit)["response_metadata"]["messages"][0]
     assert answer(modal, trigger="")["response_metadata"]["messages"] == ["[ERROR] missing required field: trigger_id"]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from slack_sdk import WebClient
 
+from commands.incident.desk import IncidentDesk
 from tests.conftest import ALICE, BOB, BOT_TOKEN, REPO, SIGNING_SECRET, write_config
 from tests.support.harness import Reply, SlackBot
 
@@ -140,8 +141,8 @@ def test_a_run_button_clicked_inside_the_thread_belongs_to_the_incident(slack, f
     assert book.body["response_type"] == "ephemeral"
     assert reply.body["response_type"] == "in_channel"  # answered in the thread through its response_url
     assert len(posts(fake_slack, ts)) == 1  # and not posted a second time
-    actions = slack.runtime.engine.extras["incidents"].store.actions(
-        slack.runtime.engine.extras["incidents"].store.find("INC-1"))
+    actions = slack.runtime.services.get(IncidentDesk).store.actions(
+        slack.runtime.services.get(IncidentDesk).store.find("INC-1"))
     assert any(payload.get("command") == "health" for _, _, _, payload in actions)
 
 
@@ -176,7 +177,7 @@ def test_wrong_place_or_unknown_ids_get_a_clear_message(slack, fake_slack, text,
 
 def test_a_quiet_incident_is_reminded_once_per_target(slack, fake_slack):
     declare(slack, fake_slack)
-    desk = slack.runtime.engine.extras["incidents"]
+    desk = slack.runtime.services.get(IncidentDesk)
     ts = _ts_of(fake_slack, fake_slack.calls("chat.postMessage")[0])
     start = desk.store.find("INC-1").declared_at
 
@@ -190,7 +191,7 @@ def test_a_quiet_incident_is_reminded_once_per_target(slack, fake_slack):
 
 def test_an_update_restarts_the_response_clock(slack, fake_slack):
     declare(slack, fake_slack)
-    desk = slack.runtime.engine.extras["incidents"]
+    desk = slack.runtime.services.get(IncidentDesk)
     with desk.store.pool.connection() as conn:  # declared 25 minutes ago: its first reminder is 5 minutes away
         conn.execute("UPDATE opsbot.incidents SET declared_at = declared_at - interval '25 minutes',"
                      " last_update_at = last_update_at - interval '25 minutes',"
@@ -212,7 +213,7 @@ def test_sev1_pages_at_once(slack, fake_slack):
 def test_an_overdue_postmortem_is_reminded_once(slack, fake_slack):
     declare(slack, fake_slack)
     slack.command("incident resolve fixed --incident INC-1")
-    desk = slack.runtime.engine.extras["incidents"]
+    desk = slack.runtime.services.get(IncidentDesk)
     due = desk.store.find("INC-1").postmortem_due_at
     assert due - desk.store.find("INC-1").resolved_at == timedelta(hours=48)
     assert desk.sweep(due - timedelta(minutes=1)) == 0
@@ -223,7 +224,7 @@ def test_an_overdue_postmortem_is_reminded_once(slack, fake_slack):
 
 def test_two_bot_processes_send_each_reminder_once(slack, fake_slack, config):
     declare(slack, fake_slack)
-    desk = slack.runtime.engine.extras["incidents"]
+    desk = slack.runtime.services.get(IncidentDesk)
     at = (desk.store.find("INC-1").declared_at + timedelta(minutes=31)).isoformat()
     env = {**os.environ, "TEST_SLACK_BOT_TOKEN": BOT_TOKEN}
     command = [sys.executable, "-m", "tests.support.sweep", str(config), at, "5"]
@@ -246,7 +247,7 @@ def test_without_slack_the_incident_is_recorded_and_works_by_id(make_runtime, tm
     paged = runtime.engine.handle("incident declare sev1 Checkout down", Actor.local("ops"), where).result
     target = dict(paged.sections[0].fields)["Target response"]
     assert target.startswith("immediate (not paged: no notify groups, pager URL or Slack)")  # nothing could page
-    assert datetime.now(UTC) - runtime.engine.extras["incidents"].store.find("INC-1").declared_at < timedelta(1)
+    assert datetime.now(UTC) - runtime.services.get(IncidentDesk).store.find("INC-1").declared_at < timedelta(1)
 
 
 def test_status_counts_open_incidents(slack, fake_slack):
@@ -279,8 +280,8 @@ def test_add_note_opens_a_form_and_its_text_lands_on_the_timeline(slack, fake_sl
     assert answer.status_code == 200 and answer.text in ("", "null")  # the form closes
     note = fake_slack.wait(lambda s: [p for p in posts(s, ts) if "DB failover" in p["text"]])[0]
     assert note["text"] == f"OK: INC-1 update from <@{BOB}>: DB failover done --really"
-    events = slack.runtime.engine.extras["incidents"].store.events(
-        slack.runtime.engine.extras["incidents"].store.find("INC-1"))
+    events = slack.runtime.services.get(IncidentDesk).store.events(
+        slack.runtime.services.get(IncidentDesk).store.find("INC-1"))
     assert [(e.actor, e.text) for e in events if e.kind == "note"] == [(BOB, "DB failover done --really")]
 
 
@@ -288,11 +289,11 @@ def test_a_root_message_slack_refused_can_be_posted_again(slack, fake_slack):
     fake_slack.fail("chat.postMessage", status=200, body={"ok": False, "error": "channel_not_found"})
     reply = slack.command("incident declare sev3 Slow search")
     assert "the root message could not be posted" in str(reply.body)
-    assert slack.runtime.engine.extras["incidents"].store.find("INC-1").root_ts is None
+    assert slack.runtime.services.get(IncidentDesk).store.find("INC-1").root_ts is None
 
     again = slack.command("incident repost --incident INC-1")
     assert "root message posted again" in again.text
-    incident = slack.runtime.engine.extras["incidents"].store.find("INC-1")
+    incident = slack.runtime.services.get(IncidentDesk).store.find("INC-1")
     assert incident.root_ts and incident.channel == "C-INCIDENTS"
     slack.command("incident note back on track --incident INC-1")
     note = fake_slack.wait(lambda s: [p for p in posts(s, incident.root_ts) if "back on track" in p["text"]])[0]

@@ -152,10 +152,10 @@ def test_incident_inside_a_quoted_argument_is_text_not_the_option(registry):
     from bot.core.parser import parse
 
     parsed = parse('incident note "next time use --incident INC-2 from the start" --incident INC-7', registry)
-    assert parsed.incident == "INC-7"
+    assert parsed.context == "INC-7"
     assert parsed.args["text"] == "next time use --incident INC-2 from the start"
-    assert parse("incident note -- --incident INC-2 is the option", registry).incident is None
-    assert parse("dlq status --incident=INC-3", registry).incident == "INC-3"
+    assert parse("incident note -- --incident INC-2 is the option", registry).context is None
+    assert parse("dlq status --incident=INC-3", registry).context == "INC-3"
     with pytest.raises(UsageError, match="given twice"):
         parse("dlq status --incident INC-1 --incident INC-2", registry)
     with pytest.raises(UsageError, match="needs an incident id"):

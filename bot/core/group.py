@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from bot.core.registry import Arg, Command
+from bot.core.registry import Arg, Command, Registry
 
 if TYPE_CHECKING:
     from bot.core.invocation import Invocation, Where
-    from bot.core.result import Result
+    from bot.core.result import Form, Result
 
-__all__ = ["Check", "Color", "Context", "Group", "Services", "StatusLine"]
+__all__ = ["Check", "CheckWarning", "Color", "Context", "Group", "Services", "StatusLine", "Sweep",
+           "default_permissions", "registry_of"]
 
 T = TypeVar("T")
 
@@ -73,12 +74,17 @@ class Check:
     run: Callable[[], str]
 
 
+class CheckWarning(Exception):
+    """Raised by a check that answered, but with something worth a look (a warning, not a failure)."""
+
+
 class Context(Protocol):
     """A conversation commands can run in (an incident's thread), contributed by one group.
 
     ``option`` is the global option that names it (``--incident INC-42``); ``name`` keys it
-    in the action log. The engine calls ``resolve`` before a command runs, ``post`` after
-    it ran (into the conversation), and ``announce`` for a guarded request or outcome.
+    in the action log. The engine calls ``resolve`` before a command runs (its value lands
+    in ``Where.context``), and ``post`` for what happened in it: a result, a guarded request
+    or outcome. ``post`` returns what is left to reply, and whether it went to the conversation.
     """
 
     name: str
@@ -88,7 +94,15 @@ class Context(Protocol):
 
     def post(self, result: Result, where: Where) -> tuple[Result, bool]: ...
 
-    def announce(self, result: Result, where: Where) -> bool: ...
+
+@dataclass(frozen=True)
+class Sweep:
+    """Periodic work every worker does: ``run(runtime)`` at most every ``every(settings)`` seconds; it returns how
+    much it did (reminders sent), and must be safe when replicas all sweep (claim each piece of work once)."""
+
+    what: str
+    every: Callable[[Any], float]
+    run: Callable[[Any], int]
 
 
 class Services:
@@ -123,11 +137,13 @@ class Group:
         validate: checks across settings once they are read; raises ValueError("key.path: why").
         services: builds the objects its handlers use, from the runtime (``inv.services.get(T)``).
         context: builds a conversation commands can run in, from the runtime (the incident thread).
-        sweep: periodic work every worker does (reminders), from the runtime; returns how much it did.
+        context_option: the global option naming that conversation (``--incident``); any command takes it.
+        sweep: periodic work every worker does (reminders).
         status: lines for `status`, from an invocation.
         checks: lines for `opsbot check`, from the runtime.
         permissions: default rules that depend on the configuration (a paging severity needs a role).
         migrations: a folder of SQL files for the bot's own schema, applied in name order with every other's.
+        forms: one-field forms its buttons open (a note on an incident); submitting one runs a command.
     """
 
     name: str
@@ -136,12 +152,36 @@ class Group:
     extends: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)
     validate: Callable[[Any], None] | None = None
     services: Callable[[Any], list[object]] | None = None
-    context: Callable[[Any], Context | None] | None = None
-    sweep: Callable[[Any], int] | None = None
+    context: Callable[[Any], Context] | None = None
+    context_option: Arg | None = None
+    sweep: Sweep | None = None
     status: Callable[[Invocation], list[StatusLine]] | None = None
     checks: Callable[[Any], list[Check]] | None = None
     permissions: Callable[[Any], dict[str, str]] | None = None
     migrations: Path | None = None
+    forms: tuple[Form, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "commands", tuple(self.commands))
+
+
+def registry_of(groups: Sequence[Group]) -> Registry:
+    """Every command of ``groups``, and the global option of the conversation one of them offers."""
+    registry = Registry()
+    for group in groups:
+        registry.add(*group.commands)
+    options = [group.context_option for group in groups if group.context_option is not None]
+    if len(options) > 1:
+        raise ValueError(f"two groups offer a context: --{options[0].name} and --{options[1].name}")
+    registry.context_option = options[0] if options else None
+    registry.forms = {form.name: form for group in groups for form in group.forms}
+    return registry
+
+
+def default_permissions(settings: Any, groups: Sequence[Group]) -> dict[str, str]:
+    """Rules that depend on the configuration (a paging severity needs a role), from the groups that know them."""
+    rules: dict[str, str] = {}
+    for group in groups:
+        if group.permissions is not None:
+            rules.update(group.permissions(settings))
+    return rules

@@ -10,11 +10,12 @@ Usage::
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config.settings import Settings
+from bot.core.group import Group, Services
 from bot.core.registry import Command, Registry
 
 __all__ = ["Actor", "Where", "Invocation", "CommandError", "BadArgument"]
@@ -50,7 +51,7 @@ class Where:
     channel: str = "cli"
     thread_ts: str | None = None
     channel_name: str | None = None
-    incident: str | None = None  # the incident whose context this runs in (INC-42), see commands.incident
+    context: str | None = None  # the conversation it runs in (an incident id), from the group offering a context
 
     def is_channel(self, configured: str) -> bool:
         """Whether this is ``configured`` (a channel id like C123 or a name like #incidents)."""
@@ -73,4 +74,7 @@ class Invocation:
     policy: Any = None  # bot.core.policy.Policy: who may run what, where (help shows it)
     progress: Callable[[Any], None] = lambda result: None
     stopping: Callable[[], bool] = lambda: False
-    extras: dict[str, Any] = field(default_factory=dict)
+    groups: Sequence[Group] = ()  # the installed groups (`status` asks each for its lines)
+    services: Services = field(default_factory=Services)  # objects the groups made: inv.services.get(IncidentDesk)
+    confirmed_by: str | None = None  # a confirmed guarded action: who confirmed it ...
+    pending_id: str | None = None  # ... and which pending action it was

@@ -45,7 +45,19 @@ class Parsed:
     command: Command
     args: dict[str, Any]
     text: str
-    incident: str | None = None  # the global ``--incident ID`` option, which any command takes
+    context: str | None = None  # the value of the registry's global context option (``--incident INC-42``)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for a queued job, so the worker runs what the ack parsed (see :meth:`from_dict`)."""
+        return {"command": self.command.name, "args": self.args, "text": self.text, "context": self.context}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], registry: Registry) -> "Parsed | None":
+        """The parsed command again; None if ``registry`` no longer has it (parse the text instead)."""
+        command = registry.get(str(data.get("command", "")))
+        if command is None or not isinstance(data.get("args"), dict):
+            return None
+        return cls(command, data["args"], str(data.get("text", "")), data.get("context"))
 
     def canonical(self) -> str:
         """The command text in a normal form (for the action log and fingerprints); parses back the same."""
@@ -87,8 +99,11 @@ def tokenize(text: str) -> list[str]:
         raise UsageError(f"cannot read the command: {str(exc).lower()} (check your quotes)") from None
 
 
-def _take_incident(tokens: list[str]) -> tuple[list[str], str | None]:
-    """The global ``--incident ID`` (or ``--incident=ID``) as a word of its own, never inside a quoted argument."""
+def _take_global(tokens: list[str], option: Arg | None) -> tuple[list[str], str | None]:
+    """The global ``--name VALUE`` (or ``--name=VALUE``) as a word of its own, never inside a quoted argument."""
+    if option is None:
+        return tokens, None
+    flag = option.option
     rest, found, index = [], [], 0
     while index < len(tokens):
         token = tokens[index]
@@ -96,29 +111,29 @@ def _take_incident(tokens: list[str]) -> tuple[list[str], str | None]:
         if token == "--":  # everything after it is an argument
             rest += tokens[index - 1:]
             break
-        if token == "--incident":
+        if token == flag:
             if index >= len(tokens):
-                raise UsageError("`--incident` needs an incident id, e.g. `--incident INC-42`.")
+                raise UsageError(f"`{flag}` needs {option.help}.")  # the option's help says what, with an example
             found.append(tokens[index])
             index += 1
-        elif token.startswith("--incident="):
+        elif token.startswith(flag + "="):
             found.append(token.partition("=")[2])
         else:
             rest.append(token)
     if len(found) > 1:
-        raise UsageError("`--incident` given twice.")
+        raise UsageError(f"`{flag}` given twice.")
     return rest, (found[0] if found else None)
 
 
 def parse(text: str, registry: Registry, prefix: str = "/ops") -> Parsed:
-    tokens, incident = _take_incident(tokenize(text))
+    tokens, context = _take_global(tokenize(text), registry.context_option)
     if not tokens:
         tokens = ["help"]
     command, used = registry.match(tokens)
     if command is None:
         raise UsageError(_unknown(tokens, registry, prefix))
     binder = _Binder(command, prefix)
-    return Parsed(command, binder.bind(tokens[used:]), text, incident)
+    return Parsed(command, binder.bind(tokens[used:]), text, context)
 
 
 def _unknown(tokens: list[str], registry: Registry, prefix: str) -> str:

@@ -35,18 +35,35 @@ class Section:
 
 
 @dataclass(frozen=True)
+class Form:
+    """A one-field form a button opens; submitting it runs ``command`` as the person who wrote it.
+
+    ``command`` has ``{text}`` (what they wrote) and ``{value}`` (the button's value) filled in,
+    each shell-quoted: ``Form("incident_note", "Update", "What happened?", "incident note {text}
+    --incident {value}")``. Groups declare their forms (``Group.forms``); buttons name them.
+    """
+
+    name: str
+    title: str
+    label: str
+    command: str
+    field: str = "text"
+
+
+@dataclass(frozen=True)
 class Button:
     """A button under a result.
 
     ``action``: confirm or cancel (``value`` is the pending action), run (``value`` is command
-    text), or note (``value`` is an incident id: a form to write an update opens).
+    text), or form (``form`` names a :class:`Form`; ``value`` goes into its command).
     """
 
     label: str
-    action: Literal["confirm", "cancel", "run", "note"]
+    action: Literal["confirm", "cancel", "run", "form"]
     value: str
     style: Literal["primary", "danger"] | None = None
     confirm: str | None = None
+    form: str | None = None
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class ExecutionState:
     progress: str = ""
     status: str = ""
     summary: str = ""
-    incident: str | None = None
+    context: str | None = None
     channel: str = ""
 
     @property
@@ -99,7 +99,7 @@ class Executions:
         pipe = self.client.pipeline()
         pipe.hset(self.key(pending.id), mapping={
             "state": "running", "owner": owner, "command": pending.command, "text": pending.text,
-            "started": time.time(), "incident": pending.incident or "", "channel": pending.channel})
+            "started": time.time(), "context": pending.context or "", "channel": pending.channel})
         pipe.expire(self.key(pending.id), KEEP)
         pipe.set(self.alive_key(pending.id), owner, px=self.ttl_ms)
         pipe.execute()
@@ -130,7 +130,7 @@ class Executions:
         return ExecutionState(pending_id, get.get("state", "running"), bool(alive), get.get("owner", ""),
                               get.get("command", ""), get.get("text", ""), float(get.get("started") or 0),
                               get.get("progress", ""), get.get("status", ""), get.get("summary", ""),
-                              get.get("incident") or None, get.get("channel", ""))
+                              get.get("context") or None, get.get("channel", ""))
 
     def claim_report(self, pending_id: str) -> bool:
         """True for exactly one caller: the one that reports this interrupted execution."""

@@ -62,7 +62,8 @@ class PendingAction:
     two_person: bool = False
     thread_ts: str | None = None
     channel_name: str | None = None
-    incident: str | None = None  # requested in an incident's context (its results go to the thread)
+    context: str | None = None  # requested in a conversation (an incident): its results go there
+    args: dict[str, Any] | None = None  # the parsed arguments, so the confirm runs them without parsing again
     created: float = field(default_factory=time.time)
     expires: float = 0.0
     id: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -72,7 +73,10 @@ class PendingAction:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "PendingAction":
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        if "incident" in fields:  # stored by a release before contexts were the groups' business
+            fields["context"] = fields.pop("incident")
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,8 @@ def _button(button: Button, index: int) -> ButtonElement:
                                 confirm=button.label[:30], deny="Back")
     return ButtonElement(
         text=button.label[:75],
-        action_id=f"{ACTION_PREFIX}{button.action}:{index}",
+        action_id=f"{ACTION_PREFIX}{button.action}:{button.form}:{index}" if button.form
+        else f"{ACTION_PREFIX}{button.action}:{index}",
         value=button.value,
         style=button.style,
         confirm=confirm,

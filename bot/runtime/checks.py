@@ -19,7 +19,7 @@ import psycopg
 
 from bot.core.probes import check_services
 from bot.core.result import Result, Section
-from bot.core.runbooks import RunbookLibrary
+from bot.core.group import Check, CheckWarning
 from bot.runtime.factory import Runtime
 from bot.runtime.targets import connect_options, describe_postgres, first_line
 
@@ -33,28 +33,24 @@ class CheckFailed(Exception):
     pass
 
 
-def run_checks(runtime: Runtime, library: RunbookLibrary | None = None) -> Result:
+def run_checks(runtime: Runtime) -> Result:
     settings = runtime.settings
-    checks: list[tuple[str, Callable[[], str]]] = [
-        ("state redis", lambda: _redis_ping(runtime.state.redis)),
-        ("state postgres", lambda: _state_postgres(runtime)),
-        ("action log", lambda: _action_log(runtime)),
-        ("slack", lambda: _slack(runtime)),
-        ("runbooks", lambda: _runbooks(library)),
-        ("postmortem template", lambda: _postmortem_template(runtime)),
-        ("permissions", lambda: _permissions(runtime)),
+    checks: list[Check] = [
+        Check("state redis", lambda: _redis_ping(runtime.state.redis)),
+        Check("state postgres", lambda: _state_postgres(runtime)),
+        Check("slack", lambda: _slack(runtime)),
+        Check("permissions", lambda: _permissions(runtime)),
     ]
     for name in settings.redis:
-        checks.append((f"redis {name}", lambda name=name: _redis_ping(runtime.targets.redis(name))))
+        checks.append(Check(f"redis {name}", lambda name=name: _redis_ping(runtime.targets.redis(name))))
     for name in settings.databases:
-        checks.append((f"database {name}", lambda name=name: _database(runtime, name)))
-    for queue in settings.queues:
-        checks.append((f"queue {queue.name}", lambda queue=queue: _queue(runtime, queue)))
-    if settings.audit.database in settings.databases:
-        checks.append(("audit scheme", lambda: _audit_scheme(runtime)))
+        checks.append(Check(f"database {name}", lambda name=name: _database(runtime, name)))
+    for group in runtime.groups:  # what each group checks (its queues, its templates, ...)
+        if group.checks is not None:
+            checks += group.checks(runtime)
     with ThreadPoolExecutor(max_workers=min(len(checks) + 1, 16)) as pool:
         services = pool.submit(check_services, settings.services)  # the same probes as `/ops health`
-        futures = [(name, pool.submit(_timed, fn)) for name, fn in checks]
+        futures = [(check.target, pool.submit(_timed, check.run)) for check in checks]
         outcomes = [(name, *future.result()) for name, future in futures]
         outcomes += [
             (f"service {c.service} {c.kind}", c.ok,
@@ -79,15 +75,11 @@ def _timed(fn: Callable[[], str]) -> tuple[bool | None, str]:
     started = time.perf_counter()
     try:
         detail = fn()
-    except _Warning as exc:
+    except CheckWarning as exc:
         return None, str(exc)
     except Exception as exc:
         return False, str(exc).strip() or type(exc).__name__
     return True, f"{detail} ({(time.perf_counter() - started) * 1000:.0f} ms)"
-
-
-class _Warning(Exception):
-    pass
 
 
 def _redis_ping(client) -> str:
@@ -115,75 +107,19 @@ def _state_postgres(runtime: Runtime) -> str:
     return f"ok, PostgreSQL {version}, schema {schema!r} up to date"
 
 
-def _action_log(runtime: Runtime) -> str:
-    from commands.log import summary_line, verify_action_log
-
-    report = verify_action_log(runtime.state)  # from the last checkpoint; the first time, every row
-    if report.level == "fail":
-        raise CheckFailed(summary_line(report) + ": run `opsbot run log verify`")
-    if report.level == "warn":
-        raise _Warning(summary_line(report))
-    return f"ok, {summary_line(report)}"
-
-
 def _database(runtime: Runtime, name: str) -> str:
     with runtime.targets.database(name) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
     return f"ok, PostgreSQL {version} at {describe_postgres(runtime.settings.databases[name].url)}"
 
 
-def _queue(runtime: Runtime, queue) -> str:
-    client = runtime.targets.redis(queue.redis)
-    parts = []
-    for role, key in (("ready", queue.ready), ("dead", queue.dead)):
-        kind = client.type(key).decode()
-        if kind not in ("list", "none"):
-            raise CheckFailed(f"{role} key {key!r} is a Redis {kind}, expected a list")
-        parts.append(f"{role} {key!r}: {client.llen(key) if kind == 'list' else 0}")
-    return "ok, " + ", ".join(parts)
-
-
-def _audit_scheme(runtime: Runtime) -> str:
-    from bot.core.invocation import CommandError
-    from commands.audit import check_scheme
-
-    try:
-        return check_scheme(runtime.settings, runtime.targets)
-    except CommandError as exc:
-        if "does not exist" in str(exc):
-            raise _Warning(str(exc)) from None
-        raise CheckFailed(str(exc)) from None
-
-
-def _postmortem_template(runtime: Runtime) -> str:
-    import jinja2
-
-    path = runtime.settings.runbooks_path / runtime.settings.incidents.postmortem_template
-    try:
-        jinja2.Environment().parse(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CheckFailed(f"{path}: {exc.strerror or exc}") from None
-    except jinja2.TemplateSyntaxError as exc:
-        raise CheckFailed(f"{path.name}:{exc.lineno}: {exc.message}") from None
-    return f"ok, {path.name} parses"
-
-
 def _slack(runtime: Runtime) -> str:
     if runtime.slack is None:
-        raise _Warning("SLACK_BOT_TOKEN is not set, so Slack is off (the CLI works)")
+        raise CheckWarning("SLACK_BOT_TOKEN is not set, so Slack is off (the CLI works)")
     identity = runtime.slack.auth_test()
     if not runtime.settings.slack.signing_secret:
         raise CheckFailed("SLACK_SIGNING_SECRET is not set: `opsbot serve` cannot verify requests")
     return f"ok, bot {identity.get('user', '?')} in team {identity.get('team', '?')}"
-
-
-def _runbooks(library: RunbookLibrary | None) -> str:
-    if library is None:
-        raise _Warning("not checked")
-    books = library.all()
-    for book in books:
-        library.render(book.name)
-    return f"ok, {len(books)} runbooks render"
 
 
 def _permissions(runtime: Runtime) -> str:
@@ -194,6 +130,6 @@ def _permissions(runtime: Runtime) -> str:
     open_guarded = [c.name for c in runtime.registry if c.guarded
                     and policy.role_for(Parsed(c, {}, c.name))[0] is None]
     if open_guarded:
-        raise _Warning(f"guarded commands anyone may run: {', '.join(open_guarded)} (permissions in app.yaml)")
+        raise CheckWarning(f"guarded commands anyone may run: {', '.join(open_guarded)} (permissions in app.yaml)")
     rules = len([r for r in policy.roles + policy.channels if r.source == "app.yaml"])
     return f"ok, {rules} rules from app.yaml over the defaults"

@@ -271,26 +271,26 @@ def _missing_for_slack(settings: Settings, *, need_signing: bool) -> list[str]:
 def _manifest(settings: Settings, args: argparse.Namespace) -> int:
     import yaml
 
+    from bot.config.settings import installed_groups
+    from bot.core.group import registry_of
     from bot.slack.manifest import build_manifest
-    from commands import build_registry
 
     if not args.socket and not settings.slack.request_url:
         print("opsbot manifest: WARNING: OPSBOT_PUBLIC_URL (slack.request_url) is not set, so the request URLs below"
               " point at https://opsbot.example.com, where Slack cannot reach you. Set it to this deployment's public"
               " base URL and run `opsbot manifest` again, or use `opsbot manifest --socket` for Socket Mode.",
               file=sys.stderr)
-    manifest = build_manifest(settings, build_registry(), socket_mode=args.socket)
+    manifest = build_manifest(settings, registry_of(installed_groups()), socket_mode=args.socket)
     print(json.dumps(manifest, indent=2) if args.json else yaml.safe_dump(manifest, sort_keys=False, width=100))
     return EXIT_OK
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
     from bot.runtime.checks import run_checks
-    from commands.runbook import library_for
 
     runtime = Runtime.connect(settings, timeout=5)
     try:
-        result = run_checks(runtime, library_for(settings))
+        result = run_checks(runtime)
     finally:
         runtime.close()
     print(to_json(runtime.redactor.result(result)) if args.json else to_text(result, runtime.redactor))

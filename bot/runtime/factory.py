@@ -1,31 +1,38 @@
-"""Build everything the bot needs from settings: one factory, no module-level state.
+"""Build everything the bot needs from settings and the installed groups: one factory, no module-level state.
 
 Usage::
 
     runtime = Runtime.build(settings, slack=WebClient(token=..., base_url=...))
     runtime.engine.handle("help", Actor.local(), Where())
+    runtime.services.get(SomeGroupService)         # what a group made for its handlers
     runtime.close()
+
+The groups (:class:`bot.core.group.Group`) contribute commands, services, a
+conversation commands run in, sweeps and checks; this wires them without naming any.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from slack_sdk import WebClient
 
-from bot.config.settings import ConfigError, Settings
+from bot.config.settings import ConfigError, Settings, installed_groups
+from bot.core.group import Group, Services, default_permissions, registry_of
 from bot.core.policy import Policy, PolicyError
-from bot.engine.dispatch import Engine
-from bot.runtime.metrics import Metrics
-from bot.store.outbox import Outbox
 from bot.core.ratelimit import RateLimiter
 from bot.core.redact import Redactor
 from bot.core.registry import Registry
 from bot.core.roles import Roles
+from bot.engine.dispatch import Engine
+from bot.runtime.metrics import Metrics
+from bot.runtime.targets import Targets
+from bot.slack.board import SlackBoard
 from bot.slack.client import webhook
 from bot.slack.notify import SlackNotifier
+from bot.store.outbox import Outbox
 from bot.store.state import State
-from bot.runtime.targets import Targets
 
 __all__ = ["Runtime", "policy_for"]
 
@@ -37,42 +44,40 @@ class Runtime:
     state: State
     targets: Targets
     roles: Roles
-    engine: Engine
     redactor: Redactor
     slack: WebClient | None
     metrics: Metrics
     outbox: Outbox
+    groups: tuple[Group, ...] = ()
+    services: Services = field(default_factory=Services)
+    engine: Engine = None  # type: ignore[assignment]  # set by build, once the groups' services exist
 
     @classmethod
     def build(cls, settings: Settings, *, slack: WebClient | None = None, registry: Registry | None = None,
-              metrics: Metrics | None = None) -> "Runtime":
-        from commands import build_registry
-
-        registry = registry or build_registry()
+              metrics: Metrics | None = None, groups: Sequence[Group] | None = None) -> "Runtime":
+        groups = tuple(installed_groups() if groups is None else groups)
+        registry = registry or registry_of(groups)
         metrics = metrics or Metrics()
         state = State(settings, metrics=metrics)
-        targets = Targets(settings)
         redactor = Redactor(settings.secret_values())
         members_of = None
         if slack is not None:
             members_of = lambda group: slack.usergroups_users_list(usergroup=group)["users"]  # noqa: E731
-        roles = Roles(
-            settings.roles,
-            members_of=members_of,
-            cache=state.redis,
-            ttl=settings.guard.group_cache_ttl,
-            prefix=settings.state.prefix,
-        )
+        roles = Roles(settings.roles, members_of=members_of, cache=state.redis, ttl=settings.guard.group_cache_ttl,
+                      prefix=settings.state.prefix)
         outbox = Outbox(state, settings.state.prefix, redactor, slack,
                         lambda url, message: webhook(url, metrics).send_dict(message))
+        runtime = cls(settings, registry, state, Targets(settings), roles, redactor, slack, metrics, outbox, groups)
+        runtime.services = Services([obj for group in groups if group.services for obj in group.services(runtime)])
+        contexts = [group.context(runtime) for group in groups if group.context is not None]
         notifier = None
         if slack is not None:
             notifier = SlackNotifier(slack, settings.slack.incident_channel, redactor, outbox, metrics)
-        limiter = RateLimiter(state.redis, settings.state.prefix, settings.limits)
-        engine = Engine(settings, registry, state, targets, roles, notifier, redactor, metrics=metrics,
-                        limiter=limiter, policy=policy_for(settings, registry))
-        _wire_incidents(engine, settings, state, slack, redactor, outbox, metrics)
-        return cls(settings, registry, state, targets, roles, engine, redactor, slack, metrics, outbox)
+        runtime.engine = Engine(settings, registry, state, runtime.targets, roles, notifier, redactor, metrics=metrics,
+                                limiter=RateLimiter(state.redis, settings.state.prefix, settings.limits),
+                                policy=policy_for(settings, registry, groups), groups=groups,
+                                services=runtime.services, context=contexts[0] if contexts else None)
+        return runtime
 
     @classmethod
     def connect(cls, settings: Settings, *, timeout: int = 10, registry: Registry | None = None) -> "Runtime":
@@ -82,35 +87,22 @@ class Runtime:
         metrics = Metrics()
         return cls.build(settings, slack=web_client(settings, metrics, timeout), registry=registry, metrics=metrics)
 
+    def board(self, channel: str, *, setting: str) -> SlackBoard | None:
+        """Root messages and their threads in ``channel`` (named by app.yaml's ``setting``); None without Slack."""
+        if self.slack is None:
+            return None
+        return SlackBoard(self.slack, channel, self.redactor, self.outbox, self.metrics, setting=setting)
+
     def close(self) -> None:
         self.targets.close()
         self.state.close()
 
 
-def _wire_incidents(engine: Engine, settings: Settings, state: State, slack: WebClient | None, redactor: Redactor,
-                    outbox: Outbox, metrics: Metrics) -> None:
-    """Give the engine the incident desk: ``--incident`` and thread context, and the ``incident`` commands."""
-    from bot.slack.board import SlackBoard
-    from commands.incident.context import IncidentContext
-    from commands.incident.desk import IncidentDesk
-    from commands.incident.store import IncidentStore
-
-    board = None
-    if slack is not None:
-        board = SlackBoard(slack, settings.incidents.channel or settings.slack.incident_channel, redactor, outbox,
-                           metrics)
-    desk = IncidentDesk(settings, IncidentStore(state, settings.state.db_schema, redactor), board,
-                        command=settings.slack.command)
-    engine.extras["incidents"] = desk
-    engine.context = IncidentContext(desk)
-
-
-def policy_for(settings: Settings, registry: Registry) -> Policy:
-    """The permissions and channel rules of app.yaml over the commands' defaults; ConfigError if they name nothing."""
-    from commands import default_permissions
-
+def policy_for(settings: Settings, registry: Registry, groups: Sequence[Group] | None = None) -> Policy:
+    """The permissions and channel rules of app.yaml over the groups' defaults; ConfigError if they name nothing."""
+    groups = installed_groups() if groups is None else groups
     try:
         return Policy(registry, permissions=settings.permissions, channels=settings.channels,
-                      defaults=default_permissions(settings), roles=settings.roles)
+                      defaults=default_permissions(settings, groups), roles=settings.roles)
     except PolicyError as exc:
         raise ConfigError(f"app.yaml: permissions/channels: {exc}") from None

@@ -42,7 +42,7 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._last_sweep = float("-inf")
+        self._last_sweep: dict[str, float] = {}  # group → when its sweep last ran (monotonic)
 
     def start(self) -> "Worker":
         self._beat()
@@ -103,22 +103,24 @@ class Worker:
         interrupted = self.runtime.engine.report_interrupted()
         if interrupted:
             log.warning("reported %d confirmed actions whose executor died mid-run", interrupted)
-        self._sweep_incidents()
+        self._sweep_groups()
 
-    def _sweep_incidents(self) -> None:
-        """Incident reminders and overdue postmortems; replicas may all sweep, each reminder goes out once."""
+    def _sweep_groups(self) -> None:
+        """The groups' periodic work (reminders, ...), each at its own pace; replicas may all sweep."""
         now = time.monotonic()
-        if now - self._last_sweep < self.runtime.settings.incidents.sweep_every:
-            return
-        self._last_sweep = now
-        desk = self.runtime.engine.extras.get("incidents")
-        try:
-            sent = desk.sweep() if desk is not None else 0
-        except Exception as exc:
-            log.error("incident reminder sweep failed: %s", exc)
-            return
-        if sent:
-            log.info("sent %d incident reminders", sent)
+        for group in self.runtime.groups:
+            sweep = group.sweep
+            if sweep is None or now - self._last_sweep.get(group.name, float("-inf")) < sweep.every(
+                    self.runtime.settings):
+                continue
+            self._last_sweep[group.name] = now
+            try:
+                done = sweep.run(self.runtime)
+            except Exception as exc:
+                log.error("%s sweep failed: %s", sweep.what, exc)
+                continue
+            if done:
+                log.info("%s: %d done", sweep.what, done)
 
     def _heartbeat(self) -> None:
         while not self._stopping.wait(HEARTBEAT_EVERY):

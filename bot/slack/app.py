@@ -21,13 +21,15 @@ import shlex
 from slack_bolt import Ack, App, BoltResponse
 
 from bot.core.parser import UsageError
+from bot.core.result import Form
 from bot.render.blocks import ACTION_PREFIX
 from bot.runtime.factory import Runtime
 from bot.slack.client import webhook
 from bot.slack.errors import explain
+from bot.slack.work import PARSED
 from bot.store.workqueue import WorkQueue
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "form_view"]
 
 log = logging.getLogger("opsbot.slack")
 
@@ -50,61 +52,70 @@ def build_app(runtime: Runtime, queue: WorkQueue) -> App:
 
     def ack_command(ack: Ack, body: dict) -> None:
         try:
-            runtime.engine.parse(body.get("text", ""))
+            parsed = runtime.engine.parse(body.get("text", ""))
         except UsageError as exc:
             ack(text=runtime.redactor.text(str(exc)), response_type="ephemeral")
             return
-        _enqueue(ack, queue, "command", body)
+        _enqueue(ack, queue, "command", {**body, PARSED: parsed.to_dict()})  # the worker does not parse again
 
     def ack_action(ack: Ack, body: dict) -> None:
         _enqueue(ack, queue, "action", body)
 
-    def open_note_form(ack: Ack, body: dict) -> None:
+    def open_form(ack: Ack, body: dict) -> None:
         ack()  # the form must open within 3 s of the click (trigger_id), so here rather than in a worker
-        incident = (body.get("actions") or [{}])[0].get("value", "")
+        action = (body.get("actions") or [{}])[0]
+        name, value = action.get("action_id", "").split(":")[1], action.get("value", "")
+        form = runtime.registry.forms.get(name)
         try:
-            runtime.slack.views_open(trigger_id=body["trigger_id"], view=note_form(incident))
+            if form is None:
+                raise ValueError(f"no form {name!r} here")
+            runtime.slack.views_open(trigger_id=body["trigger_id"], view=form_view(form, value))
         except Exception as exc:
             line = runtime.redactor.text(explain(exc).line)
-            log.error("could not open the note form for %s: %s", incident, line)
+            log.error("could not open the form %s for %s: %s", name, value, line)
             if body.get("response_url"):  # tell the person who clicked, rather than nothing happening
                 try:
                     webhook(body["response_url"], runtime.metrics).send_dict({
                         "response_type": "ephemeral", "replace_original": False,
-                        "text": f":warning: The note form could not be opened: {line}"})
+                        "text": f":warning: The form could not be opened: {line}"})
                 except Exception as error:
                     log.error("could not say so either: %s", error)
 
-    def ack_note(ack: Ack, body: dict) -> None:
-        """The form was submitted: run `incident note <text> --incident ID` as its author, like a command."""
+    def ack_form(ack: Ack, body: dict) -> None:
+        """A form was submitted: run its command with what was written, as its author, like a command."""
         view = body.get("view") or {}
-        text = view["state"]["values"][NOTE_BLOCK][NOTE_INPUT]["value"] or ""
+        form = runtime.registry.forms.get(view.get("callback_id", "").removeprefix(FORM_PREFIX))
+        if form is None:
+            ack()
+            return
+        text = view["state"]["values"][form.field][FORM_INPUT]["value"] or ""
         user = body.get("user") or {}
-        command = {"text": f"incident note {shlex.quote(text)} --incident {view.get('private_metadata', '')}",
+        command = {"text": form.command.format(text=shlex.quote(text),
+                                               value=shlex.quote(view.get("private_metadata", ""))),
                    "user_id": user.get("id", ""), "team_id": user.get("team_id") or (body.get("team") or {}).get("id"),
                    "channel_id": "", "trigger_id": f"view:{view.get('id')}:{view.get('hash')}"}
         _enqueue(ack, queue, "command", command)
 
     app.command(settings.slack.command)(ack_command)
     app.action(re.compile(rf"^{ACTION_PREFIX}(confirm|cancel|run)"))(ack_action)
-    app.action(re.compile(rf"^{ACTION_PREFIX}note"))(open_note_form)
-    app.view(NOTE_FORM)(ack_note)
+    app.action(re.compile(rf"^{ACTION_PREFIX}form:"))(open_form)
+    app.view(re.compile(rf"^{FORM_PREFIX}"))(ack_form)
     app.error(_on_error)
     return app
 
 
-NOTE_FORM, NOTE_BLOCK, NOTE_INPUT = "opsbot_incident_note", "note", "text"
+FORM_PREFIX, FORM_INPUT = "opsbot_", "text"
 
 
-def note_form(incident: str) -> dict:
-    """The modal behind an incident's "Add note" button."""
+def form_view(form: Form, value: str) -> dict:
+    """The modal behind a form button; ``value`` travels with it (``private_metadata``) to the submission."""
     return {
-        "type": "modal", "callback_id": NOTE_FORM, "private_metadata": incident,
-        "title": {"type": "plain_text", "text": f"Update {incident}"[:24]},
+        "type": "modal", "callback_id": f"{FORM_PREFIX}{form.name}", "private_metadata": value,
+        "title": {"type": "plain_text", "text": form.title.format(value=value)[:24]},
         "submit": {"type": "plain_text", "text": "Post"}, "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [{"type": "input", "block_id": NOTE_BLOCK,
-                    "label": {"type": "plain_text", "text": "What happened, or what did you do?"},
-                    "element": {"type": "plain_text_input", "action_id": NOTE_INPUT, "multiline": True,
+        "blocks": [{"type": "input", "block_id": form.field,
+                    "label": {"type": "plain_text", "text": form.label[:2000]},
+                    "element": {"type": "plain_text_input", "action_id": FORM_INPUT, "multiline": True,
                                 "max_length": 2000}}],
     }
 

@@ -1,8 +1,8 @@
-"""Incidents in Slack: the root message (colour-coded by severity, edited in place) and its thread.
+"""Root messages and their threads in one channel: a colour-coded root message, edited in place, and its thread.
 
-Usage::
+Usage (a group gets one from the runtime: ``runtime.board(channel, setting=...)``)::
 
-    board = SlackBoard(client, "#incidents", redactor, outbox, metrics)
+    board = SlackBoard(client, "#ops", redactor, outbox, metrics, setting="ops.channel")
     channel, ts = board.post_root(root_result, "#E01E5A")
     board.update_root(channel, ts, root_result, "#ECB22E")
     board.post_thread(channel, ts, Result.ok("restarted the worker"))
@@ -10,7 +10,7 @@ Usage::
 The root message is the desk's :class:`~bot.core.result.Result` rendered as usual and
 wrapped in an attachment for the colour bar. A thread post Slack refuses goes to
 the outbox and is retried; the root message itself must succeed (its ``ts`` is the
-incident's home), so its failure is raised to the caller, as a
+thread's home), so its failure is raised to the caller, as a
 :class:`~bot.slack.errors.SlackRefused` whose text says what to fix.
 """
 
@@ -29,12 +29,11 @@ from bot.slack.notify import post_or_keep
 
 __all__ = ["SlackBoard"]
 
-SETTING = "incidents.channel (or slack.incident_channel)"
-
-
 class SlackBoard:
-    def __init__(self, client: WebClient, channel: str, redactor: Redactor, outbox: Outbox, metrics: Metrics):
+    def __init__(self, client: WebClient, channel: str, redactor: Redactor, outbox: Outbox, metrics: Metrics,
+                 setting: str = "the channel setting"):
         self.client = client
+        self.setting = setting  # the app.yaml key naming the channel, for error messages
         self.channel = channel
         self.redactor = redactor
         self.outbox = outbox
@@ -59,7 +58,7 @@ class SlackBoard:
 
     def post_thread(self, channel: str, ts: str, message: Result) -> None:
         post_or_keep(self.client, self.outbox, self.metrics, channel, {**to_message(message, self.redactor),
-                                                                        "thread_ts": ts}, setting=SETTING)
+                                                                        "thread_ts": ts}, setting=self.setting)
 
     def upload_thread(self, channel: str, ts: str, attachment: Attachment) -> None:
         try:
@@ -70,6 +69,6 @@ class SlackBoard:
             attachment.discard()
 
     def _refused(self, exc: Exception, channel: str) -> SlackRefused:
-        problem = explain(exc, channel=channel, setting=SETTING)
+        problem = explain(exc, channel=channel, setting=self.setting)
         self.metrics.slack_errors.labels(kind="post_failed").inc()
         return SlackRefused(problem)

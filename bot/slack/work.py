@@ -19,7 +19,7 @@ from bot.engine.dispatch import Outcome
 from bot.core.invocation import Actor, Where
 from bot.runtime.logs import log_context
 from bot.core.markup import escape
-from bot.core.parser import UsageError
+from bot.core.parser import Parsed, UsageError
 from bot.core.progress import SlackProgress, Throttled
 from bot.render.blocks import ACTION_PREFIX, to_message
 from bot.core.result import Result
@@ -28,7 +28,9 @@ from bot.slack.client import upload_attachment, webhook
 from bot.slack.errors import SlackProblem, WebhookError, explain, plain_fallback
 from bot.store.workqueue import Job
 
-__all__ = ["SlackWork"]
+__all__ = ["PARSED", "SlackWork"]
+
+PARSED = "opsbot_parsed"  # the ack's parsed command, in a queued job: the worker does not parse it again
 
 log = logging.getLogger("opsbot.slack")
 
@@ -69,13 +71,15 @@ class SlackWork:
                         replace=False)
 
     def _command(self, body: dict, respond: _SafeRespond) -> None:
-        try:
-            self.engine.parse(body.get("text", ""))
-        except UsageError:
-            return  # answered in the ack already
+        parsed = Parsed.from_dict(body[PARSED], self.engine.registry) if isinstance(body.get(PARSED), dict) else None
+        if parsed is None:  # a form's submission (or a job queued by an older release): parse it here
+            try:
+                parsed = self.engine.parse(body.get("text", ""))
+            except UsageError:
+                return  # answered in the ack already
         actor = Actor(body["user_id"], team=body.get("team_id", ""))
         where = Where(body.get("channel_id", ""), channel_name=body.get("channel_name"))
-        outcome = self.engine.handle(body.get("text", ""), actor, where, self._progress(where))
+        outcome = self.engine.handle(parsed, actor, where, self._progress(where))
         self._reply(respond, outcome, replace=False, where=where)
 
     def _action(self, body: dict, respond: _SafeRespond) -> None:
@@ -118,7 +122,7 @@ class SlackWork:
         # A preview turned into its outcome replaces the preview; a refusal aimed at one
         # person (denied, waiting, already taken) is shown to that person only.
         personal = outcome.kind in ("denied", "waiting", "taken", "usage", "unavailable")
-        if outcome.in_thread:  # everyone sees it in the incident's thread; the requester gets a copy here
+        if outcome.in_thread:  # everyone sees it in the conversation's thread; the requester gets a copy here
             if respond.url is None:  # a form submission: the thread is the only place to answer
                 return
             message["text"] = f"Posted in the {outcome.in_thread} thread. " + message["text"]

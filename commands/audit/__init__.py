@@ -21,6 +21,8 @@ from bot.core.durations import format_duration
 from bot.core.invocation import CommandError, Invocation
 from bot.core.registry import Arg, Command, int_between
 from bot.core.result import Attachment, Result, Section
+from commands.audit import overview
+from commands.audit.overview import records_for
 from commands.audit.records import AuditRecords
 from commands.audit.rows import copy_rows
 from commands.audit.scheme import CREATED, HASH, ID, Layout, compile_scheme
@@ -45,11 +47,6 @@ _NEXT_STEP = {
     "snapshot_invalid": "the snapshot row was altered or audit.snapshot_secret changed: take a new snapshot only"
                         " after a full verification",
 }
-
-
-def records_for(inv: Invocation) -> AuditRecords:
-    secret = inv.settings.audit.snapshot_secret
-    return AuditRecords(inv.state.pool, inv.settings.state.db_schema, secret.get_secret_value() if secret else None)
 
 
 def _open(inv: Invocation):
@@ -213,25 +210,6 @@ def _report_dict(report: TenantReport) -> dict:
             "findings": [f.as_dict() for f in report.findings]}
 
 
-def check_scheme(inv_settings, targets, sample: int = 50) -> str:
-    """For ``opsbot check``: does the configured scheme reproduce the stored hashes of the first rows?"""
-    audit = inv_settings.audit
-    with targets.database(audit.database) as conn:
-        layout = Layout.load(conn, audit)
-        hasher = compile_scheme(audit.scheme, layout.positions)
-        rows = list(copy_rows(conn, layout.select(sql.SQL("TRUE"), limit=sample)))
-    if not rows:
-        return f"ok, {audit.table} is empty"
-    wrong = sum(1 for row in rows if hasher(row) != row[HASH])
-    if wrong == len(rows):
-        raise CommandError(f"audit.scheme reproduces none of the stored hashes ({wrong} of the first {len(rows)}"
-                           f" rows of {audit.table} differ): check audit.scheme fields, order, algorithm and"
-                           " created_format before a verification raises a false alarm")
-    if wrong:
-        return f"ok, {len(rows) - wrong} of the first {len(rows)} rows verify ({wrong} differ: run audit verify)"
-    return f"ok, the first {len(rows)} rows of {audit.table} verify with the configured scheme"
-
-
 # -- snapshot ----------------------------------------------------------------------------------
 
 def snapshot(inv: Invocation) -> Result:
@@ -322,4 +300,6 @@ GROUP = Group(
     commands=COMMANDS,
     settings={"audit": (AuditSettings, AuditSettings())},
     migrations=Path(__file__).with_name("migrations"),
+    status=overview.status_lines,
+    checks=overview.checks,
 )

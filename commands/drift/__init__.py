@@ -23,7 +23,7 @@ from bot.core.registry import Arg, Command
 from bot.core.result import Result, Section
 from commands.drift import alembic, prisma
 from commands.drift.model import DriftReport, Item
-from bot.core.group import Group
+from bot.core.group import Color, Group, StatusLine
 
 __all__ = ["COMMANDS", "GROUP", "DriftReport", "check_database", "drift_reports"]
 
@@ -162,8 +162,27 @@ COMMANDS = [
             examples=("drift", "drift main")),
 ]
 
+def status_lines(inv: Invocation) -> list[StatusLine]:
+    """`status`: one line per database with migrations configured."""
+    if not any(db.migrations for db in inv.settings.databases.values()):
+        return [StatusLine(Color.UNKNOWN, "migration drift", "no migrations configured (databases.<name>.migrations)")]
+    try:
+        reports = drift_reports(inv.settings, inv.targets)
+    except Exception as exc:
+        return [StatusLine.unknown("migration drift", exc)]
+    lines = []
+    for report in reports:
+        parts = [f"{len(getattr(report, attr))} {attr}" for attr in ("failed", "edited", "pending", "unknown")
+                 if getattr(report, attr)]
+        text = ", ".join(parts) or f"none, at {report.current or 'nothing applied'}"
+        lines.append(StatusLine(Color(report.color), f"migration drift {report.database}", text,
+                                {"safe_for_audit_job": report.safe_for_audit_job}))
+    return lines
+
+
 GROUP = Group(
     "drift",
     commands=COMMANDS,
     extends={"databases": {"migrations": (MigrationSource | None, None)}},
+    status=status_lines,
 )

@@ -22,7 +22,7 @@ from bot.core.registry import Arg, Command, Guard, duration, positive_int
 from bot.core.result import Plan, Result, Section
 from commands.email.smtp_probe import probe
 from pydantic import Field
-from bot.core.group import Group
+from bot.core.group import Color, Group, StatusLine
 
 __all__ = ["COMMANDS", "GROUP", "normalized_error"]
 
@@ -313,6 +313,22 @@ def _reminder_verdict(events, email: EmailSettings, auto_today: int) -> tuple[st
     return f"a reminder was scheduled ({last} at {events[-1][1]:%Y-%m-%d %H:%M} UTC)", "ok"
 
 
+def status_lines(inv: Invocation) -> list[StatusLine]:
+    """`status`: communications pending beyond ``email.stuck_after``."""
+    email = inv.settings.email
+    if email.database not in inv.settings.databases:
+        return [StatusLine(Color.UNKNOWN, "stuck email", "no email database configured")]
+    try:
+        with inv.targets.database(email.database) as conn:
+            rows = _stuck(conn, _Names(email), email.stuck_after, None)
+    except Exception as exc:
+        return [StatusLine.unknown("stuck email", exc)]
+    stuck = sum(row[2] for row in rows)
+    return [StatusLine(Color.RED if stuck > inv.settings.status.stuck_email else Color.GREEN, "stuck email",
+                       f"{stuck} pending beyond {format_duration(email.stuck_after)} "
+                       f"(red above {inv.settings.status.stuck_email})", {"stuck": stuck})]
+
+
 COMMANDS = [
     Command(
         "email triage", "Why are emails not going out? Stuck and failed mail, dry-run flag, provider probe, caps",
@@ -342,4 +358,5 @@ GROUP = Group(
     commands=COMMANDS,
     settings={"email": (EmailSettings, EmailSettings())},
     extends={"status": {"stuck_email": (int, Field(0, ge=0))}},  # more stuck communications than this is red
+    status=status_lines,
 )

@@ -3,27 +3,33 @@
 Every command but ``declare`` and ``list`` acts on the incident whose thread it runs in,
 or on ``--incident INC-42`` (a global option any command takes, see
 :mod:`commands.incident.context`). Handlers reach the desk through
-``inv.extras["incidents"]``; they never talk to Slack.
+``inv.services.get(IncidentDesk)``; they never talk to Slack. The group gives the
+bot that desk, the incident context, the reminder sweep, a `status` line and an
+`opsbot check` line (see ``GROUP`` at the end).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from bot.core.group import Check, Color, Group, StatusLine, Sweep
 from bot.core.invocation import CommandError, Invocation
 from bot.core.markup import Mrkdwn, channel, code, md, mention
 from bot.core.registry import Arg, Command
 from bot.core.result import Attachment, Result, Section
-from commands.incident.desk import PHASES, IncidentDesk
+from commands.incident.desk import NOTE_FORM, PHASES, IncidentDesk
 from commands.incident.report import postmortem, timeline
 from commands.incident.store import Incident
-from pathlib import Path
-from bot.core.group import Group
+from commands.incident.context import IncidentContext
 from commands.incident.settings import IncidentSettings
+from commands.incident.store import IncidentStore
 
 __all__ = ["COMMANDS", "GROUP", "permissions"]
 
 
 def _desk(inv: Invocation) -> IncidentDesk:
-    desk = inv.extras.get("incidents")
+    desk = inv.services.find(IncidentDesk)
     if desk is None:
         raise CommandError("incidents are not available here (no state database)")
     return desk
@@ -31,11 +37,11 @@ def _desk(inv: Invocation) -> IncidentDesk:
 
 def _current(inv: Invocation) -> tuple[IncidentDesk, Incident]:
     desk = _desk(inv)
-    if inv.where.incident is None:
+    if inv.where.context is None:
         open_ids = ", ".join(i.id for i in desk.store.open()) or "none open"
         raise CommandError(f"`{inv.command.name}` acts on an incident: run it in the incident's thread or add"
                            f" `--incident INC-n` ({open_ids})")
-    return desk, desk.store.find(inv.where.incident)
+    return desk, desk.store.find(inv.where.context)
 
 
 def declare(inv: Invocation) -> Result:
@@ -170,10 +176,66 @@ COMMANDS = [
             run=repost, examples=("incident repost --incident INC-42",)),
 ]
 
+# -- what the group gives the bot --------------------------------------------------------------
+
+# any command takes it: its result also goes to the incident's thread and timeline (the parser's error names it)
+OPTION = Arg("incident", "an incident id, e.g. `--incident INC-42`", metavar="INC-n")
+
+
+def services(runtime: Any) -> list[object]:
+    """The incident desk, over the bot's state database and the incident channel's board."""
+    settings = runtime.settings
+    board = runtime.board(settings.incidents.channel or settings.slack.incident_channel,
+                          setting="incidents.channel (or slack.incident_channel)")
+    store = IncidentStore(runtime.state, settings.state.db_schema, runtime.redactor)
+    return [IncidentDesk(settings, store, board, command=settings.slack.command)]
+
+
+def status_lines(inv: Invocation) -> list[StatusLine]:
+    """`status`: open incidents, red while a paging severity is open."""
+    desk = inv.services.find(IncidentDesk)
+    try:
+        open_now = desk.store.open() if desk is not None else []
+    except Exception as exc:
+        return [StatusLine.unknown("incidents", exc)]
+    if not open_now:
+        return [StatusLine(Color.GREEN, "incidents", "none open", {"open": 0})]
+    paging = [i for i in open_now if desk.severity(i.severity).page]
+    text = ", ".join(f"{i.id} {i.severity.upper()} {i.title}" for i in open_now[:5])
+    return [StatusLine(Color.RED if paging else Color.AMBER, "incidents", f"{len(open_now)} open: {text}",
+                       {"open": len(open_now)})]
+
+
+def checks(runtime: Any) -> list[Check]:
+    """`opsbot check`: the postmortem template parses."""
+
+    def template() -> str:
+        import jinja2
+
+        path = runtime.settings.runbooks_path / runtime.settings.incidents.postmortem_template
+        try:
+            jinja2.Environment().parse(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CommandError(f"{path}: {exc.strerror or exc}") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise CommandError(f"{path.name}:{exc.lineno}: {exc.message}") from None
+        return f"ok, {path.name} parses"
+
+    return [Check("postmortem template", template)]
+
+
 GROUP = Group(
     "incident",
     commands=COMMANDS,
     settings={"incidents": (IncidentSettings, IncidentSettings())},
     permissions=permissions,
     migrations=Path(__file__).with_name("migrations"),
+    services=services,
+    context=lambda runtime: IncidentContext(runtime.services.get(IncidentDesk), OPTION),
+    context_option=OPTION,
+    sweep=Sweep("incident reminders", every=lambda settings: settings.incidents.sweep_every,
+                run=lambda runtime: runtime.services.get(IncidentDesk).sweep()),
+    status=status_lines,
+    checks=checks,
+    forms=(NOTE_FORM,),
 )

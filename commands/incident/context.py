@@ -2,8 +2,8 @@
 
 Usage (the engine calls these; see :class:`bot.engine.dispatch.Engine`)::
 
-    context = IncidentContext(desk)
-    where = context.resolve(parsed.incident, where)   # "INC-42" from --incident, or the thread's incident
+    context = IncidentContext(desk, OPTION)
+    where = context.resolve(parsed.context, where)    # "INC-42" from --incident, or the thread's incident
     reply, posted = context.post(result, where)  # into the incident's thread, and onto its timeline
 
 A result lands in the thread through the board (the Web API), unless the command
@@ -17,6 +17,7 @@ import logging
 from dataclasses import replace
 
 from bot.core.invocation import Where
+from bot.core.registry import Arg
 from bot.core.result import Result, Section
 from commands.incident.desk import IncidentDesk
 
@@ -26,19 +27,24 @@ log = logging.getLogger("opsbot.incidents")
 
 
 class IncidentContext:
-    def __init__(self, desk: IncidentDesk):
+    """The :class:`bot.core.group.Context` of the incident group: ``where.context`` is an incident id."""
+
+    name = "incident"  # the key of the incident id in the action log
+
+    def __init__(self, desk: IncidentDesk, option: Arg):
         self.desk = desk
+        self.option = option
 
     def resolve(self, wanted: str | None, where: Where) -> Where:
         """Which incident ``where`` belongs to: ``wanted`` (from ``--incident``; BadArgument if unknown), else the
         incident whose thread it is."""
         if wanted:
             incident = self.desk.store.find(wanted)
-            return replace(where, incident=incident.id)
+            return replace(where, context=incident.id)
         if where.thread_ts:
             incident = self.desk.store.by_root(where.thread_ts)
             if incident is not None:
-                return replace(where, incident=incident.id)
+                return replace(where, context=incident.id)
         return where
 
     def post(self, result: Result, where: Where) -> tuple[Result, bool]:
@@ -46,10 +52,10 @@ class IncidentContext:
 
         Returns what is left to reply to the requester, and whether it went to the thread.
         """
-        if where.incident is None:
+        if where.context is None:
             return result, False
         try:
-            incident = self.desk.store.find(where.incident)
+            incident = self.desk.store.find(where.context)
             self.desk.touched(incident)
             if where.thread_ts is not None and where.thread_ts == incident.root_ts:
                 return result, False  # asked from the thread itself: the reply lands there already
@@ -64,5 +70,5 @@ class IncidentContext:
                                               Section(text=f"Files uploaded to the {incident.id} thread.")])
             return shown, True
         except Exception as exc:  # the command ran; failing to post it must not turn into its failure
-            log.error("could not post to the thread of %s: %s", where.incident, exc)
+            log.error("could not post to the thread of %s: %s", where.context, exc)
             return result, False

@@ -26,10 +26,14 @@ from bot.core.durations import format_duration
 from bot.core.httpretry import request
 from bot.core.invocation import BadArgument, CommandError
 from bot.core.markup import Mrkdwn, code, here, md, mention, plain, subteam
-from bot.core.result import Attachment, Button, Result, Section
+from bot.core.result import Attachment, Button, Form, Result, Section
 from commands.incident.store import Incident, IncidentStore
 
-__all__ = ["Board", "IncidentDesk", "PHASES"]
+__all__ = ["Board", "IncidentDesk", "PHASES", "NOTE_FORM"]
+
+# "Add note" on the root message: what is written runs `incident note` as its author
+NOTE_FORM = Form("incident_note", "Update {value}", "What happened, or what did you do?",
+                 "incident note {text} --incident {value}", field="note")
 
 log = logging.getLogger("opsbot.incidents")
 
@@ -106,7 +110,7 @@ class IncidentDesk:
             if index < len(names) - 1:
                 buttons.append(Button(f"Lower to {names[index + 1].upper()}", "run",
                                       f"incident sev {names[index + 1]} --incident {incident.id}"))
-            buttons.append(Button("Add note", "note", incident.id))
+            buttons.append(Button("Add note", "form", incident.id, form=NOTE_FORM.name))
             buttons.append(Button("Resolve", "run", f"incident resolve --incident {incident.id}", style="primary",
                                   confirm=f"Resolve {incident.id}?"))
         make = Result.ok if not incident.open else (Result.fail if level.page else Result.warn)

@@ -13,12 +13,13 @@ from datetime import datetime
 
 from bot.config.settings import load_settings
 from bot.runtime.factory import Runtime
+from commands.incident.desk import IncidentDesk
 
 
 def main(config: str, at: str, rounds: str) -> None:
     runtime = Runtime.connect(load_settings(config, env=os.environ))
     try:
-        desk = runtime.engine.extras["incidents"]
+        desk = runtime.services.get(IncidentDesk)
         moment = datetime.fromisoformat(at)
         print(sum(desk.sweep(moment) for _ in range(int(rounds))))
     finally:
