@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from bot.demo.main import TOUR
+from bot.demo.tour import TOUR
 from tests.conftest import REPO
 
 
