@@ -15,7 +15,7 @@ from bot.core.progress import SlackProgress
 from bot.core.redact import Redactor
 from bot.slack.errors import WebhookError, explain
 from bot.slack.notify import post_or_keep
-from bot.slack.work import _SafeRespond
+from bot.slack.work import SafeRespond
 from tests.conftest import ALICE, BOT_TOKEN, SIGNING_SECRET, write_config
 from tests.support.harness import Reply, SlackBot
 
@@ -151,7 +151,7 @@ def test_a_message_slack_finds_invalid_is_posted_as_plain_text_and_reported(runt
 
 def test_a_reply_slack_refuses_reaches_the_user_as_plain_text(runtime, fake_slack):
     fake_slack.allow("invalid_blocks")
-    _SafeRespond(fake_slack.response_url("r1"), runtime)(text="OK: done", blocks=TOO_LONG, response_type="in_channel")
+    SafeRespond(fake_slack.response_url("r1"), runtime)(text="OK: done", blocks=TOO_LONG, response_type="in_channel")
 
     refused, plain = fake_slack.responses("r1")
     assert (refused.status, refused.answer) == (400, b"invalid_blocks")
@@ -162,7 +162,7 @@ def test_a_reply_slack_refuses_reaches_the_user_as_plain_text(runtime, fake_slac
 def test_a_reply_to_an_expired_response_url_is_abandoned_at_once(runtime, fake_slack):
     fake_slack.expire("old")
     fake_slack.allow("expired_url")
-    _SafeRespond(fake_slack.response_url("old"), runtime)(text="OK: done")
+    SafeRespond(fake_slack.response_url("old"), runtime)(text="OK: done")
 
     abandoned = actions(runtime, "post_abandoned")[0]
     assert abandoned["error"] == "expired_url" and "run the command again" in abandoned["reason"]
@@ -198,7 +198,7 @@ def test_a_form_slack_will_not_open_is_explained_to_whoever_clicked(tmp_path, da
     bot = SlackBot(runtime, fake_slack, SIGNING_SECRET, with_worker=False)
     fake_slack.fail("views.open", status=200, body={"ok": False, "error": "expired_trigger_id"})
     note = {"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Add note"},
-                                             "action_id": "opsbot_note:0", "value": "INC-1"}]}
+                                             "action_id": "opsbot_form:incident_note:0", "value": "INC-1"}]}
     try:
         answer = bot.click(Reply(None, "root", {"blocks": [note]}), "Add note")
     finally:

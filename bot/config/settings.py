@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigError",
     "DatabaseTarget",
+    "LimitSettings",
     "RedisTarget",
     "RoleSettings",
     "ServiceSettings",
@@ -166,7 +167,7 @@ class Settings(_Model):
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()
     roles: dict[Name, RoleSettings] = {}
-    permissions: dict[str, str] = {}  # a command (or "group *", "incident declare sev1") → a role, or "anyone"
+    permissions: dict[str, str] = {}  # a command (or "group *", "dlq requeue jobs") → a role, or "anyone"
     channels: dict[str, IdList] = {}  # "*" or a command → the channels (ids or #names) where it may run
     redis: dict[Name, RedisTarget] = {}
     databases: dict[Name, DatabaseTarget] = {}
@@ -195,7 +196,7 @@ class Settings(_Model):
     def secret_values(self) -> list[str]:
         """Every secret value the configuration holds, each also percent-encoded when that differs.
 
-        The value of every SecretStr setting (``incidents.page_url`` whole) and of every key
+        The value of every SecretStr setting (a webhook URL whole) and of every key
         :func:`is_secret_key` matches, the password and secret query parameters of every URL
         (and ``password=`` of a connection string), and the value of every secret-named
         environment variable the file referenced. For redacting by value: nothing else is in it.

@@ -51,7 +51,7 @@ class Where:
     channel: str = "cli"
     thread_ts: str | None = None
     channel_name: str | None = None
-    context: str | None = None  # the conversation it runs in (an incident id), from the group offering a context
+    context: str | None = None  # the conversation it runs in (its id), from the group offering a context
 
     def is_channel(self, configured: str) -> bool:
         """Whether this is ``configured`` (a channel id like C123 or a name like #incidents)."""
@@ -75,6 +75,6 @@ class Invocation:
     progress: Callable[[Any], None] = lambda result: None
     stopping: Callable[[], bool] = lambda: False
     groups: Sequence[Group] = ()  # the installed groups (`status` asks each for its lines)
-    services: Services = field(default_factory=Services)  # objects the groups made: inv.services.get(IncidentDesk)
+    services: Services = field(default_factory=Services)  # objects the groups made: inv.services.get(SomeDesk)
     confirmed_by: str | None = None  # a confirmed guarded action: who confirmed it ...
     pending_id: str | None = None  # ... and which pending action it was

@@ -45,7 +45,7 @@ class Parsed:
     command: Command
     args: dict[str, Any]
     text: str
-    context: str | None = None  # the value of the registry's global context option (``--incident INC-42``)
+    context: str | None = None  # the value of the registry's global context option (a group's ``--name VALUE``)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON for a queued job, so the worker runs what the ack parsed (see :meth:`from_dict`)."""

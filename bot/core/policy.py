@@ -3,18 +3,18 @@
 Usage::
 
     policy = Policy(registry, permissions={"audit export": "admin"}, channels={"audit export": ["G0SEC"]},
-                    defaults={"incident declare sev1": "oncall"})
+                    defaults={"dlq requeue jobs": "oncall"})
     policy.role_for(parsed)            # ('admin', Rule(...)): the role this request needs, and the rule that says so
     policy.channels_for(parsed)        # ['G0SEC'], or None: anywhere
     policy.describe(command)           # ['role `admin` (app.yaml: permissions "audit export")', ...] for help
 
 A rule names a command by its words, optionally followed by the values of its
-positional arguments (``incident declare sev1``); a last word ``*`` matches
+positional arguments (``dlq requeue jobs``); a last word ``*`` matches
 anything (``dlq *``). A rule in ``app.yaml`` beats every default; among rules of
 one source the most specific decides (more words named, then no ``*``). The
 defaults come from the command declarations (every command that changes
 something, pages people or moves data out names a role) and from the groups
-(``incident declare`` of a paging severity). ``anyone`` lets everyone in the
+(a command whose argument pages people). ``anyone`` lets everyone in the
 workspace run it.
 """
 
@@ -118,7 +118,7 @@ class Policy:
             base = self._decide(rules, command.words)
             if base is not None:
                 lines.append(_line(kind, base, ""))
-            for rule in rules:  # rules about some of its arguments (incident declare sev1)
+            for rule in rules:  # rules about some of its arguments (dlq requeue jobs)
                 extra = rule.words[len(command.words):]
                 if rule.words[: len(command.words)] != command.words or not extra or extra == ("*",):
                     continue

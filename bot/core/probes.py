@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config.settings import ServiceSettings
 
-__all__ = ["Check", "ServiceMetrics", "check_services", "scrape_all"]
+__all__ = ["Check", "ServiceMetrics", "as_dict", "check_services", "scrape_all"]
 
 BODY_CHARS = 500
 

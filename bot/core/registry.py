@@ -199,7 +199,7 @@ class Registry:
     """Every command the bot knows, looked up by its words."""
 
     commands: dict[tuple[str, ...], Command] = field(default_factory=dict)
-    context_option: Arg | None = None  # a global option any command takes (``--incident ID``), from a group
+    context_option: Arg | None = None  # a global option any command takes (``--name VALUE``), from a group
     forms: dict[str, Any] = field(default_factory=dict)  # name → bot.core.result.Form, from the groups
 
     def add(self, *commands: Command) -> "Registry":

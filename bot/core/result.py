@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["Attachment", "Button", "Plan", "Result", "Section", "Status", "fingerprint_of", "to_json"]
+__all__ = ["Attachment", "Button", "Form", "Plan", "Result", "Section", "Status", "fingerprint_of", "to_json"]
 
 Status = Literal["ok", "warn", "fail", "error"]
 
@@ -39,8 +39,8 @@ class Form:
     """A one-field form a button opens; submitting it runs ``command`` as the person who wrote it.
 
     ``command`` has ``{text}`` (what they wrote) and ``{value}`` (the button's value) filled in,
-    each shell-quoted: ``Form("incident_note", "Update", "What happened?", "incident note {text}
-    --incident {value}")``. Groups declare their forms (``Group.forms``); buttons name them.
+    each shell-quoted: ``Form("deploy_reason", "Why?", "Why this deploy?", "deploy note {text}
+    --deploy {value}")``. Groups declare their forms (``Group.forms``); buttons name them.
     """
 
     name: str

@@ -92,7 +92,7 @@ class Engine:
 
     @property
     def context(self) -> Context | None:
-        """The conversation commands can run in (an incident's thread), if a group offers one."""
+        """The conversation commands can run in (a thread of the group offering it), if any."""
         return self.recorder.context
 
     @property

@@ -18,6 +18,7 @@ import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any, Literal
 
 import redis
@@ -62,7 +63,7 @@ class PendingAction:
     two_person: bool = False
     thread_ts: str | None = None
     channel_name: str | None = None
-    context: str | None = None  # requested in a conversation (an incident): its results go there
+    context: str | None = None  # requested in a group's conversation (Where.context): results go there
     args: dict[str, Any] | None = None  # the parsed arguments, so the confirm runs them without parsing again
     created: float = field(default_factory=time.time)
     expires: float = 0.0
@@ -74,8 +75,11 @@ class PendingAction:
     @classmethod
     def from_json(cls, text: str | bytes) -> "PendingAction":
         fields = json.loads(text)
-        if "incident" in fields:  # stored by a release before contexts were the groups' business
-            fields["context"] = fields.pop("incident")
+        unknown = set(fields) - {f.name for f in dataclass_fields(cls)}
+        if "context" not in fields and len(unknown) == 1:  # an older release named the context after its group
+            fields["context"] = fields.pop(unknown.pop())
+        for name in unknown:
+            del fields[name]
         return cls(**fields)
 
 

@@ -77,7 +77,7 @@ def build_app(runtime: Runtime, queue: WorkQueue) -> App:
                 try:
                     webhook(body["response_url"], runtime.metrics).send_dict({
                         "response_type": "ephemeral", "replace_original": False,
-                        "text": f":warning: The form could not be opened: {line}"})
+                        "text": f":warning: The {form.field if form else name} form could not be opened: {line}"})
                 except Exception as error:
                     log.error("could not say so either: %s", error)
 

@@ -23,7 +23,7 @@ from bot.config.settings import Settings
 from bot.runtime.metrics import Metrics
 from bot.core.result import Attachment
 
-__all__ = ["web_client", "webhook", "retry_handlers"]
+__all__ = ["retry_handlers", "upload_attachment", "web_client", "webhook"]
 
 
 class _CountedRateLimit(RateLimitErrorRetryHandler):

@@ -31,7 +31,7 @@ def build_manifest(settings: Settings, registry: Registry, *, socket_mode: bool 
     lines = [f"{command} {c.name}: {c.summary}" + (" (guarded)" if c.guarded else "") for c in registry]
     slash = {
         "command": command,
-        "description": "Run an incident runbook action",
+        "description": "Run an incident-response runbook action",
         "usage_hint": _fit(" | ".join(groups), 1000),
         "should_escape": False,
     }
@@ -48,7 +48,7 @@ def build_manifest(settings: Settings, registry: Registry, *, socket_mode: bool 
         "_metadata": {"major_version": 1, "minor_version": 1},
         "display_information": {
             "name": name,
-            "description": "Incident runbook actions with preview, confirmation and an audit trail",
+            "description": "Incident-response runbook actions with preview, confirmation and an audit trail",
             "long_description": _fit(
                 "opsbot runs runbook actions against production from Slack. Anything that changes production "
                 "shows a preview and waits for Confirm from someone with the right role.\n\n" + "\n".join(lines),

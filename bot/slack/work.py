@@ -28,7 +28,7 @@ from bot.slack.client import upload_attachment, webhook
 from bot.slack.errors import SlackProblem, WebhookError, explain, plain_fallback
 from bot.store.workqueue import Job
 
-__all__ = ["PARSED", "SlackWork"]
+__all__ = ["PARSED", "SafeRespond", "SlackWork"]
 
 PARSED = "opsbot_parsed"  # the ack's parsed command, in a queued job: the worker does not parse it again
 
@@ -51,7 +51,7 @@ class SlackWork:
         if age > MAX_AGE:
             log.warning("dropping a %s queued %.0fs ago: Slack can no longer be answered", job.kind, age)
             return
-        respond = _SafeRespond(body.get("response_url"), self.runtime)
+        respond = SafeRespond(body.get("response_url"), self.runtime)
         user = body.get("user_id") or (body.get("user") or {}).get("id")
         channel = body.get("channel_id") or (body.get("channel") or {}).get("id")
         team = body.get("team_id") or (body.get("team") or {}).get("id")
@@ -70,7 +70,7 @@ class SlackWork:
             self._reply(respond, Outcome("result", Result.error(f"opsbot failed on this request: {exc}")),
                         replace=False)
 
-    def _command(self, body: dict, respond: _SafeRespond) -> None:
+    def _command(self, body: dict, respond: SafeRespond) -> None:
         parsed = Parsed.from_dict(body[PARSED], self.engine.registry) if isinstance(body.get(PARSED), dict) else None
         if parsed is None:  # a form's submission (or a job queued by an older release): parse it here
             try:
@@ -82,7 +82,7 @@ class SlackWork:
         outcome = self.engine.handle(parsed, actor, where, self._progress(where))
         self._reply(respond, outcome, replace=False, where=where)
 
-    def _action(self, body: dict, respond: _SafeRespond) -> None:
+    def _action(self, body: dict, respond: SafeRespond) -> None:
         action = (body.get("actions") or [{}])[0]
         kind = action.get("action_id", "").removeprefix(ACTION_PREFIX).split(":", 1)[0]
         actor, where, value = self._clicked(body)
@@ -111,7 +111,7 @@ class SlackWork:
         )
         return Actor(user.get("id", ""), team=team), where, (body.get("actions") or [{}])[0].get("value", "")
 
-    def _reply(self, respond: _SafeRespond, outcome: Outcome, *, replace: bool, where: Where | None = None) -> None:
+    def _reply(self, respond: SafeRespond, outcome: Outcome, *, replace: bool, where: Where | None = None) -> None:
         try:
             message: dict[str, Any] = to_message(outcome.result, self.runtime.redactor)
             if outcome.result.attachments:
@@ -178,7 +178,7 @@ class SlackWork:
 UPLOAD_LIMIT = 1_000_000_000  # bytes: Slack's limit for one file
 
 
-class _SafeRespond:
+class SafeRespond:
     """Reply through the delivery's ``response_url``; a reply Slack will not take goes to the outbox.
 
     Why Slack refused it is logged in one clear line; a reply it will never take is

@@ -3,11 +3,11 @@
 import sys
 
 import commands
+from bot.core.group import Group
 from bot.runtime.cli import main
 from tests.support import commands as test_commands
 
-_build = commands.build_registry
-commands.build_registry = lambda: _build().add(*test_commands.COMMANDS)
+commands.GROUPS.append(Group("test", commands=test_commands.COMMANDS))  # installed like any other group
 
 if __name__ == "__main__":
     sys.exit(main())
