@@ -1,10 +1,12 @@
 """``dlq status | peek | requeue | trim | cancel``: dead-letter queues (docs/conventions.md).
 
 The commands are declared here; they live in :mod:`~commands.dlq.views` (status, peek,
-cancel), :mod:`~commands.dlq.requeue` and :mod:`~commands.dlq.trim`. The backends know
-nothing of Slack: :mod:`commands.dlq.redis_list` (Redis lists, with
-:mod:`~commands.dlq.trimmer` and :mod:`~commands.dlq.archive` for trims) and
-:mod:`commands.dlq.http_api` (a service's admin API).
+cancel), :mod:`~commands.dlq.requeue` and :mod:`~commands.dlq.trim`, and speak to a queue
+through the :class:`~commands.dlq.backend.DeadLetterBackend` protocol (its backend chosen
+by :mod:`commands.dlq.factory`). The backends know nothing of Slack:
+:mod:`commands.dlq.redis_list` (Redis lists, with :mod:`~commands.dlq.trimmer` and
+:mod:`~commands.dlq.archive` for trims) and :mod:`commands.dlq.http_api` (a service's
+admin API). :mod:`commands.dlq.overview` has the group's `status` lines and `opsbot check`s.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from bot.core.invocation import Invocation
 from bot.core.registry import Arg, Command, Guard, duration, int_between, positive_int
 from bot.core.result import Plan
 from commands.dlq.common import settings_of
+from commands.dlq.factory import backend_of as _backend  # (commands.health reads queue depths, until it uses overview)
 from commands.dlq.requeue import execute_requeue, plan_requeue, requeue_still_valid
 from commands.dlq.trim import execute_trim, plan_trim, trim_still_valid
 from commands.dlq.views import cancel, peek, status
@@ -22,7 +25,7 @@ from pydantic import Field
 from bot.core.group import Group
 from commands.dlq.settings import QueueSettings, check_queues
 
-__all__ = ["COMMANDS", "GROUP"]
+__all__ = ["COMMANDS", "GROUP", "_backend"]
 
 PEEK_DEFAULT = 10
 

@@ -34,6 +34,7 @@ class TrimArchive:
     def __init__(self, pool: ConnectionPool, schema: str, queue: QueueSettings):
         self.pool = pool
         self.queue = queue
+        self.table = f"{schema}.dlq_archive"  # for people: where the dropped entries are
         self.archive = sql.Identifier(schema, "dlq_archive")
         self.tasks = sql.Identifier(schema, "dlq_trim_tasks")
         self.epoch: int | None = None

@@ -1,8 +1,9 @@
-"""What every ``dlq`` command shares: choosing the queue and its backend, scanning, rendering entries."""
+"""What every ``dlq`` command shares: choosing the queue, rendering scans and entries.
+
+The queue's backend comes from :func:`commands.dlq.factory.backend_of`.
+"""
 
 from __future__ import annotations
-
-from commands.dlq.settings import find_queue
 
 import os
 import socket
@@ -10,15 +11,14 @@ import time
 from collections import Counter
 from typing import Any
 
-from commands.dlq.settings import QueueSettings
+from commands.dlq.settings import QueueSettings, find_queue
 from bot.core.durations import format_duration
 from bot.core.invocation import BadArgument, Invocation
 from bot.core.result import Section
-from commands.dlq.entries import DeadEntry, Filters, safe_text
-from commands.dlq.http_api import HttpDeadLetters
-from commands.dlq.redis_list import RedisListQueue, ScanSummary
+from commands.dlq.backend import ScanSummary
+from commands.dlq.entries import DeadEntry, safe_text
 
-__all__ = ["settings_of", "backend_of", "http_scan", "scan", "owner", "ago", "entry_line", "summary_sections",
+__all__ = ["settings_of", "owner", "ago", "entry_line", "summary_sections",
            "summary_data", "SAMPLE"]
 
 SAMPLE = 3
@@ -31,44 +31,8 @@ def settings_of(inv: Invocation) -> QueueSettings:
         raise BadArgument(str(exc.args[0])) from None
 
 
-def backend_of(inv: Invocation, queue: QueueSettings | None = None) -> RedisListQueue | HttpDeadLetters:
-    queue = queue or settings_of(inv)
-    if queue.backend == "http":
-        return HttpDeadLetters(queue)
-    return RedisListQueue(queue, inv.targets.redis(queue.redis), inv.settings.state.prefix)
-
-
 def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def http_scan(backend: HttpDeadLetters, filters: Filters, samples: int) -> tuple[ScanSummary, list[DeadEntry]]:
-    summary, matching = ScanSummary(), []
-    now = time.time()
-    for entry in backend.entries():
-        summary.total += 1
-        summary.scanned += 1
-        if not filters.matches(entry, now):
-            continue
-        matching.append(entry)
-        summary.matched += 1
-        if entry.opaque:
-            summary.opaque += 1
-        summary.types["(opaque)" if entry.opaque else safe_text(entry.type or "(none)")] += 1
-        summary.errors["(opaque)" if entry.opaque else safe_text((entry.error or "(none)")[:120])] += 1
-        failed = entry.failed_at
-        if failed is not None:
-            summary.oldest = failed if summary.oldest is None else min(summary.oldest, failed)
-            summary.newest = failed if summary.newest is None else max(summary.newest, failed)
-        if len(summary.samples) < samples:
-            summary.samples.append(entry)
-    return summary, matching
-
-
-def scan(backend, filters: Filters, samples: int) -> ScanSummary:
-    if isinstance(backend, HttpDeadLetters):
-        return http_scan(backend, filters, samples)[0]
-    return backend.scan(filters, samples=samples)
 
 
 # -- rendering ----------------------------------------------------------------------------

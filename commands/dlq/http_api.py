@@ -4,6 +4,7 @@ Usage::
 
     queue = HttpDeadLetters(find_queue(settings, "exports"))
     entries = list(queue.entries())               # every dead letter, page by page
+    summary = queue.scan(Filters(type="export"), samples=3)
     result = queue.replay("job-17", key="task1")  # ReplayResult(id="job-17", ok=True, status=200, detail="")
 
 Contract (documented in the README):
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -28,23 +29,31 @@ import httpx
 from commands.dlq.settings import QueueSettings
 from bot.core.httpretry import request
 from bot.core.invocation import CommandError
-from commands.dlq.entries import DeadEntry
+from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities, Depth,
+                                  Refusing, ReplayResult, ScanSummary)
+from commands.dlq.entries import DeadEntry, Filters
 
 __all__ = ["HttpDeadLetters", "ReplayResult"]
 
 LIST_PATH = "/v1/admin/export-dead-letter"
 
 
-@dataclass(frozen=True)
-class ReplayResult:
-    id: str
-    ok: bool
-    status: int | None
-    detail: str = ""
+class HttpDeadLetters(Refusing):
+    """A :class:`~commands.dlq.backend.DeadLetterBackend` that lists and replays; no tasks, no trims."""
 
+    backend: ClassVar[str] = "http"
+    capabilities: ClassVar[Capabilities] = Capabilities(frozenset({REQUEUE, REPLAY, RATE}), {
+        RESUME: "queue {queue!r} replays dead letters one by one through the service's API (http backend); "
+                "there is no requeue task to resume",
+        TRIM: "queue {queue!r} uses the http backend; trim works on redis-list queues",
+        CANCEL: "queue {queue!r} has no requeue task to cancel (http backend)",
+        READY_DEPTH: "queue {queue!r} is a service's admin API (http backend): it counts dead letters only",
+    })
 
-class HttpDeadLetters:
-    backend = "http"
+    @classmethod
+    def open(cls, settings: QueueSettings, targets: Any, app: Any) -> "HttpDeadLetters":
+        """The factory's constructor: everything it needs is in the queue's settings."""
+        return cls(settings)
 
     def __init__(self, settings: QueueSettings, *, transport: httpx.BaseTransport | None = None,
                  sleep=time.sleep):
@@ -65,7 +74,44 @@ class HttpDeadLetters:
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
         return request(self.http, method, path, retries=self.settings.retries, sleep=self.sleep, **kw)
 
-    def entries(self) -> Iterator[DeadEntry]:
+    def where(self) -> str:
+        return self.settings.url
+
+    def destination(self) -> str:
+        return f"replay via {self.settings.url}"
+
+    def probe(self) -> str:
+        return f"ok, {self.dead_count()} dead letters at {self.settings.url}"
+
+    def depth(self) -> Depth:
+        summary = self.scan(Filters(), 0)
+        return Depth(None, summary.total, summary.oldest)
+
+    def dead_count(self) -> int:
+        return sum(1 for _ in self.entries())
+
+    def oldest(self, count: int) -> list[DeadEntry]:
+        oldest = sorted((e for e in self.entries() if e.failed_at is not None), key=lambda e: e.failed_at)
+        return oldest[:count]
+
+    def scan(self, filters: Filters, samples: int = 10) -> ScanSummary:
+        summary = ScanSummary()
+        now = time.time()
+        for entry in self.entries():
+            summary.total += 1
+            summary.scanned += 1
+            if filters.matches(entry, now):
+                summary.count(entry, samples)
+        return summary
+
+    def entries(self, filters: Filters | None = None) -> Iterator[DeadEntry]:
+        """Every dead letter (matching ``filters``), page by page, in the API's order."""
+        now = time.time()
+        for entry in self._pages():
+            if filters is None or filters.matches(entry, now):
+                yield entry
+
+    def _pages(self) -> Iterator[DeadEntry]:
         cursor: str | None = None
         while True:
             params = {"limit": self.settings.page_size, **({"cursor": cursor} if cursor else {})}

@@ -19,68 +19,26 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import redis
 
 from commands.dlq.settings import QueueSettings
 from bot.core.invocation import CommandError
 from commands.dlq import lua
+from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities, Depth,
+                                  Refusing, ScanSummary)
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
+from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
 
 __all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport"]
 
 SCAN_CHUNK = 1000
 GROUP_KEY_CHARS = 120
-MAX_GROUPS = 200
 PROGRESS_EVERY = 0.5
-
-
-@dataclass(frozen=True)
-class Depth:
-    ready: int | None
-    dead: int
-    oldest: float | None = None
-    held: int = 0
-
-
-@dataclass
-class ScanSummary:
-    total: int = 0
-    scanned: int = 0
-    matched: int = 0
-    opaque: int = 0
-    types: Counter = field(default_factory=Counter)
-    errors: Counter = field(default_factory=Counter)
-    oldest: float | None = None
-    newest: float | None = None
-    samples: list[DeadEntry] = field(default_factory=list)
-
-    def add(self, stats: dict[str, Any], samples: list[bytes], want: int) -> None:
-        self.scanned += stats["scanned"]
-        self.matched += stats["matched"]
-        self.opaque += stats["opaque"]
-        # cjson encodes an empty table as {} and a Lua table keyed by strings as an object.
-        self.types.update(stats["types"] or {})
-        self.errors.update(stats["errors"] or {})
-        for key in ("oldest", "newest"):
-            value = stats.get(key)
-            current = getattr(self, key)
-            if value is not None and (current is None or (value < current if key == "oldest" else value > current)):
-                setattr(self, key, value)
-        for raw in samples[: max(want - len(self.samples), 0)]:
-            self.samples.append(DeadEntry.parse(raw))
-        for counter in (self.types, self.errors):  # keep memory bounded whatever the list holds
-            if len(counter) > MAX_GROUPS:
-                keep = dict(counter.most_common(MAX_GROUPS - 1))
-                other = sum(counter.values()) - sum(keep.values())
-                counter.clear()
-                counter.update(keep)
-                counter["(other)"] += other
 
 
 @dataclass(frozen=True)
@@ -127,8 +85,19 @@ class RequeueReport:
     moved_before: int = 0  # moved by earlier, interrupted runs of the same task
 
 
-class RedisListQueue:
-    backend = "redis-list"
+class RedisListQueue(Refusing):
+    """A :class:`~commands.dlq.backend.DeadLetterBackend`: everything but replaying entries one by one."""
+
+    backend: ClassVar[str] = "redis-list"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        frozenset({REQUEUE, RESUME, TRIM, CANCEL, READY_DEPTH, RATE}),
+        {REPLAY: "queue {queue!r} moves dead letters back to its ready list inside Redis (redis-list backend); "
+                 "it does not replay them one by one"})
+
+    @classmethod
+    def open(cls, settings: QueueSettings, targets: Any, app: Any) -> "RedisListQueue":
+        """The factory's constructor: the queue's Redis from ``targets``, the key prefix from the app's settings."""
+        return cls(settings, targets.redis(settings.redis), app.state.prefix)
 
     def __init__(self, settings: QueueSettings, client: redis.Redis, prefix: str = "opsbot:",
                  clock: Callable[[], float] = time.time):
@@ -148,6 +117,26 @@ class RedisListQueue:
     def held_key(self, task_id: str) -> str:
         return f"{self.prefix}dlq:held:{self.name}:{task_id}"
 
+    # -- describing -----------------------------------------------------------------------
+
+    def where(self) -> str:
+        return self.settings.dead
+
+    def destination(self) -> str:
+        return f"`{self.settings.dead}` → `{self.settings.ready}`"
+
+    def locations(self) -> dict[str, str]:
+        return {"ready_key": self.settings.ready, "dead_key": self.settings.dead}
+
+    def probe(self) -> str:
+        parts = []
+        for role, key in (("ready", self.settings.ready), ("dead", self.settings.dead)):
+            kind = self.client.type(key).decode()
+            if kind not in ("list", "none"):
+                raise CommandError(f"{role} key {key!r} is a Redis {kind}, expected a list")
+            parts.append(f"{role} {key!r}: {self.client.llen(key) if kind == 'list' else 0}")
+        return "ok, " + ", ".join(parts)
+
     # -- reading ------------------------------------------------------------------------
 
     def check_types(self) -> None:
@@ -165,6 +154,27 @@ class RedisListQueue:
         task = self.task()
         held = self.client.llen(self.held_key(task.id)) if task and task.unfinished else 0
         return Depth(ready, dead, oldest, held)
+
+    def dead_count(self) -> int:
+        return self.client.llen(self.settings.dead)
+
+    def oldest(self, count: int) -> list[DeadEntry]:
+        return [DeadEntry.parse(raw) for raw in reversed(self.client.lrange(self.settings.dead, -count, -1))]
+
+    def entries(self, filters: Filters | None = None, chunk: int = SCAN_CHUNK) -> Iterator[DeadEntry]:
+        """The dead list's entries (matching ``filters``), oldest first, read a chunk at a time."""
+        self.check_types()
+        now = self.clock()
+        offset = 0
+        while True:
+            raw = self.client.lrange(self.settings.dead, -(offset + chunk), -(offset + 1))
+            for item in reversed(raw):
+                entry = DeadEntry.parse(item)
+                if filters is None or filters.matches(entry, now):
+                    yield entry
+            if len(raw) < chunk:
+                return
+            offset += chunk
 
     def scan(self, filters: Filters, samples: int = 10, now: float | None = None,
              chunk: int = SCAN_CHUNK) -> ScanSummary:
@@ -187,6 +197,9 @@ class RedisListQueue:
     def task(self) -> Task | None:
         data = self.client.hgetall(self.task_key)
         return Task.from_hash(data) if data else None
+
+    def trim_task(self) -> TrimTask | None:
+        return QueueTrim(self, self.clock).task()
 
     def lease_holder(self) -> Holder | None:
         return self.lease.holder()
@@ -300,9 +313,7 @@ class RedisListQueue:
     # -- trim (commands.dlq.trimmer) -----------------------------------------------------
 
     def run_trim(self, *, keep: int, archive: Callable[[str, int, list[bytes]], None], batch: int = 500,
-                 should_stop: Callable[[], bool] = lambda: False, **options: Any):
+                 should_stop: Callable[[], bool] = lambda: False, **options: Any) -> TrimReport:
         """Start a trim keeping the newest ``keep`` (or resume/replace one: see QueueTrim.run)."""
-        from commands.dlq.trimmer import QueueTrim
-
         return QueueTrim(self, self.clock).run(keep=keep, archive=archive, batch=batch, should_stop=should_stop,
                                                **options)

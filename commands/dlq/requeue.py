@@ -1,4 +1,8 @@
-"""``dlq requeue``: move dead letters back to the ready list (redis-list) or replay them (http)."""
+"""``dlq requeue``: put dead letters back to work.
+
+Either as one resumable task inside the backend (it moves them back to the ready list under
+the queue's lease), or, for a backend with the ``replay`` capability, one entry at a time.
+"""
 
 from __future__ import annotations
 
@@ -10,31 +14,31 @@ from bot.core.durations import format_duration
 from bot.core.invocation import Invocation
 from bot.core.result import Button, Plan, Result, Section
 from commands.dlq.archive import TrimArchive
-from commands.dlq.common import SAMPLE, backend_of, http_scan, owner, scan, settings_of, summary_sections
+from commands.dlq.backend import REPLAY, DeadLetterBackend
+from commands.dlq.common import SAMPLE, owner, settings_of, summary_sections
 from commands.dlq.entries import Filters
-from commands.dlq.http_api import HttpDeadLetters
-from commands.dlq.redis_list import RedisListQueue, Task
-from commands.dlq.trimmer import QueueTrim
+from commands.dlq.factory import backend_of
+from commands.dlq.redis_list import Task
 
 __all__ = ["plan_requeue", "requeue_still_valid", "execute_requeue", "settle_interrupted_trim"]
 
 
-def _busy_with_trim(queue: QueueSettings, backend: RedisListQueue) -> Result:
-    trim = QueueTrim(backend).task()
+def _busy_with_trim(queue: QueueSettings, backend: DeadLetterBackend) -> Result:
+    trim = backend.trim_task()
     progress = f": {trim.dropped}/{trim.to_drop} dropped" if trim else ""
     return Result.warn(f"A trim of `{queue.name}` is running{progress}. A requeue can start when it ends "
                        "(one task per queue at a time).", data={"queue": queue.name, "busy": "trim"})
 
 
-def settle_interrupted_trim(inv: Invocation, backend: RedisListQueue, queue: QueueSettings) -> int:
+def settle_interrupted_trim(inv: Invocation, backend: DeadLetterBackend, queue: QueueSettings) -> int:
     """Under the lease, before a requeue moves anything: an interrupted trim's rows of entries it
     archived but never removed are deleted, so no archive row describes an entry that gets requeued."""
-    trim = QueueTrim(backend).task()
+    trim = backend.trim_task()
     if trim is None or not trim.unfinished:
         return 0
     archive = TrimArchive(inv.state.pool, inv.settings.state.db_schema, queue)
     archive.begin(trim.id)
-    return archive.settle(trim.id, int(backend.client.hget(backend.trim_key, "dropped")))
+    return archive.settle(trim.id, backend.trim_task().dropped)  # read again, after taking the epoch
 
 
 def _progress_result(queue: QueueSettings, task: Task, rate: float) -> Result:
@@ -53,29 +57,28 @@ def plan_requeue(inv: Invocation) -> Plan | Result:
     backend = backend_of(inv, queue)
     filters = Filters.from_args(inv.args)
     limit, rate = inv.args["limit"], inv.args["rate"]
-    if isinstance(backend, RedisListQueue):
-        holder = backend.lease_holder()
-        task = backend.task()
-        if holder and holder.kind == "trim":
-            return _busy_with_trim(queue, backend)
-        if holder and task:
-            return _progress_result(queue, task, 0.0).with_(
-                status="warn", summary=f"A requeue of `{queue.name}` is already running: "
-                                       f"{task.moved}/{task.target} moved. `/ops dlq cancel {queue.name}` stops it.")
-        if task and task.unfinished:
-            return Plan(
-                f"resume the interrupted requeue of `{queue.name}` ({task.moved}/{task.target} moved so far, "
-                f"{task.filters.describe()})",
-                data={"queue": queue.name, "resume": task.id, "matching": task.target - task.moved},
-                sections=[Section(text="An earlier requeue was interrupted (the bot stopped or was killed). "
-                                       "Confirm to finish it; its entries set aside go back in order.")],
-            )
-    summary = scan(backend, filters, SAMPLE)
+    holder = backend.lease_holder()  # None, and no task, where requeues are not tasks under a lease
+    task = backend.task()
+    if holder and holder.kind == "trim":
+        return _busy_with_trim(queue, backend)
+    if holder and task:
+        return _progress_result(queue, task, 0.0).with_(
+            status="warn", summary=f"A requeue of `{queue.name}` is already running: "
+                                   f"{task.moved}/{task.target} moved. `/ops dlq cancel {queue.name}` stops it.")
+    if task and task.unfinished:
+        return Plan(
+            f"resume the interrupted requeue of `{queue.name}` ({task.moved}/{task.target} moved so far, "
+            f"{task.filters.describe()})",
+            data={"queue": queue.name, "resume": task.id, "matching": task.target - task.moved},
+            sections=[Section(text="An earlier requeue was interrupted (the bot stopped or was killed). "
+                                   "Confirm to finish it; its entries set aside go back in order.")],
+        )
+    summary = backend.scan(filters, SAMPLE)
     if summary.matched == 0:
         return Result.ok(f"Nothing to requeue: no dead letters in `{queue.name}` match {filters.describe()}.",
                          data={"queue": queue.name, "matching": 0})
     target = min(summary.matched, limit) if limit else summary.matched
-    destination = f"`{queue.dead}` → `{queue.ready}`" if queue.backend == "redis-list" else f"replay via {queue.url}"
+    destination = backend.destination()
     pace = f" at {rate}/s" if rate else ""
     return Plan(
         f"requeue {target} of {summary.matched} matching dead letters ({destination}){pace}",
@@ -97,8 +100,8 @@ def requeue_still_valid(old: Plan, new: Plan) -> bool:
 def execute_requeue(inv: Invocation, plan: Plan) -> Result:
     queue = settings_of(inv)
     backend = backend_of(inv, queue)
-    if isinstance(backend, HttpDeadLetters):
-        return _replay_http(inv, backend, queue, plan)
+    if backend.capabilities.supports(REPLAY):  # entry by entry, not a task in the backend
+        return _replay(inv, backend, queue, plan)
     task_id = plan.data.get("resume") or secrets.token_hex(6)
 
     def before() -> None:  # under the queue's lease
@@ -119,7 +122,7 @@ def execute_requeue(inv: Invocation, plan: Plan) -> Result:
     data = {"queue": queue.name, "task": task.id, "moved": task.moved, "scanned": task.scanned,
             "target": task.target, "outcome": report.outcome, "seconds": round(report.seconds, 3),
             "rate": round(rate)}
-    where = f"`{queue.dead}` → `{queue.ready}`"
+    where = backend.destination()
     if report.outcome == "done":
         return Result.ok(f"Requeued {task.moved} dead letters {where} in {format_duration(report.seconds)} "
                          f"({rate:,.0f}/s)", data=data)
@@ -134,9 +137,9 @@ def execute_requeue(inv: Invocation, plan: Plan) -> Result:
                         data=data)
 
 
-def _replay_http(inv: Invocation, backend: HttpDeadLetters, queue: QueueSettings, plan: Plan) -> Result:
+def _replay(inv: Invocation, backend: DeadLetterBackend, queue: QueueSettings, plan: Plan) -> Result:
     filters = Filters.from_dict(plan.data["filters"])
-    _, matching = http_scan(backend, filters, 0)
+    matching = list(backend.entries(filters))
     limit = plan.data["limit"]
     matching = matching[:limit] if limit else matching
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""``dlq trim``: drop all but the newest N dead letters of a redis-list queue, archiving them first.
+"""``dlq trim``: drop all but the newest N dead letters of a queue, archiving them first (``trim`` capability).
 
 The preview shows an interrupted trim and says what confirming does with it: resume it (the
 request keeps the same number) or replace it (abandoned cleanly first). A confirm executes
@@ -8,13 +8,13 @@ exactly what was previewed, and never drops more than the preview said.
 from __future__ import annotations
 
 from bot.core.durations import format_duration
-from bot.core.invocation import CommandError, Invocation
+from bot.core.invocation import Invocation
 from bot.core.result import Plan, Result, Section
 from commands.dlq.archive import TrimArchive
-from commands.dlq.common import SAMPLE, backend_of, entry_line, owner, settings_of
-from commands.dlq.entries import DeadEntry
-from commands.dlq.redis_list import RedisListQueue
-from commands.dlq.trimmer import QueueTrim, TrimTask
+from commands.dlq.backend import TRIM, DeadLetterBackend
+from commands.dlq.common import SAMPLE, entry_line, owner, settings_of
+from commands.dlq.factory import backend_of
+from commands.dlq.trimmer import TrimTask
 
 __all__ = ["plan_trim", "trim_still_valid", "execute_trim"]
 
@@ -22,7 +22,7 @@ GROWTH = 0.10
 BATCH = 500
 
 
-def _busy(queue, backend: RedisListQueue, trim: TrimTask | None) -> Result | None:
+def _busy(queue, backend: DeadLetterBackend, trim: TrimTask | None) -> Result | None:
     holder = backend.lease_holder()
     if holder is None:
         return None
@@ -39,24 +39,24 @@ def _busy(queue, backend: RedisListQueue, trim: TrimTask | None) -> Result | Non
 
 def plan_trim(inv: Invocation) -> Plan | Result:
     queue = settings_of(inv)
-    if queue.backend != "redis-list":
-        raise CommandError(f"queue {queue.name!r} uses the {queue.backend} backend; trim works on redis-list queues")
     backend = backend_of(inv, queue)
+    backend.capabilities.require(TRIM, queue.name)
     backend.check_types()
     keep = inv.args["keep"] if inv.args["keep"] is not None else queue.keep
-    trim = QueueTrim(backend).task()
+    trim = backend.trim_task()
     busy = _busy(queue, backend, trim)
     if busy is not None:
         return busy
     pending = trim if trim is not None and trim.unfinished else None
-    dead = backend.client.llen(queue.dead)
-    oldest = [DeadEntry.parse(raw) for raw in reversed(backend.client.lrange(queue.dead, -SAMPLE, -1))]
+    dead_key = backend.where()
+    dead = backend.dead_count()
+    oldest = backend.oldest(SAMPLE)
     sections = [Section("Oldest, to be dropped", code="\n".join(entry_line(e) for e in oldest))] if oldest else []
     data = {"queue": queue.name, "keep": keep}
     if pending is not None and pending.keep == keep:
         to_drop = pending.remaining(dead)
         return Plan(
-            f"resume the interrupted trim of `{queue.dead}`: drop the {to_drop} oldest of {dead} dead letters, "
+            f"resume the interrupted trim of `{dead_key}`: drop the {to_drop} oldest of {dead} dead letters, "
             f"keeping the newest {keep} ({pending.dropped} of {pending.to_drop} dropped before it was interrupted; "
             "archived to PostgreSQL first)",
             data={**data, "to_drop": to_drop, "dead": dead, "matching": to_drop, "resume": pending.id},
@@ -66,7 +66,7 @@ def plan_trim(inv: Invocation) -> Plan | Result:
     if pending is not None:
         return Plan(
             f"replace the interrupted trim (keep {pending.keep}, {pending.dropped} of {pending.to_drop} dropped) "
-            f"with: drop the {to_drop} oldest of {dead} dead letters in `{queue.dead}`, keeping the newest {keep} "
+            f"with: drop the {to_drop} oldest of {dead} dead letters in `{dead_key}`, keeping the newest {keep} "
             f"(archived to PostgreSQL first)",
             data={**data, "to_drop": to_drop, "dead": dead, "matching": to_drop, "replaces": pending.id},
             sections=[Section(text=f":warning: An earlier trim keeping {pending.keep} was interrupted after dropping "
@@ -75,10 +75,10 @@ def plan_trim(inv: Invocation) -> Plan | Result:
                                    f"finish it instead, run `dlq trim {queue.name} --keep {pending.keep}`.")]
                      + sections)
     if to_drop == 0:
-        return Result.ok(f"Nothing to trim: `{queue.dead}` holds {dead} entries, keeping up to {keep}.",
+        return Result.ok(f"Nothing to trim: `{dead_key}` holds {dead} entries, keeping up to {keep}.",
                          data={**data, "dead": dead, "to_drop": 0})
     return Plan(
-        f"drop the {to_drop} oldest of {dead} dead letters in `{queue.dead}`, keeping the newest {keep} "
+        f"drop the {to_drop} oldest of {dead} dead letters in `{dead_key}`, keeping the newest {keep} "
         f"(archived to PostgreSQL first)",
         data={"queue": queue.name, "keep": keep, "to_drop": to_drop, "dead": dead, "matching": to_drop},
         sections=sections,
@@ -104,7 +104,8 @@ def execute_trim(inv: Invocation, plan: Plan) -> Result:
     queue = settings_of(inv)
     backend = backend_of(inv, queue)
     archive = TrimArchive(inv.state.pool, inv.settings.state.db_schema, queue)
-    where = f"{inv.settings.state.db_schema}.dlq_archive"
+    where = archive.table
+    dead_key = backend.where()
 
     def progress(task: TrimTask, rate: float) -> None:
         left = task.to_drop - task.dropped
@@ -122,7 +123,7 @@ def execute_trim(inv: Invocation, plan: Plan) -> Result:
     count = f"{report.dropped}/{report.to_drop}"
     if report.outcome == "done":
         also = f"; the interrupted trim {report.abandoned} was abandoned" if report.abandoned else ""
-        return Result.ok(f"Trimmed {report.dropped_now} oldest dead letters from `{queue.dead}`; archived in {where} "
+        return Result.ok(f"Trimmed {report.dropped_now} oldest dead letters from `{dead_key}`; archived in {where} "
                          f"(task {report.task_id}){also}", data=data)
     if report.outcome == "interrupted":
         return Result.warn(f"Trim paused after {count} (the bot is stopping); `/ops dlq trim {queue.name} --keep "

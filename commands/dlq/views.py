@@ -11,11 +11,10 @@ import redis
 from bot.core.durations import format_duration
 from bot.core.invocation import CommandError, Invocation
 from bot.core.result import Result, Section
-from commands.dlq.common import backend_of, scan, settings_of, summary_data, summary_sections
+from commands.dlq.backend import CANCEL, RESUME, TRIM, DeadLetterBackend
+from commands.dlq.common import settings_of, summary_data, summary_sections
 from commands.dlq.entries import Filters
-from commands.dlq.http_api import HttpDeadLetters
-from commands.dlq.redis_list import RedisListQueue
-from commands.dlq.trimmer import QueueTrim
+from commands.dlq.factory import backend_of
 
 __all__ = ["status", "peek", "cancel", "queue_figures"]
 
@@ -25,25 +24,31 @@ UNREACHABLE = (CommandError, redis.RedisError, httpx.HTTPError, OSError)
 def queue_figures(inv: Invocation, queue, now: float) -> dict[str, Any]:
     """One queue's depths, and the requeue or trim it has under way or interrupted."""
     backend = backend_of(inv, queue)
-    if isinstance(backend, HttpDeadLetters):
-        try:
-            summary = scan(backend, Filters(), 0)
-        finally:
-            backend.close()
-        return {"queue": queue.name, "backend": "http", "ready": None, "dead": summary.total,
-                "oldest_age_seconds": None if summary.oldest is None else now - summary.oldest}
+    try:
+        return _figures(backend, queue, now)
+    finally:
+        backend.close()
+
+
+def _figures(backend: DeadLetterBackend, queue, now: float) -> dict[str, Any]:
+    can = backend.capabilities
     depth = backend.depth()
-    task = backend.task()
-    trim = QueueTrim(backend).task()
-    holder = backend.lease_holder()
-    return {"queue": queue.name, "backend": "redis-list", "ready_key": queue.ready, "dead_key": queue.dead,
-            "ready": depth.ready, "dead": depth.dead, "held_by_requeue": depth.held,
-            "oldest_age_seconds": None if depth.oldest is None else now - depth.oldest,
-            "requeue": None if task is None else {"id": task.id, "status": task.status,
-                                                  "moved": task.moved, "target": task.target},
-            "trim": None if trim is None or not trim.unfinished else {
-                "id": trim.id, "keep": trim.keep, "dropped": trim.dropped, "to_drop": trim.to_drop,
-                "running": bool(holder and holder.task == trim.id)}}
+    figures: dict[str, Any] = {"queue": queue.name, "backend": queue.backend, **backend.locations(),
+                               "ready": depth.ready, "dead": depth.dead}
+    if can.supports(RESUME):
+        figures["held_by_requeue"] = depth.held
+    figures["oldest_age_seconds"] = None if depth.oldest is None else now - depth.oldest
+    if can.supports(RESUME):
+        task = backend.task()
+        figures["requeue"] = None if task is None else {"id": task.id, "status": task.status,
+                                                        "moved": task.moved, "target": task.target}
+    if can.supports(TRIM):
+        trim = backend.trim_task()
+        holder = backend.lease_holder()
+        figures["trim"] = None if trim is None or not trim.unfinished else {
+            "id": trim.id, "keep": trim.keep, "dropped": trim.dropped, "to_drop": trim.to_drop,
+            "running": bool(holder and holder.task == trim.id)}
+    return figures
 
 
 def _detail(item: dict[str, Any]) -> str:
@@ -90,10 +95,9 @@ def peek(inv: Invocation) -> Result:
     queue = settings_of(inv)
     filters = Filters.from_args(inv.args)
     backend = backend_of(inv, queue)
-    summary = scan(backend, filters, inv.args["limit"])
+    summary = backend.scan(filters, inv.args["limit"])
     now = time.time()
-    where = queue.dead if queue.backend == "redis-list" else queue.url
-    text = f"{summary.matched} of {summary.total} dead letters in `{where}` match {filters.describe()}"
+    text = f"{summary.matched} of {summary.total} dead letters in `{backend.where()}` match {filters.describe()}"
     sections = summary_sections(summary, now, f"Oldest {len(summary.samples)}")
     return Result.ok(text, data={"queue": queue.name, "filters": filters.to_dict(), **summary_data(summary)},
                      sections=sections)
@@ -102,8 +106,7 @@ def peek(inv: Invocation) -> Result:
 def cancel(inv: Invocation) -> Result:
     queue = settings_of(inv)
     backend = backend_of(inv, queue)
-    if not isinstance(backend, RedisListQueue):
-        raise CommandError(f"queue {queue.name!r} has no requeue task to cancel (http backend)")
+    backend.capabilities.require(CANCEL, queue.name)
     task = backend.cancel()
     if task is None:
         return Result.ok(f"No requeue of `{queue.name}` is running.", data={"queue": queue.name, "cancelled": False})
