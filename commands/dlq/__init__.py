@@ -15,17 +15,16 @@ from bot.core.invocation import Invocation
 from bot.core.registry import Arg, Command, Guard, duration, int_between, positive_int
 from bot.core.result import Plan
 from commands.dlq.common import settings_of
-from commands.dlq.factory import backend_of as _backend  # (commands.health reads queue depths, until it uses overview)
 from commands.dlq.requeue import execute_requeue, plan_requeue, requeue_still_valid
 from commands.dlq.trim import execute_trim, plan_trim, trim_still_valid
 from commands.dlq.views import cancel, peek, status
-from commands.dlq import glance
+from commands.dlq import overview
 from pathlib import Path
 from pydantic import Field
 from bot.core.group import Group
 from commands.dlq.settings import QueueSettings, check_queues
 
-__all__ = ["COMMANDS", "GROUP", "_backend"]
+__all__ = ["COMMANDS", "GROUP"]
 
 PEEK_DEFAULT = 10
 
@@ -90,7 +89,7 @@ GROUP = Group(
     extends={"status": {"queue_depth": (int, Field(1000, ge=0)),  # a ready queue deeper than this is amber
                         "dead_letters": (int, Field(0, ge=0))}},  # more dead letters than this is red
     validate=check_queues,
-    status=glance.status_lines,
-    checks=glance.checks,
+    status=overview.status_lines,
+    checks=overview.checks,
     migrations=Path(__file__).with_name("migrations"),
 )
