@@ -120,9 +120,6 @@ class Services:
     def find(self, kind: type[T]) -> T | None:
         return self._by_type.get(kind)  # type: ignore[return-value]
 
-    def all(self) -> list[object]:
-        return list(self._by_type.values())
-
 
 @dataclass(frozen=True)
 class Group:
