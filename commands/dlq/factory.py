@@ -19,7 +19,9 @@ from bot.core.invocation import Invocation
 from commands.dlq.backend import DeadLetterBackend
 from commands.dlq.common import settings_of
 from commands.dlq.http_api import HttpDeadLetters
+from commands.dlq.bullmq_jobs import BullQueue
 from commands.dlq.redis_list import RedisListQueue
+from commands.dlq.rq_jobs import RqQueue
 from commands.dlq.settings import QueueSettings
 
 __all__ = ["BACKENDS", "backend_of", "open_backend"]
@@ -28,6 +30,8 @@ __all__ = ["BACKENDS", "backend_of", "open_backend"]
 BACKENDS: dict[str, Callable[[QueueSettings, Any, Any], DeadLetterBackend]] = {
     "redis-list": RedisListQueue.open,
     "http": HttpDeadLetters.open,
+    "rq": RqQueue.open,
+    "bullmq": BullQueue.open,
 }
 
 

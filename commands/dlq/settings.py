@@ -16,13 +16,16 @@ class QueueSettings(_Model):
     """A dead-letter queue: Redis lists (``redis-list``) or a service's admin API (``http``)."""
 
     name: Name
-    backend: Literal["redis-list", "http"] = "redis-list"
+    backend: Literal["redis-list", "http", "rq", "bullmq"] = "redis-list"
     # redis-list
     redis: str = "main"
     ready: str = "jobs"
     dead: str = "jobs:dead"
     keep: int = Field(1000, ge=0)
     batch: int = Field(1000, ge=1, le=10000)
+    # rq, bullmq: the library's queue name (default: name), BullMQ's key prefix (default: bull)
+    queue: str | None = None
+    prefix: str | None = None
     # http
     url: str | None = None
     token: SecretStr | None = None

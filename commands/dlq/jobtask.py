@@ -1,0 +1,318 @@
+"""What the job-library backends (``rq``, ``bullmq``) share: reading a failed-job registry, and a
+requeue task that survives a crash at any instant.
+
+Usage (a backend module)::
+
+    class RqQueue(JobRegistryQueue):
+        backend = "rq"
+        def _fingerprints(self, ids): ...   # per id: its failed set's score now, or None
+        def _read(self, ids): ...           # per id: a DeadEntry built from the job's readable fields
+        def _requeue(self, ids): ...        # the library's own requeue; returns the ids it moved
+        def _recover(self, job_id, fingerprint): ...  # requeued half-way by a crash? put it back first
+
+The library keeps failed jobs as ids in a sorted set (oldest first by score) and each job in
+its own key; only the library's own code moves a job back to work. So a requeue task is:
+
+1. **Select** (``start_requeue``, under the queue's lease): the matching ids, oldest first, up to
+   ``--limit``, each with its *fingerprint* (its score in the failed set: a job that failed again
+   has another one), into a pending list in Redis, written atomically with the task hash.
+2. **Batches** of at most ``batch`` ids: the ids about to be requeued are journaled with their
+   fingerprints (one HSET), the library requeues them, then one script checks the lease token,
+   drops the batch from the pending list and counts it. A crash between journal and count is
+   recovered by looking where each journaled job is now: still in the failed set with the same
+   fingerprint, it was never requeued (requeue it); anywhere else, it was (count it, never again).
+   A job whose fingerprint changed since the selection (requeued by someone else, failed again)
+   or that is gone is skipped: it is not the failure that was previewed.
+
+The library's own requeue is a conditional move (only if the job is still in the failed set), so
+two drivers can never both requeue one failure.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import redis
+
+from bot.core.invocation import CommandError
+from commands.dlq.backend import Capabilities, Depth, Refusing, ScanSummary
+from commands.dlq.entries import DeadEntry, Filters
+from commands.dlq.lease import Holder, LeaseBusy, QueueLease
+from commands.dlq.redis_list import RequeueReport, Task
+from commands.dlq.settings import QueueSettings
+
+__all__ = ["JobRegistryQueue", "last_line", "entry_of"]
+
+CHUNK = 500
+PROGRESS_EVERY = 0.5
+
+# KEYS: task, pending, journal, lease. ARGV: token, n, moved, scanned, now.
+# Returns 2 lost (not the lease holder), 1 nothing left or cancelling, 0 more to do.
+_COMMIT = r"""
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return 2 end
+redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
+redis.call('HINCRBY', KEYS[1], 'moved', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'scanned', ARGV[4])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
+redis.call('DEL', KEYS[3])
+if redis.call('LLEN', KEYS[2]) == 0 or redis.call('HGET', KEYS[1], 'status') == 'cancelling' then return 1 end
+return 0
+"""
+
+
+def last_line(text: str | None) -> str | None:
+    """The last non-blank line of a traceback (``ValueError: boom``), or None."""
+    if not text:
+        return None
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def entry_of(document: dict[str, Any]) -> DeadEntry:
+    """A dead letter built from a job's readable fields (its raw form is that document as JSON)."""
+    return DeadEntry(json.dumps(document, ensure_ascii=False).encode("utf-8", "replace"), document)
+
+
+class JobRegistryQueue(Refusing):
+    """A failed-job registry (sorted set of ids) with a resumable requeue task; see the module doc."""
+
+    backend: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    failed_key: str   # the sorted set of failed job ids
+    ready_key: str    # the list the library's workers take from
+
+    def __init__(self, settings: QueueSettings, client: redis.Redis, prefix: str = "opsbot:",
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.client = client
+        self.clock = clock
+        self.name = settings.name
+        self.task_key = f"{prefix}dlq:task:{self.name}"
+        self.lease_key = f"{prefix}dlq:lease:{self.name}"
+        self.pending_key = f"{prefix}dlq:pending:{self.name}"
+        self.journal_key = f"{prefix}dlq:journal:{self.name}"
+        self.lease = QueueLease(client, self.lease_key, self.name)
+        self._commit = client.register_script(_COMMIT)
+
+    # -- what a backend supplies ------------------------------------------------------------
+
+    def _fingerprints(self, ids: list[str]) -> list[str | None]:
+        raise NotImplementedError
+
+    def _read(self, ids: list[str]) -> list[DeadEntry]:
+        raise NotImplementedError
+
+    def _requeue(self, ids: list[str]) -> set[str]:
+        raise NotImplementedError
+
+    def _recover(self, job_id: str, fingerprint: str) -> bool:
+        """A journaled job that left the failed set: True when a crash left it half-way (it is put
+        back in the failed set, to be requeued again); False when it was requeued."""
+        return False
+
+    # -- describing and reading -------------------------------------------------------------
+
+    def where(self) -> str:
+        return self.failed_key
+
+    def destination(self) -> str:
+        return f"`{self.failed_key}` → `{self.ready_key}` (by {self.backend}'s own requeue)"
+
+    def locations(self) -> dict[str, str]:
+        return {"ready_key": self.ready_key, "dead_key": self.failed_key}
+
+    def check_types(self) -> None:
+        for role, key, want in (("failed", self.failed_key, "zset"), ("ready", self.ready_key, "list")):
+            kind = self.client.type(key).decode()
+            if kind not in (want, "none"):
+                raise CommandError(f"{role} key {key!r} of queue {self.name!r} is a Redis {kind}, not a {want}")
+
+    def probe(self) -> str:
+        self.check_types()
+        return f"ok, {self.backend}: failed {self.failed_key!r}: {self.dead_count()}, " \
+               f"ready {self.ready_key!r}: {self.client.llen(self.ready_key)}"
+
+    def dead_count(self) -> int:
+        return self.client.zcard(self.failed_key)
+
+    def depth(self) -> Depth:
+        self.check_types()
+        oldest = self.oldest(1)
+        return Depth(self.client.llen(self.ready_key), self.dead_count(), oldest[0].failed_at if oldest else None)
+
+    def _ids(self, start: int = 0, chunk: int = CHUNK) -> Iterator[list[str]]:
+        while True:
+            ids = [raw.decode("utf-8", "replace") for raw in self.client.zrange(self.failed_key, start,
+                                                                                 start + chunk - 1)]
+            if ids:
+                yield ids
+            if len(ids) < chunk:
+                return
+            start += chunk
+
+    def oldest(self, count: int) -> list[DeadEntry]:
+        ids = [raw.decode("utf-8", "replace") for raw in self.client.zrange(self.failed_key, 0, count - 1)]
+        return self._read(ids) if ids else []
+
+    def entries(self, filters: Filters | None = None) -> Iterator[DeadEntry]:
+        """The failed jobs (matching ``filters``), oldest first, a chunk at a time."""
+        self.check_types()
+        now = self.clock()
+        for ids in self._ids():
+            for entry in self._read(ids):
+                if filters is None or filters.matches(entry, now):
+                    yield entry
+
+    def scan(self, filters: Filters, samples: int = 10) -> ScanSummary:
+        summary = ScanSummary(total=self.dead_count())
+        for entry in self.entries():
+            summary.scanned += 1
+            if filters.matches(entry, self.clock()):
+                summary.count(entry, samples)
+        summary._bound()
+        return summary
+
+    # -- the task ---------------------------------------------------------------------------
+
+    def task(self) -> Task | None:
+        data = self.client.hgetall(self.task_key)
+        return Task.from_hash(data) if data else None
+
+    def lease_holder(self) -> Holder | None:
+        return self.lease.holder()
+
+    def start_requeue(self, filters: Filters, *, limit: int | None, rate: float | None, matching: int,
+                      requested_by: str, task_id: str | None = None) -> Task:
+        """Select the matching failures (oldest first, up to ``limit``) into the task's pending list."""
+        current = self.task()
+        if current and current.unfinished:
+            raise CommandError(f"an unfinished requeue of {self.name!r} exists ({current.id}); resume it first")
+        self.check_types()
+        now = self.clock()
+        staging = f"{self.pending_key}:staging"
+        self.client.delete(staging)
+        selected = 0
+        for ids in self._ids():
+            fingerprints = self._fingerprints(ids)
+            rows = [json.dumps([entry.id, fp]) for entry, fp in zip(self._read(ids), fingerprints)
+                    if fp is not None and entry.id is not None and filters.matches(entry, now)]
+            rows = rows[: None if limit is None else limit - selected]
+            if rows:
+                self.client.rpush(staging, *rows)
+            selected += len(rows)
+            if limit is not None and selected >= limit:
+                break
+        task_id = task_id or secrets.token_hex(6)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.task_key, self.pending_key, self.journal_key)
+        if selected:
+            pipe.rename(staging, self.pending_key)
+        pipe.hset(self.task_key, mapping={
+            "id": task_id, "status": "running", "filters": json.dumps(filters.to_dict()),
+            "limit": -1 if limit is None else limit, "rate": rate or 0, "total": selected, "matching": matching,
+            "scanned": 0, "moved": 0, "started_at": now, "updated_at": now, "requested_by": requested_by})
+        pipe.execute()
+        return self.task()
+
+    def run_requeue(self, task_id: str, *, owner: str,
+                    progress: Callable[[Task, float], None] = lambda task, rate: None, batch: int = 1000,
+                    lease_ttl: float = 15.0, should_stop: Callable[[], bool] = lambda: False,
+                    before: Callable[[], Any] = lambda: None) -> RequeueReport:
+        """Drive the task to its end (or resume it); safe to kill at any instant and run again."""
+        token = self.lease.take("requeue", task_id, owner=owner, ttl=lease_ttl)
+        try:
+            before()
+            task = self.task()
+            if task is None or task.id != task_id:
+                raise CommandError(f"requeue task {task_id} of {self.name!r} no longer exists")
+        except BaseException:
+            self.lease.release(token)
+            raise
+        started = renewed = reported = self.clock()
+        first_moved = task.moved
+        step = max(1, min(batch, int(task.rate))) if task.rate else batch
+        outcome = "done"
+        try:
+            state = 1 if not self.client.llen(self.pending_key) and not self.client.exists(self.journal_key) else 0
+            while state == 0:
+                if should_stop():
+                    outcome = "interrupted"
+                    break
+                now = self.clock()
+                if now - renewed > lease_ttl / 3:
+                    if not self.lease.renew(token, ttl=lease_ttl):
+                        outcome = "lost"
+                        break
+                    renewed = now
+                state = self._batch(token, step)
+                if state == 2:
+                    outcome = "lost"
+                    break
+                now = self.clock()
+                if state == 1 or now - reported >= PROGRESS_EVERY:
+                    task = self.task()
+                    progress(task, (task.moved - first_moved) / max(now - started, 1e-6))
+                    reported = now
+                if task.rate and state == 0:
+                    moved_now = int(self.client.hget(self.task_key, "moved"))
+                    ahead = (moved_now - first_moved) / task.rate - (self.clock() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            if outcome == "done":
+                outcome = self._finish()
+        finally:
+            self.lease.release(token)
+        return RequeueReport(self.task(), outcome, self.clock() - started, first_moved)
+
+    def _batch(self, token: str, step: int) -> int:
+        journal = {k.decode(): v.decode() for k, v in self.client.hgetall(self.journal_key).items()}
+        size = int(journal.pop("\x00n", step))  # a crashed batch is finished with its own size
+        rows = [json.loads(raw) for raw in self.client.lrange(self.pending_key, 0, size - 1)]
+        ids = [job_id for job_id, _ in rows]
+        now_fp = self._fingerprints(ids) if ids else []
+        todo, already = [], 0
+        for (job_id, selected_fp), current in zip(rows, now_fp):
+            if current == selected_fp:
+                todo.append(job_id)            # still the failure that was selected: never requeued
+            elif job_id in journal and current is None and self._recover(job_id, selected_fp):
+                todo.append(job_id)            # a crash left it half-way: put back, requeue again
+            elif job_id in journal:
+                already += 1                   # requeued by the crashed run: count it, never again
+        if todo:
+            self.client.hset(self.journal_key, mapping={"\x00n": len(rows),
+                                                        **{job_id: "1" for job_id in todo}})
+        moved = self._requeue(todo) if todo else set()
+        return int(self._commit(keys=[self.task_key, self.pending_key, self.journal_key, self.lease_key],
+                                args=[token, len(rows), len(moved) + already, len(rows), self.clock()]))
+
+    def _finish(self) -> str:
+        status = self.client.hget(self.task_key, "status").decode()
+        final = "cancelled" if status == "cancelling" else "done"
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.task_key, mapping={"status": final, "updated_at": self.clock()})
+        pipe.delete(self.pending_key)
+        pipe.execute()
+        return final
+
+    def cancel(self) -> Task | None:
+        """Ask a running requeue to stop after its batch; an interrupted one is closed now: the batch a crash
+        left journaled is completed first (it was confirmed and may be half requeued), the rest stay failed."""
+        task = self.task()
+        if task is None or not task.unfinished:
+            return None
+        self.client.hset(self.task_key, "status", "cancelling")
+        try:
+            token = self.lease.take("requeue", task.id, owner="cancel", ttl=self.settings.lease_ttl)
+        except LeaseBusy:
+            return self.task()
+        try:
+            if self.client.exists(self.journal_key):
+                self._batch(token, 1)
+            self._finish()
+        finally:
+            self.lease.release(token)
+        return self.task()
