@@ -1,0 +1,300 @@
+"""RQ and BullMQ dead letters, with the real libraries: real workers fail real jobs, opsbot peeks and
+requeues a filtered, limited subset through the guarded flow (preview, confirm), is SIGKILLed
+mid-requeue and resumed, and the libraries' own workers then run exactly those jobs again, once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from bullmq import Queue as BullMQQueue
+from rq import Queue
+from rq.job import Job
+
+from commands.dlq.bullmq_jobs import BullQueue
+from commands.dlq.entries import Filters
+from commands.dlq.rq_jobs import RqQueue
+from commands.dlq.settings import QueueSettings
+from tests.conftest import write_config
+from tests.support import jobfuncs
+from tests.support.dlq import opsbot
+from tests.support.servers import RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "RUN_MIGRATIONS": "true", "PYTHONPATH": str(REPO)}
+SEND = "tests.support.jobfuncs.send_email"
+
+
+def _config(tmp_path, database_url, url, queue_line):
+    path = write_config(tmp_path / "app.yaml", database_url, redis_url=url)
+    path.write_text(path.read_text().replace(
+        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}', f"  - {queue_line}"))
+    return path
+
+
+def _run(path, text, *, yes=True, timeout=120):
+    done = subprocess.run(opsbot(path, text, yes=yes), env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def rq_burst(url: str, queue: str = "mail") -> None:
+    """A real RQ worker in burst mode: it runs what is queued, then exits."""
+    done = subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", "rq.worker.SimpleWorker",
+                           "--url", url, queue], env=ENV, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def bull_burst(url: str, queue: str = "pdf", prefix: str = "bull") -> None:
+    """A real BullMQ worker (the bullmq package) run until its queue is drained."""
+    done = subprocess.run([sys.executable, "-m", "tests.support.bullworker", url, queue, prefix], env=ENV,
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _kill_mid_requeue(path, text, client, at_least: int) -> None:
+    proc = subprocess.Popen(opsbot(path, text), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while int(client.hget("opsbot:dlq:task:mail" if "mail" in text else "opsbot:dlq:task:pdf", "moved") or 0) \
+            < at_least:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# -- RQ ------------------------------------------------------------------------------------------
+
+def _rq_failures(client, url, count=40):
+    client.set(jobfuncs.BROKEN, 1)
+    queue = Queue("mail", connection=client)
+    for index in range(count):
+        if index % 4 == 3:
+            queue.enqueue(jobfuncs.render_pdf, f"invoice-{index}")
+        else:
+            queue.enqueue(jobfuncs.send_email, f"user{index}@example.com")
+    rq_burst(url)
+    client.delete(jobfuncs.BROKEN)
+    assert client.zcard("rq:failed:mail") == count and client.llen("rq:queue:mail") == 0
+
+
+def test_rq_peek_requeue_killed_resumed_and_rqs_worker_runs_exactly_those(tmp_path, database_url, own_redis):
+    client = own_redis.client()
+    _rq_failures(client, own_redis.url)
+    path = _config(tmp_path, database_url, own_redis.url,
+                   "{name: mail, backend: rq, redis: main, queue: mail, batch: 3, lease_ttl: 1s}")
+
+    status = _run(path, "dlq status mail")
+    assert "40" in status
+    peek = _run(path, f"dlq peek mail --type {SEND} --error smtp --limit 50")
+    assert "30 of 40 dead letters in `rq:failed:mail`" in peek
+    assert "ConnectionError: SMTP timeout after 30s" in peek and "render_pdf" not in peek.split("Sample")[-1]
+    older = _run(path, "dlq peek mail --older-than 1h")
+    assert "0 of 40 dead letters" in older
+
+    preview = subprocess.run(opsbot(path, f"dlq requeue mail --type {SEND} --limit 12 --rate 8", yes=False),
+                             env=ENV, capture_output=True, text=True, timeout=60, input="no\n")
+    assert "requeue 12 of 30" in preview.stdout, preview.stdout + preview.stderr
+    assert client.llen("rq:queue:mail") == 0 and client.zcard("rq:failed:mail") == 40  # declined: nothing moved
+
+    before = set(client.zrange("rq:failed:mail", 0, -1))
+    text = f"dlq requeue mail --type {SEND} --limit 12 --rate 8"
+    _kill_mid_requeue(path, text, client, at_least=3)
+    queued = client.lrange("rq:queue:mail", 0, -1)
+    failed = set(client.zrange("rq:failed:mail", 0, -1))
+    assert 3 <= len(queued) < 12 and len(set(queued)) == len(queued)
+    assert set(queued) | failed == before and not set(queued) & failed        # each job in one place
+    time.sleep(1.1)                                                            # the dead bot's lease runs out
+
+    resumed = _run(path, text)
+    assert "Requeued" in resumed
+    queued = client.lrange("rq:queue:mail", 0, -1)
+    assert len(queued) == 12 and len(set(queued)) == 12
+    assert set(queued) | set(client.zrange("rq:failed:mail", 0, -1)) == before
+    for job_id in queued:
+        assert client.hget(f"rq:job:{job_id.decode()}", "description").decode().startswith(SEND)
+        assert client.hget(f"rq:job:{job_id.decode()}", "status") == b"queued"
+    assert client.hget("opsbot:dlq:task:mail", "status") == b"done"
+
+    rq_burst(own_redis.url)                                                    # RQ's own worker
+    ran = client.lrange(jobfuncs.RAN, 0, -1)
+    assert Counter(ran) == Counter(queued) and len(ran) == 12                  # exactly those, each once
+    assert client.zcard("rq:failed:mail") == 28 and client.llen("rq:queue:mail") == 0
+    assert "Nothing to requeue" in _run(path, f"dlq requeue mail --id {ran[0].decode()}")
+
+
+def test_rq_requeue_never_unpickles_and_keeps_the_job_bytes(own_redis, tmp_path):
+    """A job whose data and meta would run code when unpickled: opsbot reads, filters and requeues it
+    through RQ's own requeue, and nothing is ever loaded; the bytes RQ's worker will load are unchanged."""
+    client = own_redis.client()
+    _rq_failures(client, own_redis.url, count=4)
+    marker = tmp_path / "unpickled"
+    bomb = pickle.dumps(Bomb(str(marker)))
+    target = client.zrange("rq:failed:mail", 0, 0)[0].decode()
+    client.hset(Job.key_for(target), mapping={"data": zlib.compress(bomb), "meta": bomb})
+    queue = RqQueue(QueueSettings(name="mail", backend="rq", queue="mail"), client)
+
+    entry = next(e for e in queue.entries(Filters(ids=(target,))))
+    assert entry.type in (SEND, "tests.support.jobfuncs.render_pdf") and entry.error
+    task = queue.start_requeue(Filters(ids=(target,)), limit=None, rate=None, matching=1, requested_by="t")
+    assert queue.run_requeue(task.id, owner="t").outcome == "done"
+
+    assert not marker.exists()
+    assert client.lrange("rq:queue:mail", 0, -1) == [target.encode()]
+    assert zlib.decompress(client.hget(Job.key_for(target), "data")) == bomb
+    assert client.hget(Job.key_for(target), "meta") == bomb
+
+
+class Bomb:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_rq_crash_inside_rqs_own_requeue_is_recovered(own_redis):
+    """RQ's requeue removes the id from the failed set, then enqueues: a crash between the two leaves the
+    job in neither. That is the state made here (journaled, removed, never enqueued); resuming finds it,
+    puts it back and requeues it, once."""
+    client = own_redis.client()
+    _rq_failures(client, own_redis.url, count=6)
+    queue = RqQueue(QueueSettings(name="mail", backend="rq", queue="mail"), client)
+    task = queue.start_requeue(Filters(), limit=3, rate=None, matching=6, requested_by="t")
+    pending = [json.loads(raw) for raw in client.lrange(queue.pending_key, 0, -1)]
+    ids = [job_id for job_id, _ in pending]
+    client.hset(queue.journal_key, mapping={"\x00n": 3, **{job_id: "1" for job_id in ids}})
+    queue.registry.requeue(ids[0])          # fully requeued before the crash
+    client.zrem("rq:failed:mail", ids[1])   # half-way through RQ's requeue when the crash came
+    # ids[2]: journaled, never touched
+
+    report = queue.run_requeue(task.id, owner="t")
+
+    assert report.outcome == "done" and report.task.moved == 3
+    assert sorted(client.lrange("rq:queue:mail", 0, -1)) == sorted(i.encode() for i in ids)
+    assert client.zcard("rq:failed:mail") == 3
+    rq_burst(own_redis.url)
+    assert sorted(client.lrange(jobfuncs.RAN, 0, -1)) == sorted(i.encode() for i in ids)
+
+
+def test_rq_job_that_failed_again_after_the_preview_is_not_requeued_twice(own_redis):
+    client = own_redis.client()
+    _rq_failures(client, own_redis.url, count=3)
+    queue = RqQueue(QueueSettings(name="mail", backend="rq", queue="mail"), client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=3, requested_by="t")
+    first = json.loads(client.lindex(queue.pending_key, 0))[0]
+    client.set(jobfuncs.BROKEN, 1)
+    queue.registry.requeue(first)            # someone else requeued it; it failed again: a new failure
+    rq_burst(own_redis.url)
+    assert client.zscore("rq:failed:mail", first) is not None
+
+    report = queue.run_requeue(task.id, owner="t")
+
+    assert report.task.moved == 2 and client.llen("rq:queue:mail") == 2
+    assert first.encode() not in client.lrange("rq:queue:mail", 0, -1)
+
+
+def test_rq_and_bullmq_refuse_trim_saying_why(tmp_path, database_url, own_redis):
+    path = _config(tmp_path, database_url, own_redis.url, "{name: mail, backend: rq, redis: main, queue: mail}")
+    out = subprocess.run(opsbot(path, "dlq trim mail --keep 1"), env=ENV, capture_output=True, text=True,
+                         timeout=60)
+    assert "failure_ttl" in out.stdout + out.stderr
+    path = _config(tmp_path, database_url, own_redis.url, "{name: pdf, backend: bullmq, redis: main, queue: pdf}")
+    out = subprocess.run(opsbot(path, "dlq trim pdf --keep 1"), env=ENV, capture_output=True, text=True,
+                         timeout=60)
+    assert "removeOnFail" in out.stdout + out.stderr
+
+
+def test_a_wrong_key_type_is_reported_not_misread(own_redis):
+    client = own_redis.client()
+    client.rpush("rq:failed:mail", "x")
+    queue = RqQueue(QueueSettings(name="mail", backend="rq", queue="mail"), client)
+    with pytest.raises(Exception, match="not a zset"):
+        queue.depth()
+
+
+# -- BullMQ --------------------------------------------------------------------------------------
+
+def _bull_failures(client, url, count=30, prefix="bull"):
+    client.set(jobfuncs.BROKEN, 1)
+
+    async def add():
+        queue = BullMQQueue("pdf", {"connection": url, "prefix": prefix})
+        for index in range(count):
+            await queue.add("render" if index % 3 else "<!channel> *email*", {"to": f"user{index}@example.com"})
+        await queue.close()
+
+    asyncio.run(add())
+    bull_burst(url, prefix=prefix)
+    client.delete(jobfuncs.BROKEN)
+    assert client.zcard(f"{prefix}:pdf:failed") == count
+
+
+def test_bullmq_peek_requeue_killed_resumed_and_bullmqs_worker_runs_exactly_those(tmp_path, database_url,
+                                                                                   own_redis):
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, prefix="acme")
+    path = _config(tmp_path, database_url, own_redis.url,
+                   "{name: pdf, backend: bullmq, redis: main, queue: pdf, prefix: acme, batch: 2, lease_ttl: 1s}")
+
+    peek = _run(path, "dlq peek pdf --type render --error 503 --limit 3")
+    assert "20 of 30" in peek and "render: upstream 503" in peek
+    marked = _run(path, "dlq peek pdf --error email")
+    assert "10 of 30" in marked and "<!channel> *email*" in marked      # a job name is shown as it is
+    one = _run(path, "dlq peek pdf --id 7")
+    assert "1 of 30" in one
+
+    before = set(client.zrange("acme:pdf:failed", 0, -1))
+    text = "dlq requeue pdf --type render --limit 9 --rate 6"
+    _kill_mid_requeue(path, text, client, at_least=2)
+    waiting = client.lrange("acme:pdf:wait", 0, -1)
+    assert 2 <= len(waiting) < 9 and len(set(waiting)) == len(waiting)
+    assert set(waiting) | set(client.zrange("acme:pdf:failed", 0, -1)) == before
+    time.sleep(1.1)
+
+    assert "Requeued" in _run(path, text)
+    waiting = client.lrange("acme:pdf:wait", 0, -1)
+    assert len(waiting) == 9 and len(set(waiting)) == 9
+    assert all(client.hget(f"acme:pdf:{job_id.decode()}", "name") == b"render" for job_id in waiting)
+    assert all(client.hget(f"acme:pdf:{job_id.decode()}", "failedReason") is None for job_id in waiting)
+
+    bull_burst(own_redis.url, prefix="acme")                            # BullMQ's own worker
+    ran = client.lrange(jobfuncs.RAN, 0, -1)
+    assert Counter(ran) == Counter(waiting) and len(ran) == 9
+    assert client.zcard("acme:pdf:failed") == 21 and client.zcard("acme:pdf:completed") == 9
+
+
+def test_bullmq_journaled_batch_is_finished_once_after_a_crash(own_redis):
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=4)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client, url=own_redis.url)
+    task = queue.start_requeue(Filters(), limit=3, rate=None, matching=4, requested_by="t")
+    ids = [json.loads(raw)[0] for raw in client.lrange(queue.pending_key, 0, -1)]
+    client.hset(queue.journal_key, mapping={"\x00n": 3, **{job_id: "1" for job_id in ids}})
+    assert queue._requeue(ids[:2]) == set(ids[:2])  # BullMQ moved two, then the bot died before counting
+
+    report = queue.run_requeue(task.id, owner="t")
+
+    assert report.outcome == "done" and report.task.moved == 3
+    assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(i.encode() for i in ids)
+    bull_burst(own_redis.url)
+    assert sorted(client.lrange(jobfuncs.RAN, 0, -1)) == sorted(i.encode() for i in ids)
