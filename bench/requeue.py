@@ -1,6 +1,7 @@
 """Requeue throughput against baselines, on the real Redis.
 
     .venv/bin/python bench/requeue.py [--entries 1000000]
+    .venv/bin/python bench/requeue.py --system rq|bullmq --entries 100000   # bench/jobsystems.py
 
 Fills ``jobs:dead`` with N entries of about 200 bytes. It times an unfiltered and a
 filtered (10% match) requeue through ``RedisListQueue.run_requeue``, the code path
@@ -122,7 +123,14 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--type", help=argparse.SUPPRESS)
+    parser.add_argument("--system", choices=("redis-list", "rq", "bullmq"), default="redis-list",
+                        help="rq, bullmq: against the library's own bulk requeue (bench/jobsystems.py)")
+    parser.add_argument("--rounds", type=int, default=3, help="rq, bullmq: interleaved rounds (medians)")
     args = parser.parse_args()
+    if args.system != "redis-list":
+        from bench.jobsystems import run
+
+        return run(args.system, args.entries, args.rounds)
     if args.child:
         child_requeue(args.type)
         return 0

@@ -29,7 +29,9 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
+import redis.asyncio as aioredis
 from bullmq import Job, Queue
+from bullmq.job import optsFromJSON
 
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities)
 from commands.dlq.entries import DeadEntry
@@ -129,18 +131,32 @@ class BullQueue(JobRegistryQueue):
         return entries
 
     def _requeue(self, ids: list[str]) -> set[str]:
-        return _run(self._retry(ids))
+        """``Job.retry("failed")`` for each, a batch's jobs built from their stored ``name`` and ``opts``
+        (read in one round trip: what ``Job.fromId`` would read, without each job's whole hash)."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(f"{self.base}:{job_id}", "name", "opts")
+        jobs = []
+        for job_id, (name, opts) in zip(ids, pipe.execute()):
+            if name is None and opts is None:
+                continue  # gone: BullMQ removed it
+            try:
+                options = json.loads(opts) if opts else {}
+            except ValueError:
+                options = {}
+            jobs.append((job_id, _text(name) or "", options if isinstance(options, dict) else {}))
+        return _run(self._retry(jobs)) if jobs else set()
 
-    async def _retry(self, ids: list[str]) -> set[str]:
-        queue = Queue(self.queue, {"connection": self.url, "prefix": self.bull_prefix})
+    async def _retry(self, jobs: list[tuple[str, str, dict]]) -> set[str]:
+        # A pooled client: given a URL, bullmq opens a single connection, and the batch would go one job at a time.
+        client = aioredis.Redis.from_url(self.url, decode_responses=True, max_connections=CONCURRENCY)
+        queue = Queue(self.queue, {"connection": client, "prefix": self.bull_prefix})
         moved: set[str] = set()
         limit = asyncio.Semaphore(CONCURRENCY)
 
-        async def one(job_id: str) -> None:
+        async def one(job_id: str, name: str, opts: dict) -> None:
             async with limit:
-                job = await Job.fromId(queue, job_id)
-                if job is None:
-                    return
+                job = Job(queue, name, None, optsFromJSON(opts), job_id=job_id)
                 try:
                     await job.retry("failed")
                 except TypeError:  # BullMQ's script said: not in the failed set (any more), or no such job
@@ -148,7 +164,8 @@ class BullQueue(JobRegistryQueue):
                 moved.add(job_id)
 
         try:
-            await asyncio.gather(*(one(job_id) for job_id in ids))
+            await asyncio.gather(*(one(*job) for job in jobs))
         finally:
             await queue.close()
+            await client.aclose()
         return moved

@@ -198,8 +198,10 @@ class JobRegistryQueue(Refusing):
         selected = 0
         for ids in self._ids():
             fingerprints = self._fingerprints(ids)
-            rows = [json.dumps([entry.id, fp]) for entry, fp in zip(self._read(ids), fingerprints)
-                    if fp is not None and entry.id is not None and filters.matches(entry, now)]
+            # Without a filter, the jobs themselves need not be read: every id in the failed set matches.
+            read = self._read(ids) if not filters.empty else [None] * len(ids)
+            rows = [json.dumps([job_id, fp]) for job_id, entry, fp in zip(ids, read, fingerprints)
+                    if fp is not None and (entry is None or filters.matches(entry, now))]
             rows = rows[: None if limit is None else limit - selected]
             if rows:
                 self.client.rpush(staging, *rows)
