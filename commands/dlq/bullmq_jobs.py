@@ -95,10 +95,14 @@ class BullQueue(JobRegistryQueue):
         self.ready_key = f"{self.base}:wait"
 
     def _fingerprints(self, ids: list[str]) -> list[str | None]:
+        """The failed set's score (finishedOn, ms) and the attempts made: each failure has its own."""
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.zscore(self.failed_key, job_id)
-        return [None if score is None else repr(score) for score in pipe.execute()]
+            pipe.hget(f"{self.base}:{job_id}", "atm")
+        replies = pipe.execute()
+        return [None if score is None else f"{score!r}|{_text(attempts) or ''}"
+                for score, attempts in zip(replies[::2], replies[1::2])]
 
     def _read(self, ids: list[str]) -> list[DeadEntry]:
         pipe = self.client.pipeline(transaction=False)

@@ -102,10 +102,15 @@ class RqQueue(JobRegistryQueue):
         self.ready_key = Queue(self.queue, connection=client, serializer=NoUnpickling).key
 
     def _fingerprints(self, ids: list[str]) -> list[str | None]:
+        """The failed set's score (whole seconds) and the job's ``ended_at`` (microseconds): a job that
+        failed again within the same second still has another fingerprint."""
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.zscore(self.failed_key, job_id)
-        return [None if score is None else repr(score) for score in pipe.execute()]
+            pipe.hget(Job.key_for(job_id), "ended_at")
+        replies = pipe.execute()
+        return [None if score is None else f"{score!r}|{_text(ended) or ''}"
+                for score, ended in zip(replies[::2], replies[1::2])]
 
     def _read(self, ids: list[str]) -> list[DeadEntry]:
         pipe = self.client.pipeline(transaction=False)
@@ -157,5 +162,5 @@ class RqQueue(JobRegistryQueue):
         ready = Queue((origin or self.queue.encode()).decode(), connection=self.client).key
         if self.client.lpos(ready, job_id) is not None:
             return False
-        self.client.zadd(self.failed_key, {job_id: float(fingerprint)}, nx=True)
+        self.client.zadd(self.failed_key, {job_id: float(fingerprint.split('|')[0])}, nx=True)
         return True
