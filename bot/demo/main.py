@@ -35,7 +35,7 @@ from bot.demo.console import console
 from bot.demo.sandbox import Sandbox, SandboxUnavailable
 from bot.demo.services import DemoServices
 from bot.demo.tour import run_tour
-from bot.demo.world import demo_config, describe, migrations_dir, seed_database, seed_world
+from bot.demo.world import demo_config, describe, migrations_dir, seed_database, seed_rq, seed_world
 from bot.runtime.factory import Runtime
 
 __all__ = ["main"]
@@ -56,7 +56,7 @@ def main(interactive: bool | None = None) -> int:
             runtime = Runtime.build(settings)
             try:
                 runtime.state.migrate()
-                counts = seed_world(runtime.state.redis)
+                counts = seed_world(runtime.state.redis) | seed_rq(sandbox.redis_url)
                 seed_database(sandbox.database_url, migrations_dir(Path(folder)))
                 print(describe(counts), flush=True)
                 if interactive:

@@ -48,6 +48,11 @@ TOUR = [
          "a guarded requeue, previewed and confirmed"),
     Step("dlq status jobs", lambda o: o.result.data["queues"][0]["dead"] == 121
          and o.result.data["queues"][0]["ready"] == 43, "after the requeue"),
+    Step("dlq peek mail --type bot.demo.jobs.send_invoice --error 503",
+         lambda o: o.result.data["matching"] == 8 and o.result.data["dead"] == 12,
+         "an RQ queue's failed jobs, read without unpickling"),
+    Step("dlq requeue mail --type bot.demo.jobs.send_invoice --limit 5",
+         lambda o: o.result.status == "ok" and o.result.data["moved"] == 5, "requeued by RQ's own requeue"),
     Step("dlq trim step --keep 10", lambda o: o.result.status == "ok" and o.result.data["dropped"] == 15,
          "a guarded trim, archived to PostgreSQL first"),
     Step("health", lambda o: [c["ok"] for c in o.result.data["checks"]] == [True, True, True, False],

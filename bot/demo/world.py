@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from bot.demo.services import DemoServices
 
 __all__ = ["ROOT", "ONCALL", "WHERE", "closed_port", "demo_config", "describe", "migrations_dir",
-           "seed_audit", "seed_database", "seed_migrations", "seed_world"]
+           "seed_audit", "seed_database", "seed_migrations", "seed_rq", "seed_world"]
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: runbooks/ is beside bot/
 ONCALL = "U0DEMOONCALL"
@@ -82,6 +82,7 @@ databases:
 queues:
   - {{name: jobs, redis: main, ready: jobs, dead: "jobs:dead", keep: 100}}
   - {{name: step, redis: main, ready: step.ready, dead: step.dead, keep: 10}}
+  - {{name: mail, backend: rq, redis: main, queue: mail}}
 services:
   api: {{liveness: "{services.base}/api/health", readiness: "{services.base}/api/readyz", expect: {{ok: true}},
         deploy: {{provider: http, url: "{services.base}/deploy"}},
@@ -217,11 +218,36 @@ def seed_world(client: redis.Redis, now: float | None = None) -> dict[str, int]:
     return {"jobs:dead": 161, "step.dead": 25, "rate_limited": 40}
 
 
+def seed_rq(redis_url: str) -> dict[str, int]:
+    """An RQ queue ``mail`` whose jobs failed for real: enqueued with RQ, run by ``rq worker --burst``."""
+    import subprocess
+    import sys
+
+    from rq import Queue
+
+    from bot.demo import jobs
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        queue = Queue("mail", connection=client)
+        for index in range(12):
+            if index % 3 == 2:
+                queue.enqueue(jobs.sync_ledger, f"customer-{index}")
+            else:
+                queue.enqueue(jobs.send_invoice, f"customer-{index}", 1000 + index)
+        subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", "rq.worker.SimpleWorker",
+                        "--url", redis_url, "mail"], check=True, capture_output=True, cwd=ROOT, timeout=120)
+        return {"rq_failed": client.zcard("rq:failed:mail")}
+    finally:
+        client.close()
+
+
 def describe(counts: dict[str, int]) -> str:
     """The broken world in one paragraph, for the demo to print once it is seeded."""
     return (f"Seeded a broken world: {counts['jobs:dead']} dead jobs in jobs:dead "
             f"(SMTP timeouts, auth failures, rate limits, a KeyError, bytes that are not JSON), "
-            f"{counts['step.dead']} in step.dead; 45 emails stuck behind an SMTP provider that refuses "
+            f"{counts['step.dead']} in step.dead; {counts.get('rq_failed', 0)} RQ jobs failed in rq:failed:mail "
+            "(the billing API is down); 45 emails stuck behind an SMTP provider that refuses "
             "connections and 100 failed; case-42's reminder blocked by its daily cap; a worker that "
             "is not ready; an AuditLog row edited by hand; a migration edited after it ran and one "
             "pending; an API with three deploys to roll back between.")

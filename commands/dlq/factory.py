@@ -12,26 +12,40 @@ backend's name appears: a new backend is one module with a class implementing
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
-from bot.core.invocation import Invocation
+from bot.core.invocation import CommandError, Invocation
 from commands.dlq.backend import DeadLetterBackend
 from commands.dlq.common import settings_of
 from commands.dlq.http_api import HttpDeadLetters
-from commands.dlq.bullmq_jobs import BullQueue
 from commands.dlq.redis_list import RedisListQueue
-from commands.dlq.rq_jobs import RqQueue
 from commands.dlq.settings import QueueSettings
 
 __all__ = ["BACKENDS", "backend_of", "open_backend"]
+
+
+def _needs(package: str, module: str, name: str) -> Callable[[QueueSettings, Any, Any], DeadLetterBackend]:
+    """A backend whose job library is an optional extra (``pip install 'opsbot[rq]'``): imported when used."""
+    def construct(queue: QueueSettings, targets: Any, settings: Any) -> DeadLetterBackend:
+        try:
+            backend = getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError as exc:
+            if exc.name != package:
+                raise
+            raise CommandError(f"queue {queue.name!r} uses the {queue.backend} backend, which needs the "
+                               f"{package!r} package: pip install 'opsbot[{package}]'") from None
+        return backend.open(queue, targets, settings)
+    return construct
+
 
 # name → constructor(queue settings, targets, app settings)
 BACKENDS: dict[str, Callable[[QueueSettings, Any, Any], DeadLetterBackend]] = {
     "redis-list": RedisListQueue.open,
     "http": HttpDeadLetters.open,
-    "rq": RqQueue.open,
-    "bullmq": BullQueue.open,
+    "rq": _needs("rq", "commands.dlq.rq_jobs", "RqQueue"),
+    "bullmq": _needs("bullmq", "commands.dlq.bullmq_jobs", "BullQueue"),
 }
 
 

@@ -72,6 +72,11 @@ def last_line(text: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
+def _age_order(entry: DeadEntry) -> float:
+    failed = entry.failed_at
+    return failed if failed is not None else float("inf")
+
+
 def entry_of(document: dict[str, Any]) -> DeadEntry:
     """A dead letter built from a job's readable fields (its raw form is that document as JSON)."""
     return DeadEntry(json.dumps(document, ensure_ascii=False).encode("utf-8", "replace"), document)
@@ -156,14 +161,14 @@ class JobRegistryQueue(Refusing):
 
     def oldest(self, count: int) -> list[DeadEntry]:
         ids = [raw.decode("utf-8", "replace") for raw in self.client.zrange(self.failed_key, 0, count - 1)]
-        return self._read(ids) if ids else []
+        return sorted(self._read(ids), key=_age_order) if ids else []
 
     def entries(self, filters: Filters | None = None) -> Iterator[DeadEntry]:
         """The failed jobs (matching ``filters``), oldest first, a chunk at a time."""
         self.check_types()
         now = self.clock()
         for ids in self._ids():
-            for entry in self._read(ids):
+            for entry in sorted(self._read(ids), key=_age_order):  # scores tie (RQ's are whole seconds)
                 if filters is None or filters.matches(entry, now):
                     yield entry
 
