@@ -4,7 +4,7 @@ requeue task that survives a crash at any instant.
 Usage (a backend module)::
 
     class RqQueue(JobRegistryQueue):
-        backend = "rq"
+        backend = ...                      # its name in app.yaml
         def _fingerprints(self, ids): ...   # per id: its failed set's score now, or None
         def _read(self, ids): ...           # per id: a DeadEntry built from the job's readable fields
         def _requeue(self, ids): ...        # the library's own requeue; returns the ids it moved
