@@ -298,3 +298,66 @@ def test_bullmq_journaled_batch_is_finished_once_after_a_crash(own_redis):
     assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(i.encode() for i in ids)
     bull_burst(own_redis.url)
     assert sorted(client.lrange(jobfuncs.RAN, 0, -1)) == sorted(i.encode() for i in ids)
+
+
+# -- attacks: two replicas, cancel after a crash, Redis restarted mid-requeue ---------------------
+
+def test_two_replicas_never_drive_one_rq_requeue_at_once(own_redis):
+    from commands.dlq.lease import LeaseBusy
+
+    client = own_redis.client()
+    _rq_failures(client, own_redis.url, count=4)
+    queue = RqQueue(QueueSettings(name="mail", backend="rq", queue="mail"), client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=4, requested_by="t")
+    token = queue.lease.take("requeue", task.id, owner="replica-a", ttl=30)
+    with pytest.raises(LeaseBusy, match="replica-a"):
+        queue.run_requeue(task.id, owner="replica-b")
+    assert client.llen("rq:queue:mail") == 0
+    queue.lease.release(token)
+    assert queue.run_requeue(task.id, owner="replica-b").task.moved == 4
+
+
+def test_cancelling_an_interrupted_bullmq_requeue_finishes_its_journaled_batch_only(own_redis):
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=6)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client, url=own_redis.url)
+    queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    ids = [json.loads(raw)[0] for raw in client.lrange(queue.pending_key, 0, 1)]
+    client.hset(queue.journal_key, mapping={"\x00n": 2, **{job_id: "1" for job_id in ids}})
+    queue._requeue(ids[:1])                      # the bot died with one of its batch moved
+
+    task = queue.cancel()
+
+    assert task.status == "cancelled" and task.moved == 2
+    assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(i.encode() for i in ids)
+    assert client.zcard("bull:pdf:failed") == 4 and not client.exists(queue.pending_key, queue.journal_key)
+
+
+def test_rq_requeue_resumes_after_redis_restarts_under_it(tmp_path):
+    server = RedisServer(persist=True).start()
+    try:
+        client = server.client()
+        _rq_failures(client, server.url, count=30)
+        queue = RqQueue(QueueSettings(name="mail", backend="rq", queue="mail"), client)
+        task = queue.start_requeue(Filters(), limit=None, rate=None, matching=30, requested_by="t")
+        restarted = []
+
+        def progress(task, rate):
+            if not restarted:
+                server.restart()                  # by PID, between two batches
+                restarted.append(True)
+
+        first = queue.run_requeue(task.id, owner="a", batch=5, lease_ttl=0.9, progress=progress,
+                                  should_stop=lambda: time.sleep(0.2) or False)
+        assert restarted
+        if first.outcome != "done":          # it saw the restart at a heartbeat and stopped: resume
+            assert first.outcome == "lost"
+            assert client.llen("rq:queue:mail") + client.zcard("rq:failed:mail") == 30
+            time.sleep(1)
+            report = queue.run_requeue(task.id, owner="b", batch=5)
+            assert report.outcome == "done"
+        assert queue.task().moved == 30 and client.zcard("rq:failed:mail") == 0
+        queued = client.lrange("rq:queue:mail", 0, -1)
+        assert len(queued) == 30 and len(set(queued)) == 30
+    finally:
+        server.close()
