@@ -93,7 +93,7 @@ def clone(client: redis.Redis, system: str, seeds: list, count: int) -> None:
             pipe.zadd("rq:failed:mail", {job_id: score})
         else:
             pipe.hset(f"bull:pdf:{job_id}", mapping=fields)
-            pipe.zadd("bull:pdf:failed", {job_id: score + index})
+            pipe.zadd("bull:pdf:failed", {job_id: score - count + index})  # all in the past
         if index % 5000 == 4999:
             pipe.execute()
     pipe.execute()

@@ -27,7 +27,6 @@ dropping one means deleting its job hash and results, which RQ does not let a to
 from __future__ import annotations
 
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from base64 import b64decode
 from typing import Any, ClassVar
 
@@ -43,7 +42,6 @@ from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
 
 __all__ = ["RqQueue", "NoUnpickling"]
 
-THREADS = 8  # RQ requeues in flight at once, within one batch (their order inside a batch is not kept)
 FIELDS = ("description", "ended_at", "exc_info", "status", "origin", "enqueued_at", "created_at")
 
 
@@ -141,18 +139,15 @@ class RqQueue(JobRegistryQueue):
         return entries
 
     def _requeue(self, ids: list[str]) -> set[str]:
-        """RQ's own requeue, job by job, a few at a time (each is several round trips to Redis)."""
-        def one(job_id: str) -> str | None:
+        """RQ's own requeue, job by job, in order (as ``rq requeue`` does)."""
+        moved = set()
+        for job_id in ids:
             try:
                 self.registry.requeue(job_id)
             except (InvalidJobOperation, NoSuchJobError):
-                return None  # no longer in the failed registry (someone else took it) or its hash is gone
-            return job_id
-
-        if len(ids) == 1:
-            return {job_id for job_id in map(one, ids) if job_id}
-        with ThreadPoolExecutor(THREADS, thread_name_prefix="opsbot-rq") as pool:
-            return {job_id for job_id in pool.map(one, ids) if job_id}
+                continue  # no longer in the failed registry (someone else took it) or its hash is gone
+            moved.add(job_id)
+        return moved
 
     def _recover(self, job_id: str, fingerprint: str) -> bool:
         """Removed from the failed set but never enqueued (a crash inside RQ's requeue)?"""
