@@ -11,7 +11,7 @@ PostgreSQL. Each server gets a warm-up, then N signed `/ops help` requests at th
 given concurrency, in interleaved rounds. The script prints p50/p99 ack latency per round
 and the median p99 ratio (target: <= 1.5), and checks every result was delivered.
 
-Needs Redis (database 14 is flushed and used; $BENCH_REDIS_URL to change) and PostgreSQL
+Needs Redis (database 5 is flushed and used; $BENCH_REDIS_URL to change) and PostgreSQL
 ($DATABASE_URL) on loopback.
 """
 
@@ -143,7 +143,7 @@ def main() -> int:
         config.write_text((ROOT / "app.yaml").read_text())
         env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.api_url,
                "RUN_MIGRATIONS": "true", "OPSBOT_CONFIG": str(config), "LOG_LEVEL": "ERROR"}
-        env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+        env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
         import redis
 
         redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the benchmark's own database
