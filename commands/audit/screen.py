@@ -3,7 +3,8 @@
 Usage::
 
     screen = Screen.of(conn, layout, settings.audit)      # None: the scheme needs the Python walk
-    verdicts = screen.run(tenant=None)                     # per tenant, in (tenant) order
+    verdicts = screen.run(tenant=None)                     # per tenant, in (tenant) order; run in a repeatable-read
+                                                           # transaction, so both of its passes see the same rows
     clean = [v.report(snapshot) for v in verdicts if v.clean]
     walk = [v.tenant for v in verdicts if not v.clean]     # these are walked row by row, which explains them
 
@@ -76,23 +77,35 @@ class Screen:
         return cls(conn, layout, settings, _digest(scheme, _message(layout, scheme)))
 
     def run(self, tenant: str | None) -> list[Verdict]:
-        """One pass over the table (or one tenant's rows) in (tenant, createdAt, id) order."""
+        """Two passes over the table (or one tenant's rows), both read by the database only.
+
+        Contents need no order, so PostgreSQL may hash them with parallel workers; links are
+        checked in (createdAt, id) order over the narrow columns only (the table's index gives
+        that order), so the wide ones are never sorted.
+        """
         layout, cols = self.layout, self.settings.columns
         tenant_col, hash_col, prev_col = (layout.column(name) for name in ("tenant", "hash", "prev_hash"))
+        table = sql.Identifier(self.settings.table)
+        where = sql.SQL("TRUE") if tenant is None else sql.SQL("{} = {}").format(tenant_col, sql.Literal(tenant))
+        contents = dict((t, bad) for t, bad in self.conn.execute(sql.SQL(
+            "SELECT {tenant}::text, count(*) FILTER (WHERE {digest} IS DISTINCT FROM {hash}::text)"
+            " FROM {table} WHERE {where} GROUP BY 1").format(
+            tenant=tenant_col, digest=self.digest, hash=hash_col, table=table, where=where)).fetchall())
         order = sql.SQL("PARTITION BY {t} ORDER BY {c}, {i}").format(
             t=tenant_col, c=sql.Identifier(cols.created), i=sql.Identifier(cols.id))
-        where = sql.SQL("TRUE") if tenant is None else sql.SQL("{} = {}").format(tenant_col, sql.Literal(tenant))
-        query = sql.SQL("""
-            SELECT t, count(*), count(*) FILTER (WHERE computed IS DISTINCT FROM stored OR prev IS DISTINCT FROM before),
+        links = self.conn.execute(sql.SQL("""
+            SELECT t, count(*), count(*) FILTER (WHERE prev IS DISTINCT FROM before),
                    max(id) FILTER (WHERE last), max(created) FILTER (WHERE last), max(stored) FILTER (WHERE last)
-            FROM (SELECT {tenant}::text AS t, {hash}::text AS stored, {prev}::text AS prev, {digest} AS computed,
+            FROM (SELECT {tenant}::text AS t, {hash}::text AS stored, {prev}::text AS prev,
                          lag({hash}::text) OVER w AS before, lead(true) OVER w IS NULL AS last,
                          {id} AS id, {created} AS created
                   FROM {table} WHERE {where} WINDOW w AS ({order})) AS rows
             GROUP BY t ORDER BY t""").format(
-            tenant=tenant_col, hash=hash_col, prev=prev_col, digest=self.digest, id=layout.text_of("id"),
-            created=layout.text_of("created"), table=sql.Identifier(self.settings.table), where=where, order=order)
-        return [Verdict(*row) for row in self.conn.execute(query).fetchall()]
+            tenant=tenant_col, hash=hash_col, prev=prev_col, id=layout.text_of("id"),
+            created=layout.text_of("created"), table=table, where=where, order=order)).fetchall()
+        # Rows written between the two passes are not seen by either: the caller's transaction is repeatable read.
+        return [Verdict(t, rows, broken + contents.get(t, rows), head_id, head_created, head_hash)
+                for t, rows, broken, head_id, head_created, head_hash in links]
 
 
 def _message(layout: Layout, scheme: HashScheme) -> sql.Composable:
