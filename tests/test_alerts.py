@@ -1,0 +1,197 @@
+"""POST /alerts on a real `opsbot serve` (HTTP server + workers) with real Redis/PostgreSQL and the fake Slack."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import httpx
+import pytest
+from slack_sdk import WebClient
+
+from bot.core.invocation import Actor, Where
+
+from tests.conftest import BOT_TOKEN, SIGNING_SECRET, write_config
+from tests.support.alerts import ALERTS_CONFIG, ALERTS_TOKEN, alertmanager_body, grafana_legacy_body, post_alert, \
+    threads
+from tests.support.harness import SlackBot
+
+
+@pytest.fixture
+def alerts_env(monkeypatch, slack_env):
+    monkeypatch.setenv("TEST_OPSBOT_ALERTS_TOKEN", ALERTS_TOKEN)
+    monkeypatch.setenv("TEST_OPSBOT_ALERTS_PASSWORD", "basic-pass-0123456789")
+
+
+@pytest.fixture
+def alerts_config(tmp_path, database_url, redis_client, alerts_env):
+    return write_config(tmp_path / "app.yaml", database_url, extra=ALERTS_CONFIG)
+
+
+def _bot(make_runtime, fake_slack, path, with_worker=True) -> SlackBot:
+    runtime = make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+    return SlackBot(runtime, fake_slack, SIGNING_SECRET, with_worker=with_worker)
+
+
+@pytest.fixture
+def bot(make_runtime, fake_slack, alerts_config):
+    harness = _bot(make_runtime, fake_slack, alerts_config)
+    yield harness
+    harness.close()
+
+
+def _queued(bot) -> int:
+    return bot.runtime.state.redis.llen("opsbot:work:queue")
+
+
+def test_an_alert_group_becomes_one_thread_with_its_runbook_buttons_and_diagnosis(bot):
+    response = post_alert(bot.http, alertmanager_body("DeadLetterBacklog", labels={"queue": "jobs",
+                                                                                   "severity": "warning"}))
+    assert response.status_code == 200 and response.json() == {"ok": True}
+
+    bot.slack.wait(lambda s: len([c for c in s.calls("chat.postMessage") if c.body.get("thread_ts")]) >= 3)
+    roots = threads(bot.slack)
+    assert len(roots) == 1
+    (root_ts, replies), = roots.items()
+    root = next(c for c in bot.slack.calls("chat.postMessage") if c.answer.get("ts") == root_ts)
+    assert root.body["channel"] == "#incidents"
+    attachment = root.body["attachments"][0]
+    assert attachment["color"] == "#ECB22E"
+    text = json.dumps(attachment["blocks"])
+    assert "FIRING DeadLetterBacklog" in text and "dead-letter-backlog queue=jobs" in text
+    assert "Silence in Alertmanager" in text and "http://prometheus.example:9090/graph" in text
+    buttons = [e for b in attachment["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    values = [b["value"] for b in buttons]
+    assert "dlq status" in values and "dlq requeue jobs" in values  # the guarded step is only a button
+    assert any(v.startswith("alerts silence ") for v in values)
+    summaries = [c.body["text"] for c in replies]
+    assert any("Dead-letter backlog" in s for s in summaries)  # the runbook, in the thread
+    assert any("Diagnosis, step 1" in s and "dlq status" in s for s in summaries)
+    assert any("Diagnosis, step 2" in s and "dlq peek jobs" in s for s in summaries)
+    assert not any("requeue" in s and "Diagnosis" in s for s in summaries)  # guarded: never run on its own
+    kinds = [e.action for e in bot.runtime.state.action_log.entries()]
+    assert "preview" not in kinds and "confirmed" not in kinds
+
+
+def test_repeats_update_the_root_and_resolve_lands_in_the_same_thread(bot):
+    body = alertmanager_body("WorkerDown", labels={"severity": "warning"})
+    post_alert(bot.http, body)
+    bot.slack.wait_for("chat.postMessage")
+    body["alerts"][0]["startsAt"] = "2026-11-23T20:01:00Z"  # a repeat (not the identical body: that is a retry)
+    post_alert(bot.http, body)
+    updates = bot.slack.wait_for("chat.update")
+    assert "2 · last" in json.dumps(updates[-1].body["attachments"], ensure_ascii=False)
+    post_alert(bot.http, alertmanager_body("WorkerDown", labels={"severity": "warning"}, status="resolved"))
+    bot.slack.wait(lambda s: any("Resolved: WorkerDown" in c.body.get("text", "")
+                                 for c in s.calls("chat.postMessage")))
+    roots = threads(bot.slack)
+    assert len(roots) == 1
+    last = bot.slack.calls("chat.update")[-1].body
+    assert last["attachments"][0]["color"] == "#2EB67D" and "RESOLVED WorkerDown" in last["text"]
+    resolved = [c for c in bot.slack.calls("chat.postMessage") if "Resolved: WorkerDown" in c.body["text"]]
+    assert resolved[0].body["thread_ts"] == next(iter(roots))
+
+
+def test_an_identical_retry_is_handled_once(bot):
+    body = alertmanager_body("CronJobFailed")
+    assert post_alert(bot.http, body).status_code == 200
+    assert post_alert(bot.http, body).status_code == 200
+    bot.slack.wait_for("chat.postMessage")
+    post_alert(bot.http, alertmanager_body("Other"))  # a later body: once it is posted, the retry was handled
+    bot.slack.wait(lambda s: len(threads(s)) == 2)
+    assert bot.slack.calls("chat.update") == []
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Bearer x", f"bearer {ALERTS_TOKEN}x",
+                                  "Basic " + base64.b64encode(b"alertmanager:wrong").decode(), "Basic ###",
+                                  f"Token {ALERTS_TOKEN}"])
+def test_missing_or_forged_credentials_get_401_and_nothing_is_queued(make_runtime, fake_slack, alerts_config, auth):
+    bot = _bot(make_runtime, fake_slack, alerts_config, with_worker=False)
+    try:
+        response = bot.http.post("/alerts", content=json.dumps(alertmanager_body("X")).encode(),
+                                 headers={"Authorization": auth} if auth else {})
+        assert response.status_code == 401
+        assert _queued(bot) == 0
+    finally:
+        bot.close()
+
+
+def test_basic_auth_and_a_grafana_legacy_webhook_are_taken(make_runtime, fake_slack, alerts_config):
+    bot = _bot(make_runtime, fake_slack, alerts_config, with_worker=False)
+    try:
+        basic = "Basic " + base64.b64encode(b"alertmanager:basic-pass-0123456789").decode()
+        response = bot.http.post("/alerts", content=json.dumps(grafana_legacy_body("DeadLetterBacklog")).encode(),
+                                 headers={"Authorization": basic})
+        assert response.status_code == 200
+        assert _queued(bot) == 1
+    finally:
+        bot.close()
+
+
+def test_bad_bodies_are_refused(make_runtime, fake_slack, alerts_config):
+    bot = _bot(make_runtime, fake_slack, alerts_config, with_worker=False)
+    try:
+        assert post_alert(bot.http, b"{not json").status_code == 400
+        assert post_alert(bot.http, b"[1, 2]").status_code == 400
+        assert post_alert(bot.http, {"hello": "world"}).status_code == 400
+        assert post_alert(bot.http, {"alerts": "nope"}).status_code == 400
+        huge = json.dumps(alertmanager_body("X", annotations={"summary": "x" * 3_000_000})).encode()
+        assert post_alert(bot.http, huge).status_code == 413
+        assert bot.http.get("/alerts").status_code == 405
+        assert _queued(bot) == 0
+    finally:
+        bot.close()
+
+
+def test_no_matching_runbook_is_still_posted_with_a_hint(bot):
+    post_alert(bot.http, alertmanager_body("SomethingNobodyWrote", labels={"team": "blue"}))
+    root = bot.slack.wait_for("chat.postMessage")[0]
+    text = json.dumps(root.body["attachments"])
+    assert "No runbook answers" in text and "team=blue" in text
+
+
+def test_a_critical_alert_declares_an_incident_linked_both_ways(bot):
+    post_alert(bot.http, alertmanager_body("DeadLetterBacklog", labels={"queue": "jobs", "severity": "critical"}))
+    bot.slack.wait(lambda s: any("declared (SEV2) from this alert" in c.body.get("text", "")
+                                 for c in s.calls("chat.postMessage")))
+    incident_root = next(c for c in bot.slack.calls("chat.postMessage") if "SEV2 · INC-" in c.body.get("text", ""))
+    assert "DeadLetterBacklog" in incident_root.body["text"]
+    update = bot.slack.wait(lambda s: next((c for c in s.calls("chat.update") if "INC-" in json.dumps(c.body)), None))
+    assert "Incident" in json.dumps(update.body["attachments"])
+
+    def on_timeline(_slack) -> bool:
+        timeline = bot.runtime.engine.handle("incident timeline --incident INC-1", Actor.local(), Where())
+        return any("alert DeadLetterBacklog firing" in e["what"] for e in timeline.result.data["entries"])
+
+    bot.slack.wait(on_timeline)
+
+
+def test_two_replicas_receiving_the_same_group_at_once_make_one_thread(make_runtime, fake_slack, alerts_config):
+    one = _bot(make_runtime, fake_slack, alerts_config)
+    two = _bot(make_runtime, fake_slack, alerts_config)
+    try:
+        bodies = []
+        for n in range(6):  # a burst of notifications of one group, not identical (repeats), to both replicas
+            body = alertmanager_body("QueueDepthHigh", labels={"queue": "jobs"})
+            body["alerts"][0]["startsAt"] = f"2026-11-23T20:0{n}:00Z"
+            bodies.append(body)
+        go = threading.Barrier(len(bodies))
+
+        def send(n: int) -> None:
+            with httpx.Client(base_url=str((one if n % 2 else two).http.base_url), timeout=10) as http:
+                go.wait()
+                assert post_alert(http, bodies[n]).status_code == 200
+
+        senders = [threading.Thread(target=send, args=(n,)) for n in range(len(bodies))]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join()
+        fake_slack.wait(lambda s: len(s.calls("chat.update")) >= len(bodies) - 1, timeout=30)
+        assert len(threads(fake_slack)) == 1
+        assert '"count": 6' in one.runtime.state.redis.get(
+            next(iter(one.runtime.state.redis.scan_iter("opsbot:alerts:group:*")))).decode()
+    finally:
+        one.close()
+        two.close()
