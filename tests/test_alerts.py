@@ -195,3 +195,42 @@ def test_two_replicas_receiving_the_same_group_at_once_make_one_thread(make_runt
     finally:
         one.close()
         two.close()
+
+
+def test_hostile_labels_and_annotations_stay_text_and_within_slack_limits(bot):
+    hostile = {"queue": "<!here> *bold* <https://evil.example|click me> &amp;", "team": "x" * 5000,
+               "<@U123>": "<#C123|general>", "severity": "warning"}
+    notes = {"summary": "<!channel> `code` <https://evil.example|innocent link> " + "y" * 10_000,
+             "description": "<@UADMIN> please approve"}
+    body = alertmanager_body("DeadLetterBacklog", labels=hostile, annotations=notes, count=1000,
+                             generator="https://evil.example/|<!here>", external="javascript:alert(1)")
+    for alert in body["alerts"][1:]:  # 1000 alerts, the huge values on the first (the body stays under the limit)
+        alert["labels"]["team"] = "<!here>"
+        alert["annotations"] = {"summary": "<https://evil.example|x> <!subteam^S1>"}
+    assert post_alert(bot.http, body).status_code == 200
+    bot.slack.wait(lambda s: len([c for c in s.calls("chat.postMessage") if c.body.get("thread_ts")]) >= 2)
+    root = next(c for c in bot.slack.calls("chat.postMessage") if not c.body.get("thread_ts"))
+    assert root.ok  # the fake Slack checked Block Kit and its limits
+    everything = json.dumps([c.body for c in bot.slack.calls() if c.method.startswith("chat.")])
+    for live in ("<!here>", "<!channel>", "<!subteam", "<@U123>", "<@UADMIN>", "<#C123", "<https://evil.example",
+                 "<javascript:"):
+        assert live not in everything, live
+    assert "&lt;!here&gt;" in everything
+    text = json.dumps(root.body["attachments"], ensure_ascii=False)
+    assert "and 990 more alerts in this group" in text and "firing of 1000" in text
+    assert len(root.body["attachments"][0]["blocks"]) <= 50
+
+
+def test_an_accepted_alert_survives_a_dead_worker_and_slack_being_down(make_runtime, fake_slack, alerts_config):
+    receiving = _bot(make_runtime, fake_slack, alerts_config, with_worker=False)  # the HTTP side only: accepted
+    assert post_alert(receiving.http, alertmanager_body("DeadLetterBacklog", labels={"queue": "jobs"})).status_code \
+        == 200
+    receiving.close()
+    fake_slack.fail("chat.postMessage", status=500, times=4)  # Slack is down when a worker finally takes it
+    working = _bot(make_runtime, fake_slack, alerts_config)
+    try:
+        fake_slack.wait(lambda s: any(c.ok and not c.body.get("thread_ts") for c in s.calls("chat.postMessage")),
+                        timeout=40)
+        assert len(threads(fake_slack)) == 1
+    finally:
+        working.close()
