@@ -10,13 +10,14 @@ read-only steps already run, escalation to an incident by severity, and a guarde
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from bot.core.group import Check, Group, Webhook
-from bot.core.invocation import Invocation
+from bot.core.invocation import BadArgument, Invocation
 from bot.core.markup import md
 from bot.core.registry import Arg, Command, Guard, duration
-from bot.core.result import Result
+from bot.core.result import Button, Result, Section
 from commands.alerts.desk import AlertDesk
 from commands.alerts.payload import malformed
 from commands.alerts.settings import AlertSettings
@@ -27,12 +28,25 @@ __all__ = ["COMMANDS", "GROUP"]
 
 
 def show_group(inv: Invocation) -> Result:
+    """The group's status and counts, what its thread holds, and its runbook's steps as Run buttons."""
     record = AlertGroups(inv.state.redis, inv.settings.state.prefix).get(inv.args["group"])
     if not record:
-        return Result.warn(f"no alert group {inv.args['group']!r} is known here")
-    return Result.ok(md("{} {}: {} notifications", record.get("status", "?").upper(), record.get("name", "?"),
-                        record.get("count", 0)),
-                     data={k: v for k, v in record.items() if k != "digest"})
+        raise BadArgument(f"no alert group {inv.args['group']!r} is known here")
+    when = lambda epoch: f"{datetime.fromtimestamp(epoch, UTC):%Y-%m-%d %H:%M:%S} UTC" if epoch else "—"  # noqa: E731
+    fields = [("Notifications", str(record.get("count", 0))), ("First seen", when(record.get("first"))),
+              ("Last seen", when(record.get("last")))]
+    if record.get("incident"):
+        fields.append(("Incident", record["incident"]))
+    if record.get("silences"):
+        fields.append(("Silences", ", ".join(record["silences"])))
+    labels = " ".join(f"{k}={v}" for k, v in sorted((record.get("labels") or {}).items()))
+    sections = [Section(fields=tuple(fields)), Section(title="Labels", text=labels[:2000] or "none")]
+    if record.get("thread"):
+        sections.append(Section(title="In its thread", text="\n".join(f"• {line}" for line in record["thread"])))
+    buttons = [Button(f"Run: {command}"[:75], "run", command) for command in record.get("steps", [])[:10]]
+    make = Result.ok if record.get("status") == "resolved" else Result.fail
+    return make(md("{} {}", (record.get("status") or "?").upper(), record.get("name", "?")),
+                data={k: v for k, v in record.items() if k != "digest"}, sections=sections, buttons=buttons)
 
 
 COMMANDS = [

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from bot.core.invocation import Actor, Where
-from bot.core.markup import code, md
+from bot.core.markup import code, md, plain
 from bot.core.parser import UsageError
 from bot.core.result import Result
 from bot.core.runbooks import Step
@@ -40,6 +40,7 @@ log = logging.getLogger("opsbot.alerts")
 
 BOT = Actor("opsbot-alerts", team="alerts")  # runs the diagnosis: no role, so only what anyone may run
 ESCALATOR = Actor.local("alertmanager")  # declares incidents as app.yaml's alerts.declare says
+THREAD_KEPT = 30  # summaries of the thread's posts kept with the group (`alerts show`)
 RETRY_WINDOW = 60.0  # seconds: the same body again within this is a retry, not a repeat
 
 
@@ -69,24 +70,27 @@ class AlertDesk:
                           first=record.get("first", now))
             match = self._match(group)
             steps = self._steps(match)
-            if not record.get("ts"):
+            if not record.get("opened"):
+                record["opened"] = now
                 return self._open(group, record, match, steps)
             self._refresh(group, record, match, steps)
             if before != group.status:
                 self._post(record, Result.ok(md("Resolved: {}", group.name)) if group.status == "resolved"
                            else Result.fail(md("Firing again: {}", group.name)))
                 self._timeline(record, f"alert {group.name} {group.status}")
+            self.groups.save(group.gid, record)
             return "updated"
 
     # -- the first notification -----------------------------------------------------------
     def _open(self, group: AlertGroup, record: dict, match: Match | None, steps: list[Step]) -> str:
-        if self.board is None:
-            log.warning("alert %s received, but Slack is not configured: nothing posted", group.name)
-            self.groups.save(group.gid, record)
-            return "unposted"
-        channel, ts = self.board.post_root(root_message(group, record, match, self.config, steps),
-                                           color_of(group, self.config))
-        record.update(channel=channel, ts=ts)
+        record["steps"] = [step.run for step in steps]
+        if self.board is None:  # no Slack (the demo, a terminal): the thread is kept with the group, for `alerts show`
+            log.info("alert %s received, but Slack is not configured: its thread is kept for `alerts show`",
+                        group.name)
+        else:
+            channel, ts = self.board.post_root(root_message(group, record, match, self.config, steps),
+                                               color_of(group, self.config))
+            record.update(channel=channel, ts=ts)
         self.groups.save(group.gid, record)  # from here on, every replica updates this thread
         if match is not None:
             self._post(record, self._runbook(match))
@@ -94,6 +98,7 @@ class AlertDesk:
                 self._diagnose(record, match)
         if group.status != "resolved":
             self._escalate(group, record, match, steps)
+        self.groups.save(group.gid, record)
         return "posted"
 
     def _runbook(self, match: Match) -> Result:
@@ -165,10 +170,13 @@ class AlertDesk:
                                    root_message(group, record, match, self.config, steps), color_of(group, self.config))
 
     def _post(self, record: dict, result: Result) -> None:
+        record["thread"] = [*record.get("thread", []), plain(result.summary)[:300]][-THREAD_KEPT:]
         if self.board is not None and record.get("ts"):
             self.board.post_thread(record["channel"], record["ts"], result)
 
     def _where(self, record: dict) -> Where:
+        if not record.get("ts"):
+            return Where("cli")
         return Where(record["channel"], thread_ts=record["ts"], channel_name=self.channel.lstrip("#"))
 
     def _match(self, group: AlertGroup) -> Match | None:
