@@ -234,3 +234,48 @@ def test_an_accepted_alert_survives_a_dead_worker_and_slack_being_down(make_runt
         assert len(threads(fake_slack)) == 1
     finally:
         working.close()
+
+
+def test_label_matchers_pick_the_most_specific_runbook_and_labels_fill_its_parameters(bot):
+    post_alert(bot.http, alertmanager_body("JobFailureSpike", labels={"queue": "step"}, key="a"))
+    post_alert(bot.http, alertmanager_body("JobFailureSpike", labels={"queue": "step", "reason": "rate_limit"},
+                                           key="b"))
+    texts_now = lambda s: " ".join(c.body.get("text", "") for c in s.calls("chat.postMessage"))  # noqa: E731
+    bot.slack.wait(lambda s: "Diagnosis, step 3" in texts_now(s) and 'step --error "rate limit"' in texts_now(s))
+    roots = {json.dumps(c.body["attachments"]): c.answer["ts"] for c in bot.slack.calls("chat.postMessage")
+             if not c.body.get("thread_ts")}
+    assert len(roots) == 2
+    plain_spike = next(ts for text, ts in roots.items() if "reason=rate_limit" not in text)
+    rate_limited = next(ts for text, ts in roots.items() if "reason=rate_limit" in text)
+    texts = {ts: [c.body["text"] for c in replies] for ts, replies in threads(bot.slack).items()}
+    assert any("dlq peek step" in t for t in texts[plain_spike])  # dead-letter-backlog, rendered for `step`
+    assert any("Provider rate limits" in t for t in texts[rate_limited])
+    assert any("dlq peek step" in t and "rate limit" in t for t in texts[rate_limited])
+
+
+def test_grafana_unified_and_legacy_webhooks_become_threads(bot):
+    unified = alertmanager_body("DeadLetterBacklog", labels={"queue": "jobs"}, external="http://grafana.example/")
+    unified.update(orgId=1, state="alerting", title="[FIRING:1] DeadLetterBacklog", message="fired")
+    unified["alerts"][0].update(silenceURL="http://grafana.example/alerting/silence/new?matchers=x",
+                                dashboardURL="", panelURL="", values={"B": 161})
+    post_alert(bot.http, unified)
+    basic = "Basic " + base64.b64encode(b"alertmanager:basic-pass-0123456789").decode()
+    bot.http.post("/alerts", content=json.dumps(grafana_legacy_body("CronJobFailed")).encode(),
+                  headers={"Authorization": basic})
+    bot.slack.wait(lambda s: len(threads(s)) == 2)
+    roots = [json.dumps(c.body["attachments"]) for c in bot.slack.calls("chat.postMessage")
+             if not c.body.get("thread_ts")]
+    assert any("Silence in Grafana" in r and "grafana.example/alerting/silence/new" in r for r in roots)
+    assert any("CronJobFailed" in r and "scheduled-jobs" in r and "grafana.example/d/abc" in r for r in roots)
+    post_alert(bot.http, grafana_legacy_body("CronJobFailed", state="ok"), token=None,
+               headers={"Authorization": basic})
+    bot.slack.wait(lambda s: any("Resolved: CronJobFailed" in c.body.get("text", "")
+                                 for c in s.calls("chat.postMessage")))
+
+
+def test_a_label_cannot_add_options_to_the_commands_it_fills(bot):
+    post_alert(bot.http, alertmanager_body("DeadLetterBacklog", labels={"queue": "jobs --limit 100000"}))
+    bot.slack.wait(lambda s: any("Diagnosis, step 2" in c.body.get("text", "") for c in s.calls("chat.postMessage")))
+    texts = " ".join(c.body["text"] for c in bot.slack.calls("chat.postMessage"))
+    assert "--limit 100000" not in texts.replace("queue=jobs --limit 100000", "")
+    assert "Diagnosis, step 2 `dlq peek jobs`" in texts and "not one plain word" in texts

@@ -8,17 +8,22 @@ Usage::
 A matcher is a set of labels (a bare name is ``{alertname: name}``); it matches when the
 alert has every one of them with that value. The most specific match wins (most labels;
 ties go to the runbook named first). The alert's labels that name a runbook parameter fill
-it (``queue=step`` renders the runbook for ``step``); a value the runbook refuses (too long,
-control characters) falls back to the parameter's default, with a note saying so.
+it (``queue=step`` renders the runbook for ``step``). A value fills a parameter only when it is
+one plain word (it ends up in the text of the steps' commands, where a space or a leading ``-``
+could add options); any other value, or one the runbook refuses, leaves the parameter's
+default, with a note saying so.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from bot.core.runbooks import RenderedRunbook, Runbook, RunbookError, RunbookLibrary
 
 __all__ = ["Match", "match_runbook"]
+
+_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/@-]{0,99}")  # a label value that may fill a parameter
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,14 @@ def match_runbook(library: RunbookLibrary, labels: dict[str, str]) -> Match | No
     if best is None:
         return None
     book = best[1]
-    params = {name: labels[name] for name in book.params if name in labels}
     notes: list[str] = []
+    params = {}
+    for name in book.params:
+        if name in labels:
+            if _SAFE.fullmatch(labels[name]):
+                params[name] = labels[name]
+            else:  # a label becomes part of command text: one plain word, or it could add options to a step
+                notes.append(f"the label {name} is not one plain word; the runbook's default is used")
     try:
         rendered = library.render(book.name, params)
     except RunbookError as exc:
