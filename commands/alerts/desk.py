@@ -86,7 +86,7 @@ class AlertDesk:
         record["steps"] = [step.run for step in steps]
         if self.board is None:  # no Slack (the demo, a terminal): the thread is kept with the group, for `alerts show`
             log.info("alert %s received, but Slack is not configured: its thread is kept for `alerts show`",
-                        group.name)
+                     group.name)
         else:
             channel, ts = self.board.post_root(root_message(group, record, match, self.config, steps),
                                                color_of(group, self.config))
@@ -165,9 +165,13 @@ class AlertDesk:
     # -- later notifications ------------------------------------------------------------
     def _refresh(self, group: AlertGroup, record: dict, match: Match | None, steps: list[Step]) -> None:
         self.groups.save(group.gid, record)
-        if self.board is not None and record.get("ts"):
+        if self.board is None or not record.get("ts"):
+            return
+        try:  # the thread's posts matter more than the root's figures: a refused edit is logged, not retried
             self.board.update_root(record["channel"], record["ts"],
                                    root_message(group, record, match, self.config, steps), color_of(group, self.config))
+        except Exception as exc:
+            log.error("could not update the root message of alert %s: %s", group.name, exc)
 
     def _post(self, record: dict, result: Result) -> None:
         record["thread"] = [*record.get("thread", []), plain(result.summary)[:300]][-THREAD_KEPT:]
