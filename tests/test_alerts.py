@@ -12,10 +12,11 @@ from slack_sdk import WebClient
 
 from bot.core.invocation import Actor, Where
 
-from tests.conftest import BOT_TOKEN, SIGNING_SECRET, write_config
+from tests.conftest import ALICE, BOT_TOKEN, MALLORY, SIGNING_SECRET, write_config
 from tests.support.alerts import ALERTS_CONFIG, ALERTS_TOKEN, alertmanager_body, grafana_legacy_body, post_alert, \
     threads
-from tests.support.harness import SlackBot
+from tests.support.harness import Reply, SlackBot
+from tests.support.servers import RedisServer
 
 
 @pytest.fixture
@@ -279,3 +280,30 @@ def test_a_label_cannot_add_options_to_the_commands_it_fills(bot):
     texts = " ".join(c.body["text"] for c in bot.slack.calls("chat.postMessage"))
     assert "--limit 100000" not in texts.replace("queue=jobs --limit 100000", "")
     assert "Diagnosis, step 2 `dlq peek jobs`" in texts and "not one plain word" in texts
+
+
+def test_a_guarded_step_button_runs_the_usual_guarded_flow_and_silence_needs_the_role(bot):
+    bot.runtime.state.redis.lpush("jobs:dead", *[json.dumps({"id": f"j{n}", "type": "send_email", "attempts": 5,
+                                                             "error": "SMTP timeout"}) for n in range(3)])
+    post_alert(bot.http, alertmanager_body("DeadLetterBacklog", labels={"queue": "jobs"}))
+    root = bot.slack.wait_for("chat.postMessage")[0]
+    shown = Reply(http=None, key="root", body={"blocks": root.body["attachments"][0]["blocks"]})
+    preview = bot.click(shown, "Run: dlq requeue jobs", user=ALICE, thread_ts=root.answer["ts"])
+    assert "Preview" in preview.text and preview.button("Confirm")
+    refused = bot.click(shown, "Silence 1h", user=MALLORY, thread_ts=root.answer["ts"])
+    assert "does not have" in refused.text and "`oncall`" in refused.text
+    pending = [bot.runtime.state.redis.get(key) for key in bot.runtime.state.redis.keys("opsbot:pending:*")]
+    assert len(pending) == 1 and b"dlq requeue" in pending[0]  # the requeue's preview; no silence is pending
+
+
+def test_redis_down_at_intake_answers_503_so_the_sender_retries(make_runtime, fake_slack, tmp_path, database_url,
+                                                                 redis_client, alerts_env):
+    with RedisServer() as own:
+        path = write_config(tmp_path / "app.yaml", database_url, extra=ALERTS_CONFIG, redis_url=own.url)
+        bot = _bot(make_runtime, fake_slack, path, with_worker=False)
+        try:
+            assert post_alert(bot.http, alertmanager_body("X")).status_code == 200
+            own.kill()
+            assert post_alert(bot.http, alertmanager_body("Y")).status_code == 503
+        finally:
+            bot.close()
