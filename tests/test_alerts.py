@@ -160,12 +160,11 @@ def test_a_critical_alert_declares_an_incident_linked_both_ways(bot):
     assert "DeadLetterBacklog" in incident_root.body["text"]
     update = bot.slack.wait(lambda s: next((c for c in s.calls("chat.update") if "INC-" in json.dumps(c.body)), None))
     assert "Incident" in json.dumps(update.body["attachments"])
-
-    def on_timeline(_slack) -> bool:
-        timeline = bot.runtime.engine.handle("incident timeline --incident INC-1", Actor.local(), Where())
-        return any("alert DeadLetterBacklog firing" in e["what"] for e in timeline.result.data["entries"])
-
-    bot.slack.wait(on_timeline)
+    note = bot.slack.wait(lambda s: next((c for c in s.calls("chat.postMessage")
+                                          if "alert DeadLetterBacklog firing" in c.body.get("text", "")), None))
+    assert note.body["thread_ts"] == incident_root.answer["ts"]  # in the incident's thread
+    timeline = bot.runtime.engine.handle("incident timeline --incident INC-1", Actor.local(), Where())
+    assert any("alert DeadLetterBacklog firing" in e["what"] for e in timeline.result.data["entries"])
 
 
 def test_two_replicas_receiving_the_same_group_at_once_make_one_thread(make_runtime, fake_slack, alerts_config):

@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shlex
 import time
 from typing import Any
 
 from bot.core.invocation import Actor, Where
-from bot.core.markup import code, md, plain
+from bot.core.markup import channel, code, md, plain
 from bot.core.parser import UsageError
 from bot.core.result import Result
 from bot.core.runbooks import Step
@@ -41,7 +42,8 @@ log = logging.getLogger("opsbot.alerts")
 BOT = Actor("opsbot-alerts", team="alerts")  # runs the diagnosis: no role, so only what anyone may run
 ESCALATOR = Actor.local("alertmanager")  # declares incidents as app.yaml's alerts.declare says
 THREAD_KEPT = 30  # summaries of the thread's posts kept with the group (`alerts show`)
-RETRY_WINDOW = 60.0  # seconds: the same body again within this is a retry, not a repeat
+RETRY_WINDOW = 60.0
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{1,30}")  # seconds: the same body again within this is a retry, not a repeat
 
 
 class AlertDesk:
@@ -152,8 +154,10 @@ class AlertDesk:
         record["incident"] = incident["id"]
         self.groups.save(group.gid, record)
         self._refresh(group, record, match, steps)
-        self._post(record, Result.warn(md("{} declared ({}) from this alert: the incident's thread has its timeline.",
-                                          incident["id"], severity.upper())))
+        where = md(" in {}", channel(incident["channel"])) if _CHANNEL_ID.fullmatch(incident.get("channel") or "") \
+            else md("")
+        self._post(record, Result.warn(md("{} declared ({}) from this alert: its thread{} has its timeline.",
+                                          incident["id"], severity.upper(), where)))
         self._timeline(record, f"alert {group.name} firing ({len(group.firing)} alerts): {group.summary}"[:500])
 
     def _timeline(self, record: dict, text: str) -> None:
