@@ -42,8 +42,8 @@ log = logging.getLogger("opsbot.alerts")
 BOT = Actor("opsbot-alerts", team="alerts")  # runs the diagnosis: no role, so only what anyone may run
 ESCALATOR = Actor.local("alertmanager")  # declares incidents as app.yaml's alerts.declare says
 THREAD_KEPT = 30  # summaries of the thread's posts kept with the group (`alerts show`)
-RETRY_WINDOW = 60.0
-_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{1,30}")  # seconds: the same body again within this is a retry, not a repeat
+RETRY_WINDOW = 60.0  # seconds: the same body again within this is a retry, not a repeat
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{1,30}")
 
 
 class AlertDesk:
