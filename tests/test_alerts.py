@@ -306,3 +306,15 @@ def test_redis_down_at_intake_answers_503_so_the_sender_retries(make_runtime, fa
             assert post_alert(bot.http, alertmanager_body("Y")).status_code == 503
         finally:
             bot.close()
+
+
+def test_webhook_answers_are_counted_on_metrics(make_runtime, fake_slack, alerts_config):
+    bot = _bot(make_runtime, fake_slack, alerts_config, with_worker=False)
+    try:
+        post_alert(bot.http, alertmanager_body("X"))
+        post_alert(bot.http, alertmanager_body("X"), token="forged")
+        metrics = bot.http.get("/metrics").text
+        assert 'opsbot_webhooks_total{path="/alerts",status="200"} 1.0' in metrics
+        assert 'opsbot_webhooks_total{path="/alerts",status="401"} 1.0' in metrics
+    finally:
+        bot.close()

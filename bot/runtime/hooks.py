@@ -51,7 +51,15 @@ class WebhookIntake:
         return environ.get("PATH_INFO") in self.hooks
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        hook = self.hooks[environ["PATH_INFO"]]
+        path = environ["PATH_INFO"]
+
+        def counted(status: str, headers: list) -> Any:
+            self.runtime.metrics.webhooks.labels(path=path, status=status.split(" ", 1)[0]).inc()
+            return start_response(status, headers)
+
+        return self._take(self.hooks[path], environ, counted)
+
+    def _take(self, hook: Webhook, environ: dict, start_response: Callable) -> Iterable[bytes]:
         settings = self.runtime.settings
         if environ.get("REQUEST_METHOD") != "POST":
             return _answer(start_response, 405, "POST a JSON body")
