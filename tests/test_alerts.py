@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -16,7 +19,7 @@ from tests.conftest import ALICE, BOT_TOKEN, MALLORY, SIGNING_SECRET, write_conf
 from tests.support.alerts import ALERTS_CONFIG, ALERTS_TOKEN, alertmanager_body, grafana_legacy_body, post_alert, \
     threads
 from tests.support.harness import Reply, SlackBot
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, free_port, wait_for_port
 
 
 @pytest.fixture
@@ -318,3 +321,44 @@ def test_webhook_answers_are_counted_on_metrics(make_runtime, fake_slack, alerts
         assert 'opsbot_webhooks_total{path="/alerts",status="401"} 1.0' in metrics
     finally:
         bot.close()
+
+
+def test_two_serve_processes_sent_the_same_group_at_once_post_one_thread(tmp_path, database_url, redis_client,
+                                                                          fake_slack):
+    """Real `opsbot serve` processes (an Alertmanager HA pair sends each notification to both)."""
+    config = write_config(tmp_path / "app.yaml", database_url, extra=ALERTS_CONFIG, api_url=fake_slack.api_url)
+    env = {**os.environ, "TEST_SLACK_BOT_TOKEN": BOT_TOKEN, "TEST_SLACK_SIGNING_SECRET": SIGNING_SECRET,
+           "TEST_OPSBOT_ALERTS_TOKEN": ALERTS_TOKEN, "RUN_MIGRATIONS": "true"}
+    ports = [free_port(), free_port()]
+    procs = [subprocess.Popen([sys.executable, "-m", "bot", "--config", str(config), "serve", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "0"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for port in ports]
+    try:
+        for port in ports:
+            wait_for_port(port, up=True)
+        body = alertmanager_body("DeadLetterBacklog", labels={"queue": "jobs"})
+        go = threading.Barrier(4)
+
+        def send(port: int, payload: dict) -> None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                go.wait()
+                assert post_alert(http, payload).status_code == 200
+
+        repeat = json.loads(json.dumps(body))
+        repeat["alerts"][0]["startsAt"] = "2026-11-23T20:01:00Z"
+        senders = [threading.Thread(target=send, args=args) for args in
+                   ((ports[0], body), (ports[1], body), (ports[0], repeat), (ports[1], repeat))]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join()
+        fake_slack.wait(lambda s: "Diagnosis, step 2" in " ".join(c.body.get("text", "")
+                                                                  for c in s.calls("chat.postMessage")), timeout=30)
+        fake_slack.wait(lambda s: len(s.calls("chat.update")) >= 1, timeout=30)
+        assert len(threads(fake_slack)) == 1
+        record = json.loads(redis_client.get(next(iter(redis_client.scan_iter("opsbot:alerts:group:*")))))
+        assert record["count"] == 2  # the identical copies were one notification, the repeat another
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)

@@ -39,6 +39,11 @@ class AlertSettings(_Model):
             raise ValueError("give 1 to 5 durations of at least 1m, e.g. [1h, 4h, 24h]")
         return value
 
+    @field_validator("declare")
+    @classmethod
+    def _lower(cls, value: dict[str, str]) -> dict[str, str]:
+        return {label.lower(): severity.lower() for label, severity in value.items()}
+
     @field_validator("alertmanager_url")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
