@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from bot.core.invocation import Invocation, Where
     from bot.core.result import Form, Result
 
-__all__ = ["Check", "CheckWarning", "Color", "Context", "Group", "Services", "StatusLine", "Sweep",
+__all__ = ["Check", "CheckWarning", "Color", "Context", "Group", "Services", "StatusLine", "Sweep", "Webhook",
            "default_permissions", "registry_of"]
 
 T = TypeVar("T")
@@ -105,6 +105,24 @@ class Sweep:
     run: Callable[[Any], int]
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """An HTTP intake a group offers on ``opsbot serve``: ``POST path`` with a JSON object, from a monitoring system.
+
+    The framework authenticates the request against ``credentials(settings)`` (a bearer token, and/or a
+    ``(user, password)`` pair for basic auth; with neither, every request is refused), refuses bodies over
+    ``max_bytes(settings)`` and anything that is not a JSON object (or that ``check`` finds malformed: it returns
+    why), queues the body durably and answers at once. A worker later calls ``handle(runtime, body)``; a body
+    handed back by a worker that died is handled again, so ``handle`` must be safe to repeat.
+    """
+
+    path: str
+    credentials: Callable[[Any], tuple[str | None, tuple[str, str] | None]]
+    handle: Callable[[Any, dict], None]
+    max_bytes: Callable[[Any], int] = lambda settings: 1_000_000
+    check: Callable[[dict], str | None] = lambda body: None
+
+
 class Services:
     """Objects the groups made for their handlers, found by type: ``inv.services.get(IncidentDesk)``."""
 
@@ -141,6 +159,7 @@ class Group:
         permissions: default rules that depend on the configuration (a paging severity needs a role).
         migrations: a folder of SQL files for the bot's own schema, applied in name order with every other's.
         forms: one-field forms its buttons open (a note on an incident); submitting one runs a command.
+        webhooks: HTTP intakes on ``opsbot serve`` (``POST /alerts``), queued and handled by the workers.
     """
 
     name: str
@@ -157,6 +176,7 @@ class Group:
     permissions: Callable[[Any], dict[str, str]] | None = None
     migrations: Path | None = None
     forms: tuple[Form, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "commands", tuple(self.commands))

@@ -61,6 +61,8 @@ class Metrics:
         self.action_log_kept = Counter("opsbot_action_log_kept", "Action-log entries PostgreSQL could not take:"
                                        " kept in Redis, or (Redis down too) written to the log stream",
                                        ["outcome"], registry=r)
+        self.webhooks = Counter("opsbot_webhooks", "Webhook bodies (POST /alerts), by path and HTTP answer",
+                                ["path", "status"], registry=r)
 
     def exposition(self, extra: Iterable[object] = ()) -> tuple[bytes, str]:
         """The text exposition of every metric (of every process in multiprocess mode)."""
