@@ -38,7 +38,7 @@ class RedisClusterServers:
 
     def __init__(self, *extra: str, nodes: int = 3, cli_auth: tuple[str, ...] = (), persist: bool = True):
         cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                   "--cluster-node-timeout", "2000"]
+                   "--cluster-node-timeout", "2000", "--logfile", "redis.log"]
         self.nodes = [RedisServer(*cluster, *extra, persist=persist) for _ in range(nodes)]
         self.cli_auth = list(cli_auth)
         self.url = f"redis://127.0.0.1:{self.nodes[0].port}"
