@@ -114,13 +114,8 @@ def dlq_layout(request, redis_client):
     if request.param == "server":
         yield QueueLayout.server(redis_client, REDIS_URL)
         return
-    cluster = request.getfixturevalue("redis_cluster")
-    cluster.wait_ok()
-    cluster.flush()
-    layout = QueueLayout.on_cluster(cluster)
-    yield layout
-    layout.client.close()
-    cluster.flush()
+    with QueueLayout.cluster_test(request.getfixturevalue("redis_cluster")) as layout:
+        yield layout
 
 
 @pytest.fixture

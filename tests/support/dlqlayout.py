@@ -13,6 +13,8 @@ runs against both, the crash-safety ones included.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -50,6 +52,20 @@ class QueueLayout:
     @classmethod
     def on_cluster(cls, cluster) -> QueueLayout:
         return cls("cluster", cluster.client(), cluster.url, cluster=cluster)
+
+    @classmethod
+    @contextmanager
+    def cluster_test(cls, cluster) -> Iterator[QueueLayout]:
+        """The layout on a shared cluster for one test: flushed before and after (every node, by its own client)."""
+        cluster.wait_ok()
+        cluster.flush()
+        layout = cls.on_cluster(cluster)
+        try:
+            yield layout
+        finally:
+            layout.client.close()
+            cluster.wait_ok()
+            cluster.flush()
 
     def __repr__(self) -> str:
         return f"QueueLayout({self.kind})"

@@ -25,7 +25,7 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
-from tests.support.servers import RedisServer, binary
+from tests.support.servers import RedisServer, binary, free_port
 
 __all__ = ["RedisClusterServers", "TestCertificates", "TlsRedisServer"]
 
@@ -38,8 +38,10 @@ class RedisClusterServers:
 
     def __init__(self, *extra: str, nodes: int = 3, cli_auth: tuple[str, ...] = (), persist: bool = True):
         cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                   "--cluster-node-timeout", "2000", "--logfile", "redis.log"]
-        self.nodes = [RedisServer(*cluster, *extra, persist=persist) for _ in range(nodes)]
+                   "--cluster-node-timeout", "2000"]
+        # The bus port is given: its default (port + 10000) may be taken, or past 65535 for a high free port.
+        self.nodes = [RedisServer(*cluster, "--cluster-port", str(free_port()), *extra, persist=persist)
+                      for _ in range(nodes)]
         self.cli_auth = list(cli_auth)
         self.url = f"redis://127.0.0.1:{self.nodes[0].port}"
 
