@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import redis
 from redis.cluster import RedisCluster
 
+from bot.runtime.redisconn import key_slot
 from commands.dlq.keys import QueueKeys
 from commands.dlq.settings import QueueSettings
 from bot.core.invocation import CommandError
@@ -140,6 +141,9 @@ class RedisListQueue(Refusing):
             if kind not in ("list", "none"):
                 raise CommandError(f"{role} key {key!r} is a Redis {kind}, expected a list")
             parts.append(f"{role} {key!r}: {self.client.llen(key) if kind == 'list' else 0}")
+        if isinstance(self.client, RedisCluster):  # opening the queue checked the names share one slot
+            node = self.client.get_node_from_key(self.settings.dead)
+            parts.append(f"cluster slot {key_slot(self.settings.dead)} on {node.host}:{node.port}")
         return "ok, " + ", ".join(parts)
 
     # -- reading ------------------------------------------------------------------------

@@ -1,0 +1,256 @@
+"""Redis as production runs it: a Redis Cluster (hash-tagged queues), TLS, ACL users with awkward passwords.
+
+Every server is the test's own (tests/support/redisplus.py): the session's 3-node cluster, a TLS
+redis-server with certificates made by openssl, a cluster with an ACL user. The dlq scenarios
+themselves run on the cluster through the ``dlq_layout`` fixture (test_dlq*.py); here: what is
+refused, what `check` says, and that no secret is ever printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from bot.core.invocation import Actor, Where
+from tests.conftest import REDIS_URL, write_config
+from tests.support.dlq import dead_letter, everything, kill, oldest_first
+from tests.support.redisplus import RedisClusterServers, TestCertificates, TlsRedisServer
+
+PASSWORD = "p/a#s?s@w:o%rd 20"   # every character a URL would choke on
+OPS = Where("C-ops", channel_name="ops")
+
+
+def configure(path, target: str, queues: list[tuple[str, str, str]] | None = None):
+    """app.yaml's Redis target `main` replaced by ``target`` (a flow mapping); queues (name, ready, dead)."""
+    text = path.read_text().replace(f'  main: {{url: "{REDIS_URL}"}}', f"  main: {target}", 1)
+    if queues is not None:
+        lines = "".join(f"  - {{name: {name}, redis: main, ready: {json.dumps(ready)}, dead: {json.dumps(dead)}}}\n"
+                        for name, ready, dead in queues)
+        text = text.replace('  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}\n', lines)
+    path.write_text(text)
+    return path
+
+
+def opsbot_cli(path, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "bot", "--config", str(path), *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "RUN_MIGRATIONS": "true", **(env or {})})
+
+
+def checks_by_target(result):
+    """A check Result, or its JSON (`opsbot check --json`), by target."""
+    data = result["data"] if isinstance(result, dict) else result.data
+    return {c["target"]: c for c in data["checks"]}
+
+
+def secret_forms(password: str) -> list[str]:
+    from urllib.parse import quote
+
+    return [password, quote(password, safe=""), password.split("/")[0] + "/", "s?s@w"]
+
+
+# -- Redis Cluster: naming, refusal, check ------------------------------------------------------
+
+HOSTILE_OK = [("braces", "{{b}", "{{b}:dead"),          # tag "{b": both lists, and opsbot's keys, in its slot
+              ("after", "}{c}", "}{c}:dead")]            # a "}" before the tag does not count
+REFUSED = [("plain", "plain", "plain:dead"),             # no hash tag: two slots
+           ("empty", "{}e", "{}e:dead"),                 # "{}" is no tag: the whole names hash
+           ("split", "{x}r", "{y}:dead")]                # two different tags
+
+
+@pytest.fixture
+def cluster_runtime(tmp_path, database_url, make_runtime, redis_cluster, redis_client):
+    from tests.support.dlqlayout import QueueLayout
+
+    with QueueLayout.cluster_test(redis_cluster) as layout:
+        path = configure(write_config(tmp_path / "app.yaml", database_url),
+                         f'{{url: "{redis_cluster.url}", cluster: true}}',
+                         [("jobs", "{jobs}", "{jobs}:dead"), *HOSTILE_OK, *REFUSED])
+        yield make_runtime(path), layout.client, path
+
+
+def test_check_reports_cluster_queues_and_refuses_lists_in_two_slots(cluster_runtime):
+    from bot.runtime.checks import run_checks
+
+    runtime, client, _ = cluster_runtime
+    kill(client, [dead_letter(i) for i in range(3)], "{jobs}:dead")
+    found = checks_by_target(run_checks(runtime))
+
+    assert found["redis main"]["ok"] and "cluster" in found["redis main"]["detail"]
+    jobs = found["queue jobs"]
+    assert jobs["ok"] and re.match(r"ok, ready '\{jobs\}': 0, dead '\{jobs\}:dead': 3, cluster slot \d+ on "
+                                   r"127\.0\.0\.1:\d+", jobs["detail"]), jobs
+    for name, _, _ in HOSTILE_OK:
+        assert found[f"queue {name}"]["ok"], found[f"queue {name}"]
+    for name, ready, dead in REFUSED:
+        detail = found[f"queue {name}"]["detail"]
+        assert not found[f"queue {name}"]["ok"]
+        assert f"queue {name!r} cannot run on Redis Cluster 'main'" in detail
+        assert f'ready: "{{{name}}}" and dead: "{{{name}}}:dead"' in detail, detail
+    assert "hash to different slots" in found["queue plain"]["detail"]
+
+
+@pytest.mark.parametrize("command", ["dlq status {q}", "dlq peek {q}", "dlq requeue {q}", "dlq trim {q} --keep 0",
+                                     "dlq cancel {q}"])
+def test_every_dlq_command_refuses_a_queue_in_two_slots_with_the_naming_advice(cluster_runtime, command):
+    runtime, client, _ = cluster_runtime
+    client.lpush("plain:dead", b'{"id": "x"}')
+    outcome = runtime.engine.handle(command.format(q="plain"), Actor.local(), OPS)
+    assert outcome.kind == "result" and outcome.result.status == "error", outcome.result.summary
+    assert 'ready: "{plain}" and dead: "{plain}:dead"' in outcome.result.summary
+    assert "MOVED" not in outcome.result.summary and "same slot" not in outcome.result.summary
+    assert client.llen("plain:dead") == 1
+
+
+def test_status_of_all_queues_reads_the_good_ones_and_names_the_refused(cluster_runtime):
+    runtime, client, _ = cluster_runtime
+    kill(client, [dead_letter(i) for i in range(4)], "{jobs}:dead")
+    result = runtime.engine.handle("dlq status", Actor.local(), OPS).result
+    text = str(result.sections) + result.summary
+    assert result.data["queues"][0]["dead"] == 4
+    assert 'ready: "{split}" and dead: "{split}:dead"' in text and not re.search(r"MOVED \d+", text)
+
+
+def test_queues_named_with_hostile_braces_requeue_and_trim_on_the_cluster(cluster_runtime, database_url):
+    from tests.support.dlq import archive_rows
+
+    runtime, client, _ = cluster_runtime
+    for name, ready, dead in HOSTILE_OK:
+        entries = [dead_letter(i) for i in range(40)]
+        kill(client, entries, dead)
+        preview = runtime.engine.handle(f"dlq requeue {name} --type send_email", Actor.local(), OPS)
+        done = runtime.engine.confirm(preview.pending.id, Actor.local(), OPS).result
+        emails = [e for e in entries if b'"send_email"' in e]
+        assert done.status == "ok" and list(reversed(client.lrange(ready, 0, -1))) == emails, done.summary
+        trim = runtime.engine.handle(f"dlq trim {name} --keep 2", Actor.local(), OPS)
+        trimmed = runtime.engine.confirm(trim.pending.id, Actor.local(), OPS).result
+        assert trimmed.status == "ok" and oldest_first(client, dead) == [e for e in entries if e not in emails][-2:]
+        rest = [e for e in entries if e not in emails]
+        assert everything(client, ready, dead) == Counter(emails + rest[-2:])
+        assert [row[2] for row in archive_rows(database_url) if row[0] == trimmed.data["task"]] == rest[:-2]
+
+
+def test_a_cluster_reached_without_cluster_true_is_named_not_a_bare_moved(tmp_path, database_url, make_runtime,
+                                                                         redis_cluster, redis_client):
+    from tests.support.dlqlayout import QueueLayout
+
+    with QueueLayout.cluster_test(redis_cluster) as layout:
+        serving = redis_cluster.node_for("{jobs}:dead")
+        other = next(node for node in redis_cluster.nodes if node is not serving)
+        kill(layout.client, [dead_letter(1)], "{jobs}:dead")
+        path = configure(write_config(tmp_path / "app.yaml", database_url),
+                         f'{{url: "redis://127.0.0.1:{other.port}/0"}}', [("jobs", "{jobs}", "{jobs}:dead")])
+        runtime = make_runtime(path)
+        result = runtime.engine.handle("dlq status", Actor.local(), OPS).result
+        text = result.summary + str(result.sections)
+        assert "redis 'main' is a Redis Cluster node (it answered MOVED" in text, text
+        assert "set `cluster: true` on it in app.yaml" in text
+
+
+# -- TLS and ACL users --------------------------------------------------------------------------
+
+def _acl(password: str) -> list[str]:
+    return ["--user", "ops", "on", f">{password}", "~*", "&*", "+@all", "--user", "default", "off"]
+
+
+@pytest.fixture
+def certs(tmp_path):
+    return TestCertificates(tmp_path / "certs")
+
+
+def _tls_config(tmp_path, database_url, port, **fields):
+    target = {"url": f"redis://127.0.0.1:{port}/0", "tls": True, "username": "ops",
+              "password": "${TEST_REDIS_PASSWORD}", "ca_file": "certs/ca.crt", **fields}
+    body = ", ".join(f"{key}: {json.dumps(value) if isinstance(value, str) else str(value).lower()}"
+                     for key, value in target.items() if value is not None)
+    return configure(write_config(tmp_path / "app.yaml", database_url), f"{{{body}}}")
+
+
+def _no_secret_in(*texts: str) -> None:
+    for text in texts:
+        for form in secret_forms(PASSWORD):
+            assert form not in text, f"{form!r} printed in: {text[:2000]}"
+
+
+def test_tls_with_an_acl_user_whose_password_has_slash_hash_query_at(tmp_path, database_url, certs, redis_client,
+                                                                      monkeypatch):
+    monkeypatch.setenv("TEST_REDIS_PASSWORD", PASSWORD)
+    with TlsRedisServer(certs, *_acl(PASSWORD)) as server:
+        path = _tls_config(tmp_path, database_url, server.port)
+        client = server.client(username="ops", password=PASSWORD)
+        entries = [dead_letter(i) for i in range(25)]
+        kill(client, entries)
+
+        check = opsbot_cli(path, "check", "--json")
+        requeue = opsbot_cli(path, "run", "--yes", "dlq requeue --type render_pdf")
+
+        found = checks_by_target(json.loads(check.stdout))
+        assert found["redis main"]["ok"] and found["queue jobs"]["ok"], check.stdout + check.stderr
+        assert requeue.returncode == 0 and "Requeued" in requeue.stdout, requeue.stdout + requeue.stderr
+        assert list(reversed(client.lrange("jobs", 0, -1))) == [e for e in entries if b'"render_pdf"' in e]
+        _no_secret_in(check.stdout, check.stderr, requeue.stdout, requeue.stderr)
+
+
+@pytest.mark.parametrize("fault", ["wrong password", "wrong CA", "no client certificate"])
+def test_a_refused_tls_or_acl_connection_is_reported_without_the_password(tmp_path, database_url, certs, fault,
+                                                                           redis_client, monkeypatch):
+    monkeypatch.setenv("TEST_REDIS_PASSWORD", PASSWORD if fault != "wrong password" else PASSWORD + "x")
+    other = TestCertificates(tmp_path / "other-ca", name="somebody-else")
+    auth_clients = "yes" if fault == "no client certificate" else "optional"
+    with TlsRedisServer(certs, *_acl(PASSWORD), auth_clients=auth_clients) as server:
+        ca = "other-ca/ca.crt" if fault == "wrong CA" else "certs/ca.crt"
+        path = _tls_config(tmp_path, database_url, server.port, ca_file=ca)
+
+        check = opsbot_cli(path, "check", "--json")
+        status = opsbot_cli(path, "run", "dlq status")
+
+        found = checks_by_target(json.loads(check.stdout))
+        assert check.returncode != 0 and not found["redis main"]["ok"]
+        detail = found["redis main"]["detail"]
+        expected = {"wrong password": "invalid username-password pair",
+                    "wrong CA": "certificate verify failed", "no client certificate": ""}[fault]
+        assert expected in detail and f"127.0.0.1:{server.port}" in detail, detail
+        assert not found["queue jobs"]["ok"]
+        assert status.returncode != 0 and "[ERROR]" in status.stdout, status.stdout + status.stderr
+        _no_secret_in(check.stdout, check.stderr, status.stdout, status.stderr)
+
+
+def test_a_client_certificate_is_presented_when_the_server_demands_one(tmp_path, database_url, certs, redis_client,
+                                                                      monkeypatch):
+    monkeypatch.setenv("TEST_REDIS_PASSWORD", PASSWORD)
+    with TlsRedisServer(certs, *_acl(PASSWORD), auth_clients="yes") as server:
+        path = _tls_config(tmp_path, database_url, server.port, cert_file="certs/client.crt",
+                           key_file="certs/client.key")
+        check = opsbot_cli(path, "check", "--json")
+        found = checks_by_target(json.loads(check.stdout))
+        assert found["redis main"]["ok"] and found["queue jobs"]["ok"], found
+
+
+def test_a_cluster_with_an_acl_user_takes_the_same_credentials(tmp_path, database_url, make_runtime, redis_client,
+                                                              monkeypatch):
+    from bot.runtime.checks import run_checks
+
+    monkeypatch.setenv("TEST_REDIS_PASSWORD", PASSWORD)
+    with RedisClusterServers(*_acl(PASSWORD), cli_auth=("--user", "ops", "--pass", PASSWORD),
+                             persist=False) as cluster:
+        path = configure(write_config(tmp_path / "app.yaml", database_url),
+                         f'{{url: "{cluster.url}", cluster: true, username: ops, password: "${{TEST_REDIS_PASSWORD}}"}}',
+                         [("jobs", "{jobs}", "{jobs}:dead")])
+        runtime = make_runtime(path)
+        client = cluster.client(username="ops", password=PASSWORD)
+        kill(client, [dead_letter(i) for i in range(10)], "{jobs}:dead")
+        found = checks_by_target(run_checks(runtime))
+        assert found["redis main"]["ok"] and found["queue jobs"]["ok"], found
+        preview = runtime.engine.handle("dlq requeue", Actor.local(), OPS)
+        done = runtime.engine.confirm(preview.pending.id, Actor.local(), OPS).result
+        assert done.status == "ok" and client.llen("{jobs}") == 10
+
+        monkeypatch.setenv("TEST_REDIS_PASSWORD", "wrong")
+        refused = checks_by_target(run_checks(make_runtime(path)))
+        assert not refused["redis main"]["ok"] and "Redis Cluster 'main'" in refused["redis main"]["detail"]
+        _no_secret_in(str(refused))
