@@ -200,7 +200,7 @@ def test_tls_with_an_acl_user_whose_password_has_slash_hash_query_at(tmp_path, d
 def test_a_refused_tls_or_acl_connection_is_reported_without_the_password(tmp_path, database_url, certs, fault,
                                                                            redis_client, monkeypatch):
     monkeypatch.setenv("TEST_REDIS_PASSWORD", PASSWORD if fault != "wrong password" else PASSWORD + "x")
-    other = TestCertificates(tmp_path / "other-ca", name="somebody-else")
+    TestCertificates(tmp_path / "other-ca", name="somebody-else")   # a CA the server never trusted
     auth_clients = "yes" if fault == "no client certificate" else "optional"
     with TlsRedisServer(certs, *_acl(PASSWORD), auth_clients=auth_clients) as server:
         ca = "other-ca/ca.crt" if fault == "wrong CA" else "certs/ca.crt"
