@@ -51,7 +51,7 @@ def checks_by_target(result):
 def secret_forms(password: str) -> list[str]:
     from urllib.parse import quote
 
-    return [password, quote(password, safe=""), password.split("/")[0] + "/", "s?s@w"]
+    return [password, quote(password, safe=""), quote(password), "s?s@w:o%rd"]
 
 
 # -- Redis Cluster: naming, refusal, check ------------------------------------------------------
@@ -254,3 +254,64 @@ def test_a_cluster_with_an_acl_user_takes_the_same_credentials(tmp_path, databas
         refused = checks_by_target(run_checks(make_runtime(path)))
         assert not refused["redis main"]["ok"] and "Redis Cluster 'main'" in refused["redis main"]["detail"]
         _no_secret_in(str(refused))
+
+
+# -- attacks: a node killed under a running requeue; settings that cannot work -------------------
+
+def test_the_node_holding_a_queue_killed_mid_requeue_then_restarted_loses_and_duplicates_nothing(
+        tmp_path, database_url, redis_cluster, redis_client):
+    import signal
+    import time
+
+    from tests.support.dlq import opsbot
+    from tests.support.dlqlayout import QueueLayout
+
+    with QueueLayout.cluster_test(redis_cluster) as q:
+        path = q.configure(write_config(tmp_path / "app.yaml", database_url), "batch: 50, lease_ttl: 2s")
+        entries = [dead_letter(i) for i in range(2000)]
+        kill(q.client, entries, q.dead)
+        env = {**os.environ, "RUN_MIGRATIONS": "true"}
+        command = opsbot(path, "dlq requeue --type sync_crm --rate 300")
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while int(q.client.hget(q.task, "moved") or 0) < 60:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        node = q.node_of_queue()
+        os.kill(node.pid, signal.SIGKILL)       # the node serving the queue's slot, by its PID, mid-requeue
+        node.process.wait()
+        out, err = proc.communicate(timeout=120)  # the bot finds its Redis gone: it stops, it does not hang
+        assert proc.returncode != 0, out + err
+        assert not re.search(r"MOVED \d+", out + err)
+        node.process = None
+        node.start()                              # back from its append-only file, same slots (nodes.conf)
+        q.reconnect()
+        assert everything(q.client, q.ready, q.dead) == Counter(entries)   # every entry exactly once
+
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "Requeued" in again.stdout, again.stdout + again.stderr
+        crm = [e for e in entries if b'"sync_crm"' in e]
+        assert list(reversed(q.client.lrange(q.ready, 0, -1))) == crm
+        assert oldest_first(q.client, q.dead) == [e for e in entries if e not in set(crm)]
+        assert q.held_keys() == []
+
+
+@pytest.mark.parametrize("target, message", [
+    ('{url: "redis://:${TEST_REDIS_PASSWORD}@h:6379/0", password: "${TEST_REDIS_PASSWORD}"}',
+     "password: the url holds a password too"),
+    ('{url: "redis://h:6379/0", cert_file: c.pem}', "a client certificate needs both"),
+    ('{url: "redis://h:6379/3", cluster: true}', "a Redis Cluster has database 0 only"),
+    ('{url: "unix:///tmp/r.sock", cluster: true}', "not a unix socket"),
+    ('{url: "redis://h:6379/0", password: "p/a#s?s@w"}', "password"),   # a literal secret is refused
+])
+def test_redis_target_settings_that_cannot_work_are_refused_at_load_without_the_secret(
+        tmp_path, database_url, monkeypatch, target, message):
+    from bot.config.settings import ConfigError, load_settings
+
+    monkeypatch.setenv("TEST_REDIS_PASSWORD", PASSWORD)
+    path = configure(write_config(tmp_path / "app.yaml", database_url), target)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    assert message in str(refused.value), str(refused.value)
+    _no_secret_in(str(refused.value))
+    assert "p/a#s?s@w" not in str(refused.value)
