@@ -228,24 +228,28 @@ def test_a_client_certificate_is_presented_when_the_server_demands_one(tmp_path,
                            key_file="certs/client.key")
         check = opsbot_cli(path, "check", "--json")
         found = checks_by_target(json.loads(check.stdout))
-        assert found["redis main"]["ok"] and found["queue jobs"]["ok"], found
+        assert found["redis main"]["ok"] and found["queue jobs"]["ok"], (found["redis main"], found["queue jobs"])
 
 
-def test_a_cluster_with_an_acl_user_takes_the_same_credentials(tmp_path, database_url, make_runtime, redis_client,
-                                                              monkeypatch):
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_cluster_with_an_acl_user_takes_the_same_credentials_and_tls(tmp_path, database_url, make_runtime,
+                                                                       redis_client, monkeypatch, tls):
     from bot.runtime.checks import run_checks
 
     monkeypatch.setenv("TEST_REDIS_PASSWORD", PASSWORD)
-    with RedisClusterServers(*_acl(PASSWORD), cli_auth=("--user", "ops", "--pass", PASSWORD),
-                             persist=False) as cluster:
+    certs = TestCertificates(tmp_path / "certs") if tls else None
+    with RedisClusterServers(*_acl(PASSWORD), cli_auth=("--user", "ops", "--pass", PASSWORD), persist=False,
+                             tls=certs) as cluster:
+        port = cluster.nodes[0].port
+        secure = ", tls: true, ca_file: certs/ca.crt" if tls else ""
         path = configure(write_config(tmp_path / "app.yaml", database_url),
-                         f'{{url: "{cluster.url}", cluster: true, username: ops, password: "${{TEST_REDIS_PASSWORD}}"}}',
-                         [("jobs", "{jobs}", "{jobs}:dead")])
+                         f'{{url: "redis://127.0.0.1:{port}", cluster: true, username: ops, '
+                         f'password: "${{TEST_REDIS_PASSWORD}}"{secure}}}', [("jobs", "{jobs}", "{jobs}:dead")])
         runtime = make_runtime(path)
-        client = cluster.client(username="ops", password=PASSWORD)
+        client = cluster.client()
         kill(client, [dead_letter(i) for i in range(10)], "{jobs}:dead")
         found = checks_by_target(run_checks(runtime))
-        assert found["redis main"]["ok"] and found["queue jobs"]["ok"], found
+        assert found["redis main"]["ok"] and found["queue jobs"]["ok"], (found["redis main"], found["queue jobs"])
         preview = runtime.engine.handle("dlq requeue", Actor.local(), OPS)
         done = runtime.engine.confirm(preview.pending.id, Actor.local(), OPS).result
         assert done.status == "ok" and client.llen("{jobs}") == 10

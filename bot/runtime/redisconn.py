@@ -84,14 +84,12 @@ def connection_options(target: RedisTarget, base_dir: str = ".") -> dict[str, An
 def connect(name: str, target: RedisTarget, base_dir: str = ".") -> redis.Redis | RedisCluster:
     """A client for the target; a cluster client asks a node for the slot map now (CommandError if it cannot)."""
     options = connection_options(target, base_dir)
+    if target.uses_tls:  # not ssl=True: a client made from a URL builds its connections from connection_class
+        options["connection_class"] = redis.SSLConnection
     if not target.cluster:
-        if target.uses_tls:
-            options["connection_class"] = redis.SSLConnection
         client = StandaloneRedis.from_url(target.url, **options)
         client.target_name = name
         return client
-    if target.uses_tls:
-        options["ssl"] = True
     try:
         return RedisCluster.from_url(target.url, **options)
     except (RedisClusterException, redis.RedisError, OSError) as exc:

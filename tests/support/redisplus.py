@@ -36,14 +36,20 @@ class RedisClusterServers:
     ``extra`` goes to every redis-server (e.g. an ACL user); ``cli_auth`` to redis-cli (``--user``, ``--pass``).
     """
 
-    def __init__(self, *extra: str, nodes: int = 3, cli_auth: tuple[str, ...] = (), persist: bool = True):
+    def __init__(self, *extra: str, nodes: int = 3, cli_auth: tuple[str, ...] = (), persist: bool = True,
+                 tls: TestCertificates | None = None):
         cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                    "--cluster-node-timeout", "2000"]
         # The bus port is given: its default (port + 10000) may be taken, or past 65535 for a high free port.
         self.nodes = [RedisServer(*cluster, "--cluster-port", str(free_port()), *extra, persist=persist)
                       for _ in range(nodes)]
+        self.tls = tls
         self.cli_auth = list(cli_auth)
-        self.url = f"redis://127.0.0.1:{self.nodes[0].port}"
+        if tls is not None:  # TLS only, the cluster bus too
+            for node in self.nodes:
+                node.extra += [*tls_server_args(tls, node.port, "optional"), "--tls-cluster", "yes"]
+            self.cli_auth += ["--tls", "--cacert", tls.ca]
+        self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.nodes[0].port}"
 
     def __enter__(self) -> RedisClusterServers:
         return self.start()
@@ -70,11 +76,7 @@ class RedisClusterServers:
             node.close()
 
     def _node_client(self, node: RedisServer) -> redis.Redis:
-        options = {}
-        if self.cli_auth:
-            args = dict(zip(self.cli_auth[::2], self.cli_auth[1::2]))
-            options = {"username": args.get("--user"), "password": args.get("--pass")}
-        return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5, **options)
+        return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5, **self._auth())
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every node says ``cluster_state:ok`` (all slots served, the nodes agree)."""
@@ -94,17 +96,22 @@ class RedisClusterServers:
             time.sleep(0.1)
 
     def client(self, **options) -> RedisCluster:
-        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **options)
+        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **{**self._auth(), **options})
 
     def node_for(self, key: str) -> RedisServer:
         """The node serving ``key``'s slot now."""
-        with self.client(**self._auth()) as client:
+        with self.client() as client:
             node = client.get_node_from_key(key)
         return next(server for server in self.nodes if server.port == node.port)
 
     def _auth(self) -> dict:
-        args = dict(zip(self.cli_auth[::2], self.cli_auth[1::2]))
-        return {k: v for k, v in (("username", args.get("--user")), ("password", args.get("--pass"))) if v}
+        """What redis-cli is given, as redis-py options: the ACL user, and TLS trusting the test CA."""
+        cli = self.cli_auth
+        args = {flag: cli[i + 1] for i, flag in enumerate(cli[:-1]) if flag in ("--user", "--pass")}
+        options = {k: v for k, v in (("username", args.get("--user")), ("password", args.get("--pass"))) if v}
+        if self.tls is not None:
+            options.update(ssl=True, ssl_ca_certs=self.tls.ca)
+        return options
 
     def flush(self) -> None:
         for node in self.nodes:
@@ -151,10 +158,14 @@ class TlsRedisServer(RedisServer):
     def __init__(self, certs: TestCertificates, *extra: str, auth_clients: str = "optional"):
         super().__init__(*extra)
         self.certs = certs
-        self.extra += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", certs.server,
-                       "--tls-key-file", certs.server_key, "--tls-ca-cert-file", certs.ca,
-                       "--tls-auth-clients", auth_clients]
+        self.extra += tls_server_args(certs, self.port, auth_clients)
         self.url = f"rediss://127.0.0.1:{self.port}/0"
 
     def client(self, **options) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=self.certs.ca, **options)
+
+
+def tls_server_args(certs: TestCertificates, port: int, auth_clients: str) -> list[str]:
+    """redis-server arguments: TLS only on ``port`` (the plain port off), with the test CA's certificates."""
+    return ["--port", "0", "--tls-port", str(port), "--tls-cert-file", certs.server, "--tls-key-file",
+            certs.server_key, "--tls-ca-cert-file", certs.ca, "--tls-auth-clients", auth_clients]
