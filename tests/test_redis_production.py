@@ -150,6 +150,11 @@ def test_a_cluster_reached_without_cluster_true_is_named_not_a_bare_moved(tmp_pa
         text = result.summary + str(result.sections)
         assert "redis 'main' is a Redis Cluster node (it answered MOVED" in text, text
         assert "set `cluster: true` on it in app.yaml" in text
+        from bot.runtime.checks import run_checks
+
+        found = checks_by_target(run_checks(runtime))
+        assert "is a Redis Cluster node: a redis target on it needs `cluster: true`" in found["redis main"]["detail"]
+        assert "set `cluster: true`" in found["queue jobs"]["detail"] and not found["queue jobs"]["ok"]
 
 
 # -- TLS and ACL users --------------------------------------------------------------------------

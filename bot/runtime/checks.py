@@ -89,7 +89,11 @@ def _redis_ping(client) -> str:
         client.ping()
     except Exception as exc:
         raise CheckFailed(f"Redis at {where(client)}: {first_line(exc)}") from None
-    return f"ok, Redis {server_version(client)}" + (" cluster" if isinstance(client, RedisCluster) else "")
+    cluster = isinstance(client, RedisCluster)
+    if not cluster and client.info("cluster").get("cluster_enabled"):
+        raise CheckFailed(f"Redis at {where(client)} is a Redis Cluster node: a redis target on it needs "
+                          "`cluster: true` (opsbot's own state.redis_url needs a single server)")
+    return f"ok, Redis {server_version(client)}" + (" cluster" if cluster else "")
 
 
 def _state_postgres(runtime: Runtime) -> str:
