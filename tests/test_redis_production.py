@@ -324,3 +324,53 @@ def test_redis_target_settings_that_cannot_work_are_refused_at_load_without_the_
     assert message in str(refused.value), str(refused.value)
     _no_secret_in(str(refused.value))
     assert "p/a#s?s@w" not in str(refused.value)
+
+
+NAMES = ["jobs", "{jobs}", "{jobs}:dead", "{}", "{}jobs", "{", "}", "}{", "{{b}", "{{b}:dead", "}{c}", "{a}{b}",
+         "{ü}:dead", "{a b\n}", "x{y}z{w}", "{" * 50 + "}" * 50]
+
+
+def test_slots_as_the_cluster_itself_computes_them_for_hostile_names(redis_cluster):
+    from bot.runtime.redisconn import hash_tag, key_slot
+    from commands.dlq.keys import QueueKeys, cluster_problem
+    from commands.dlq.settings import QueueSettings
+
+    with redis_cluster.client() as client:
+        node = client.get_default_node().redis_connection
+        for name in NAMES:
+            assert key_slot(name) == node.execute_command("CLUSTER", "KEYSLOT", name), name
+            tag = hash_tag(name)
+            assert tag is None or key_slot(name) == key_slot("{" + tag + "}"), name
+        for name in NAMES:
+            queue = QueueSettings(name="q", ready=name, dead=name + ":dead" if "{" in name else name)
+            if cluster_problem(queue) is None:
+                keys = QueueKeys.of(queue, "opsbot:", cluster=True)
+                slots = {node.execute_command("CLUSTER", "KEYSLOT", k)
+                         for k in (queue.ready, queue.dead, keys.task, keys.lease, keys.trim, keys.held("t1"))}
+                assert len(slots) == 1, (name, slots)
+
+
+def test_on_one_server_the_keys_keep_the_names_earlier_versions_wrote(redis_client):
+    """An upgrade finds a requeue interrupted before it: same task, lease and held-list names."""
+    from commands.dlq.entries import Filters
+    from commands.dlq.keys import QueueKeys
+    from commands.dlq.redis_list import RedisListQueue
+    from commands.dlq.settings import QueueSettings
+
+    queue = QueueSettings(name="jobs", ready="{jobs}", dead="{jobs}:dead")   # tags or not: one server ignores them
+    keys = QueueKeys.of(queue, "opsbot:", cluster=False)
+    assert (keys.task, keys.lease, keys.trim, keys.held("ab12")) == (
+        "opsbot:dlq:task:jobs", "opsbot:dlq:lease:jobs", "opsbot:dlq:trim:jobs", "opsbot:dlq:held:jobs:ab12")
+
+    entries = [dead_letter(i) for i in range(30)]
+    kill(redis_client, entries, "{jobs}:dead")
+    old = RedisListQueue(queue, redis_client)
+    task = old.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=10, requested_by="t")
+    stop = iter([False, True])
+    old.run_requeue(task.id, owner="old", batch=7, should_stop=lambda: next(stop, True))
+    assert redis_client.exists("opsbot:dlq:task:jobs") and redis_client.llen(f"opsbot:dlq:held:jobs:{task.id}")
+
+    resumed = RedisListQueue(queue, redis_client).run_requeue(task.id, owner="new", batch=50)
+    crm = [e for e in entries if b'"sync_crm"' in e]
+    assert resumed.outcome == "done" and list(reversed(redis_client.lrange("{jobs}", 0, -1))) == crm
+    assert oldest_first(redis_client, "{jobs}:dead") == [e for e in entries if e not in crm]
