@@ -9,10 +9,11 @@ Usage::
     lease.holder()                    # Holder(kind="trim", task="ab12", owner="host:pid") or None
 
 The value is ``<task>:<owner>:<nonce>|<kind>|<run_id>`` (``owner`` is host:pid), where
-``run_id`` is the Redis server's (``INFO server``) when the lease was granted. A Redis
-restart gives a new run_id (on a Redis Cluster, the run_id of the node serving the lease's slot): a lease restored from disk then belongs to no one; the next
-request takes it over at once instead of waiting out its TTL, and its old holder stops at
-its next renewal.
+``run_id`` is the Redis server's (``INFO server``) when the lease was granted; on a Redis
+Cluster, that of the node serving the lease's slot (read inside a script on the key, so the
+client asks the right node). A Redis restart gives a new run_id: a lease restored from disk
+then belongs to no one; the next request takes it over at once instead of waiting out its
+TTL, and its old holder stops at its next renewal.
 """
 
 from __future__ import annotations
