@@ -12,8 +12,9 @@ Usage::
         tls.url                                        # rediss://127.0.0.1:P/0
 
 Every server is a :class:`tests.support.servers.RedisServer` running Debian's redis-server
-(installed on demand, like redis-cli and openssl): started on a free port, stopped by the PID we started. A server (or ``redis-cli --cluster create``) that cannot start raises: the
-test fails, it never skips.
+(installed on demand, like redis-cli and openssl): started on a free port, stopped by the PID
+we started. A server (or ``redis-cli --cluster create``) that cannot start raises: the test
+fails, it never skips.
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ class RedisClusterServers:
             for node in self.nodes:
                 node.start()
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-            subprocess.run([debian_binary("redis-tools", "redis-cli"), *self.cli_auth, "--cluster", "create", *addresses,
-                            "--cluster-replicas", "0", "--cluster-yes"],
-                           check=True, capture_output=True, timeout=60)
+            cli = debian_binary("redis-tools", "redis-cli")
+            subprocess.run([cli, *self.cli_auth, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True, timeout=60)
             self.wait_ok()
         except BaseException:
             self.close()
@@ -143,7 +144,8 @@ class TestCertificates:
         return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
 
     def _openssl(self, *args: str) -> None:
-        subprocess.run([debian_binary("openssl", "openssl"), *args], check=True, capture_output=True, timeout=60, cwd=self.folder)
+        subprocess.run([debian_binary("openssl", "openssl"), *args], check=True, capture_output=True, timeout=60,
+                       cwd=self.folder)
 
     def _signed(self, role: str, extension: str) -> tuple[str, str]:
         key, csr, crt, ext = (self._file(f"{role}.{suffix}") for suffix in ("key", "csr", "crt", "ext"))
