@@ -374,3 +374,40 @@ def test_on_one_server_the_keys_keep_the_names_earlier_versions_wrote(redis_clie
     crm = [e for e in entries if b'"sync_crm"' in e]
     assert resumed.outcome == "done" and list(reversed(redis_client.lrange("{jobs}", 0, -1))) == crm
     assert oldest_first(redis_client, "{jobs}:dead") == [e for e in entries if e not in crm]
+
+
+def test_the_node_holding_a_queue_killed_mid_trim_then_restarted_archives_each_entry_exactly_once(
+        tmp_path, database_url, redis_cluster, redis_client):
+    import signal
+    import time
+
+    from tests.support.dlq import archive_rows, assert_exactly_once, opsbot, reset_schema
+    from tests.support.dlqlayout import QueueLayout
+
+    reset_schema(database_url)
+    with QueueLayout.cluster_test(redis_cluster) as q:
+        path = q.configure(write_config(tmp_path / "app.yaml", database_url), "batch: 50, lease_ttl: 2s")
+        entries = [dead_letter(i) for i in range(4000)]
+        kill(q.client, entries, q.dead)
+        env = {**os.environ, "RUN_MIGRATIONS": "true"}
+        proc = subprocess.Popen(opsbot(path, "dlq trim --keep 1"), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(archive_rows(database_url)) < 300:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.005)
+        node = q.node_of_queue()
+        os.kill(node.pid, signal.SIGKILL)         # mid-trim, by PID
+        node.process.wait()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0 and not re.search(r"MOVED \d+", out + err), out + err
+        node.process = None
+        node.start()
+        q.reconnect()
+        assert 1 < q.client.llen(q.dead) < 4000
+
+        again = subprocess.run(opsbot(path, "dlq trim --keep 1"), env=env, capture_output=True, text=True,
+                               timeout=180)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert q.client.llen(q.dead) == 1
+        assert_exactly_once(q.client, database_url, Counter(entries), q.ready, q.dead)
