@@ -16,11 +16,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+from redis.cluster import RedisCluster
 
 from bot.core.probes import check_services
 from bot.core.result import Result, Section
 from bot.core.group import Check, CheckWarning, Group
 from bot.runtime.factory import Runtime
+from bot.runtime.redisconn import server_version, where
 from bot.runtime.targets import connect_options, describe_postgres, first_line
 
 __all__ = ["run_checks"]
@@ -97,10 +99,12 @@ def _redis_ping(client) -> str:
     try:
         client.ping()
     except Exception as exc:
-        kwargs = client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-        raise CheckFailed(f"Redis at {where}: {first_line(exc)}") from None
-    return f"ok, Redis {client.info('server').get('redis_version', '?')}"
+        raise CheckFailed(f"Redis at {where(client)}: {first_line(exc)}") from None
+    cluster = isinstance(client, RedisCluster)
+    if not cluster and client.info("cluster").get("cluster_enabled"):
+        raise CheckFailed(f"Redis at {where(client)} is a Redis Cluster node: a redis target on it needs "
+                          "`cluster: true` (opsbot's own state.redis_url needs a single server)")
+    return f"ok, Redis {server_version(client)}" + (" cluster" if cluster else "")
 
 
 def _state_postgres(runtime: Runtime) -> str:

@@ -3,7 +3,7 @@
 Usage::
 
     targets = Targets(settings)
-    targets.redis("main").llen("jobs")
+    targets.redis("main").llen("jobs")           # redis.Redis, or redis.RedisCluster (cluster: true)
     with targets.database("main") as conn:       # read-only, statement timeout
         conn.execute("SELECT 1")
 
@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bot.config.settings import Settings
 from bot.core.invocation import BadArgument, CommandError
+from bot.runtime.redisconn import connect
 
 __all__ = ["Targets", "connect_options", "describe_postgres", "first_line"]
 
@@ -63,8 +64,7 @@ class Targets:
             raise BadArgument(f"unknown redis connection {name!r}; configured: {', '.join(self.settings.redis) or 'none'}")
         with self._lock:
             if name not in self._redis:
-                self._redis[name] = redis.Redis.from_url(target.url, socket_timeout=10,
-                                                         socket_connect_timeout=CONNECT_TIMEOUT)
+                self._redis[name] = connect(name, target, self.settings.base_dir)
             return self._redis[name]
 
     @contextmanager
