@@ -1,0 +1,292 @@
+"""Scheduled checks: config refusals, each slot run once, posting on change, `schedule list`, gauges.
+
+The clock is injected (a value the test moves); nothing waits on wall time. Real Redis and
+PostgreSQL; Slack is the strict fake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from slack_sdk import WebClient
+
+from bot.config.settings import ConfigError, load_settings
+from bot.core.invocation import Actor, Where
+from bot.runtime.factory import Runtime
+from commands.schedule.runner import ScheduleRunner, should_post
+from tests.conftest import BOT_TOKEN, write_config
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime = T0):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+def _config(tmp_path, database_url, schedules: str, name: str = "app.yaml"):
+    return write_config(tmp_path / name, database_url, extra=f"schedules:\n{schedules}")
+
+
+def _problems(tmp_path, database_url, schedules: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_config(tmp_path, database_url, schedules), env=os.environ)
+    return str(caught.value)
+
+
+# -- refused at load ---------------------------------------------------------------------------
+
+def test_a_guarded_command_is_refused_at_load_with_file_line_and_key(tmp_path, database_url):
+    text = _problems(tmp_path, database_url, "  - {every: 5m, run: dlq status}\n"
+                                             "  - {every: 1h, run: dlq requeue jobs}\n")
+    lines = text.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{tmp_path / 'app.yaml'}:")
+    line_no = int(lines[0].split(":")[1])
+    assert (tmp_path / "app.yaml").read_text().splitlines()[line_no - 1].strip().startswith("- {every: 1h, run: dlq re")
+    assert "schedules[1].run: `dlq requeue` is guarded (it changes production)" in lines[0]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{cron: '61 * * * *', run: dlq status}", "schedules[0].cron: minute: 61 is out of range 0-59"),
+    ("{cron: '0 0 30 2 *', run: dlq status}", "never fires"),
+    ("{cron: '* * *', run: dlq status}", "expected 5 fields"),
+    ("{every: soon, run: dlq status}", "schedules[0].every:"),
+    ("{every: 1s, run: dlq status}", "every: at least 10s"),
+    ("{every: 5m, cron: '0 * * * *', run: dlq status}", "give exactly one of `every`"),
+    ("{run: dlq status}", "give exactly one of `every`"),
+    ("{every: 5m, run: dlq frobnicate}", "schedules[0].run: "),
+    ("{every: 5m, run: nonsense here}", "schedules[0].run: "),
+    ("{every: 5m, run: dlq status nosuchqueue --limit}", "schedules[0].run: "),
+    ("{every: 5m, run: audit export acme}", "needs the 'oncall' role"),
+    ("{every: 5m, run: dlq status, post: sometimes}", "schedules[0].post:"),
+    ("{every: 5m, run: dlq status, extra: 1}", "schedules[0].extra: unknown setting"),
+    ("{every: 5m, run: \"dlq status\\u0007\"}", "schedules[0].run: must be printable"),
+])
+def test_bad_schedules_are_refused_at_load(tmp_path, database_url, entry, message):
+    text = _problems(tmp_path, database_url, f"  - {entry}\n")
+    assert message in text, text
+    assert ":" in text.split(" ")[0]  # file:line: first
+
+
+def test_two_schedules_of_one_name_are_refused(tmp_path, database_url):
+    text = _problems(tmp_path, database_url, "  - {every: 5m, run: dlq status}\n  - {every: 1h, run: dlq status}\n")
+    assert "schedules[1].name: two schedules are named 'dlq status'" in text
+
+
+def test_a_role_the_permissions_give_a_read_only_command_is_refused_too(tmp_path, database_url):
+    path = write_config(tmp_path / "app.yaml", database_url,
+                        extra="permissions:\n  \"dlq *\": admin\nschedules:\n  - {every: 5m, run: dlq status}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env=os.environ)
+    assert "`dlq status` needs the 'admin' role" in str(caught.value)
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def scheduled(tmp_path, database_url, redis_client, make_runtime, fake_slack):
+    """A runtime with schedules and a runner on a clock the test moves."""
+
+    def build(schedules: str, slack: bool = True):
+        path = _config(tmp_path, database_url, schedules, name=f"app{len(os.listdir(tmp_path))}.yaml")
+        runtime = make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url) if slack else None)
+        clock = Clock()
+        runner = runtime.services.get(ScheduleRunner)
+        runner.clock = clock
+        return runtime, runner, clock
+
+    return build
+
+
+def _posts(fake_slack):
+    return [c.body for c in fake_slack.calls("chat.postMessage") if c.ok]
+
+
+def test_each_due_slot_runs_once_and_posts_only_on_transitions(scheduled, redis_client, fake_slack):
+    runtime, runner, clock = scheduled("  - {name: dead letters, every: 5m, run: dlq status}\n")
+    assert runner.sweep(wait=True) == 0  # first sight: due at the next 5-minute mark, not now
+    clock.advance(minutes=5)
+    assert runner.sweep(wait=True) == 1
+    assert runner.sweep(wait=True) == 0  # the same slot again: nothing
+    assert _posts(fake_slack) == []  # first run ok: nothing to say
+    redis_client.lpush("jobs:dead", json.dumps({"id": "j1", "type": "email", "error": "SMTP 421 <!here>"}))
+    clock.advance(minutes=5)
+    assert runner.sweep(wait=True) == 1
+    posts = _posts(fake_slack)
+    assert len(posts) == 1 and "ok → warn" in json.dumps(posts[0], ensure_ascii=False)
+    assert posts[0]["channel"] == "#incidents"
+    clock.advance(minutes=5)
+    runner.sweep(wait=True)  # still warn: no post
+    assert len(_posts(fake_slack)) == 1
+    redis_client.delete("jobs:dead")
+    clock.advance(minutes=5)
+    runner.sweep(wait=True)  # back to ok: posted
+    posts = _posts(fake_slack)
+    assert len(posts) == 2 and "warn → ok" in json.dumps(posts[1], ensure_ascii=False)
+    runs = runner.store.runs("dead letters")
+    assert [r["status"] for r in runs] == ["ok", "warn", "warn", "ok"]
+    assert [r["due_at"] for r in runs] == [T0 + timedelta(minutes=5 * n) for n in range(1, 5)]
+    assert [r["posted"] for r in runs] == [False, True, False, True]
+
+
+def test_missed_slots_coalesce_into_one_run_after_downtime(scheduled):
+    runtime, runner, clock = scheduled("  - {every: 1h, run: dlq status}\n")
+    runner.sweep(wait=True)
+    clock.advance(hours=5, minutes=30)  # the bot was down for five slots
+    assert runner.sweep(wait=True) == 1
+    assert runner.sweep(wait=True) == 0
+    clock.advance(minutes=30)
+    assert runner.sweep(wait=True) == 1
+    due = [r["due_at"] for r in runner.store.runs()]
+    assert due == [T0 + timedelta(hours=1), T0 + timedelta(hours=6)]
+
+
+def test_post_always_and_never(scheduled, fake_slack):
+    runtime, runner, clock = scheduled("  - {name: a, every: 1m, run: dlq status, post: always}\n"
+                                       "  - {name: n, every: 1m, run: dlq status, post: never}\n")
+    runner.sweep(wait=True)
+    for _ in range(3):
+        clock.advance(minutes=1)
+        runner.sweep(wait=True)
+    posts = _posts(fake_slack)
+    assert len(posts) == 3 and all("Scheduled check a" in json.dumps(p, ensure_ascii=False) for p in posts)
+    assert len(runner.store.runs("n")) == 3
+
+
+def test_should_post_rules():
+    assert should_post("on_change", None, "fail") and not should_post("on_change", None, "ok")
+    assert should_post("on_change", "ok", "fail") and should_post("on_change", "fail", "ok")
+    assert not should_post("on_change", "fail", "fail")
+    assert should_post("always", "ok", "ok") and not should_post("never", "ok", "fail")
+
+
+def test_a_cron_schedule_runs_at_its_minutes(scheduled):
+    runtime, runner, clock = scheduled("  - {name: nightly, cron: '30 3 * * *', run: dlq status}\n")
+    runner.sweep(wait=True)
+    clock.now = datetime(2026, 3, 2, 3, 29, 59, tzinfo=UTC)
+    assert runner.sweep(wait=True) == 0
+    clock.now = datetime(2026, 3, 2, 3, 30, 0, tzinfo=UTC)
+    assert runner.sweep(wait=True) == 1
+    clock.now = datetime(2026, 3, 3, 3, 29, 0, tzinfo=UTC)
+    assert runner.sweep(wait=True) == 0
+    clock.now = datetime(2026, 3, 3, 3, 31, 0, tzinfo=UTC)
+    assert runner.sweep(wait=True) == 1
+    assert [r["due_at"].day for r in runner.store.runs()] == [2, 3]
+
+
+def test_runs_go_through_the_engine_as_the_system_actor_and_land_in_the_action_log(scheduled, database_url):
+    import psycopg
+
+    runtime, runner, clock = scheduled("  - {every: 1m, run: dlq status jobs}\n")
+    runner.sweep(wait=True)
+    clock.advance(minutes=1)
+    runner.sweep(wait=True)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT actor, action, payload->>'command' FROM opsbot.action_log ORDER BY id").fetchall()
+    assert ("opsbot:schedule", "request", "dlq status") in rows
+
+
+def test_a_changed_schedule_is_due_afresh_and_an_unconfigured_one_is_ignored(scheduled, tmp_path, database_url):
+    runtime, runner, clock = scheduled("  - {name: x, every: 1h, run: dlq status}\n")
+    runner.sweep(wait=True)
+    # the same name, now every 10 minutes: due at the next 10-minute mark, not in an hour
+    runtime2, runner2, _ = scheduled("  - {name: x, every: 10m, run: dlq status}\n")
+    runner2.clock = clock
+    runner2.sweep(wait=True)
+    clock.advance(minutes=10)
+    assert runner2.sweep(wait=True) == 1
+    assert runner.store.runs("x")[0]["due_at"] == T0 + timedelta(minutes=10)
+
+
+def test_schedule_list_shows_last_run_result_and_next_run(scheduled, redis_client):
+    runtime, runner, clock = scheduled("  - {name: dead letters, every: 5m, run: dlq status}\n"
+                                       "  - {name: nightly audit, cron: '0 3 * * *', run: 'audit verify --all'}\n")
+    runner.sweep(wait=True)
+    redis_client.lpush("jobs:dead", b"\xff not json")
+    clock.advance(minutes=5)
+    runner.sweep(wait=True)
+    outcome = runtime.engine.handle("schedule list", Actor.local("t"), Where())
+    result = outcome.result
+    assert result.status == "warn" and result.summary == "2 schedules, 1 not ok at the last run"
+    items = {item["name"]: item for item in result.data["schedules"]}
+    assert items["dead letters"]["last_status"] == "warn"
+    assert items["dead letters"]["last_summary"] == "1 dead letters in 1 queue"
+    assert items["dead letters"]["next_run"] == (T0 + timedelta(minutes=10)).isoformat()
+    assert items["nightly audit"]["last_status"] is None
+    assert items["nightly audit"]["next_run"] == datetime(2026, 3, 2, 3, 0, tzinfo=UTC).isoformat()
+    assert items["nightly audit"]["timing"] == "cron 0 3 * * * (UTC)"
+
+
+def test_schedule_list_in_the_terminal(scheduled, tmp_path):
+    import subprocess
+    import sys
+
+    runtime, runner, clock = scheduled("  - {name: dead letters, every: 5m, run: dlq status}\n")
+    clock.now = datetime.now(UTC) - timedelta(minutes=6)
+    runner.sweep(wait=True)
+    clock.now = datetime.now(UTC)
+    runner.sweep(wait=True)  # one real run, recorded
+    path = sorted(tmp_path.glob("app*.yaml"))[-1]
+    done = subprocess.run([sys.executable, "-m", "bot", "--config", str(path), "run", "--json", "schedule list"],
+                          capture_output=True, text=True, timeout=120, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["command"] == "schedule list" and answer["status"] == "ok"
+    [item] = answer["data"]["schedules"]
+    assert item["name"] == "dead letters" and item["last_status"] == "ok" and item["timing"] == "every 5m"
+    text = subprocess.run([sys.executable, "-m", "bot", "--config", str(path), "run", "schedule list"],
+                          capture_output=True, text=True, timeout=120, env=os.environ).stdout
+    assert "dead letters" in text and "every 5m" in text and "next" in text
+
+
+def test_without_schedules_list_says_how_to_add_them(runtime):
+    result = runtime.engine.handle("schedule list", Actor.local("t"), Where()).result
+    assert result.status == "ok" and "add `schedules:`" in result.summary
+
+
+def test_gauges_from_a_scheduled_dlq_status(scheduled, redis_client):
+    runtime, runner, clock = scheduled("  - {name: dlq, every: 1m, run: dlq status}\n", slack=False)
+    for n in range(3):
+        redis_client.lpush("jobs:dead", f"entry {n}")
+    runner.sweep(wait=True)
+    clock.advance(minutes=1)
+    runner.sweep(wait=True)
+    samples = {(name, tuple(sorted(labels.items()))): value for name, labels, value, _ in runtime.gauges.samples()}
+    assert samples[("opsbot_dead_letters", (("queue", "jobs"),))] == 3
+    assert samples[("opsbot_schedule_last_run_timestamp_seconds", (("schedule", "dlq"),))] == clock.now.timestamp()
+    assert ("opsbot_schedule_last_success_timestamp_seconds", (("schedule", "dlq"),)) not in samples  # warn
+    assert samples[("opsbot_schedule_ok", (("schedule", "dlq"),))] == 0
+
+
+def test_interactive_runs_refresh_the_same_gauges(runtime, redis_client):
+    redis_client.lpush("jobs:dead", "x")
+    runtime.engine.handle("dlq status", Actor.local("t"), Where())
+    body, _ = runtime.metrics.exposition(extra=[runtime.gauges.collector()])
+    text = body.decode()
+    assert 'opsbot_dead_letters{queue="jobs"} 1.0' in text
+    assert "process_cpu_seconds_total" in text and "python_info" in text
+
+
+def test_a_runtime_without_slack_still_records(scheduled):
+    runtime, runner, clock = scheduled("  - {every: 1m, run: dlq status, post: always}\n", slack=False)
+    runner.sweep(wait=True)
+    clock.advance(minutes=1)
+    assert runner.sweep(wait=True) == 1
+    assert runner.store.runs()[0]["status"] == "ok"
+
+
+def test_runtime_builds_a_runner_per_runtime(make_runtime):
+    runtime = make_runtime()
+    assert isinstance(runtime.services.get(ScheduleRunner), ScheduleRunner)
+    assert isinstance(runtime, Runtime)
