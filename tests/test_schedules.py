@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -290,3 +291,70 @@ def test_runtime_builds_a_runner_per_runtime(make_runtime):
     runtime = make_runtime()
     assert isinstance(runtime.services.get(ScheduleRunner), ScheduleRunner)
     assert isinstance(runtime, Runtime)
+
+
+def test_runs_of_one_schedule_never_overlap_the_due_slot_waits(scheduled):
+    runtime, runner, clock = scheduled("  - {name: slow, every: 1m, run: dlq status}\n")
+    runner.sweep(wait=True)
+    clock.advance(minutes=1)
+    [claim] = runner.store.claim_due(clock(), "elsewhere", 3600, runner._next, {"slow": "dlq status"})  # running
+    clock.advance(minutes=3)  # three more slots passed while it ran
+    assert runner.sweep(wait=True) == 0
+    runner.store.finish(claim, "ok", "done elsewhere", clock())
+    assert runner.sweep(wait=True) == 1  # the waiting slots, once
+    assert runner.sweep(wait=True) == 0
+    assert [r["owner"] for r in runner.store.runs("slow")] == ["elsewhere", runner.owner]
+
+
+def test_a_channel_rule_that_excludes_the_incident_channel_is_refused_at_load(tmp_path, database_url):
+    path = write_config(tmp_path / "app.yaml", database_url, extra="channels:\n  \"dlq *\": [\"#ops\"]\n"
+                                                                  "schedules:\n  - {every: 5m, run: dlq status}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env=os.environ)
+    assert "schedules[0].run: `dlq status` may only run in #ops" in str(caught.value)
+
+
+def test_markup_in_a_schedule_name_and_in_results_is_never_live(scheduled, redis_client, fake_slack):
+    runtime, runner, clock = scheduled("  - {name: \"<!channel> *bold* <https://evil|x>\", every: 1m,"
+                                       " run: dlq status, post: always}\n")
+    runner.sweep(wait=True)
+    clock.advance(minutes=1)
+    runner.sweep(wait=True)
+    [post] = _posts(fake_slack)
+    text = json.dumps(post, ensure_ascii=False)
+    assert "<!channel>" not in text and "<https://evil" not in text
+    listed = runtime.engine.handle("schedule list", Actor.local("t"), Where()).result
+    from bot.render.blocks import to_message
+
+    rendered = json.dumps(to_message(listed, runtime.redactor), ensure_ascii=False)
+    assert "<!channel>" not in rendered and "&lt;!channel&gt;" in rendered
+
+
+def test_postgres_stopped_mid_run_the_slot_is_run_again_once_it_is_back(tmp_path, redis_client, caplog):
+    """Claimed, then PostgreSQL crashed: the result cannot be recorded (logged, nothing raised); once PostgreSQL is
+    back and the lease has run out, a sweep takes the slot over and records it once."""
+    from tests.support.servers import PostgresCluster
+
+    with PostgresCluster() as pg:
+        path = write_config(tmp_path / "app.yaml", pg.url, extra="schedules:\n  - {name: d, every: 1m, run: dlq status}\n")
+        runtime = Runtime.build(load_settings(path, env=os.environ))
+        try:
+            runtime.state.migrate()
+            runner = runtime.services.get(ScheduleRunner)
+            runner.clock = clock = Clock()
+            runner.sweep(wait=True)
+            clock.advance(minutes=1)
+            [claim] = runner.store.claim_due(clock(), runner.owner, 15, runner._next, {"d": "dlq status"})
+            pg.stop(signal.SIGQUIT)  # a crash, between the claim and the record
+            runner.run(claim)  # never raises
+            assert "could not record its run" in caplog.text
+            with pytest.raises(Exception):
+                runner.sweep(wait=True)  # the worker's sweep logs this and tries again at its next beat
+            pg.start()
+            assert runner.sweep(wait=True) == 0  # the lease still holds
+            clock.advance(seconds=16)
+            assert runner.sweep(wait=True) == 1
+            [run] = runner.store.runs("d")
+            assert (run["status"], run["attempt"], run["due_at"]) == ("ok", 2, T0 + timedelta(minutes=1))
+        finally:
+            runtime.close()

@@ -95,6 +95,12 @@ def check_schedules(settings) -> None:
         if command.guarded:
             raise ValueError(f"{where}.run: `{command.name}` is guarded (it changes production): a schedule runs"
                              " read-only commands only; run it by hand, with its preview and Confirm")
+        if policy is not None:
+            channels, _ = policy.channels_for(parsed)
+            _, where_run = schedule_actor_where(settings)
+            if channels is not None and not any(where_run.is_channel(c) for c in channels):
+                raise ValueError(f"{where}.run: `{command.name}` may only run in {', '.join(channels)} (channels:),"
+                                 f" and a schedule runs in the incident channel ({settings.slack.incident_channel})")
         role = policy.role_for(parsed)[0] if policy is not None else command.role
         if role is not None:
             raise ValueError(f"{where}.run: `{command.name}` needs the {role!r} role (it changes state or moves data"

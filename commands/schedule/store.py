@@ -10,7 +10,8 @@ Usage::
 
 Exactly once per slot: a due schedule is selected ``FOR UPDATE SKIP LOCKED``, its run row
 (unique per schedule and due time) is inserted and its next due time moved on in the same
-transaction, so replicas sweeping together never both run a slot. A run carries a lease its
+transaction, so replicas sweeping together never both run a slot. A schedule whose previous run
+is still going waits (its due slot is claimed once that run ends): runs of one schedule never overlap. A run carries a lease its
 executor keeps beating; a run whose lease ran out (its process was killed) is taken over by
 the next sweeper with ``attempt + 1``, and the finish of the old attempt, should it come back,
 matches no row (fenced): one result per slot, recorded once.
@@ -71,8 +72,10 @@ class ScheduleStore:
         claims = []
         with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(self._q(
-                "SELECT name, next_due_at FROM {s}.schedules WHERE name = ANY(%s) AND next_due_at <= %s"
-                " ORDER BY next_due_at LIMIT %s FOR UPDATE SKIP LOCKED"), (list(commands), now, limit)).fetchall()
+                "SELECT name, next_due_at FROM {s}.schedules s WHERE name = ANY(%s) AND next_due_at <= %s"
+                " AND NOT EXISTS (SELECT 1 FROM {s}.schedule_runs r WHERE r.schedule = s.name"
+                " AND r.status = 'running')"  # one run of a schedule at a time: the slot waits for it
+                " ORDER BY next_due_at LIMIT %s FOR UPDATE OF s SKIP LOCKED"), (list(commands), now, limit)).fetchall()
             for row in rows:
                 name = row["name"]
                 inserted = cur.execute(self._q(
