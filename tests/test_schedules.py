@@ -358,3 +358,14 @@ def test_postgres_stopped_mid_run_the_slot_is_run_again_once_it_is_back(tmp_path
             assert (run["status"], run["attempt"], run["due_at"]) == ("ok", 2, T0 + timedelta(minutes=1))
         finally:
             runtime.close()
+
+
+def test_status_names_the_checks_that_are_not_ok(scheduled, redis_client):
+    runtime, runner, clock = scheduled("  - {name: dead letters, every: 1m, run: dlq status}\n")
+    redis_client.lpush("jobs:dead", "x")
+    runner.sweep(wait=True)
+    clock.advance(minutes=1)
+    runner.sweep(wait=True)
+    result = runtime.engine.handle("status", Actor.local("t"), Where()).result
+    text = json.dumps(result.data, ensure_ascii=False)
+    assert "scheduled checks" in text and "dead letters (warn)" in text

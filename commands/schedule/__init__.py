@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bot.core.group import Group, Sweep
+from bot.core.group import Color, Group, StatusLine, Sweep
 from bot.core.invocation import CommandError, Invocation
 from bot.core.markup import Mrkdwn, code, md
 from bot.core.registry import Command
@@ -82,6 +82,25 @@ COMMANDS = [
 ]
 
 
+def status_lines(inv: Invocation) -> list[StatusLine]:
+    """`status`: amber while a scheduled check's last run was not ok (it names them)."""
+    runner = inv.services.find(ScheduleRunner)
+    names = [s.key for s in inv.settings.schedules]
+    if runner is None or not names:
+        return []
+    try:
+        rows = runner.store.overview(names)
+    except Exception as exc:
+        return [StatusLine.unknown("scheduled checks", exc)]
+    bad = [f"{name} ({rows[name]['last_status']})" for name in names
+           if rows.get(name, {}).get("last_status") not in (None, "ok")]
+    if bad:
+        return [StatusLine(Color.AMBER, "scheduled checks", f"{len(bad)} of {len(names)} not ok: {', '.join(bad)}",
+                           {"not_ok": len(bad)})]
+    return [StatusLine(Color.GREEN, "scheduled checks", f"{len(names)} ok at their last run (or not run yet)",
+                       {"not_ok": 0})]
+
+
 def _services(runtime: Any) -> list[object]:
     return [ScheduleRunner(runtime)]
 
@@ -95,4 +114,5 @@ GROUP = Group(
     sweep=Sweep("scheduled checks", every=lambda settings: SWEEP_EVERY,
                 run=lambda runtime: runtime.services.get(ScheduleRunner).sweep()),
     migrations=Path(__file__).with_name("migrations"),
+    status=status_lines,
 )
