@@ -369,3 +369,16 @@ def test_status_names_the_checks_that_are_not_ok(scheduled, redis_client):
     result = runtime.engine.handle("status", Actor.local("t"), Where()).result
     text = json.dumps(result.data, ensure_ascii=False)
     assert "scheduled checks" in text and "dead letters (warn)" in text
+
+
+def test_a_dead_run_of_a_schedule_no_longer_configured_is_given_up_not_run(scheduled):
+    runtime, runner, clock = scheduled("  - {name: old, every: 1m, run: dlq status}\n")
+    runner.sweep(wait=True)
+    clock.advance(minutes=1)
+    runner.store.claim_due(clock(), "killed", 15, runner._next, {"old": "dlq status"})  # its process then died
+    runtime2, runner2, _ = scheduled("  - {name: new, every: 1m, run: dlq status}\n")
+    runner2.clock = clock
+    clock.advance(seconds=30)
+    runner2.sweep(wait=True)
+    [old] = runner2.store.runs("old")
+    assert old["status"] == "interrupted" and old["attempt"] == 1

@@ -90,7 +90,7 @@ class ScheduleRunner:
             return 0
         now = self.clock()
         self.store.sync({name: s.spec for name, s in schedules.items()}, self._next, now)
-        claims = self.store.claim_taken_over(now, self.owner, self.lease)
+        claims = self.store.claim_taken_over(now, self.owner, self.lease, list(schedules))
         claims += self.store.claim_due(now, self.owner, self.lease, self._next,
                                        {name: s.run for name, s in schedules.items()})
         for claim in claims:
@@ -132,7 +132,8 @@ class ScheduleRunner:
     def _execute(self, claim: Claim) -> tuple[str, Result]:
         actor, where = schedule_actor_where(self.runtime.settings)
         try:
-            outcome = self.runtime.engine.handle(claim.command, actor, where)
+            schedule = self.schedules.get(claim.schedule)  # a taken-over run runs what app.yaml says now
+            outcome = self.runtime.engine.handle(schedule.run if schedule else claim.command, actor, where)
         except Exception as exc:  # the engine answers errors as results; this is the last line of defence
             log.exception("schedule %s failed", claim.schedule)
             return "error", Result.error(f"{type(exc).__name__}: {exc}")

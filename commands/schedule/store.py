@@ -88,14 +88,17 @@ class ScheduleStore:
                     claims.append(Claim(inserted["id"], name, row["next_due_at"], 1, commands[name]))
         return claims
 
-    def claim_taken_over(self, now: datetime, owner: str, lease: float, limit: int = 20) -> list[Claim]:
-        """Runs whose executor stopped beating (killed): taken over, once each; given up after MAX_ATTEMPTS."""
+    def claim_taken_over(self, now: datetime, owner: str, lease: float, names: list[str],
+                         limit: int = 20) -> list[Claim]:
+        """Runs whose executor stopped beating (killed): taken over, once each; given up after MAX_ATTEMPTS, or at
+        once when their schedule is no longer configured (``names``)."""
         with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(self._q(
                 "UPDATE {s}.schedule_runs SET status = 'interrupted', finished_at = %s,"
                 " summary = 'its executor stopped ' || attempt || ' times; the next slot runs as usual'"
                 " WHERE id IN (SELECT id FROM {s}.schedule_runs WHERE status = 'running' AND lease_until < %s"
-                " AND attempt >= %s FOR UPDATE SKIP LOCKED)"), (now, now, MAX_ATTEMPTS))
+                " AND (attempt >= %s OR NOT schedule = ANY(%s)) FOR UPDATE SKIP LOCKED)"),
+                (now, now, MAX_ATTEMPTS, names))
             rows = cur.execute(self._q(
                 "UPDATE {s}.schedule_runs SET attempt = attempt + 1, owner = %s, claimed_at = %s, lease_until = %s"
                 " WHERE id IN (SELECT id FROM {s}.schedule_runs WHERE status = 'running' AND lease_until < %s"
