@@ -382,3 +382,23 @@ def test_a_dead_run_of_a_schedule_no_longer_configured_is_given_up_not_run(sched
     runner2.sweep(wait=True)
     [old] = runner2.store.runs("old")
     assert old["status"] == "interrupted" and old["attempt"] == 1
+
+
+def test_schedules_are_not_rate_limited_like_a_person(tmp_path, database_url, redis_client, make_runtime):
+    path = write_config(tmp_path / "app.yaml", database_url, extra="""
+limits: {per_user: 1/1h, per_command: 1/1h}
+schedules:
+  - {name: a, every: 1m, run: dlq status}
+  - {name: b, every: 1m, run: dlq status}
+  - {name: c, every: 1m, run: dlq status jobs}
+""")
+    runtime = make_runtime(path)
+    runner = runtime.services.get(ScheduleRunner)
+    runner.clock = clock = Clock()
+    runner.sweep(wait=True)
+    clock.advance(minutes=1)
+    assert runner.sweep(wait=True) == 3
+    assert {r["status"] for r in runner.store.runs()} == {"ok"}
+    # a person still is: the per-command limit is used up by nobody but them
+    assert runtime.engine.handle("dlq status", Actor("UALICE"), Where("C1")).result.status == "ok"
+    assert "Slow down" in runtime.engine.handle("dlq status", Actor("UALICE"), Where("C1")).result.summary

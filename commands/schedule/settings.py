@@ -65,7 +65,7 @@ def schedule_actor_where(settings):
     from bot.core.invocation import Actor, Where
 
     channel = (settings.slack.incident_channel or "schedule").lstrip("#")
-    return Actor("opsbot:schedule", team="opsbot"), Where(channel=channel, channel_name=channel)
+    return Actor("opsbot:schedule", team="opsbot", system=True), Where(channel=channel, channel_name=channel)
 
 
 def check_schedules(settings) -> None:
