@@ -3,7 +3,7 @@
     .venv/bin/python bench/schedule_sweep.py [--schedules 50] [--rounds 200]
 
 Creates a throw-away database on ``$BENCH_DATABASE_URL``'s server (default the loopback one) and
-uses the Redis database ``$REDIS_URL`` names (default 10; keys under a unique prefix, deleted at the
+uses the Redis database ``$REDIS_URL`` names (default 3; keys under a unique prefix, deleted at the
 end). With ``--schedules`` schedules of ``dlq status`` configured it times, ``--rounds`` times each
 (median per call):
 
@@ -39,7 +39,7 @@ from bot.runtime.factory import Runtime  # noqa: E402
 from commands.schedule.runner import ScheduleRunner  # noqa: E402
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/10")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
 def median_of(fn, rounds: int) -> float:

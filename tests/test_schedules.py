@@ -402,3 +402,47 @@ schedules:
     # a person still is: the per-command limit is used up by nobody but them
     assert runtime.engine.handle("dlq status", Actor("UALICE"), Where("C1")).result.status == "ok"
     assert "Slow down" in runtime.engine.handle("dlq status", Actor("UALICE"), Where("C1")).result.summary
+
+
+def _probe_group():
+    from bot.core.group import Gauge, Group
+    from bot.core.registry import Command, Guard
+    from bot.core.result import Plan, Result
+
+    pings: list[str] = []
+
+    def ping(inv):
+        pings.append(inv.actor.user_id)
+        return Result.ok("pong", data={"latency": 0.25})
+
+    def plan(inv):
+        return Plan(summary="would fix", fingerprint="f")
+
+    return pings, Group("probe", commands=(
+        Command("probe ping", "Ping (read-only)", run=ping),
+        Command("probe fix", "Fix (guarded)", guard=Guard(plan=plan, execute=lambda inv, p: Result.ok("fixed")),
+                role="oncall")),
+        gauges={"probe ping": lambda result: [Gauge("probe_latency_seconds", "Latency", {}, result.data["latency"])]})
+
+
+def test_a_plugged_in_group_is_scheduled_and_its_guarded_command_refused(tmp_path, database_url, redis_client):
+    from bot.config.settings import installed_groups
+
+    pings, probe = _probe_group()
+    groups = [*installed_groups(), probe]
+    bad = write_config(tmp_path / "bad.yaml", database_url, extra="schedules:\n  - {every: 1m, run: probe fix}\n")
+    with pytest.raises(ConfigError, match=r"schedules\[0\].run: `probe fix` is guarded"):
+        load_settings(bad, env=os.environ, groups=groups)
+    good = write_config(tmp_path / "good.yaml", database_url, extra="schedules:\n  - {every: 1m, run: probe ping}\n")
+    runtime = Runtime.build(load_settings(good, env=os.environ, groups=groups), groups=groups)
+    try:
+        runtime.state.migrate()
+        runner = runtime.services.get(ScheduleRunner)
+        runner.clock = clock = Clock()
+        runner.sweep(wait=True)
+        clock.advance(minutes=1)
+        assert runner.sweep(wait=True) == 1
+        assert pings == ["opsbot:schedule"]
+        assert ("probe_latency_seconds", {}, 0.25, "Latency") in runtime.gauges.samples()
+    finally:
+        runtime.close()

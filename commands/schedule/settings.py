@@ -74,11 +74,13 @@ def check_schedules(settings) -> None:
         return
     from bot.core.parser import UsageError, parse
     from bot.runtime.factory import policy_for
-    from commands import GROUPS, build_registry
+    from bot.core.group import registry_of
+    from commands import GROUPS
 
-    registry = build_registry()
+    groups = type(settings)._groups or tuple(GROUPS)  # the groups this configuration was loaded with
+    registry = registry_of(groups)
     try:
-        policy = policy_for(settings, registry, GROUPS)
+        policy = policy_for(settings, registry, groups)
     except Exception:  # a bad permissions section is reported on its own
         policy = None
     seen: set[str] = set()
