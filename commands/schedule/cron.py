@@ -32,7 +32,7 @@ MACROS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *
 # (label, low, high, names)
 FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}), ("month", 1, 12, MONTHS),
           ("day of week", 0, 7, DAYS))
-SEARCH_YEARS = 9  # 29 February can be 8 years away (2096 → 2104)
+SEARCH_YEARS = 50  # a date on a given weekday recurs within 40 years (29 February on a Monday, across 2100)
 
 
 class CronError(ValueError):
@@ -120,7 +120,7 @@ class Cron:
     def next_after(self, when: datetime) -> datetime | None:
         """The first minute strictly after ``when`` (aware, any zone; answered in UTC) that matches; None if none."""
         t = when.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        limit = t.replace(year=t.year + SEARCH_YEARS, month=1, day=1, hour=0, minute=0)
+        limit = t.replace(year=min(t.year + SEARCH_YEARS, 9999), month=1, day=1, hour=0, minute=0)
         while t < limit:
             if t.month not in self.months:
                 t = (t.replace(day=1, hour=0, minute=0) + timedelta(days=32)).replace(day=1)
