@@ -300,6 +300,9 @@ def test_runs_of_one_schedule_never_overlap_the_due_slot_waits(scheduled):
     [claim] = runner.store.claim_due(clock(), "elsewhere", 3600, runner._next, {"slow": "dlq status"})  # running
     clock.advance(minutes=3)  # three more slots passed while it ran
     assert runner.sweep(wait=True) == 0
+    [item] = runtime.engine.handle("schedule list", Actor.local("t"), Where()).result.data["schedules"]
+    assert item["running"] and item["latest_run"]["attempt"] == 1
+    assert item["next_run"] == (T0 + timedelta(minutes=2)).isoformat()  # due, waiting for the running one
     runner.store.finish(claim, "ok", "done elsewhere", clock())
     assert runner.sweep(wait=True) == 1  # the waiting slots, once
     assert runner.sweep(wait=True) == 0
@@ -446,3 +449,18 @@ def test_a_plugged_in_group_is_scheduled_and_its_guarded_command_refused(tmp_pat
         assert ("probe_latency_seconds", {}, 0.25, "Latency") in runtime.gauges.samples()
     finally:
         runtime.close()
+
+
+def test_opsbot_check_names_the_next_run_and_warns_about_checks_not_ok(scheduled, redis_client):
+    from bot.runtime.checks import run_checks
+
+    runtime, runner, clock = scheduled("  - {name: dead letters, every: 5m, run: dlq status}\n"
+                                       "  - {name: nightly, cron: '0 3 * * *', run: drift}\n")
+    runner.sweep(wait=True)
+    line = next(c for c in run_checks(runtime).data["checks"] if c["target"] == "scheduled checks")
+    assert line["ok"] and "next: dead letters at 2026-03-01 12:05:00 UTC" in line["detail"], line
+    redis_client.lpush("jobs:dead", "x")
+    clock.advance(minutes=5)
+    runner.sweep(wait=True)
+    line = next(c for c in run_checks(runtime).data["checks"] if c["target"] == "scheduled checks")
+    assert "1 of 2 not ok at their last run: dead letters" in line["detail"], line

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bot.core.group import Color, Group, StatusLine, Sweep
+from bot.core.group import Check, CheckWarning, Color, Group, StatusLine, Sweep
 from bot.core.invocation import CommandError, Invocation
 from bot.core.markup import Mrkdwn, code, md
 from bot.core.registry import Command
@@ -101,6 +101,26 @@ def status_lines(inv: Invocation) -> list[StatusLine]:
                        {"not_ok": 0})]
 
 
+def checks(runtime: Any) -> list[Check]:
+    """`opsbot check`: the schedules' state is readable, and which one runs next; a check not ok last time warns."""
+    schedules = list(runtime.settings.schedules)
+    if not schedules:
+        return []
+
+    def state() -> str:
+        runner = runtime.services.get(ScheduleRunner)
+        rows = runner.store.overview([s.key for s in schedules])
+        now = runner.clock()
+        upcoming = min(schedules, key=lambda s: (rows.get(s.key, {}).get("next_due_at") or next_due(s, now)))
+        due = rows.get(upcoming.key, {}).get("next_due_at") or next_due(upcoming, now)
+        bad = [s.key for s in schedules if rows.get(s.key, {}).get("last_status") not in (None, "ok")]
+        if bad:
+            raise CheckWarning(f"{len(bad)} of {len(schedules)} not ok at their last run: {', '.join(bad)}")
+        return f"ok, {len(schedules)} read-only, next: {upcoming.key} at {_when(due)}"
+
+    return [Check("scheduled checks", state)]
+
+
 def _services(runtime: Any) -> list[object]:
     return [ScheduleRunner(runtime)]
 
@@ -115,4 +135,5 @@ GROUP = Group(
                 run=lambda runtime: runtime.services.get(ScheduleRunner).sweep()),
     migrations=Path(__file__).with_name("migrations"),
     status=status_lines,
+    checks=checks,
 )
