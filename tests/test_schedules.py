@@ -464,3 +464,20 @@ def test_opsbot_check_names_the_next_run_and_warns_about_checks_not_ok(scheduled
     runner.sweep(wait=True)
     line = next(c for c in run_checks(runtime).data["checks"] if c["target"] == "scheduled checks")
     assert "1 of 2 not ok at their last run: dead letters" in line["detail"], line
+
+
+def test_hostile_label_values_and_values_survive_the_exposition(runtime):
+    from bot.core.group import Gauge
+    from prometheus_client.parser import text_string_to_metric_families
+
+    nasty = 'tenant "x"\n} opsbot_fake 1\\'
+    runtime.gauges.put([Gauge("opsbot_audit_chain_valid", "valid", {"tenant": nasty}, 0),
+                        Gauge("opsbot_audit_chain_valid", "valid", {"tenant": "ok"}, float("nan")),  # dropped
+                        Gauge("opsbot_dead_letters", "dead", {"queue": "jobs"}, 10 ** 12)])
+    body, _ = runtime.metrics.exposition(extra=[runtime.gauges.collector()])
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    assert samples[("opsbot_audit_chain_valid", (("tenant", nasty),))] == 0
+    assert ("opsbot_audit_chain_valid", (("tenant", "ok"),)) not in samples
+    assert samples[("opsbot_dead_letters", (("queue", "jobs"),))] == 10 ** 12
+    assert not any(name == "opsbot_fake" for name, _ in samples)
