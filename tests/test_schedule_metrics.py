@@ -67,7 +67,10 @@ def world(tmp_path, database_url, redis_client, fake_slack):
     path.write_text(path.read_text().replace(
         f'  main: {{url: "{database_url}"}}',
         f'  main: {{url: "{database_url}", migrations: {{tool: prisma, source: prisma/migrations, schema: app}}}}'))
-    return path
+    yield path
+    with psycopg.connect(database_url, autocommit=True) as conn:  # the session's database as other tests expect it
+        conn.execute('DROP TABLE IF EXISTS "AuditLog"')
+        conn.execute("DROP SCHEMA IF EXISTS app CASCADE")
 
 
 @pytest.fixture
@@ -125,7 +128,11 @@ def test_scheduled_runs_feed_the_gauges_of_a_real_serve_and_prometheus_scrapes_t
     assert any(name == "process_cpu_seconds_total" for name, _ in samples)
     assert any(name == "python_info" for name, _ in samples)
     # the failing checks were posted to the incident channel, once each (post: on_change)
-    posted = [c.body["text"] for c in fake_slack.calls("chat.postMessage") if c.ok]
+    def posted(slack):  # a run sets its gauges, then posts: wait for both posts
+        texts = [c.body["text"] for c in slack._calls if c.method == "chat.postMessage" and c.ok]
+        return texts if any("check audit all" in t for t in texts) and any("check drift" in t for t in texts) else None
+
+    posted = fake_slack.wait(posted, timeout=60)
     assert sum("Scheduled check audit all" in text for text in posted) == 1
     assert sum("Scheduled check drift" in text for text in posted) == 1
 

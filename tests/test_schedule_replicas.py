@@ -146,5 +146,7 @@ def test_a_replica_killed_mid_run_loses_nothing_and_doubles_nothing(tmp_path, da
         _set_clock(clock, T0 + timedelta(minutes=2))
         _wait(lambda: len(_runs(database_url)) == 2 and _runs(database_url)[1]["status"] == "ok", what="next slot")
         assert _runs(database_url)[1]["attempt"] == 1
+        seen = b.sweeps(redis_client)
+        _wait(lambda: b.sweeps(redis_client) > seen + 1, what="b done with the slot, post included")
         posts = [c for c in fake_slack.calls("chat.postMessage") if c.ok]
         assert len(posts) == 2  # the taken-over slot and the next one, once each
