@@ -212,6 +212,7 @@ class Settings(_Model):
     base_dir: str = Field(".", exclude=True)
     _env_secrets: tuple[str, ...] = PrivateAttr(default=())  # secret-named variables the file referenced
     _group_checks: ClassVar[tuple[Callable[[Any], None], ...]] = ()
+    _groups: ClassVar[tuple[Group, ...]] = ()  # the groups this model was assembled from (their validate reads it)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:
@@ -285,6 +286,7 @@ def _assemble(groups: Sequence[Group]) -> type[Settings]:
                            if isinstance(default, (list, dict, BaseModel)) else default)
     model = create_model("Settings", __base__=Settings, **fields)
     model._group_checks = tuple(group.validate for group in groups if group.validate)
+    model._groups = tuple(groups)
     return model
 
 

@@ -61,6 +61,7 @@ def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Calla
         GaugeCollector("opsbot_outbox_depth", "Slack posts waiting to be delivered again", runtime.outbox.depth),
         GaugeCollector("opsbot_action_log_kept_depth", "Action-log entries kept in Redis, waiting for PostgreSQL",
                        lambda: runtime.state.action_log.spool.depth()),
+        runtime.gauges.collector(),
     ]
     token = runtime.settings.metrics.token
     secret = runtime.settings.slack.signing_secret

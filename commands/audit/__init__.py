@@ -8,6 +8,8 @@ the result of each run) lives in its own schema, see :mod:`commands.audit.record
 
 from __future__ import annotations
 
+from commands.audit.gauges import chain_gauges
+
 import hashlib
 import json
 import os
@@ -323,4 +325,5 @@ GROUP = Group(
     migrations=Path(__file__).with_name("migrations"),
     status=overview.status_lines,
     checks=overview.checks,
+    gauges={"audit verify": chain_gauges},
 )
