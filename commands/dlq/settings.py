@@ -16,7 +16,7 @@ class QueueSettings(_Model):
     """A dead-letter queue: Redis lists (``redis-list``) or a service's admin API (``http``)."""
 
     name: Name
-    backend: Literal["redis-list", "http"] = "redis-list"
+    backend: Literal["redis-list", "http", "sidekiq"] = "redis-list"
     # redis-list
     redis: str = "main"
     ready: str = "jobs"
@@ -32,6 +32,9 @@ class QueueSettings(_Model):
     # both
     requeue_growth: float = Field(0.10, ge=0)
     lease_ttl: Duration = 15.0
+    # sidekiq: `queue` is the set (dead or retry), `namespace` the app's redis-namespace
+    queue: str | None = None
+    namespace: str | None = None
 
 
 def check_queues(settings) -> None:

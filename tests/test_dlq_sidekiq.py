@@ -1,0 +1,194 @@
+"""The sidekiq backend against a real Sidekiq: jobs fail for real, opsbot peeks and requeues some, Sidekiq runs
+exactly those again; SIGKILL mid-requeue loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+from slack_sdk import WebClient
+
+from bot.config.settings import load_settings
+from bot.core.invocation import Actor, Where
+from commands.dlq.entries import Filters
+from commands.dlq.sidekiq import SidekiqSet, retried_job, sidekiq_view
+from commands.dlq.settings import find_queue
+from tests.conftest import ALICE, BOT_TOKEN, write_config
+from tests.support.dlq import archive_rows, opsbot, reset_schema
+from tests.support.servers import RedisServer
+from tests.support.sidekiq import SidekiqProcess, enqueue, wait_until
+
+OPS = Where("C-ops", channel_name="ops")
+
+
+def _config(tmp_path, database_url, redis_url, extra="", api_url="https://slack.invalid/api/"):
+    path = write_config(tmp_path / "app.yaml", database_url, redis_url=redis_url, api_url=api_url)
+    path.write_text(path.read_text().replace(
+        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}',
+        f'  - {{name: mail, backend: sidekiq, redis: main, queue: dead{extra}}}'))
+    return path
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def world(tmp_path, own_redis, database_url, make_runtime, fake_slack):
+    """Real dead jobs: 12 FlakyJob (4 IOError, 8 ArgumentError) and 4 OtherJob, killed by a real Sidekiq."""
+    client = own_redis.client()
+    client.set("failing", "1")
+    folder = tmp_path / "app"
+    folder.mkdir()
+    flaky = enqueue(own_redis.url, folder, "FlakyJob", 12)
+    other = enqueue(own_redis.url, folder, "OtherJob", 4, note="<!channel>")
+    with SidekiqProcess(own_redis.url, folder) as sidekiq:
+        wait_until(lambda: sidekiq.alive() and client.zcard("dead") == 16, what="16 jobs in Sidekiq's dead set")
+    client.set("failing", "0")
+    path = _config(tmp_path, database_url, own_redis.url, api_url=fake_slack.api_url)
+    runtime = make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+    return runtime, client, folder, flaky, other
+
+
+def run(runtime, text):
+    return runtime.engine.handle(text, Actor(ALICE), OPS)
+
+
+def dead_jobs(client):
+    return [json.loads(raw) for raw in client.zrange("dead", 0, -1)]
+
+
+def test_peek_filters_requeue_a_subset_and_sidekiq_runs_exactly_those_again(world, own_redis):
+    runtime, client, folder, flaky, other = world
+
+    peek = run(runtime, "dlq peek mail --type FlakyJob --error argumenterror").result
+    assert peek.status == "ok" and peek.data["matching"] == 8 and peek.data["dead"] == 16
+    assert set(peek.data["by_type"]) == {"FlakyJob"}
+    shown = peek.data["entries"]
+    died = [job["jid"] for job in dead_jobs(client)
+            if job["error_class"] == "ArgumentError" and job["class"] == "FlakyJob"]
+    assert [e["id"] for e in shown] == died and set(died) == {j for i, j in enumerate(flaky) if i % 3}
+    assert shown[0]["error"] == "ArgumentError: boom 1 <b>&amp; *bold* "
+    assert run(runtime, "dlq peek mail --type OtherJob").result.data["matching"] == 4
+    by_id = run(runtime, f"dlq peek mail --id {other[2]}").result
+    assert [e["id"] for e in by_id.data["entries"]] == [other[2]]
+    assert run(runtime, "dlq peek mail --older-than 1h").result.data["matching"] == 0
+    status = run(runtime, "dlq status mail").result
+    assert status.data["queues"][0]["dead"] == 16
+
+    preview = run(runtime, "dlq requeue mail --type FlakyJob --error argumenterror --limit 5")
+    assert preview.kind == "preview", preview.result.summary
+    assert "requeue 5 of 8 matching" in preview.result.summary and "`dead` → each job's own queue (`queue:NAME`)" in \
+        preview.result.summary
+    assert client.zcard("dead") == 16                               # a preview moves nothing
+    done = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+    assert done.result.status == "ok", done.result.summary
+    assert done.result.summary.startswith("Requeued 5 dead letters")
+
+    chosen = died[:5]                                                # the oldest five that matched
+    queued = [json.loads(raw) for raw in reversed(client.lrange("queue:mail", 0, -1))]
+    assert [job["jid"] for job in queued] == chosen
+    assert client.smembers("queues") >= {b"mail"}
+    assert all(job["retry_count"] == -1 and job["args"][1] == 12345678901234567890123 for job in queued)
+    assert {job["jid"] for job in dead_jobs(client)} == set(flaky + other) - set(chosen)
+
+    with SidekiqProcess(own_redis.url, folder) as sidekiq:           # Sidekiq's own worker runs them again
+        wait_until(lambda: sidekiq.alive() and client.llen("ran") == 5, what="the 5 requeued jobs to run")
+        time.sleep(1.0)
+    assert sorted(r.decode() for r in client.lrange("ran", 0, -1)) == sorted(chosen)
+    assert client.zcard("dead") == 11 and client.llen("queue:mail") == 0
+
+
+def test_trim_keeps_the_newest_and_archives_the_rest_byte_for_byte(world, database_url):
+    runtime, client, *_ = world
+    before = client.zrange("dead", 0, -1)
+    preview = run(runtime, "dlq trim mail --keep 10")
+    assert preview.kind == "preview" and "drop the 6 oldest of 16" in preview.result.summary
+    done = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+    assert done.result.status == "ok", done.result.summary
+    assert client.zrange("dead", 0, -1) == before[6:]
+    assert [entry for _, _, entry in archive_rows(database_url)] == before[:6]
+
+
+def test_a_requeue_killed_mid_batch_resumes_losing_and_repeating_nothing(tmp_path, own_redis, database_url):
+    reset_schema(database_url)
+    client = own_redis.client()
+    client.set("failing", "1")
+    folder = tmp_path / "app"
+    folder.mkdir()
+    jids = enqueue(own_redis.url, folder, "FlakyJob", 240)
+    with SidekiqProcess(own_redis.url, folder) as sidekiq:
+        wait_until(lambda: sidekiq.alive() and client.zcard("dead") == 240, what="240 dead jobs")
+    client.set("failing", "0")
+    argument_errors = [job["jid"] for job in dead_jobs(client) if job["error_class"] == "ArgumentError"]
+    assert len(argument_errors) == 160                                    # oldest first, as they died
+    path = _config(tmp_path, database_url, own_redis.url, ", batch: 10, lease_ttl: 1s")
+    env = {**os.environ, "RUN_MIGRATIONS": "true"}
+    command = opsbot(path, "dlq requeue mail --error ArgumentError --limit 120 --rate 60")
+
+    def everywhere() -> Counter:
+        queued = [json.loads(raw)["jid"] for raw in client.lrange("queue:mail", 0, -1)]
+        return Counter(queued + [json.loads(raw)["jid"] for raw in client.zrange("dead", 0, -1)])
+
+    for delay in (0.6, 0.9):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_until(lambda: proc.poll() is None and int(client.hget("opsbot:dlq:task:mail", "moved") or 0) > 0,
+                   what="the requeue to move something")
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert everywhere() == Counter(jids)                              # every job exactly once, somewhere
+        assert 0 < int(client.hget("opsbot:dlq:task:mail", "moved")) < 120
+        time.sleep(1.1)                                                   # the dead process's lease runs out
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "Requeued 120" in finished.stdout
+    queued = [json.loads(raw)["jid"] for raw in reversed(client.lrange("queue:mail", 0, -1))]
+    assert queued == argument_errors[:120]
+    assert everywhere() == Counter(jids)
+
+    with SidekiqProcess(own_redis.url, folder) as sidekiq:
+        wait_until(lambda: sidekiq.alive() and client.llen("ran") == 120, what="120 jobs to run again")
+        time.sleep(1.0)
+    ran = [r.decode() for r in client.lrange("ran", 0, -1)]
+    assert sorted(ran) == sorted(argument_errors[:120]) and len(set(ran)) == 120
+
+
+# -- the backend alone, on edge cases a real Sidekiq would not produce ------------------------
+
+def test_ties_namespaces_hostile_members_and_sidekiqs_retry_rules(tmp_path, own_redis):
+    client = own_redis.client()
+    settings = find_queue(_settings_with(tmp_path, own_redis.url, "namespace: myapp"), "mail")
+    queue = SidekiqSet(settings, client)
+    good = [json.dumps({"class": "A", "args": [i, 2 ** 70], "jid": f"j{i:04d}", "queue": "mail",
+                        "retry_count": i % 2, "failed_at": 1.5e9, "error_class": "E", "error_message": "m"})
+            for i in range(2500)]
+    hostile = [b"\xff\x00 not json", b'{"class": 1, "args": []}', b'{"class": "B", "args": "x"}', b"[1,2]"]
+    client.zadd("myapp:dead", {m: 1000.0 for m in good} | {m: 1000.0 for m in hostile})   # all the same score
+    assert sum(1 for _ in queue.entries()) == 2504                        # ties walked once each, past a page
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=2504, requested_by="t")
+    report = queue.run_requeue(task.id, owner="t", batch=333)
+    assert report.outcome == "done" and report.task.moved == 2500
+    assert sorted(client.zrange("myapp:dead", 0, -1)) == sorted(hostile)  # what Sidekiq could not run stays
+    pushed = [json.loads(raw) for raw in client.lrange("myapp:queue:mail", 0, -1)]
+    assert len({job["jid"] for job in pushed}) == 2500 and client.smembers("myapp:queues") == {b"mail"}
+    assert {job["retry_count"] for job in pushed} == {-1, 0} and pushed[0]["args"][1] == 2 ** 70
+    assert retried_job(b'{"class":"A","args":[]}', 5.0) == (
+        "default", b'{"retry":true,"queue":"default","class":"A","args":[],"enqueued_at":5.0}')
+    wrapped = sidekiq_view(b'{"class":"JobWrapper","wrapped":"SendMail","args":[],"error_class":"E"}')
+    assert (wrapped.type, wrapped.error) == ("SendMail", "E")
+
+
+def _settings_with(tmp_path, redis_url, extra):
+    path = _config(tmp_path, "postgresql://127.0.0.1:5432/postgres", redis_url, ", " + extra)
+    return load_settings(path, env=os.environ)
+
