@@ -190,5 +190,11 @@ def test_ties_namespaces_hostile_members_and_sidekiqs_retry_rules(tmp_path, own_
 
 def _settings_with(tmp_path, redis_url, extra):
     path = _config(tmp_path, "postgresql://127.0.0.1:5432/postgres", redis_url, ", " + extra)
+    path.write_text(path.read_text().replace("queue: dead, queue:", "queue:"))
     return load_settings(path, env=os.environ)
 
+
+
+def test_a_sidekiq_queue_names_the_dead_or_the_retry_set(tmp_path, own_redis):
+    with pytest.raises(Exception, match="Sidekiq's `dead` or `retry` set, not 'mail'"):
+        _settings_with(tmp_path, own_redis.url, "queue: mail").queues

@@ -48,6 +48,9 @@ def check_queues(settings) -> None:
             if not queue.url:
                 raise ValueError(f"queues[{index}].url: the http backend needs the service's base url")
             continue
+        if queue.backend == "sidekiq" and (queue.queue or "dead") not in ("dead", "retry"):
+            raise ValueError(f"queues[{index}].queue: a sidekiq queue is Sidekiq's `dead` or `retry` set, "
+                             f"not {queue.queue!r}")
         if queue.redis not in settings.redis:
             known = ", ".join(settings.redis) or "none configured"
             raise ValueError(f"queues[{index}].redis: unknown redis connection {queue.redis!r} (known: {known})")
