@@ -198,3 +198,65 @@ def _settings_with(tmp_path, redis_url, extra):
 def test_a_sidekiq_queue_names_the_dead_or_the_retry_set(tmp_path, own_redis):
     with pytest.raises(Exception, match="Sidekiq's `dead` or `retry` set, not 'mail'"):
         _settings_with(tmp_path, own_redis.url, "queue: mail").queues
+
+
+# -- attacks --------------------------------------------------------------------------------
+
+def _job(i, **extra):
+    return json.dumps({"retry": 0, "queue": "mail", "args": [i, 2 ** 70], "class": "FlakyJob", "jid": f"{i:024x}",
+                       "created_at": 1.7e9, "enqueued_at": 1.7e9, "error_message": "boom", "error_class": "E",
+                       "failed_at": 1.7e9 + i, "retry_count": 0, **extra})
+
+
+def test_sidekiqs_own_retry_and_new_deaths_during_a_paused_requeue(tmp_path, own_redis):
+    """The web UI's "Retry" (Sidekiq's API) takes a job ahead of opsbot's cursor, and jobs die meanwhile:
+    opsbot pushes the retried job no second time, and does not take the new dead."""
+    client = own_redis.client()
+    now = time.time()  # recent: Sidekiq's kill prunes dead jobs older than 6 months
+    client.zadd("dead", {_job(i, failed_at=now - 600 + i): now - 600 + i for i in range(50)})
+    queue = SidekiqSet(find_queue(_settings_with(tmp_path, own_redis.url, "batch: 10"), "mail"), client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=50, requested_by="t")
+    calls = iter(range(100))
+    first = queue.run_requeue(task.id, owner="a", batch=10, should_stop=lambda: next(calls) >= 2)
+    assert first.outcome == "interrupted" and first.task.moved == 20
+    script = ('require "sidekiq"; require "sidekiq/api"; '
+              f'Sidekiq::DeadSet.new.find_job("{40:024x}").retry; '
+              f'Sidekiq::DeadSet.new.kill({_job(999, failed_at=now)!r})')
+    done = subprocess.run(["ruby", "-e", script], env={**os.environ, "REDIS_URL": own_redis.url},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    second = queue.run_requeue(task.id, owner="b", batch=10)
+    assert second.outcome == "done" and second.task.moved == 49
+    queued = Counter(json.loads(raw)["jid"] for raw in client.lrange("queue:mail", 0, -1))
+    assert queued == Counter(f"{i:024x}" for i in range(50))              # each once, the UI's retry included
+    assert [json.loads(raw)["jid"] for raw in client.zrange("dead", 0, -1)] == [f"{999:024x}"]
+
+
+def test_hostile_members_and_markup_never_break_a_command_or_reach_slack_unescaped(world):
+    from bot.core.result import to_json
+    from bot.render.blocks import to_message
+    from bot.render.text import to_text
+
+    runtime, client, *_ = world
+    hostile = [b"\xff\xfe\x00binary", b"[1, 2]", b"{" * 5000, _job(1, wrapped="<!here> *x*", error_class="<@U1>").encode(),
+               _job(2, error_message="\u202e\x1b[31m" + "e" * 100_000).encode(), _job(3, jid=7, failed_at="soon"),
+               _job(4, args={"not": "a list"}).encode()]
+    client.zadd("dead", {m: 1.0 + i for i, m in enumerate(hostile)})
+    for text in ["dlq status", "status", "dlq peek mail --limit 100", "dlq peek mail --type <!here>",
+                 "dlq peek mail --error <@U1>", "dlq peek mail --id 7", "dlq peek mail --older-than 1h",
+                 "dlq requeue mail --older-than 1h", "dlq trim mail --keep 20"]:
+        outcome = run(runtime, text)
+        result = outcome.result
+        assert result.status != "error" and "unexpectedly" not in result.summary, (text, result.summary)
+        rendered = json.dumps(to_message(result))
+        to_text(result).encode(), to_json(result).encode()
+        assert "<!here>" not in rendered and "<@U1>" not in rendered and "<!channel>" not in rendered, text
+        if outcome.kind == "preview":
+            runtime.engine.cancel(outcome.pending.id, Actor(ALICE), OPS)
+    preview = run(runtime, "dlq requeue mail --older-than 1h")
+    assert "requeue 3 of 3 matching" in preview.result.summary     # jobs 1, 2 and 4 (3's failed_at is unreadable)
+    done = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS).result
+    queued = [json.loads(raw) for raw in client.lrange("queue:mail", 0, -1)]
+    assert sorted(job["args"][0] for job in queued) == [1, 2]           # 4's args are no list: Sidekiq refuses it
+    assert done.status == "ok" and done.summary.startswith("Requeued 2")
+    assert client.zcard("dead") == 16 + len(hostile) - 2
