@@ -20,6 +20,7 @@ from commands.dlq.sidekiq import SidekiqSet, retried_job, sidekiq_view
 from commands.dlq.settings import find_queue
 from tests.conftest import ALICE, BOT_TOKEN, write_config
 from tests.support.dlq import archive_rows, opsbot, reset_schema
+from tests.support.packages import debian_binary
 from tests.support.servers import RedisServer
 from tests.support.sidekiq import SidekiqProcess, enqueue, wait_until
 
@@ -222,7 +223,7 @@ def test_sidekiqs_own_retry_and_new_deaths_during_a_paused_requeue(tmp_path, own
     script = ('require "sidekiq"; require "sidekiq/api"; '
               f'Sidekiq::DeadSet.new.find_job("{40:024x}").retry; '
               f'Sidekiq::DeadSet.new.kill({_job(999, failed_at=now)!r})')
-    done = subprocess.run(["ruby", "-e", script], env={**os.environ, "REDIS_URL": own_redis.url},
+    done = subprocess.run([debian_binary("ruby-sidekiq", "ruby"), "-e", script], env={**os.environ, "REDIS_URL": own_redis.url},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     second = queue.run_requeue(task.id, owner="b", batch=10)
@@ -260,3 +261,62 @@ def test_hostile_members_and_markup_never_break_a_command_or_reach_slack_unescap
     assert sorted(job["args"][0] for job in queued) == [1, 2]           # 4's args are no list: Sidekiq refuses it
     assert done.status == "ok" and done.summary.startswith("Requeued 2")
     assert client.zcard("dead") == 16 + len(hostile) - 2
+
+
+def test_two_replicas_one_task_and_cancel(tmp_path, own_redis):
+    import threading
+
+    from commands.dlq.lease import LeaseBusy
+
+    client = own_redis.client()
+    now = time.time()
+    client.zadd("dead", {_job(i, failed_at=now - 600 + i): now - 600 + i for i in range(400)})
+    queue = SidekiqSet(find_queue(_settings_with(tmp_path, own_redis.url, "batch: 10"), "mail"), client)
+    other = SidekiqSet(queue.settings, own_redis.client())
+    task = queue.start_requeue(Filters(), limit=None, rate=50, matching=400, requested_by="t")
+    reports = []
+    driver = threading.Thread(target=lambda: reports.append(queue.run_requeue(task.id, owner="a", batch=10)))
+    driver.start()
+    wait_until(lambda: other.lease_holder() is not None, what="the first replica to take the lease")
+    with pytest.raises(LeaseBusy):
+        other.run_requeue(task.id, owner="b", batch=10)
+    time.sleep(0.3)
+    assert other.cancel().status == "cancelling"
+    driver.join(timeout=30)
+    assert reports[0].outcome == "cancelled" and 0 < reports[0].task.moved < 400
+    moved = reports[0].task.moved
+    assert client.llen("queue:mail") == moved and client.zcard("dead") == 400 - moved
+    assert other.task().status == "cancelled" and other.lease_holder() is None
+
+
+def test_redis_restarted_under_a_requeue_then_resumed_loses_and_repeats_nothing(tmp_path):
+    server = RedisServer(persist=True).start()
+    try:
+        client = server.client()
+        now = time.time()
+        jobs = {_job(i, failed_at=now - 600 + i): now - 600 + i for i in range(300)}
+        client.zadd("dead", jobs)
+        queue = SidekiqSet(find_queue(_settings_with(tmp_path, server.url, "batch: 10"), "mail"), client)
+        task = queue.start_requeue(Filters(), limit=None, rate=100, matching=300, requested_by="t")
+        outcomes = []
+
+        def drive():
+            try:
+                outcomes.append(queue.run_requeue(task.id, owner="a", batch=10, lease_ttl=3).outcome)
+            except Exception as exc:  # the server went away under it (redis-py may also reconnect, then the
+                outcomes.append(exc)  # lease, granted by the old server, is lost at the next heartbeat)
+
+        import threading
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+        wait_until(lambda: int(client.hget(queue.task_key, "moved") or 0) >= 50, what="a requeue under way")
+        server.restart()
+        driver.join(timeout=30)
+        assert outcomes and outcomes[0] != "done", outcomes
+        resumed = SidekiqSet(queue.settings, server.client()).run_requeue(task.id, owner="b", batch=10)
+        assert resumed.outcome == "done" and resumed.task.moved == 300
+        pushed = Counter(json.loads(raw)["jid"] for raw in server.client().lrange("queue:mail", 0, -1))
+        assert pushed == Counter(json.loads(m)["jid"] for m in jobs) and server.client().zcard("dead") == 0
+    finally:
+        server.close()
