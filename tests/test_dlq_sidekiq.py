@@ -17,7 +17,7 @@ from bot.config.settings import load_settings
 from bot.core.invocation import Actor, Where
 from commands.dlq.entries import Filters
 from commands.dlq.sidekiq import SidekiqSet, retried_job, sidekiq_view
-from commands.dlq.settings import find_queue
+from commands.dlq.settings import QueueSettings, find_queue
 from tests.conftest import ALICE, BOT_TOKEN, write_config
 from tests.support.dlq import archive_rows, opsbot, reset_schema
 from tests.support.packages import debian_binary
@@ -320,3 +320,24 @@ def test_redis_restarted_under_a_requeue_then_resumed_loses_and_repeats_nothing(
         assert pushed == Counter(json.loads(m)["jid"] for m in jobs) and server.client().zcard("dead") == 0
     finally:
         server.close()
+
+
+def test_the_sidekiq_backend_satisfies_the_protocol(own_redis):
+    import inspect
+
+    from commands.dlq.backend import Capabilities, DeadLetterBackend, OPERATIONS
+
+    backend = SidekiqSet(QueueSettings(name="mail", backend="sidekiq"), own_redis.client())
+    assert isinstance(backend, DeadLetterBackend) and isinstance(backend.capabilities, Capabilities)
+    for name, wanted in vars(DeadLetterBackend).items():
+        if name.startswith("_") or not callable(wanted):
+            continue
+        have = inspect.signature(getattr(type(backend), name)).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in have.values())
+        for param in inspect.signature(wanted).parameters.values():
+            assert param.kind is param.VAR_KEYWORD or param.name in have or \
+                (takes_any and param.kind is param.KEYWORD_ONLY), f"SidekiqSet.{name} does not take {param.name}"
+    assert all(backend.capabilities.supports(op) or backend.capabilities.refusal(op, "mail") for op in OPERATIONS)
+    own_redis.client().set("dead", "oops")
+    with pytest.raises(Exception, match="Sidekiq set 'dead' of queue 'mail' is a Redis string, not a sorted set"):
+        backend.depth()
