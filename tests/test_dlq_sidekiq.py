@@ -341,3 +341,22 @@ def test_the_sidekiq_backend_satisfies_the_protocol(own_redis):
     own_redis.client().set("dead", "oops")
     with pytest.raises(Exception, match="Sidekiq set 'dead' of queue 'mail' is a Redis string, not a sorted set"):
         backend.depth()
+
+
+def test_trim_rereads_a_batch_when_sidekiq_prunes_or_retries_one_of_it_meanwhile(tmp_path, own_redis):
+    client = own_redis.client()
+    now = time.time()
+    members = [_job(i, failed_at=now - 600 + i).encode() for i in range(100)]
+    client.zadd("dead", {m: now - 600 + i for i, m in enumerate(members)})
+    queue = SidekiqSet(find_queue(_settings_with(tmp_path, own_redis.url, "batch: 10"), "mail"), client)
+    archived: list[bytes] = []
+
+    def archive(task_id, first, entries):
+        archived.extend(entries)
+        if len(archived) == 30:  # between archiving and removing: Sidekiq drops one of the batch
+            client.zrem("dead", entries[4])
+
+    report = queue.run_trim(keep=40, archive=archive, batch=10, owner="t")
+    assert report.outcome == "done" and report.retries == 1
+    assert client.zrange("dead", 0, -1) == members[60:]                  # the newest 40 kept
+    assert set(archived) == set(members[:60]) and report.dropped == 59   # the pruned one was not ours to drop
