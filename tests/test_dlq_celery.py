@@ -15,6 +15,7 @@ import pytest
 from slack_sdk import WebClient
 
 from bot.core.invocation import Actor, Where
+from bot.render.blocks import to_message
 from tests.conftest import ALICE, BOT_TOKEN, write_config
 from tests.support.celeryworker import CeleryWorker, send
 from tests.support.dlq import opsbot, reset_schema
@@ -75,6 +76,8 @@ def test_peek_and_requeue_a_subset_that_the_celery_worker_runs_again(tmp_path, o
     assert shown[0]["attempts"] == 1 and shown[0]["error"].startswith("ValueError: bad input")  # retried once first
     assert [e["id"] for e in run(f"dlq peek celery --id {ids[10]}").result.data["entries"]] == [ids[10]]
     assert run("dlq peek celery --type tasks.other").result.data["matching"] == 3
+    rendered = json.dumps(to_message(peek))                           # the error's markup reaches Slack escaped
+    assert "<b>" not in rendered and "&lt;b&gt;" in rendered
 
     preview = run("dlq requeue celery --type tasks.flaky --error valueerror --limit 4")
     assert preview.kind == "preview" and "requeue 4 of 6 matching" in preview.result.summary
