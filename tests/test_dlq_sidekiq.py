@@ -360,3 +360,28 @@ def test_trim_rereads_a_batch_when_sidekiq_prunes_or_retries_one_of_it_meanwhile
     assert report.outcome == "done" and report.retries == 1
     assert client.zrange("dead", 0, -1) == members[60:]                  # the newest 40 kept
     assert set(archived) == set(members[:60]) and report.dropped == 59   # the pruned one was not ours to drop
+
+
+def test_the_retry_set_retry_now_does_not_use_up_an_attempt(tmp_path, own_redis):
+    """`queue: retry`: jobs waiting for their next attempt (an hour away) are run now, as the web UI's
+    "Retry Now" does: retry_count goes down by one (a failure raises it again: no attempt is used up)."""
+    client = own_redis.client()
+    client.set("failing", "1")
+    folder = tmp_path / "app"
+    folder.mkdir()
+    jids = enqueue(own_redis.url, folder, "RetryJob", 3, start=1)
+    with SidekiqProcess(own_redis.url, folder) as sidekiq:
+        wait_until(lambda: sidekiq.alive() and client.zcard("retry") == 3, what="3 jobs in the retry set")
+    client.set("failing", "0")
+    queue = SidekiqSet(find_queue(_settings_with(tmp_path, own_redis.url, "queue: retry"), "mail"), client)
+    assert queue.where() == "retry" and {e.id for e in queue.entries()} == set(jids)
+    assert all(e.describe()["attempts"] == 0 for e in queue.entries())
+    chosen = [e.id for e in queue.entries()][:2]
+    task = queue.start_requeue(Filters(ids=tuple(chosen)), limit=None, rate=None, matching=2, requested_by="t")
+    assert queue.run_requeue(task.id, owner="t").task.moved == 2
+    assert [json.loads(raw)["retry_count"] for raw in client.lrange("queue:mail", 0, -1)] == [-1, -1]
+    with SidekiqProcess(own_redis.url, folder) as sidekiq:
+        wait_until(lambda: sidekiq.alive() and client.llen("ran") == 2, what="the 2 retried jobs to run")
+        time.sleep(1.0)
+    assert sorted(r.decode() for r in client.lrange("ran", 0, -1)) == sorted(chosen)
+    assert [e.id for e in queue.entries()] == [j for j in jids if j not in chosen]  # the third still waits

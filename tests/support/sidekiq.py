@@ -6,7 +6,8 @@ Usage::
         enqueue(redis_url, folder, "FlakyJob", 12)            # real Sidekiq::Client pushes; returns jids
         sidekiq.wait(lambda: client.zcard("dead") == 12)
 
-FlakyJob and OtherJob (``retry: 0``: a failure goes straight to the dead set) fail while the
+FlakyJob and OtherJob (``retry: 0``: a failure goes straight to the dead set) and RetryJob
+(``retry: 5``, an hour apart: a failure waits in the retry set) fail while the
 Redis key ``failing`` is "1", with ArgumentError, or IOError for every third argument; a run
 that succeeds RPUSHes its jid onto ``ran``, so a test sees exactly which jobs ran again.
 """
@@ -50,6 +51,13 @@ class OtherJob
   include Sidekiq::Worker
   include Flaky
   sidekiq_options retry: 0, queue: "other"
+end
+
+class RetryJob
+  include Sidekiq::Worker
+  include Flaky
+  sidekiq_options retry: 5, queue: "mail"
+  sidekiq_retry_in { |count, exception| 3600 }
 end
 '''
 
