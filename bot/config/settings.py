@@ -229,7 +229,12 @@ def settings_class(groups: Sequence[Group] | None = None) -> type[Settings]:
 def _assemble(groups: Sequence[Group]) -> type[Settings]:
     shared: dict[str, type[BaseModel]] = {}
     for section, base in _SHARED.items():
-        added = {name: spec for group in groups for name, spec in group.extends.get(section, {}).items()}
+        added: dict[str, tuple[Any, Any]] = {}
+        for group in groups:
+            for name, spec in group.extends.get(section, {}).items():
+                if name in added or name in base.model_fields:
+                    raise TypeError(f"group {group.name!r} adds {section}.{name}, which another part owns")
+                added[name] = spec
         shared[section] = create_model(base.__name__, __base__=base, **added) if added else base
     database, service, status = shared["databases"], shared["services"], shared["status"]
     fields: dict[str, Any] = {

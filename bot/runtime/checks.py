@@ -19,7 +19,7 @@ import psycopg
 
 from bot.core.probes import check_services
 from bot.core.result import Result, Section
-from bot.core.group import Check, CheckWarning
+from bot.core.group import Check, CheckWarning, Group
 from bot.runtime.factory import Runtime
 from bot.runtime.targets import connect_options, describe_postgres, first_line
 
@@ -46,8 +46,7 @@ def run_checks(runtime: Runtime) -> Result:
     for name in settings.databases:
         checks.append(Check(f"database {name}", lambda name=name: _database(runtime, name)))
     for group in runtime.groups:  # what each group checks (its queues, its templates, ...)
-        if group.checks is not None:
-            checks += group.checks(runtime)
+        checks += _group_checks(group, runtime)
     with ThreadPoolExecutor(max_workers=min(len(checks) + 1, 16)) as pool:
         services = pool.submit(check_services, settings.services)  # the same probes as `/ops health`
         futures = [(check.target, pool.submit(_timed, check.run)) for check in checks]
@@ -69,6 +68,18 @@ def run_checks(runtime: Runtime) -> Result:
     summary = f"all {len(outcomes)} targets answered" + (f" ({len(warned)} warnings)" if warned else "")
     return (Result.warn if warned else Result.ok)(summary, data=data, sections=[Section(fields=fields)],
                                                  command="check")
+
+
+def _group_checks(group: Group, runtime: Runtime) -> list[Check]:
+    """A group's checks; a group that cannot even say what to check is one failing line, never the end of `check`."""
+    if group.checks is None:
+        return []
+    try:
+        return list(group.checks(runtime))
+    except Exception as exc:  # noqa: BLE001 - reported as that group's failure
+        def failing(exc: Exception = exc) -> str:
+            raise exc
+        return [Check(f"{group.name} checks", failing)]
 
 
 def _timed(fn: Callable[[], str]) -> tuple[bool | None, str]:
