@@ -29,7 +29,8 @@ def _config(tmp_path, database_url, redis_url, extra="", api_url="https://slack.
     path = write_config(tmp_path / "app.yaml", database_url, redis_url=redis_url, api_url=api_url)
     path.write_text(path.read_text().replace(
         '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}',
-        f'  - {{name: celery, redis: main, ready: celery, dead: celery.dead{extra}}}'))
+        f'  - {{name: celery, redis: main, ready: celery, dead: celery.dead{extra},\n'
+        '     fields: {id: headers.id, type: headers.task, attempts: headers.retries}}'))
     return path
 
 
@@ -40,10 +41,10 @@ def own_redis():
     server.close()
 
 
-def dead_ids(client, **match):
-    """Ids in the dead list, oldest first, of entries whose top-level fields match."""
+def dead_ids(client, task="", error=""):
+    """Task ids in the dead list, oldest first, of the given task and error."""
     entries = [json.loads(raw) for raw in reversed(client.lrange("celery.dead", 0, -1))]
-    return [e["id"] for e in entries if all(key in e and value in e[key] for key, value in match.items())]
+    return [e["headers"]["id"] for e in entries if task in e["headers"]["task"] and error in e["error"]]
 
 
 def fail_for_real(client, redis_url, folder, flaky, other):
@@ -69,7 +70,7 @@ def test_peek_and_requeue_a_subset_that_the_celery_worker_runs_again(tmp_path, o
         return runtime.engine.handle(text, Actor(ALICE), OPS)
 
     peek = run("dlq peek celery --type tasks.flaky --error valueerror").result
-    value_errors = dead_ids(client, type="tasks.flaky", error="ValueError")
+    value_errors = dead_ids(client, task="tasks.flaky", error="ValueError")
     assert peek.data["matching"] == 6 == len(value_errors) and peek.data["dead"] == 12
     shown = peek.data["entries"]
     assert [e["id"] for e in shown] == value_errors

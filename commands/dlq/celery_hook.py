@@ -8,16 +8,17 @@ Usage, in the Celery app's module (the worker imports it)::
 and in opsbot's app.yaml::
 
     queues:
-      - {name: celery, redis: main, ready: celery, dead: celery.dead}
+      - {name: celery, redis: main, ready: celery, dead: celery.dead,
+         fields: {id: headers.id, type: headers.task, attempts: headers.retries}}
 
 Celery itself keeps no dead letters: once a task has failed for good (its exception was not
 a retry, or ``max_retries`` ran out) its message is acknowledged and gone. This hook listens
 to Celery's ``task_failure`` signal, which fires only then, and LPUSHes onto ``dead`` the
 message as the kombu Redis transport keeps it in a queue list (protocol 2: ``headers`` with
 task, id, retries, argsrepr ..., the serialized ``body`` [args, kwargs, embed], and
-``properties`` with ``delivery_info`` and a fresh ``delivery_tag``), plus the fields opsbot
-reads at the top level, which kombu ignores: ``id`` (headers.id), ``type`` (headers.task),
-``attempts`` (headers.retries), ``error`` ("ExceptionClass: message") and ``failedAt``.
+``properties`` with ``delivery_info`` and a fresh ``delivery_tag``), plus what the envelope
+does not say, at the top level, which kombu ignores: ``error`` ("ExceptionClass: message") and
+``failedAt``. The queue's ``fields`` setting points opsbot at the envelope for the rest.
 ``dlq requeue`` then LPUSHes those exact bytes onto the Celery queue's list (``ready``),
 where a worker takes it as it takes any message, and runs it again with the same id.
 """
@@ -64,9 +65,7 @@ def dead_message(task: Any, exception: BaseException, now: float | None = None) 
     error = f"{type(exception).__name__}: {exception}"
     return {
         "body": base64.b64encode(raw).decode(), "content-encoding": encoding, "content-type": content_type,
-        "headers": headers, "properties": properties,
-        "id": headers.get("id"), "type": headers.get("task"), "attempts": headers.get("retries"),
-        "error": error[:ERROR_CHARS], "failedAt": time.time() if now is None else now,
+        "headers": headers, "properties": properties, "error": error[:ERROR_CHARS], "failedAt": time.time() if now is None else now,
     }
 
 

@@ -23,6 +23,8 @@ class QueueSettings(_Model):
     dead: str = "jobs:dead"
     keep: int = Field(1000, ge=0)
     batch: int = Field(1000, ge=1, le=10000)
+    # redis-list: where id/type/attempts/error/failedAt are in an entry (a Celery envelope: headers.task ...)
+    fields: dict[Literal["id", "type", "attempts", "error", "failedAt"], str] = Field(default_factory=dict)
     # http
     url: str | None = None
     token: SecretStr | None = None
