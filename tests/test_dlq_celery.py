@@ -130,3 +130,30 @@ def test_a_requeue_killed_mid_way_resumes_and_the_worker_runs_each_task_once(tmp
         time.sleep(1.0)
     ran = [r.decode() for r in client.lrange("ran", 0, -1)]
     assert sorted(ran) == sorted(value_errors[:120]) and len(set(ran)) == 120
+
+
+def test_field_paths_select_the_same_entries_in_lua_and_in_python(own_redis):
+    from commands.dlq.entries import Filters
+    from commands.dlq.redis_list import RedisListQueue
+    from commands.dlq.settings import QueueSettings
+
+    client = own_redis.client()
+    fields = {"id": "headers.id", "type": "headers.task", "failedAt": "meta.when"}
+    queue = RedisListQueue(QueueSettings(name="c", ready="celery", dead="celery.dead", fields=fields), client)
+    entries = [{"headers": {"id": "a", "task": "t.x"}, "error": "ValueError: x", "meta": {"when": 1000}},
+               {"headers": {"id": 7, "task": "t.y"}, "error": "KeyError: k", "meta": {"when": "2001-01-01T00:00:00Z"}},
+               {"headers": ["not", "an", "object"], "error": "ValueError: y", "meta": None},
+               {"headers": {"id": None, "task": {"nested": "t.x"}}, "type": "t.x", "id": "a"},
+               {"headers": {"task": "t.x"}, "error": 5, "meta": {"when": 10 ** 12}}]
+    client.lpush("celery.dead", *[json.dumps(e) for e in entries])
+    for filters in [Filters(), Filters(type="t.x"), Filters(ids=("a", "7")), Filters(error="valueerror"),
+                    Filters(older_than=60), Filters(type="t.y", ids=("7",))]:
+        summary = queue.scan(filters, samples=10)                          # filtered in Lua
+        in_python = [e.raw for e in queue.entries(filters)]
+        assert [e.raw for e in summary.samples] == in_python, filters
+        assert summary.matched == len(in_python)
+    summary = queue.scan(Filters(), samples=10)
+    assert summary.types == Counter({"t.x": 2, "t.y": 1, "(none)": 2})
+    task = queue.start_requeue(Filters(type="t.x"), limit=None, rate=None, matching=2, requested_by="t")
+    assert queue.run_requeue(task.id, owner="t").task.moved == 2
+    assert sorted(json.loads(raw)["headers"]["task"] for raw in client.lrange("celery", 0, -1)) == ["t.x", "t.x"]
