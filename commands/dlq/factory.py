@@ -21,6 +21,7 @@ from commands.dlq.common import settings_of
 from commands.dlq.http_api import HttpDeadLetters
 from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import QueueSettings
+from commands.dlq.sidekiq import SidekiqSet
 
 __all__ = ["BACKENDS", "backend_of", "open_backend"]
 
@@ -28,6 +29,7 @@ __all__ = ["BACKENDS", "backend_of", "open_backend"]
 BACKENDS: dict[str, Callable[[QueueSettings, Any, Any], DeadLetterBackend]] = {
     "redis-list": RedisListQueue.open,
     "http": HttpDeadLetters.open,
+    "sidekiq": SidekiqSet.open,
 }
 
 

@@ -159,7 +159,7 @@ class RedisListQueue(Refusing):
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(self.settings.ready).llen(self.settings.dead).lindex(self.settings.dead, -1)
         ready, dead, oldest_raw = pipe.execute()
-        oldest = DeadEntry.parse(oldest_raw).failed_at if oldest_raw is not None else None
+        oldest = DeadEntry.parse(oldest_raw, self.settings.fields).failed_at if oldest_raw is not None else None
         task = self.task()
         held = self.client.llen(self.held_key(task.id)) if task and task.unfinished else 0
         return Depth(ready, dead, oldest, held)
@@ -168,7 +168,8 @@ class RedisListQueue(Refusing):
         return self.client.llen(self.settings.dead)
 
     def oldest(self, count: int) -> list[DeadEntry]:
-        return [DeadEntry.parse(raw) for raw in reversed(self.client.lrange(self.settings.dead, -count, -1))]
+        return [DeadEntry.parse(raw, self.settings.fields)
+                for raw in reversed(self.client.lrange(self.settings.dead, -count, -1))]
 
     def entries(self, filters: Filters | None = None, chunk: int = SCAN_CHUNK) -> Iterator[DeadEntry]:
         """The dead list's entries (matching ``filters``), oldest first, read a chunk at a time."""
@@ -178,7 +179,7 @@ class RedisListQueue(Refusing):
         while True:
             raw = self.client.lrange(self.settings.dead, -(offset + chunk), -(offset + 1))
             for item in reversed(raw):
-                entry = DeadEntry.parse(item)
+                entry = DeadEntry.parse(item, self.settings.fields)
                 if filters is None or filters.matches(entry, now):
                     yield entry
             if len(raw) < chunk:
@@ -189,7 +190,7 @@ class RedisListQueue(Refusing):
              chunk: int = SCAN_CHUNK) -> ScanSummary:
         """Count and group the matching dead entries, oldest first, a chunk per call."""
         self.check_types()
-        lua_filter = filters.to_lua(now or self.clock())
+        lua_filter = filters.to_lua(now or self.clock(), self.settings.fields)
         summary = ScanSummary(total=self.client.llen(self.settings.dead))
         offset = 0
         while offset < summary.total:
@@ -199,7 +200,7 @@ class RedisListQueue(Refusing):
             stats = json.loads(reply[0].decode("utf-8", "replace"))
             if stats["scanned"] == 0:
                 break
-            summary.add(stats, reply[1:], samples)
+            summary.add(stats, reply[1:], samples, self.settings.fields)
             offset += stats["scanned"]
         return summary
 
@@ -227,7 +228,7 @@ class RedisListQueue(Refusing):
         self.client.delete(self.task_key)
         self.client.hset(self.task_key, mapping={
             "id": task_id, "status": "running", "filters": json.dumps(filters.to_dict()),
-            "filter_lua": filters.to_lua(now), "limit": -1 if limit is None else limit, "rate": rate or 0,
+            "filter_lua": filters.to_lua(now, self.settings.fields), "limit": -1 if limit is None else limit, "rate": rate or 0,
             "total": total, "matching": matching, "scanned": 0, "moved": 0, "started_at": now, "updated_at": now,
             "requested_by": requested_by,
         })
