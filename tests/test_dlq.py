@@ -152,7 +152,10 @@ def test_dead_letters_arriving_during_a_requeue_are_not_taken(two_queues, q):
     preview = run(two_queues, "dlq requeue --rate 40")
     arrivals = [dead_letter(1000 + i) for i in range(10)]
 
-    def more_deaths():
+    def more_deaths():  # once the requeue is running (it holds the lease), not while it is being confirmed
+        deadline = time.monotonic() + 10
+        while not q.client.exists(q.lease) and time.monotonic() < deadline:
+            time.sleep(0.01)
         for entry in arrivals:
             time.sleep(0.05)
             q.client.lpush(q.dead, entry)
@@ -349,3 +352,19 @@ def test_a_dead_letter_reads_well_at_3am(runtime, redis_client):
     assert "attempts=None" not in text and "failedAt=" not in text
     assert "job-1  send_email  failed " in text and " UTC (2h" in text
     assert "job-2  send_email  failed at 'yesterday' (not a time opsbot reads)" in text
+
+
+def test_dead_letters_arriving_between_preview_and_confirm_change_the_plan_and_nothing_moves(two_queues, q):
+    entries = [dead_letter(i) for i in range(30)]
+    kill(q.client, entries, q.dead)
+    preview = run(two_queues, "dlq requeue")
+    arrivals = [dead_letter(1000 + i) for i in range(5)]
+    for entry in arrivals:
+        q.client.lpush(q.dead, entry)
+    again = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert again.kind == "refused" and "requeue 35 of 35" in again.result.summary  # the new plan, to confirm again
+    assert q.client.llen(q.ready) == 0 and q.client.llen(q.dead) == 35
+    done = two_queues.engine.confirm(again.pending.id, Actor(ALICE), OPS)
+    assert done.result.data["moved"] == 35
+    assert everything(q.client, q.ready, q.dead) == Counter(entries + arrivals)
