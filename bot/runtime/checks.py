@@ -21,7 +21,8 @@ from bot.core.probes import check_services
 from bot.core.result import Result, Section
 from bot.core.group import Check, CheckWarning
 from bot.runtime.factory import Runtime
-from bot.runtime.targets import connect_options, describe_postgres, first_line
+from bot.runtime.targets import describe_postgres, first_line
+from bot.store.postgres import connect, state_params
 
 __all__ = ["run_checks"]
 
@@ -96,7 +97,7 @@ def _state_postgres(runtime: Runtime) -> str:
     schema = runtime.settings.state.db_schema
     url = runtime.settings.state.database_url
     try:
-        conn = psycopg.connect(url, **connect_options(url))
+        conn = connect(state_params(runtime.settings.state))
     except psycopg.OperationalError as exc:
         raise CheckFailed(f"{describe_postgres(url)}: {first_line(exc)}") from None
     with conn:

@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from bot.store.actionlog import ActionLog
 from bot.config.settings import Settings, installed_groups
+from bot.store.postgres import open_pool, state_params
 from bot.store.schema import migrate, pending_migrations
 
 __all__ = ["State"]
@@ -81,16 +82,8 @@ class State:
         pool_log = logging.getLogger("psycopg.pool")
         if _quiet not in pool_log.filters:
             pool_log.addFilter(_quiet)
-        return ConnectionPool(
-            self.settings.state.database_url,
-            min_size=1,
-            max_size=8,
-            open=True,
-            timeout=5,
-            configure=self._ensure_schema,
-            kwargs={"connect_timeout": 2, "application_name": "opsbot"},
-            name=POOL_NAME,
-        )
+        return open_pool(state_params(self.settings.state), name=POOL_NAME, configure=self._ensure_schema,
+                         min_size=1, max_size=8, timeout=5)
 
     def _ensure_schema(self, conn: psycopg.Connection) -> None:
         """On a process's first connection: migrate the bot's schema if it is behind (and that is allowed)."""
