@@ -25,8 +25,8 @@ from psycopg_pool import ConnectionPool
 
 from bot.config.pgurl import PgParams, pg_params, with_settings
 
-__all__ = ["CONNECT_TIMEOUT", "connect", "connect_kwargs", "database_params", "open_pool", "search_path", "set_local",
-           "state_params"]
+__all__ = ["CONNECT_TIMEOUT", "connect", "connect_kwargs", "database_params", "open_pool", "pooler_in_use",
+           "search_path", "set_local", "state_params"]
 
 CONNECT_TIMEOUT = 2  # seconds: a database that does not answer by then is reported, not waited for
 
@@ -85,3 +85,28 @@ def database_params(target, base_dir: str = ".") -> PgParams:
 def state_params(state) -> PgParams:
     """The bot's own database (``state.database_url``, ``state.database_pooler``)."""
     return pg_params(state.database_url, state.database_pooler)
+
+
+def pooler_in_use(params: PgParams) -> tuple[bool, str]:
+    """Whether a transaction-mode pooler answers, and the evidence.
+
+    Two client connections are open at once and each asks for its server session's PID between
+    transactions: directly, or through a session-mode pooler, each client keeps a session of its
+    own for its whole life; through a transaction-mode pooler they share server sessions (PgBouncer
+    hands the one just released to the next transaction) or one client moves between sessions.
+    """
+    pid = "SELECT pg_backend_pid()"
+    with connect(params, autocommit=True) as first, connect(params, autocommit=True) as second:
+        firsts = [first.execute(pid).fetchone()[0]]
+        seconds = [second.execute(pid).fetchone()[0]]
+        firsts.append(first.execute(pid).fetchone()[0])
+        seconds.append(second.execute(pid).fetchone()[0])
+        port = first.execute("SELECT inet_server_port()").fetchone()[0]
+        client_port = str(first.info.port)
+    if set(firsts) & set(seconds):
+        return True, "two connections shared one server session"
+    if len(set(firsts)) > 1 or len(set(seconds)) > 1:
+        return True, "one connection moved between server sessions"
+    if port is not None and str(port) != client_port:
+        return False, f"a proxy answers on port {client_port} for PostgreSQL's {port} (session mode, or no pooling)"
+    return False, "each connection kept its own server session"
