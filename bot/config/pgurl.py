@@ -82,7 +82,7 @@ def pg_params(url: str, pooler: str | None = None) -> PgParams:
     if not _is_url(url):
         return PgParams(url, pooler or "none", prepare=(pooler or "none") != "transaction")
     base, _, rest = url.partition("?")
-    query, hash_, fragment = rest.partition("#")
+    query, hash_, _fragment = rest.partition("#")
     pairs = [pair for pair in query.split("&") if pair] if query else []
     if len(pairs) > MAX_PARAMS:
         return PgParams(base, pooler or "none", problem=f"the URL has {len(pairs)} query parameters"
@@ -94,16 +94,17 @@ def pg_params(url: str, pooler: str | None = None) -> PgParams:
     names = [unquote(pair.partition("=")[0]) for pair in pairs]
     for pair, name in zip(pairs, names):
         value = unquote(pair.partition("=")[2])
-        if name == "sslcert" and "sslkey" not in names:
-            prisma[name] = value
+        if name == "sslcert" and "sslkey" in names:
+            keep.append(pair)  # with a key: libpq's client certificate
         elif name in PRISMA:
             prisma[name] = value
         elif name in keywords:
             keep.append(pair)
         else:
             notes.append(f"query parameter {_name(name)!r} left out: neither libpq nor Prisma knows it")
-    params = PgParams(base + ("?" + "&".join(keep) if keep else "") + (hash_ + fragment if hash_ else ""),
-                      pooler or "none", notes=())
+    if hash_:  # libpq would take it as part of the last value; Prisma's URL parser drops it
+        notes.append("the URL's #fragment left out")
+    params = PgParams(base + ("?" + "&".join(keep) if keep else ""), pooler or "none", notes=())
     params = _prisma(params, prisma, notes, explicit_pooler=pooler is not None)
     return replace(params, notes=tuple(notes), prepare=params.prepare and params.pooler != "transaction")
 
@@ -148,9 +149,7 @@ def _prisma(params: PgParams, found: dict[str, str], notes: list[str], *, explic
 def _add_query(url: str, name: str, value: str) -> str:
     from urllib.parse import quote
 
-    base, hash_, fragment = url.partition("#")
-    joined = base + ("&" if "?" in base else "?") + f"{name}={quote(value, safe='')}"
-    return joined + (hash_ + fragment if hash_ else "")
+    return url + ("&" if "?" in url else "?") + f"{name}={quote(value, safe='')}"
 
 
 def with_settings(params: PgParams, **settings: str | None) -> PgParams:
