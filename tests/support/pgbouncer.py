@@ -9,7 +9,7 @@ Usage::
 It runs the Debian package's ``pgbouncer`` (installed on demand by
 :func:`tests.support.packages.debian_binary`) in the foreground so that its PID is ours;
 as root it drops to the ``postgres`` user (``-u postgres``), as PgBouncer refuses to run
-as root. ``auth_type = trust`` with a userlist naming the database user: the pooler then
+as root. ``auth_type = trust`` (``scram-sha-256`` given a ``password``) with a userlist naming the user: the pooler
 logs in to PostgreSQL as that user, as the test's own connections do. A pooler that cannot
 start raises: the test fails, it never skips.
 """
@@ -33,8 +33,10 @@ __all__ = ["PgBouncer"]
 
 
 class PgBouncer:
-    def __init__(self, database_url: str, *, pool_mode: str = "transaction", pool_size: int = 2) -> None:
+    def __init__(self, database_url: str, *, pool_mode: str = "transaction", pool_size: int = 2,
+                 password: str | None = None) -> None:
         self.server = conninfo_to_dict(database_url)
+        self.password = password  # clients must give it (SCRAM); the pooler itself logs in to PostgreSQL as before
         self.pool_mode, self.pool_size = pool_mode, pool_size
         self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="opsbot-pgbouncer-", dir="/tmp" if os.geteuid() == 0 else None))
@@ -53,7 +55,8 @@ class PgBouncer:
     def _write_config(self) -> Path:
         host = self.server.get("host") or "127.0.0.1"
         user = self.server.get("user") or "postgres"
-        (self.folder / "userlist.txt").write_text(f'"{user}" ""\n')
+        secret = (self.password or "").replace('"', '""')
+        (self.folder / "userlist.txt").write_text(f'"{user}" "{secret}"\n')
         ini = self.folder / "pgbouncer.ini"
         ini.write_text(textwrap.dedent(f"""\
             [databases]
@@ -62,7 +65,7 @@ class PgBouncer:
             listen_addr = 127.0.0.1
             listen_port = {self.port}
             unix_socket_dir =
-            auth_type = trust
+            auth_type = {"scram-sha-256" if self.password else "trust"}
             auth_file = {self.folder}/userlist.txt
             pool_mode = {self.pool_mode}
             default_pool_size = {self.pool_size}
