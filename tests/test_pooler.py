@@ -32,6 +32,7 @@ NO_LIMITS = "limits: {per_user: '0', guarded_per_user: '0', per_command: '0'}\n"
 
 
 def pooled_runtime(tmp_path, url, make_runtime, fake_slack, extra=""):
+    tmp_path.mkdir(exist_ok=True)
     path = write_config(tmp_path / "app.yaml", url, api_url=fake_slack.api_url, extra=NO_LIMITS + extra)
     return make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
 
@@ -81,23 +82,27 @@ def test_a_long_running_bot_confirms_many_guarded_actions_through_the_pooler(bou
     summaries: list = []
     errors: list[str] = []
 
-    def operator(user: str, rounds: int) -> None:
+    replica = pooled_runtime(tmp_path / "replica", bouncer.url + "?pgbouncer=true&connection_limit=4", make_runtime,
+                             fake_slack)  # a second `serve` replica on the same action log
+
+    def operator(user: str, rounds: int, engine) -> None:
         for _ in range(rounds):
-            preview = runtime.engine.handle("test bump", Actor(user), OPS)
+            preview = engine.handle("test bump", Actor(user), OPS)
             if preview.kind != "preview":
                 errors.append(preview.result.summary)
                 continue
-            done = runtime.engine.confirm(preview.pending.id, Actor(user), OPS)
+            done = engine.confirm(preview.pending.id, Actor(user), OPS)
             while done.kind == "refused" and done.pending is not None:  # another operator moved the counter: the
                 # new plan is shown, and confirmed
-                done = runtime.engine.confirm(done.pending.id, Actor(user), OPS)
+                done = engine.confirm(done.pending.id, Actor(user), OPS)
             outcomes.append(done.result.status)
             summaries.append((done.kind, done.result.summary[:40]))
             if done.result.status != "ok":
                 errors.append(done.result.summary)
 
     try:
-        workers = [threading.Thread(target=operator, args=(user, 20)) for user in (ALICE, BOB, ALICE)]
+        workers = [threading.Thread(target=operator, args=(user, 20, engine)) for user, engine in
+                   ((ALICE, runtime.engine), (BOB, replica.engine), (ALICE, replica.engine))]
         for thread in workers:
             thread.start()
         for thread in workers:
@@ -134,6 +139,49 @@ def test_a_ten_thousand_entry_trim_archives_through_the_pooler(bouncer, tmp_path
         other.join()
 
     assert done.status == "ok" and done.data["dropped"] == 10_000, done.summary
+    assert redis_client.llen("jobs:dead") == 0
+    assert [row[2] for row in archive_rows(database_url)] == entries
+    assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
+
+
+class KillPoolerAfter:
+    """The real trim archive; the pooler is SIGKILLed by its PID right after the n-th batch is committed."""
+
+    def __init__(self, archive, bouncer: PgBouncer, commits: int):
+        self.archive, self.bouncer, self.commits, self.count = archive, bouncer, commits, 0
+
+    def __getattr__(self, name):
+        return getattr(self.archive, name)
+
+    def __call__(self, task_id, first, entries):
+        self.archive(task_id, first, entries)
+        self.count += 1
+        if self.count == self.commits:
+            self.bouncer.kill()
+
+
+def test_the_pooler_killed_mid_trim_loses_nothing_and_the_trim_resumes(bouncer, tmp_path, make_runtime, fake_slack,
+                                                                       redis_client, database_url):
+    from commands.dlq.archive import TrimArchive
+    from commands.dlq.redis_list import RedisListQueue
+    from commands.dlq.settings import find_queue
+
+    runtime = pooled_runtime(tmp_path, bouncer.url + "?pgbouncer=true", make_runtime, fake_slack)
+    entries = [dead_letter(i) for i in range(3_000)]
+    kill(redis_client, entries)
+    queue = RedisListQueue(find_queue(runtime.settings, "jobs"), redis_client)
+    archive = TrimArchive(runtime.state.pool, "opsbot", find_queue(runtime.settings, "jobs"))
+    with pytest.raises(Exception):  # noqa: B017 - whatever psycopg says when its server vanishes
+        queue.run_trim(keep=0, archive=KillPoolerAfter(archive, bouncer, commits=4), batch=250)
+    assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
+    bouncer.start()  # the pooler is back on the same port; the bot's pool replaces the dead connections
+
+    preview = runtime.engine.handle("dlq trim jobs --keep 0", Actor(ALICE), OPS)
+    assert preview.kind == "preview" and "resume the interrupted trim" in preview.result.summary, \
+        preview.result.summary
+    done = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS).result
+
+    assert done.status == "ok", done.summary
     assert redis_client.llen("jobs:dead") == 0
     assert [row[2] for row in archive_rows(database_url)] == entries
     assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
