@@ -131,3 +131,10 @@ def test_hostile_urls_never_print_the_password(tmp_path, url):
     params = pg_params(settings.databases["main"].url)  # loaded: the parameters were sorted, nothing leaked
     assert all("S3cr3t" not in note for note in params.notes)
     assert len(" ".join(params.notes)) < 20_000
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:sEcr?et@db/app", "postgresql://u:sEcr?e=t@db:5432/app?schema=x"])
+def test_a_raw_question_mark_in_a_password_is_refused_not_read_as_a_query(url):
+    params = pg_params(url)
+    assert params.problem and "percent-encoded" in params.problem and "sEcr" not in params.problem
+    assert pg_params("postgresql://u@db/app?application_name=a@b&sslrootcert=/x@y/ca.pem").problem is None

@@ -92,6 +92,10 @@ def pg_params(url: str, pooler: str | None = None) -> PgParams:
     notes: list[str] = []
     keywords = libpq_keywords()
     names = [unquote(pair.partition("=")[0]) for pair in pairs]
+    first = query.partition("&")[0]  # u:pa?ss@db/app: the password's tail, the host and the database
+    if "@" in first.partition("=")[0] or re.search(r"@[^/]*/", first.partition("=")[2]):
+        return PgParams(base, pooler or "none", problem="a '?' in the user or password must be percent-encoded"
+                                                        " (%3F), or the rest is read as the query")
     for pair, name in zip(pairs, names):
         value = unquote(pair.partition("=")[2])
         if name == "sslcert" and "sslkey" in names:

@@ -21,6 +21,7 @@ import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
+from bot.config.pgurl import pg_params
 from bot.config.settings import Settings
 from bot.core.invocation import BadArgument, CommandError
 from bot.store.postgres import CONNECT_TIMEOUT, connect, database_params, search_path, set_local
@@ -30,7 +31,7 @@ __all__ = ["Targets", "describe_postgres", "first_line"]
 def describe_postgres(url: str) -> str:
     """``host:port/dbname`` of a PostgreSQL URL or conninfo, never its password."""
     try:
-        info = conninfo_to_dict(url)
+        info = conninfo_to_dict(pg_params(url).conninfo)  # a Prisma URL's parameters are not libpq's
     except psycopg.ProgrammingError:
         return "(an unreadable database URL)"
     host = info.get("host") or info.get("hostaddr") or "localhost"

@@ -26,6 +26,7 @@ import redis
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from bot.config.pgurl import pg_params
 from bot.store.actionlog import ActionLog
 from bot.config.settings import Settings, installed_groups
 from bot.store.postgres import open_pool, state_params
@@ -54,7 +55,7 @@ _quiet = _QuietReconnects()
 def describe_database(url: str) -> str:
     """``host:port/dbname`` of a PostgreSQL URL, without credentials."""
     try:
-        info = conninfo_to_dict(url)
+        info = conninfo_to_dict(pg_params(url).conninfo)  # a Prisma URL's parameters are not libpq's
     except Exception:
         return "PostgreSQL"
     return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
