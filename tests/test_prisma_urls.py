@@ -138,3 +138,26 @@ def test_a_raw_question_mark_in_a_password_is_refused_not_read_as_a_query(url):
     params = pg_params(url)
     assert params.problem and "percent-encoded" in params.problem and "sEcr" not in params.problem
     assert pg_params("postgresql://u@db/app?application_name=a@b&sslrootcert=/x@y/ca.pem").problem is None
+
+
+def test_connection_limit_one_still_runs_guarded_commands_and_a_trim(tmp_path, app_schema, make_runtime,
+                                                                    redis_client, database_url):
+    """Serverless Prisma URLs say connection_limit=1: the bot's whole pool is then one connection."""
+    from bot.core.invocation import Actor
+    from tests.conftest import ALICE
+    from tests.support.dlq import archive_rows, dead_letter, kill
+    from tests.test_pooler import OPS
+
+    url = _url(app_schema) + "?connection_limit=1&pool_timeout=10"
+    runtime = prisma_runtime(tmp_path, url, url, make_runtime)
+    assert runtime.state.pool.max_size == 1
+    for _ in range(3):
+        preview = runtime.engine.handle("test bump", Actor(ALICE), OPS)
+        assert runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS).result.status == "ok"
+    entries = [dead_letter(i) for i in range(300)]
+    kill(redis_client, entries)
+    preview = runtime.engine.handle("dlq trim jobs --keep 0", Actor(ALICE), OPS)
+    done = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS).result
+    assert done.status == "ok", done.summary
+    assert [row[2] for row in archive_rows(database_url)] == entries
+    assert runtime.engine.handle("log verify", Actor(ALICE), OPS).result.status == "ok"
