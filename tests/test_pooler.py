@@ -185,3 +185,16 @@ def test_the_pooler_killed_mid_trim_loses_nothing_and_the_trim_resumes(bouncer, 
     assert redis_client.llen("jobs:dead") == 0
     assert [row[2] for row in archive_rows(database_url)] == entries
     assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
+
+
+def test_check_tells_a_session_mode_pooler_from_a_transaction_mode_one(database_url, tmp_path, make_runtime,
+                                                                       fake_slack, redis_client):
+    from bot.runtime.checks import run_checks
+
+    with PgBouncer(database_url, pool_mode="session", pool_size=4) as session:
+        runtime = pooled_runtime(tmp_path, session.url, make_runtime, fake_slack)
+        found = {c["target"]: c for c in run_checks(runtime).data["checks"]}
+    detail = found["database main"]["detail"]
+    assert found["database main"]["level"] == "ok", detail
+    assert f"pooler: none (a proxy answers on port {session.port} for PostgreSQL's" in detail
+    assert "session mode, or no pooling" in detail

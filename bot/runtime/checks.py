@@ -137,7 +137,7 @@ def _with_notes(detail: str, notes: tuple[str, ...]) -> str:
         return detail
     text = f"{detail}; URL: {'; '.join(notes)}"
     if any("neither libpq nor Prisma" in note for note in notes):
-        raise CheckWarning(text)
+        raise CheckWarning(text.removeprefix("ok, "))
     return text
 
 
