@@ -11,7 +11,7 @@ the same run it measures three baselines:
   * ``redis-benchmark -c 1 -P 100`` of LMOVE on N entries (the server's own limit for one client).
 It prints entries/s for each and the ratios against the targets: unfiltered >= 60% of
 redis-benchmark and >= 5x the pipelines; filtered >= 150,000 entries scanned/s; peak
-RSS < 150 MB. Uses Redis database 12 ($BENCH_REDIS_URL to change), flushed first.
+RSS < 150 MB. Uses Redis database 4 ($BENCH_REDIS_URL to change), flushed first.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
 TYPES = [f"type_{n}" for n in range(10)]  # filtering on one type matches 10%
 
 

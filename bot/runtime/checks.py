@@ -16,11 +16,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+from redis.cluster import RedisCluster
 
 from bot.core.probes import check_services
 from bot.core.result import Result, Section
-from bot.core.group import Check, CheckWarning
+from bot.core.group import Check, CheckWarning, Group
 from bot.runtime.factory import Runtime
+from bot.runtime.redisconn import server_version, where
 from bot.runtime.targets import describe_postgres, first_line
 from bot.store.postgres import connect, database_params, pooler_in_use, state_params
 
@@ -47,8 +49,7 @@ def run_checks(runtime: Runtime) -> Result:
     for name in settings.databases:
         checks.append(Check(f"database {name}", lambda name=name: _database(runtime, name)))
     for group in runtime.groups:  # what each group checks (its queues, its templates, ...)
-        if group.checks is not None:
-            checks += group.checks(runtime)
+        checks += _group_checks(group, runtime)
     with ThreadPoolExecutor(max_workers=min(len(checks) + 1, 16)) as pool:
         services = pool.submit(check_services, settings.services)  # the same probes as `/ops health`
         futures = [(check.target, pool.submit(_timed, check.run)) for check in checks]
@@ -72,6 +73,18 @@ def run_checks(runtime: Runtime) -> Result:
                                                  command="check")
 
 
+def _group_checks(group: Group, runtime: Runtime) -> list[Check]:
+    """A group's checks; a group that cannot even say what to check is one failing line, never the end of `check`."""
+    if group.checks is None:
+        return []
+    try:
+        return list(group.checks(runtime))
+    except Exception as exc:  # noqa: BLE001 - reported as that group's failure
+        def failing(exc: Exception = exc) -> str:
+            raise exc
+        return [Check(f"{group.name} checks", failing)]
+
+
 def _timed(fn: Callable[[], str]) -> tuple[bool | None, str]:
     started = time.perf_counter()
     try:
@@ -87,10 +100,12 @@ def _redis_ping(client) -> str:
     try:
         client.ping()
     except Exception as exc:
-        kwargs = client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-        raise CheckFailed(f"Redis at {where}: {first_line(exc)}") from None
-    return f"ok, Redis {client.info('server').get('redis_version', '?')}"
+        raise CheckFailed(f"Redis at {where(client)}: {first_line(exc)}") from None
+    cluster = isinstance(client, RedisCluster)
+    if not cluster and client.info("cluster").get("cluster_enabled"):
+        raise CheckFailed(f"Redis at {where(client)} is a Redis Cluster node: a redis target on it needs "
+                          "`cluster: true` (opsbot's own state.redis_url needs a single server)")
+    return f"ok, Redis {server_version(client)}" + (" cluster" if cluster else "")
 
 
 def _state_postgres(runtime: Runtime) -> str:

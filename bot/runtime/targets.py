@@ -3,8 +3,8 @@
 Usage::
 
     targets = Targets(settings)
-    targets.redis("main").llen("jobs")
-    with targets.database("main") as conn:       # read-only, statement timeout
+    targets.redis("main").llen("jobs")           # redis.Redis, or redis.RedisCluster (cluster: true)
+    with targets.database("main") as conn:       # read-only, statement timeout (bot/store/postgres.py connects)
         conn.execute("SELECT 1")
 
 Only configured names are accepted: anything else is a CommandError that lists
@@ -24,7 +24,8 @@ from psycopg.conninfo import conninfo_to_dict
 from bot.config.pgurl import pg_params
 from bot.config.settings import Settings
 from bot.core.invocation import BadArgument, CommandError
-from bot.store.postgres import CONNECT_TIMEOUT, connect, database_params, search_path, set_local
+from bot.runtime.redisconn import connect as connect_redis
+from bot.store.postgres import connect, database_params, search_path, set_local
 
 __all__ = ["Targets", "describe_postgres", "first_line"]
 
@@ -54,8 +55,7 @@ class Targets:
             raise BadArgument(f"unknown redis connection {name!r}; configured: {', '.join(self.settings.redis) or 'none'}")
         with self._lock:
             if name not in self._redis:
-                self._redis[name] = redis.Redis.from_url(target.url, socket_timeout=10,
-                                                         socket_connect_timeout=CONNECT_TIMEOUT)
+                self._redis[name] = connect_redis(name, target, self.settings.base_dir)
             return self._redis[name]
 
     @contextmanager

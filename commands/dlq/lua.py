@@ -7,7 +7,8 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE"]
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE",
+           "LEASE_HOLDER"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
 _MATCH = r"""
@@ -219,6 +220,11 @@ LEASE_RENEW = _RUN_ID + r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if string.match(ARGV[1], '|(%x+)$') ~= run_id() then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+# LEASE_HOLDER: KEYS: lease. Returns {value or false, run_id of the server holding the key}.
+LEASE_HOLDER = _RUN_ID + r"""
+return {redis.call('GET', KEYS[1]), run_id()}
 """
 
 LEASE_RELEASE = r"""

@@ -8,6 +8,10 @@ Usage::
     task = queue.start_requeue(Filters(), limit=None, requested_by="U1")
     report = queue.run_requeue(task.id, owner="host:pid", progress=print)
 
+On a Redis Cluster (a ``redis.RedisCluster`` client) the queue's lists must share a hash tag
+and opsbot's own keys for it carry that tag (:mod:`commands.dlq.keys`); a queue whose lists
+hash to different slots is refused when it is opened.
+
 Producers ``LPUSH`` onto the ready list and workers take from the right; dead letters
 are ``LPUSH``ed onto the dead list, so its oldest entry is at the right end. All moves
 happen in Lua scripts (:mod:`commands.dlq.lua`), a bounded batch per call; the task
@@ -24,7 +28,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
+from redis.cluster import RedisCluster
 
+from bot.runtime.redisconn import key_slot
+from commands.dlq.keys import QueueKeys
 from commands.dlq.settings import QueueSettings
 from bot.core.invocation import CommandError
 from commands.dlq import lua
@@ -106,16 +113,15 @@ class RedisListQueue(Refusing):
         self.prefix = prefix
         self.clock = clock
         self.name = settings.name
-        self.task_key = f"{prefix}dlq:task:{self.name}"
-        self.lease_key = f"{prefix}dlq:lease:{self.name}"
-        self.trim_key = f"{prefix}dlq:trim:{self.name}"
+        self.keys = QueueKeys.of(settings, prefix, cluster=isinstance(client, RedisCluster))  # refuses split slots
+        self.task_key, self.lease_key, self.trim_key = self.keys.task, self.keys.lease, self.keys.trim
         self._scan = client.register_script(lua.SCAN)
         self._batch = client.register_script(lua.REQUEUE_BATCH)
         self._restore = client.register_script(lua.RESTORE)
         self.lease = QueueLease(client, self.lease_key, self.name)
 
     def held_key(self, task_id: str) -> str:
-        return f"{self.prefix}dlq:held:{self.name}:{task_id}"
+        return self.keys.held(task_id)
 
     # -- describing -----------------------------------------------------------------------
 
@@ -135,6 +141,9 @@ class RedisListQueue(Refusing):
             if kind not in ("list", "none"):
                 raise CommandError(f"{role} key {key!r} is a Redis {kind}, expected a list")
             parts.append(f"{role} {key!r}: {self.client.llen(key) if kind == 'list' else 0}")
+        if isinstance(self.client, RedisCluster):  # opening the queue checked the names share one slot
+            node = self.client.get_node_from_key(self.settings.dead)
+            parts.append(f"cluster slot {key_slot(self.settings.dead)} on {node.host}:{node.port}")
         return "ok, " + ", ".join(parts)
 
     # -- reading ------------------------------------------------------------------------

@@ -9,6 +9,8 @@ would run against a newer schema (what ``rollback`` needs to know).
 
 from __future__ import annotations
 
+from commands.drift.gauges import migration_gauges
+
 from pathlib import Path
 
 import httpx
@@ -185,4 +187,5 @@ GROUP = Group(
     commands=COMMANDS,
     extends={"databases": {"migrations": (MigrationSource | None, None)}},
     status=status_lines,
+    gauges={"drift": migration_gauges},
 )
