@@ -26,7 +26,7 @@ import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, create_model, model_validator
 
@@ -76,6 +76,7 @@ class StateSettings(_Model):
     prefix: Name = "opsbot:"
     run_migrations: bool = True  # the bot owns its schema: apply pending migrations on first use
     log_secret: SecretStr | None = None  # HMAC key anchoring the action log's head (bot/loganchor.py)
+    database_pooler: Literal["transaction", "session", "none"] | None = None  # as databases.<name>.pooler
 
 
 class RoleSettings(_Model):
@@ -158,11 +159,27 @@ class RedisTarget(_Model):
         return self.tls or self.url.startswith("rediss://") or any((self.ca_file, self.cert_file, self.key_file))
 
 
+Pooler = Literal["transaction", "session", "none"]
+
+
 class DatabaseTarget(_Model):
-    """A PostgreSQL the commands act on (groups may add fields, e.g. ``migrations``)."""
+    """A PostgreSQL the commands act on (groups may add fields, e.g. ``migrations``).
+
+    ``pooler: transaction`` (or ``?pgbouncer=true`` in the URL) is for PgBouncer/Supavisor/RDS Proxy in
+    transaction mode: no prepared statements, only transaction-scoped settings and locks. ``username``,
+    ``password``, ``sslmode``/``tls``, ``ca_file``, ``cert_file``, ``key_file`` override the URL's.
+    """
 
     url: PostgresUrl
     statement_timeout: Duration = 10.0
+    pooler: Pooler | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False  # sslmode require (verify-full with ca_file) unless sslmode is set
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class MetricNames(_Model):

@@ -49,7 +49,7 @@ def _fetch_json(source: MigrationSource) -> object:
 
 def _folder(settings: Settings, source: MigrationSource) -> Path:
     folder = Path(settings.base_dir, source.source)
-    if not folder.is_dir():
+    if not (folder.is_dir() or (source.tool == "alembic" and folder.is_file() and folder.suffix == ".ini")):
         raise CommandError(f"migrations folder {source.source!r} not found (looked in {folder})")
     return folder
 
