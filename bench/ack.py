@@ -11,7 +11,7 @@ PostgreSQL. Each server gets a warm-up, then N signed `/ops help` requests at th
 given concurrency, in interleaved rounds. The script prints p50/p99 ack latency per round
 and the median p99 ratio (target: <= 1.5), and checks every result was delivered.
 
-Needs Redis (database 14 is flushed and used; $BENCH_REDIS_URL to change) and PostgreSQL
+Needs Redis (database 5 is flushed and used; $BENCH_REDIS_URL to change) and PostgreSQL
 ($DATABASE_URL) on loopback.
 """
 
@@ -58,16 +58,21 @@ def serve_bare(port: int, api_url: str) -> None:
     server.run()
 
 
-def start(command: list[str], env: dict) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, 0
+LOGS: dict[int, Path] = {}  # server pid → its stderr, in a file: a pipe nobody reads would block a chatty server
+
+
+def launch(command: list[str], env: dict, log: Path, **options) -> subprocess.Popen:
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True, **options)
+    LOGS[proc.pid] = log
+    return proc
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()}")
+            raise SystemExit(f"server exited: {LOGS[proc.pid].read_text()}")
         try:
             httpx.post(url, timeout=1)
             return
@@ -85,9 +90,10 @@ def free_port() -> int:
 
 
 def body_for(index: int, response_url: str) -> str:
+    """A signed ``/ops help`` as Slack sends it; each command has its own response_url (Slack's take 5 posts)."""
     return urlencode({
         "team_id": "T1", "channel_id": "C1", "channel_name": "ops", "user_id": f"U{index % 7}", "command": "/ops",
-        "text": "help", "response_url": response_url, "trigger_id": f"bench-{time.time_ns()}-{index}",
+        "text": "help", "response_url": f"{response_url}-{index}", "trigger_id": f"bench-{time.time_ns()}-{index}",
     })
 
 
@@ -143,7 +149,7 @@ def main() -> int:
         config.write_text((ROOT / "app.yaml").read_text())
         env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.api_url,
                "RUN_MIGRATIONS": "true", "OPSBOT_CONFIG": str(config), "LOG_LEVEL": "ERROR"}
-        env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+        env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
         import redis
 
         redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the benchmark's own database
@@ -153,13 +159,13 @@ def main() -> int:
         urls: dict[str, list[str]] = {"bare Bolt app": [], "opsbot serve": []}
         for _ in range(args.replicas):
             bare_port, bot_port = free_port(), free_port()
-            servers["bare Bolt app"].append(subprocess.Popen(
+            servers["bare Bolt app"].append(launch(
                 [sys.executable, __file__, "--serve-bare", str(bare_port), "--api-url", slack.api_url],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-            servers["opsbot serve"].append(subprocess.Popen(
+                env, Path(tmp, f"bare-{bare_port}.log")))
+            servers["opsbot serve"].append(launch(
                 [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(bot_port),
                  "--threads", str(THREADS), "--worker-nice", str(args.worker_nice)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT))
+                env, Path(tmp, f"opsbot-{bot_port}.log"), cwd=ROOT))
             urls["bare Bolt app"].append(f"http://127.0.0.1:{bare_port}/slack/events")
             urls["opsbot serve"].append(f"http://127.0.0.1:{bot_port}/slack/events")
         everything = [proc for procs in servers.values() for proc in procs]
@@ -167,22 +173,22 @@ def main() -> int:
             for name in urls:
                 for url, proc in zip(urls[name], servers[name]):
                     wait_ready(url, proc)
-            for targets in urls.values():  # warm-up
-                load(targets, slack.response_url("warmup"), 50, args.concurrency)
+            for name, targets in urls.items():  # warm-up
+                load(targets, slack.response_url(f"warmup-{name.replace(' ', '-')}"), 50, args.concurrency)
             rounds: list[dict[str, tuple[float, float, int]]] = []
-            for _ in range(args.rounds):  # interleaved, so both servers see the same machine noise
+            for number in range(args.rounds):  # interleaved, so both servers see the same machine noise
                 figures = {}
                 for name, targets in urls.items():
                     time.sleep(0.5)
-                    latencies, errors = load(targets, slack.response_url(name.replace(" ", "-")), args.requests,
+                    latencies, errors = load(targets, slack.response_url(f"{name.replace(' ', '-')}-{number}"), args.requests,
                                              args.concurrency)
                     figures[name] = (percentile(latencies, 50), percentile(latencies, 99), errors)
                 rounds.append(figures)
             started = time.monotonic()
             expected = args.requests * args.rounds
-            while slack.count("response/opsbot-serve") < expected and time.monotonic() - started < 120:
+            while slack.count("response/opsbot-serve-") < expected and time.monotonic() - started < 120:
                 time.sleep(0.2)
-            delivered = slack.count("response/opsbot-serve")
+            delivered = slack.count("response/opsbot-serve-")
             drained = time.monotonic() - started
         finally:
             for proc in [*everything, fake]:
@@ -219,8 +225,10 @@ class _Remote:
     def response_url(self, key: str) -> str:
         return f"{self.base}/response/{key}"
 
-    def count(self, method: str) -> int:
-        return httpx.get(self.base + "/_stats", timeout=5).json().get(method, 0)
+    def count(self, prefix: str) -> int:
+        """Calls to methods starting with ``prefix`` (every command's own response_url)."""
+        stats = httpx.get(self.base + "/_stats", timeout=5).json()
+        return sum(number for method, number in stats.items() if method.startswith(prefix))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from bot.config.settings import StateSettings  # noqa: E402
 from bot.store.state import State  # noqa: E402
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/10")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
 PAYLOAD = {"command": "dlq requeue", "text": "dlq requeue jobs --type send_email --limit 300", "channel": "C0123",
            "thread_ts": None, "local_admin": False, "pending_id": "p-0123456789abcdef"}
 

@@ -77,7 +77,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
     config = folder / "app.yaml"
     config.write_text(
-        "state: {redis_url: 'redis://127.0.0.1:6379/11', database_url: '${BENCH_DATABASE_URL}', run_migrations: true}\n"
+        "state: {redis_url: 'redis://127.0.0.1:6379/3', database_url: '${BENCH_DATABASE_URL}', run_migrations: true}\n"
         "databases: {main: {url: '${BENCH_DATABASE_URL}'}}\n")
     for size in (int(s) for s in args.sizes.split(",")):
         print(f"\n== {size:,} rows, 4 tenants")

@@ -12,7 +12,9 @@ the same run it measures three baselines:
   * ``redis-benchmark -c 1 -P 100`` of LMOVE on N entries (the server's own limit for one client).
 It prints entries/s for each and the ratios against the targets: unfiltered >= 60% of
 redis-benchmark and >= 5x the pipelines; filtered >= 150,000 entries scanned/s; peak
-RSS < 150 MB. Uses Redis database 12 ($BENCH_REDIS_URL to change), flushed first.
+RSS < 150 MB. Uses Redis database 4 ($BENCH_REDIS_URL to change), flushed first.
+
+``--sidekiq``: Sidekiq's dead set instead, against Sidekiq's own ``retry_all`` (bench/requeue_sidekiq.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
 TYPES = [f"type_{n}" for n in range(10)]  # filtering on one type matches 10%
 
 
@@ -119,6 +121,10 @@ def redis_benchmark(client: redis.Redis, count: int) -> float:
 
 
 def main() -> int:
+    if "--sidekiq" in sys.argv:  # Sidekiq's dead set vs DeadSet#retry_all, on a redis-server of its own
+        from bench.requeue_sidekiq import main as sidekiq_main
+
+        return sidekiq_main([a for a in sys.argv[1:] if a != "--sidekiq"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from bot.core.group import Group, registry_of
 from bot.core.registry import Registry
-from commands import audit, dlq, drift, email, health, incident, log, rollback, runbook
+from commands import alerts, audit, dlq, drift, email, health, incident, log, rollback, runbook, schedule
 from commands import help as help_commands
 
 __all__ = ["GROUPS", "build_registry"]
 
 GROUPS: list[Group] = [help_commands.GROUP, runbook.GROUP, dlq.GROUP, email.GROUP, health.GROUP, audit.GROUP,
-                       log.GROUP, drift.GROUP, rollback.GROUP, incident.GROUP]
+                       log.GROUP, drift.GROUP, rollback.GROUP, incident.GROUP, alerts.GROUP, schedule.GROUP]
 
 
 def build_registry(groups: list[Group] | None = None) -> Registry:

@@ -90,6 +90,34 @@ def redis_client():
     client.close()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 3-node Redis Cluster of the session's own (tests/support/redisplus.py), stopped by PID at the end.
+
+    Its folders are the session's, not the first test's (which must leave no temporary files)."""
+    from tests.support.redisplus import RedisClusterServers
+
+    before, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster = RedisClusterServers()
+    finally:
+        tempfile.tempdir = before
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["server", "cluster"])
+def dlq_layout(request, redis_client):
+    """The dlq scenarios' queue on the test Redis (jobs / jobs:dead) and on a Redis Cluster ({jobs} / {jobs}:dead)."""
+    from tests.support.dlqlayout import QueueLayout
+
+    if request.param == "server":
+        yield QueueLayout.server(redis_client, REDIS_URL)
+        return
+    with QueueLayout.cluster_test(request.getfixturevalue("redis_cluster")) as layout:
+        yield layout
+
+
 @pytest.fixture
 def fake_slack():
     """A fake Slack as strict as Slack: a test that made it refuse anything (not ``allow()``-ed) fails."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-GROUP_NAMES = ("dlq", "audit", "incident", "email", "drift", "rollback", "health", "runbook", "log", "help")
+GROUP_NAMES = ("dlq", "audit", "incident", "email", "drift", "rollback", "health", "runbook", "log", "help", "alerts")
 FRAMEWORK = [path for path in (REPO / "bot").rglob("*.py") if "demo" not in path.relative_to(REPO / "bot").parts]
 OURS = sorted((REPO / "bot").rglob("*.py")) + sorted((REPO / "commands").rglob("*.py"))
 

@@ -167,7 +167,7 @@ def test_a_bad_redis_url_says_what_a_good_one_looks_like(tmp_path, url, message)
     ("postgres//app:hunter2@db/app", "not a PostgreSQL URL or connection string"),
     ("mysql://app:hunter2@db/app", "not a PostgreSQL URL: the scheme must be postgresql:// or postgres://"),
     ("postgresql://app:hunter2@db:99999/app", "not a valid PostgreSQL URL: the host or port is malformed"),
-    ("postgresql://app:hunter2@db/app?nonsense=1", "not a valid PostgreSQL URL (percent-encode special characters)"),
+    ("postgresql://app:hunter2@db/app?host=%zz", "not a valid PostgreSQL URL (percent-encode special characters)"),
     ("host=db password=hunter2 bogus=1", "not a valid PostgreSQL connection string"),
     ("host=db port=x password=hunter2", "not a valid PostgreSQL connection string: the port must be a number"),
 ])

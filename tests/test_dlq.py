@@ -30,15 +30,21 @@ def requeue(runtime, text, user=ALICE):
 
 
 @pytest.fixture
-def two_queues(tmp_path, database_url, make_runtime, fake_slack, redis_client):
-    return two_queues_runtime(tmp_path, database_url, make_runtime, fake_slack)
+def q(dlq_layout):
+    """The queue's Redis and names: the scenarios below run on one server and on a Redis Cluster."""
+    return dlq_layout
+
+
+@pytest.fixture
+def two_queues(tmp_path, database_url, make_runtime, fake_slack, q):
+    return two_queues_runtime(tmp_path, database_url, make_runtime, fake_slack, q)
 
 
 # -- status and peek ------------------------------------------------------------------------
 
-def test_status_shows_ready_and_dead_depth_of_every_queue(two_queues, redis_client):
-    kill(redis_client, [dead_letter(i, failed_ago=7200 - i) for i in range(12)])
-    redis_client.lpush("step.ready", "a", "b")
+def test_status_shows_ready_and_dead_depth_of_every_queue(two_queues, q):
+    kill(q.client, [dead_letter(i, failed_ago=7200 - i) for i in range(12)], q.dead)
+    q.client.lpush(q.step_ready, "a", "b")
 
     result = run(two_queues, "dlq status").result
 
@@ -49,21 +55,21 @@ def test_status_shows_ready_and_dead_depth_of_every_queue(two_queues, redis_clie
     assert "oldest 2h" in str(result.sections)
 
 
-def test_unknown_queue_and_wrong_key_type_are_refused_clearly(two_queues, redis_client):
+def test_unknown_queue_and_wrong_key_type_are_refused_clearly(two_queues, q):
     unknown = run(two_queues, "dlq peek nope").result
     assert unknown.status == "error" and "unknown queue 'nope'; configured: jobs, step" in unknown.summary
 
-    redis_client.set("jobs:dead", "oops")
+    q.client.set(q.dead, "oops")
     wrong = run(two_queues, "dlq status jobs").result
-    assert wrong.status == "error" and "dead key 'jobs:dead' of queue 'jobs' is a Redis string, not a list" in wrong.summary
+    assert wrong.status == "error" and f"dead key {q.dead!r} of queue 'jobs' is a Redis string, not a list" in wrong.summary
 
 
-def test_peek_shows_oldest_first_grouped_with_filters(two_queues, redis_client):
+def test_peek_shows_oldest_first_grouped_with_filters(two_queues, q):
     now = time.time()
-    kill(redis_client, [dead_letter(i, failed_ago=10000 - i * 100, now=now) for i in range(30)] + [BINARY])
+    kill(q.client, [dead_letter(i, failed_ago=10000 - i * 100, now=now) for i in range(30)] + [BINARY], q.dead)
 
     everything_view = run(two_queues, "dlq peek --limit 3").result
-    assert everything_view.summary == "31 of 31 dead letters in `jobs:dead` match all entries"
+    assert everything_view.summary == f"31 of 31 dead letters in `{q.dead}` match all entries"
     assert [e.get("id") for e in everything_view.data["entries"]] == ["job-0", "job-1", "job-2"]
     assert everything_view.data["by_type"] == {"send_email": 10, "render_pdf": 10, "sync_crm": 10, "(opaque)": 1}
     assert everything_view.data["opaque"] == 1
@@ -77,61 +83,61 @@ def test_peek_shows_oldest_first_grouped_with_filters(two_queues, redis_client):
     assert sorted(e["id"] for e in by_id.data["entries"]) == ["job-4", "job-9"]
 
 
-def test_opaque_entries_are_shown_as_bytes_never_dropped(two_queues, redis_client):
-    kill(redis_client, [BINARY])
+def test_opaque_entries_are_shown_as_bytes_never_dropped(two_queues, q):
+    kill(q.client, [BINARY], q.dead)
     result = run(two_queues, "dlq peek").result
     assert result.data["entries"] == [{"opaque": True, "bytes": len(BINARY), "hex": BINARY.hex()}]
 
 
-def test_peek_redacts_secrets_in_payloads(two_queues, redis_client):
+def test_peek_redacts_secrets_in_payloads(two_queues, q):
     from bot.render.text import to_text
 
-    kill(redis_client, [dead_letter(1)])
+    kill(q.client, [dead_letter(1)], q.dead)
     text = to_text(run(two_queues, "dlq peek").result)
     assert "hunter2" not in text and "[redacted]" in text
 
 
 # -- requeue --------------------------------------------------------------------------------
 
-def test_unfiltered_requeue_moves_everything_oldest_first_byte_for_byte(two_queues, redis_client):
+def test_unfiltered_requeue_moves_everything_oldest_first_byte_for_byte(two_queues, q):
     entries = [dead_letter(i) for i in range(40)] + [BINARY]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
 
     done = requeue(two_queues, "dlq requeue")
 
     assert done.result.status == "ok" and done.result.data["moved"] == 41
-    assert redis_client.llen("jobs:dead") == 0
+    assert q.client.llen(q.dead) == 0
     # Workers take from the right: the oldest dead letter is the next job.
-    assert list(reversed(redis_client.lrange("jobs", 0, -1))) == entries
+    assert list(reversed(q.client.lrange(q.ready, 0, -1))) == entries
 
 
-def test_filtered_requeue_leaves_the_rest_in_their_original_order(two_queues, redis_client):
+def test_filtered_requeue_leaves_the_rest_in_their_original_order(two_queues, q):
     entries = [dead_letter(i) for i in range(50)] + [BINARY]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
 
     done = requeue(two_queues, "dlq requeue --type render_pdf")
 
     moved = [e for e in entries if b'"render_pdf"' in e]
     assert done.result.data["moved"] == len(moved) == 17
-    assert list(reversed(redis_client.lrange("jobs", 0, -1))) == moved
-    assert oldest_first(redis_client, "jobs:dead") == [e for e in entries if e not in moved]
-    assert redis_client.keys("opsbot:dlq:held:*") == []
+    assert list(reversed(q.client.lrange(q.ready, 0, -1))) == moved
+    assert oldest_first(q.client, q.dead) == [e for e in entries if e not in moved]
+    assert q.held_keys() == []
 
 
-def test_limit_is_honoured_and_the_rest_stay_in_order(two_queues, redis_client):
+def test_limit_is_honoured_and_the_rest_stay_in_order(two_queues, q):
     entries = [dead_letter(i) for i in range(30)]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
 
     done = requeue(two_queues, "dlq requeue --type send_email --limit 4")
 
     emails = [e for e in entries if b'"send_email"' in e]
     assert done.result.data["moved"] == 4
-    assert list(reversed(redis_client.lrange("jobs", 0, -1))) == emails[:4]
-    assert oldest_first(redis_client, "jobs:dead") == [e for e in entries if e not in emails[:4]]
+    assert list(reversed(q.client.lrange(q.ready, 0, -1))) == emails[:4]
+    assert oldest_first(q.client, q.dead) == [e for e in entries if e not in emails[:4]]
 
 
-def test_rate_is_honoured(two_queues, redis_client):
-    kill(redis_client, [dead_letter(i) for i in range(30)])
+def test_rate_is_honoured(two_queues, q):
+    kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
     started = time.monotonic()
 
     done = requeue(two_queues, "dlq requeue --rate 20")
@@ -140,16 +146,19 @@ def test_rate_is_honoured(two_queues, redis_client):
     assert time.monotonic() - started >= 1.3  # 30 entries at 20/s cannot finish sooner
 
 
-def test_dead_letters_arriving_during_a_requeue_are_not_taken(two_queues, redis_client):
+def test_dead_letters_arriving_during_a_requeue_are_not_taken(two_queues, q):
     entries = [dead_letter(i) for i in range(60)]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
     preview = run(two_queues, "dlq requeue --rate 40")
     arrivals = [dead_letter(1000 + i) for i in range(10)]
 
-    def more_deaths():
+    def more_deaths():  # once the requeue is running (it holds the lease), not while it is being confirmed
+        deadline = time.monotonic() + 10
+        while not q.client.exists(q.lease) and time.monotonic() < deadline:
+            time.sleep(0.01)
         for entry in arrivals:
             time.sleep(0.05)
-            redis_client.lpush("jobs:dead", entry)
+            q.client.lpush(q.dead, entry)
 
     thread = threading.Thread(target=more_deaths)
     thread.start()
@@ -157,18 +166,18 @@ def test_dead_letters_arriving_during_a_requeue_are_not_taken(two_queues, redis_
     thread.join()
 
     assert done.result.data["moved"] == 60
-    assert sorted(redis_client.lrange("jobs:dead", 0, -1)) == sorted(arrivals)
-    assert everything(redis_client, "jobs", "jobs:dead") == Counter(entries + arrivals)
+    assert sorted(q.client.lrange(q.dead, 0, -1)) == sorted(arrivals)
+    assert everything(q.client, q.ready, q.dead) == Counter(entries + arrivals)
 
 
-def test_a_second_requeue_is_told_one_is_running_with_its_progress(two_queues, redis_client):
-    kill(redis_client, [dead_letter(i) for i in range(40)])
+def test_a_second_requeue_is_told_one_is_running_with_its_progress(two_queues, q):
+    kill(q.client, [dead_letter(i) for i in range(40)], q.dead)
     preview = run(two_queues, "dlq requeue --rate 20")
     thread = threading.Thread(target=two_queues.engine.confirm, args=(preview.pending.id, Actor(ALICE), OPS))
     thread.start()
     try:
         deadline = time.monotonic() + 5
-        while not redis_client.exists("opsbot:dlq:lease:jobs") and time.monotonic() < deadline:
+        while not q.client.exists(q.lease) and time.monotonic() < deadline:
             time.sleep(0.02)
         second = run(two_queues, "dlq requeue", user=BOB)
     finally:
@@ -180,9 +189,9 @@ def test_a_second_requeue_is_told_one_is_running_with_its_progress(two_queues, r
     assert second.result.buttons[0].value == "dlq cancel jobs"
 
 
-def test_cancel_stops_a_running_requeue_and_puts_the_rest_back_in_order(two_queues, redis_client):
+def test_cancel_stops_a_running_requeue_and_puts_the_rest_back_in_order(two_queues, q):
     entries = [dead_letter(i) for i in range(60)]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
     preview = run(two_queues, "dlq requeue --type send_email --rate 10")
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(
@@ -199,32 +208,32 @@ def test_cancel_stops_a_running_requeue_and_puts_the_rest_back_in_order(two_queu
     moved = done.data["moved"]
     assert 0 < moved < 20
     emails = [e for e in entries if b'"send_email"' in e]
-    assert list(reversed(redis_client.lrange("jobs", 0, -1))) == emails[:moved]
-    assert oldest_first(redis_client, "jobs:dead") == [e for e in entries if e not in emails[:moved]]
+    assert list(reversed(q.client.lrange(q.ready, 0, -1))) == emails[:moved]
+    assert oldest_first(q.client, q.dead) == [e for e in entries if e not in emails[:moved]]
 
 
-def test_confirm_is_refused_when_matching_grew_more_than_ten_percent(two_queues, redis_client):
-    kill(redis_client, [dead_letter(i, type_="send_email") for i in range(20)])
+def test_confirm_is_refused_when_matching_grew_more_than_ten_percent(two_queues, q):
+    kill(q.client, [dead_letter(i, type_="send_email") for i in range(20)], q.dead)
     preview = run(two_queues, "dlq requeue --type send_email")
-    kill(redis_client, [dead_letter(100 + i, type_="send_email") for i in range(2)])  # +10%: still fine
+    kill(q.client, [dead_letter(100 + i, type_="send_email") for i in range(2)], q.dead)  # +10%: still fine
     assert two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS).kind == "result"
 
-    kill(redis_client, [dead_letter(200 + i, type_="send_email") for i in range(10)])
+    kill(q.client, [dead_letter(200 + i, type_="send_email") for i in range(10)], q.dead)
     preview = run(two_queues, "dlq requeue --type send_email")
-    kill(redis_client, [dead_letter(300 + i, type_="send_email") for i in range(2)])  # +20%
+    kill(q.client, [dead_letter(300 + i, type_="send_email") for i in range(2)], q.dead)  # +20%
     refused = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
     assert refused.kind == "refused"
     assert refused.result.data["plan"]["matching"] == 12
-    assert redis_client.llen("jobs:dead") == 12
+    assert q.client.llen(q.dead) == 12
 
 
-def test_nothing_to_requeue_needs_no_confirmation(two_queues, redis_client):
+def test_nothing_to_requeue_needs_no_confirmation(two_queues, q):
     outcome = run(two_queues, "dlq requeue --type nothing_like_this")
     assert outcome.kind == "result" and outcome.result.summary.startswith("Nothing to requeue")
 
 
-def test_progress_is_reported_with_a_cancel_button(two_queues, redis_client):
-    kill(redis_client, [dead_letter(i) for i in range(30)])
+def test_progress_is_reported_with_a_cancel_button(two_queues, q):
+    kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
     seen = []
     preview = run(two_queues, "dlq requeue --rate 30")
     two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS, progress=seen.append)
@@ -245,10 +254,10 @@ def test_redis_down_gives_a_clear_message(tmp_path, database_url, make_runtime, 
 
 # -- the backend directly: task state ---------------------------------------------------------
 
-def test_an_interrupted_requeue_resumes_from_its_task_state(two_queues, redis_client):
+def test_an_interrupted_requeue_resumes_from_its_task_state(two_queues, q):
     entries = [dead_letter(i) for i in range(50)]
-    kill(redis_client, entries)
-    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), redis_client)
+    kill(q.client, entries, q.dead)
+    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), q.client)
     task = queue.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=17, requested_by=ALICE)
     calls = {"n": 0}
 
@@ -258,8 +267,8 @@ def test_an_interrupted_requeue_resumes_from_its_task_state(two_queues, redis_cl
 
     first = queue.run_requeue(task.id, owner="a", batch=7, should_stop=stop_after_two_batches)
     assert first.outcome == "interrupted" and first.task.status == "running"
-    assert first.task.scanned == 14 and redis_client.llen(queue.held_key(task.id)) > 0
-    assert everything(redis_client, "jobs", "jobs:dead") == Counter(entries)  # held entries counted too
+    assert first.task.scanned == 14 and q.client.llen(queue.held_key(task.id)) > 0
+    assert everything(q.client, q.ready, q.dead) == Counter(entries)  # held entries counted too
 
     plan = run(two_queues, "dlq requeue")
     assert plan.kind == "preview" and "resume the interrupted requeue" in plan.result.summary
@@ -267,8 +276,8 @@ def test_an_interrupted_requeue_resumes_from_its_task_state(two_queues, redis_cl
 
     crm = [e for e in entries if b'"sync_crm"' in e]
     assert done.result.data["moved"] == len(crm)
-    assert list(reversed(redis_client.lrange("jobs", 0, -1))) == crm
-    assert oldest_first(redis_client, "jobs:dead") == [e for e in entries if e not in crm]
+    assert list(reversed(q.client.lrange(q.ready, 0, -1))) == crm
+    assert oldest_first(q.client, q.dead) == [e for e in entries if e not in crm]
 
 
 # -- trim -----------------------------------------------------------------------------------
@@ -280,24 +289,24 @@ def archived(database_url) -> list[tuple]:
         return conn.execute("SELECT task_id, ordinal, queue, entry FROM opsbot.dlq_archive ORDER BY ordinal").fetchall()
 
 
-def test_trim_archives_what_it_drops_and_keeps_the_newest(two_queues, redis_client, database_url):
+def test_trim_archives_what_it_drops_and_keeps_the_newest(two_queues, q, database_url):
     entries = [dead_letter(i) for i in range(23)] + [BINARY]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
 
     preview = run(two_queues, "dlq trim")  # keep: 5 from the queue's settings
     assert preview.result.data["plan"] == {"queue": "jobs", "keep": 5, "to_drop": 19, "dead": 24, "matching": 19}
     done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
 
     assert done.result.status == "ok" and done.result.data["dropped"] == 19
-    assert oldest_first(redis_client, "jobs:dead") == entries[19:]
+    assert oldest_first(q.client, q.dead) == entries[19:]
     rows = archived(database_url)
     assert [bytes(r[3]) for r in rows] == entries[:19] and [r[1] for r in rows] == list(range(19))
 
 
-def test_trim_survives_a_crash_between_archive_and_removal(two_queues, redis_client, database_url):
+def test_trim_survives_a_crash_between_archive_and_removal(two_queues, q, database_url):
     entries = [dead_letter(i) for i in range(30)]
-    kill(redis_client, entries)
-    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), redis_client)
+    kill(q.client, entries, q.dead)
+    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), q.client)
     import psycopg
 
     def archive(task_id, first, batch):
@@ -311,20 +320,20 @@ def test_trim_survives_a_crash_between_archive_and_removal(two_queues, redis_cli
 
     with pytest.raises(SystemExit):
         queue.run_trim(keep=4, archive=archive, batch=8)
-    assert redis_client.llen("jobs:dead") == 22  # one batch removed, the second archived but still there
+    assert q.client.llen(q.dead) == 22  # one batch removed, the second archived but still there
 
     preview = run(two_queues, "dlq trim jobs --keep 4")
     done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
 
     assert done.result.data["dropped"] == 26
-    assert oldest_first(redis_client, "jobs:dead") == entries[26:]
+    assert oldest_first(q.client, q.dead) == entries[26:]
     rows = archived(database_url)
     assert [bytes(r[3]) for r in rows] == entries[:26]          # each exactly once
     assert len({r[0] for r in rows}) == 1                       # one task, resumed
 
 
-def test_trim_with_nothing_to_drop(two_queues, redis_client):
-    kill(redis_client, [dead_letter(i) for i in range(3)])
+def test_trim_with_nothing_to_drop(two_queues, q):
+    kill(q.client, [dead_letter(i) for i in range(3)], q.dead)
     outcome = run(two_queues, "dlq trim")
     assert outcome.kind == "result" and outcome.result.summary.startswith("Nothing to trim")
 
@@ -343,3 +352,19 @@ def test_a_dead_letter_reads_well_at_3am(runtime, redis_client):
     assert "attempts=None" not in text and "failedAt=" not in text
     assert "job-1  send_email  failed " in text and " UTC (2h" in text
     assert "job-2  send_email  failed at 'yesterday' (not a time opsbot reads)" in text
+
+
+def test_dead_letters_arriving_between_preview_and_confirm_change_the_plan_and_nothing_moves(two_queues, q):
+    entries = [dead_letter(i) for i in range(30)]
+    kill(q.client, entries, q.dead)
+    preview = run(two_queues, "dlq requeue")
+    arrivals = [dead_letter(1000 + i) for i in range(5)]
+    for entry in arrivals:
+        q.client.lpush(q.dead, entry)
+    again = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert again.kind == "refused" and "requeue 35 of 35" in again.result.summary  # the new plan, to confirm again
+    assert q.client.llen(q.ready) == 0 and q.client.llen(q.dead) == 35
+    done = two_queues.engine.confirm(again.pending.id, Actor(ALICE), OPS)
+    assert done.result.data["moved"] == 35
+    assert everything(q.client, q.ready, q.dead) == Counter(entries + arrivals)

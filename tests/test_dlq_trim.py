@@ -17,8 +17,14 @@ from commands.dlq.settings import find_queue
 
 
 @pytest.fixture
-def two_queues(tmp_path, database_url, make_runtime, fake_slack, redis_client):
-    return two_queues_runtime(tmp_path, database_url, make_runtime, fake_slack)
+def q(dlq_layout):
+    """The queue's Redis and names: the scenarios below run on one server and on a Redis Cluster."""
+    return dlq_layout
+
+
+@pytest.fixture
+def two_queues(tmp_path, database_url, make_runtime, fake_slack, q):
+    return two_queues_runtime(tmp_path, database_url, make_runtime, fake_slack, q)
 
 
 # -- trim: interrupted, resumed, replaced; one task per queue ---------------------------------
@@ -58,13 +64,13 @@ def interrupted_trim(runtime, redis_client, keep: int, commits: int):
 
 
 def test_an_interrupted_trim_is_shown_and_a_different_keep_replaces_it_never_dropping_more(
-        two_queues, redis_client, database_url):
+        two_queues, q, database_url):
     from tests.support.dlq import archive_rows, assert_exactly_once
 
     entries = [dead_letter(i) for i in range(154)]
-    kill(redis_client, entries)
-    interrupted_trim(two_queues, redis_client, keep=1, commits=3)   # 14 removed, 7 archived but still there
-    assert redis_client.llen("jobs:dead") == 140 and len(archive_rows(database_url)) == 21
+    kill(q.client, entries, q.dead)
+    interrupted_trim(two_queues, q.client, keep=1, commits=3)   # 14 removed, 7 archived but still there
+    assert q.client.llen(q.dead) == 140 and len(archive_rows(database_url)) == 21
 
     status = run(two_queues, "dlq status jobs").result
     assert status.data["queues"][0]["trim"] == {"id": status.data["queues"][0]["trim"]["id"], "keep": 1,
@@ -77,25 +83,25 @@ def test_an_interrupted_trim_is_shown_and_a_different_keep_replaces_it_never_dro
     assert "replace the interrupted trim (keep 1, 14 of 153 dropped)" in preview.result.summary
     assert (plan["to_drop"], plan["keep"], plan["dead"]) == (60, 80, 140) and plan["replaces"]
     newer = [dead_letter(1000 + i) for i in range(5)]     # +5 before the click: within the 10% bound
-    kill(redis_client, newer)
+    kill(q.client, newer, q.dead)
 
     done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS).result
 
     assert done.status == "ok" and done.data["dropped_now"] == 60, done.summary   # not 65, not 139
     assert done.data["abandoned"] == plan["replaces"] and "was abandoned" in done.summary
-    assert redis_client.llen("jobs:dead") == 85
-    assert oldest_first(redis_client, "jobs:dead") == entries[74:] + newer
-    assert_exactly_once(redis_client, database_url, Counter(entries + newer), "jobs", "jobs:dead")
+    assert q.client.llen(q.dead) == 85
+    assert oldest_first(q.client, q.dead) == entries[74:] + newer
+    assert_exactly_once(q.client, database_url, Counter(entries + newer), q.ready, q.dead)
     assert [r[2] for r in archive_rows(database_url) if r[0] == plan["replaces"]] == entries[:14]
     assert "trim" not in str(run(two_queues, "dlq status jobs").result.sections)
 
 
-def test_an_interrupted_trim_resumes_with_its_confirmed_size(two_queues, redis_client, database_url):
+def test_an_interrupted_trim_resumes_with_its_confirmed_size(two_queues, q, database_url):
     from tests.support.dlq import assert_exactly_once
 
     entries = [dead_letter(i) for i in range(60)]
-    kill(redis_client, entries)
-    interrupted_trim(two_queues, redis_client, keep=20, commits=2)   # 7 removed, 7 archived but still there
+    kill(q.client, entries, q.dead)
+    interrupted_trim(two_queues, q.client, keep=20, commits=2)   # 7 removed, 7 archived but still there
 
     preview = run(two_queues, "dlq trim --keep 20")
     assert "resume the interrupted trim" in preview.result.summary
@@ -103,42 +109,42 @@ def test_an_interrupted_trim_resumes_with_its_confirmed_size(two_queues, redis_c
     done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS).result
 
     assert done.status == "ok" and (done.data["dropped"], done.data["dropped_now"]) == (40, 33)
-    assert oldest_first(redis_client, "jobs:dead") == entries[40:]
-    assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
+    assert oldest_first(q.client, q.dead) == entries[40:]
+    assert_exactly_once(q.client, database_url, Counter(entries), q.ready, q.dead)
 
 
-def test_keep_zero_trims_everything_through_the_engine(two_queues, redis_client, database_url):
+def test_keep_zero_trims_everything_through_the_engine(two_queues, q, database_url):
     from tests.support.dlq import archive_rows
 
     entries = [dead_letter(i) for i in range(12)] + [BINARY]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
     preview = run(two_queues, "dlq trim jobs --keep 0")
     assert preview.pending.text == "dlq trim jobs --keep 0"
     assert preview.result.data["plan"]["keep"] == 0 and preview.result.data["plan"]["to_drop"] == 13
     done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS).result
     assert done.status == "ok" and done.data["dropped"] == 13
-    assert redis_client.llen("jobs:dead") == 0
+    assert q.client.llen(q.dead) == 0
     assert [r[2] for r in archive_rows(database_url)] == entries
 
 
-def _holding_the_lease(redis_client, timeout=5.0):
+def _holding_the_lease(q, timeout=5.0):
     deadline = time.monotonic() + timeout
-    while not redis_client.exists("opsbot:dlq:lease:jobs") and time.monotonic() < deadline:
+    while not q.client.exists(q.lease) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert redis_client.exists("opsbot:dlq:lease:jobs")
+    assert q.client.exists(q.lease)
 
 
-def test_a_trim_waits_for_a_running_requeue_and_a_requeue_for_a_running_trim(two_queues, redis_client,
+def test_a_trim_waits_for_a_running_requeue_and_a_requeue_for_a_running_trim(two_queues, q,
                                                                               database_url):
     from tests.support.dlq import assert_exactly_once
 
     entries = [dead_letter(i) for i in range(40)]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
     preview = run(two_queues, "dlq requeue --rate 40")
     thread = threading.Thread(target=two_queues.engine.confirm, args=(preview.pending.id, Actor(ALICE), OPS))
     thread.start()
     try:
-        _holding_the_lease(redis_client)
+        _holding_the_lease(q)
         refused = run(two_queues, "dlq trim --keep 0", user=BOB)
     finally:
         run(two_queues, "dlq cancel")
@@ -157,27 +163,27 @@ def test_a_trim_waits_for_a_running_requeue_and_a_requeue_for_a_running_trim(two
             time.sleep(0.1)
             self.archive(*args)
 
-    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), redis_client)
+    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), q.client)
     trimming = threading.Thread(target=queue.run_trim, kwargs=dict(keep=0, archive=Slow(trim_archive(two_queues)),
                                                                    batch=3))
     trimming.start()
     try:
-        _holding_the_lease(redis_client)
+        _holding_the_lease(q)
         second = run(two_queues, "dlq requeue", user=BOB)
         third = run(two_queues, "dlq trim --keep 3", user=BOB)
     finally:
         trimming.join()
     assert second.kind == "result" and second.result.summary.startswith("A trim of `jobs` is running")
     assert third.kind == "result" and third.result.summary.startswith("A trim of `jobs` is already running")
-    assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
+    assert_exactly_once(q.client, database_url, Counter(entries), q.ready, q.dead)
 
 
 def test_a_requeue_and_a_trim_confirmed_together_on_two_replicas_never_overlap(two_queues, make_runtime, tmp_path,
-                                                                                redis_client, database_url):
+                                                                                q, database_url):
     from tests.support.dlq import assert_exactly_once
 
     entries = [dead_letter(i) for i in range(400)]
-    kill(redis_client, entries)
+    kill(q.client, entries, q.dead)
     other = make_runtime(tmp_path / "app.yaml")  # a second replica on the same configuration
     requeue_preview = run(two_queues, "dlq requeue --type send_email")
     trim_preview = run(other, "dlq trim --keep 10", user=BOB)
@@ -199,21 +205,21 @@ def test_a_requeue_and_a_trim_confirmed_together_on_two_replicas_never_overlap(t
     busy = [outcome.result.summary for outcome in outcomes.values() if outcome.result.status != "ok"]
     assert len(ran) >= 1 and all("running" in text or "changed" in text.lower() or "Not executed" in text
                                  for text in busy), busy
-    assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
-    assert redis_client.keys("opsbot:dlq:held:*") == []
+    assert_exactly_once(q.client, database_url, Counter(entries), q.ready, q.dead)
+    assert q.held_keys() == []
     # The one refused left nothing half-started behind (no requeue task recorded without a driver).
-    assert redis_client.hget("opsbot:dlq:task:jobs", "status") in (None, b"done")
-    assert redis_client.hget("opsbot:dlq:trim:jobs", "status") in (None, b"done")
+    assert q.client.hget(q.task, "status") in (None, b"done")
+    assert q.client.hget(q.trim, "status") in (None, b"done")
 
 
 @pytest.mark.parametrize("stall", ["before_commit", "after_commit"])
-def test_a_stale_trimmer_is_fenced_off_by_the_one_that_took_over(two_queues, redis_client, database_url, stall):
+def test_a_stale_trimmer_is_fenced_off_by_the_one_that_took_over(two_queues, q, database_url, stall):
     from commands.dlq.trimmer import QueueTrim
     from tests.support.dlq import archive_rows, assert_exactly_once
 
     entries = [dead_letter(i) for i in range(50)]
-    kill(redis_client, entries)
-    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), redis_client)
+    kill(q.client, entries, q.dead)
+    queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), q.client)
     woke = threading.Event()
 
     class Stalls:
@@ -238,7 +244,7 @@ def test_a_stale_trimmer_is_fenced_off_by_the_one_that_took_over(two_queues, red
         keep=5, archive=Stalls(trim_archive(two_queues)), batch=7, lease_ttl=0.3)))
     stale.start()
     deadline = time.monotonic() + 5
-    while redis_client.exists("opsbot:dlq:lease:jobs") or QueueTrim(queue).task() is None:
+    while q.client.exists(q.lease) or QueueTrim(queue).task() is None:
         assert time.monotonic() < deadline, "the stale trimmer's lease never ran out"
         time.sleep(0.02)
     task = QueueTrim(queue).task()
@@ -247,9 +253,9 @@ def test_a_stale_trimmer_is_fenced_off_by_the_one_that_took_over(two_queues, red
     stale.join()
 
     assert fresh.outcome == "done" and reports["stale"].outcome == "lost"
-    assert oldest_first(redis_client, "jobs:dead") == entries[45:]
+    assert oldest_first(q.client, q.dead) == entries[45:]
     assert [r[2] for r in archive_rows(database_url)] == entries[:45]
-    assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
+    assert_exactly_once(q.client, database_url, Counter(entries), q.ready, q.dead)
 
 
 def test_keep_zero_trims_everything_through_the_cli(tmp_path, database_url, redis_client):

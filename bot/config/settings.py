@@ -26,7 +26,7 @@ import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, create_model, model_validator
 
@@ -76,6 +76,7 @@ class StateSettings(_Model):
     prefix: Name = "opsbot:"
     run_migrations: bool = True  # the bot owns its schema: apply pending migrations on first use
     log_secret: SecretStr | None = None  # HMAC key anchoring the action log's head (bot/loganchor.py)
+    database_pooler: Literal["transaction", "session", "none"] | None = None  # as databases.<name>.pooler
 
 
 class RoleSettings(_Model):
@@ -120,14 +121,65 @@ def parse_rate(text: str) -> tuple[int, float]:
 
 
 class RedisTarget(_Model):
+    """A Redis the commands act on: one server, or a Redis Cluster (``cluster: true``).
+
+    Credentials and TLS go to redis-py as connection options, never into the URL, so a
+    password may hold any character (``/``, ``#``, ``?``, ``@``). ``ca_file``, ``cert_file`` and
+    ``key_file`` are paths, relative to app.yaml's folder; any of them implies ``tls``.
+    """
+
     url: RedisUrl
+    cluster: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RedisTarget:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        if self.password is not None and parts.password:
+            raise ValueError("password: the url holds a password too; keep it in one place (the password setting)")
+        if self.username is not None and parts.username:
+            raise ValueError("username: the url names a user too; keep it in one place (the username setting)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: a client certificate needs both")
+        if self.cluster and parts.scheme == "unix":
+            raise ValueError("cluster: a Redis Cluster is reached over TCP (redis:// or rediss://), not a unix socket")
+        if self.cluster and parts.path.strip("/") not in ("", "0"):
+            raise ValueError("cluster: a Redis Cluster has database 0 only; drop the database number from the url")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.url.startswith("rediss://") or any((self.ca_file, self.cert_file, self.key_file))
+
+
+Pooler = Literal["transaction", "session", "none"]
 
 
 class DatabaseTarget(_Model):
-    """A PostgreSQL the commands act on (groups may add fields, e.g. ``migrations``)."""
+    """A PostgreSQL the commands act on (groups may add fields, e.g. ``migrations``).
+
+    ``pooler: transaction`` (or ``?pgbouncer=true`` in the URL) is for PgBouncer/Supavisor/RDS Proxy in
+    transaction mode: no prepared statements, only transaction-scoped settings and locks. ``username``,
+    ``password``, ``sslmode``/``tls``, ``ca_file``, ``cert_file``, ``key_file`` override the URL's.
+    """
 
     url: PostgresUrl
     statement_timeout: Duration = 10.0
+    pooler: Pooler | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False  # sslmode require (verify-full with ca_file) unless sslmode is set
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class MetricNames(_Model):
@@ -177,6 +229,7 @@ class Settings(_Model):
     base_dir: str = Field(".", exclude=True)
     _env_secrets: tuple[str, ...] = PrivateAttr(default=())  # secret-named variables the file referenced
     _group_checks: ClassVar[tuple[Callable[[Any], None], ...]] = ()
+    _groups: ClassVar[tuple[Group, ...]] = ()  # the groups this model was assembled from (their validate reads it)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:
@@ -229,7 +282,12 @@ def settings_class(groups: Sequence[Group] | None = None) -> type[Settings]:
 def _assemble(groups: Sequence[Group]) -> type[Settings]:
     shared: dict[str, type[BaseModel]] = {}
     for section, base in _SHARED.items():
-        added = {name: spec for group in groups for name, spec in group.extends.get(section, {}).items()}
+        added: dict[str, tuple[Any, Any]] = {}
+        for group in groups:
+            for name, spec in group.extends.get(section, {}).items():
+                if name in added or name in base.model_fields:
+                    raise TypeError(f"group {group.name!r} adds {section}.{name}, which another part owns")
+                added[name] = spec
         shared[section] = create_model(base.__name__, __base__=base, **added) if added else base
     database, service, status = shared["databases"], shared["services"], shared["status"]
     fields: dict[str, Any] = {
@@ -245,6 +303,7 @@ def _assemble(groups: Sequence[Group]) -> type[Settings]:
                            if isinstance(default, (list, dict, BaseModel)) else default)
     model = create_model("Settings", __base__=Settings, **fields)
     model._group_checks = tuple(group.validate for group in groups if group.validate)
+    model._groups = tuple(groups)
     return model
 
 

@@ -179,8 +179,13 @@ def postgres_url_problem(url: str) -> str | None:
         problem = _url_parts_problem(url)
         if problem:
             return f"not a valid PostgreSQL URL: {problem}; {POSTGRES_FORM}"
+    from bot.config.pgurl import pg_params
+
+    sorted_params = pg_params(url)  # Prisma's parameters are opsbot's; unknown ones never reach libpq
+    if sorted_params.problem:
+        return f"not a valid PostgreSQL URL: {sorted_params.problem}; {POSTGRES_FORM}"
     try:
-        params = conninfo_to_dict(url)
+        params = conninfo_to_dict(sorted_params.conninfo)
     except Exception:  # noqa: BLE001 - libpq's message quotes the string, password included
         what = "URL (percent-encode special characters)" if is_url else "connection string (quote values with spaces)"
         return f"not a valid PostgreSQL {what}; {POSTGRES_FORM}"

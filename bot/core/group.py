@@ -11,6 +11,7 @@ Usage (a group's ``__init__.py``)::
         status=queue_lines,                                      # lines for `status`
         checks=queue_checks,                                     # lines for `opsbot check`
         migrations=Path(__file__).with_name("migrations"),       # SQL files for the bot's schema
+        gauges={"dlq status": dead_letter_gauges},               # a command's result → samples on /metrics
     )
 
 The framework (``bot/``) loops over what the groups contribute and names none of
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from bot.core.invocation import Invocation, Where
     from bot.core.result import Form, Result
 
-__all__ = ["Check", "CheckWarning", "Color", "Context", "Group", "Services", "StatusLine", "Sweep",
-           "default_permissions", "registry_of"]
+__all__ = ["Check", "CheckWarning", "Color", "Context", "Gauge", "Group", "Services", "StatusLine", "Sweep",
+           "Webhook", "default_permissions", "registry_of"]
 
 T = TypeVar("T")
 
@@ -105,6 +106,38 @@ class Sweep:
     run: Callable[[Any], int]
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """An HTTP intake a group offers on ``opsbot serve``: ``POST path`` with a JSON object, from a monitoring system.
+
+    The framework authenticates the request against ``credentials(settings)`` (a bearer token, and/or a
+    ``(user, password)`` pair for basic auth; with neither, every request is refused), refuses bodies over
+    ``max_bytes(settings)`` and anything that is not a JSON object (or that ``check`` finds malformed: it returns
+    why), queues the body durably and answers at once. A worker later calls ``handle(runtime, body)``; a body
+    handed back by a worker that died is handled again, so ``handle`` must be safe to repeat.
+    """
+
+    path: str
+    credentials: Callable[[Any], tuple[str | None, tuple[str, str] | None]]
+    handle: Callable[[Any, dict], None]
+    max_bytes: Callable[[Any], int] = lambda settings: 1_000_000
+    check: Callable[[dict], str | None] = lambda body: None
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """One gauge sample a command's result gives Prometheus: ``Gauge("opsbot_dead_letters", "...", {"queue": "jobs"}, 3)``.
+
+    The framework keeps the latest value of each (name, labels) in the bot's Redis, so every replica's
+    ``/metrics`` shows it, whichever process ran the command.
+    """
+
+    name: str
+    help: str
+    labels: dict[str, str]
+    value: float
+
+
 class Services:
     """Objects the groups made for their handlers, found by type: ``inv.services.get(IncidentDesk)``."""
 
@@ -141,6 +174,9 @@ class Group:
         permissions: default rules that depend on the configuration (a paging severity needs a role).
         migrations: a folder of SQL files for the bot's own schema, applied in name order with every other's.
         forms: one-field forms its buttons open (a note on an incident); submitting one runs a command.
+        webhooks: HTTP intakes on ``opsbot serve`` (``POST /alerts``), queued and handled by the workers.
+        gauges: command name → a function of its result giving :class:`Gauge` samples for ``/metrics``; called
+            after every run of that command that did not end in ``error`` (interactive or scheduled).
     """
 
     name: str
@@ -157,6 +193,8 @@ class Group:
     permissions: Callable[[Any], dict[str, str]] | None = None
     migrations: Path | None = None
     forms: tuple[Form, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
+    gauges: dict[str, Callable[[Result], list[Gauge]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "commands", tuple(self.commands))

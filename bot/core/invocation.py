@@ -34,6 +34,7 @@ class Actor:
     user_id: str
     team: str = ""
     local_admin: bool = False
+    system: bool = False  # the bot itself (a scheduled check): holds no role, but is not rate-limited like a person
 
     @classmethod
     def local(cls, name: str | None = None) -> "Actor":

@@ -7,7 +7,8 @@ Usage::
     book.title, [step.run for step in book.steps]
 
 Front matter: ``title``, ``symptoms`` (list), ``severity`` (hint), ``commands``
-(related ``/ops`` commands) and ``params`` (name → default, itself a template).
+(related ``/ops`` commands), ``params`` (name → default, itself a template) and ``alerts`` (the alerts
+it answers: alert names, or label matchers such as ``{alertname: DeadLetterBacklog, queue: jobs}``).
 A numbered step may carry an indented ``run: <ops command>`` line, which Slack
 shows as a button that runs it. Templates use ``StrictUndefined``: a missing
 value is an error, never an empty string.
@@ -51,6 +52,7 @@ class Runbook:
     params: dict[str, str]
     source: str
     path: Path
+    alerts: tuple[dict[str, str], ...] = ()  # label matchers; a bare name is {"alertname": name}
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,26 @@ class RunbookLibrary:
             params={str(k): str(v) for k, v in (meta.get("params") or {}).items()},
             source=match.group(2),
             path=path,
+            alerts=_matchers(path, meta.get("alerts")),
         )
+
+
+def _matchers(path: Path, value: Any) -> tuple[dict[str, str], ...]:
+    """``alerts:`` front matter as label matchers: a name is ``{alertname: name}``, a mapping is matched as is."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise RunbookError(f"{path}: `alerts` must be a list of alert names or label matchers")
+    matchers = []
+    for item in value:
+        if isinstance(item, str) and item.strip():
+            matchers.append({"alertname": item.strip()})
+        elif isinstance(item, dict) and item and all(isinstance(k, str) and isinstance(v, str | int | float | bool)
+                                                     for k, v in item.items()):
+            matchers.append({k: str(v) for k, v in item.items()})
+        else:
+            raise RunbookError(f"{path}: `alerts` entry {item!r} is neither an alert name nor a label mapping")
+    return tuple(matchers)
 
 
 def _parts(text: str) -> list[Part]:

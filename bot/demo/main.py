@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 from bot.config.settings import load_settings
+from bot.demo.alert import GID, fire_alert
 from bot.demo.console import console
 from bot.demo.sandbox import Sandbox, SandboxUnavailable
 from bot.demo.services import DemoServices
@@ -51,7 +52,8 @@ def main(interactive: bool | None = None) -> int:
                 tempfile.TemporaryDirectory(prefix="opsbot-demo-") as folder:
             # Throwaway secrets, from the environment as app.yaml requires (a literal default is refused).
             env = {**os.environ, **{name: os.environ.get(name) or secrets.token_hex(16)
-                                    for name in ("OPSBOT_DEMO_SNAPSHOT_SECRET", "OPSBOT_DEMO_LOG_SECRET")}}
+                                    for name in ("OPSBOT_DEMO_SNAPSHOT_SECRET", "OPSBOT_DEMO_LOG_SECRET",
+                                                 "OPSBOT_DEMO_ALERTS_TOKEN")}}
             settings = load_settings(demo_config(sandbox, Path(folder), services), env=env)
             runtime = Runtime.build(settings)
             try:
@@ -59,6 +61,9 @@ def main(interactive: bool | None = None) -> int:
                 counts = seed_world(runtime.state.redis) | seed_rq(sandbox.redis_url)
                 seed_database(sandbox.database_url, migrations_dir(Path(folder)))
                 print(describe(counts), flush=True)
+                fire_alert(runtime, env["OPSBOT_DEMO_ALERTS_TOKEN"])
+                print("Alertmanager's webhook for the dead-letter backlog was POSTed to /alerts: "
+                      f"`/ops alerts show {GID}` shows its thread.", flush=True)
                 if interactive:
                     console(runtime)
                     return 0

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.core.invocation import Actor
+from bot.demo.alert import GID
 from bot.demo.world import ONCALL, WHERE
 from bot.engine.dispatch import Outcome
 from bot.render.text import to_text
@@ -40,6 +41,9 @@ TOUR = [
     Step("runbook", lambda o: len(o.result.data["runbooks"]) >= 17, "the runbooks"),
     Step("runbook dead-letter-backlog queue=jobs", lambda o: o.result.data["steps"][1]["run"] == "dlq peek jobs",
          "a runbook with Run buttons"),
+    Step(f"alerts show {GID}", lambda o: o.result.data["status"] == "firing" and o.result.data["steps"][:2]
+         == ["dlq status", "dlq peek jobs"] and any("Diagnosis, step 2" in line for line in o.result.data["thread"]),
+         "an alert from Alertmanager: its thread, with the runbook, Run buttons and the diagnosis already run"),
     Step("dlq status", lambda o: o.result.status == "warn" and o.result.data["queues"][0]["dead"] == 161,
          "the dead-letter backlog"),
     Step('dlq peek --error "rate limit" --limit 2',

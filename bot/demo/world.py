@@ -99,6 +99,8 @@ email:
   reminder_recipient: deadlines@example.com
 audit:
   snapshot_secret: ${{OPSBOT_DEMO_SNAPSHOT_SECRET}}
+alerts:
+  token: ${{OPSBOT_DEMO_ALERTS_TOKEN}}
 runbooks_dir: "{ROOT / 'runbooks'}"
 """)
     return path

@@ -73,6 +73,7 @@ class Engine:
         groups: Sequence[Group] = (),
         services: Services | None = None,
         context: Context | None = None,
+        gauges: Any = None,
     ):
         self.settings = settings
         self.registry = registry
@@ -85,6 +86,7 @@ class Engine:
         self.policy = policy or Policy(registry)
         self.groups = tuple(groups)
         self.services = services or Services()
+        self.gauges = gauges  # bot.runtime.gauges.GaugeBoard: results of read-only commands feed /metrics
         self.prefix = settings.slack.command
         self.stopping: Callable[[], bool] = lambda: False  # set by a transport that shuts down gracefully
         self.recorder = Recorder(settings, state, redactor or Redactor(), self.metrics, notifier, context, clock)
@@ -208,6 +210,8 @@ class Engine:
         result = self.recorder.call(command, lambda: command.run(invocation))
         finish(progress, result)
         self.recorder.outcome(actor, where, command.name, result, started)
+        if self.gauges is not None:
+            self.gauges.observe(command.name, result)
         if result.data.get("error") == "usage":
             return Outcome("usage", result, command=command)
         result, posted = self.recorder.post(result, where)

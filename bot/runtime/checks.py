@@ -16,12 +16,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+from redis.cluster import RedisCluster
 
 from bot.core.probes import check_services
 from bot.core.result import Result, Section
-from bot.core.group import Check, CheckWarning
+from bot.core.group import Check, CheckWarning, Group
 from bot.runtime.factory import Runtime
-from bot.runtime.targets import connect_options, describe_postgres, first_line
+from bot.runtime.redisconn import server_version, where
+from bot.runtime.targets import describe_postgres, first_line
+from bot.store.postgres import connect, database_params, pooler_in_use, state_params
 
 __all__ = ["run_checks"]
 
@@ -46,8 +49,7 @@ def run_checks(runtime: Runtime) -> Result:
     for name in settings.databases:
         checks.append(Check(f"database {name}", lambda name=name: _database(runtime, name)))
     for group in runtime.groups:  # what each group checks (its queues, its templates, ...)
-        if group.checks is not None:
-            checks += group.checks(runtime)
+        checks += _group_checks(group, runtime)
     with ThreadPoolExecutor(max_workers=min(len(checks) + 1, 16)) as pool:
         services = pool.submit(check_services, settings.services)  # the same probes as `/ops health`
         futures = [(check.target, pool.submit(_timed, check.run)) for check in checks]
@@ -71,6 +73,18 @@ def run_checks(runtime: Runtime) -> Result:
                                                  command="check")
 
 
+def _group_checks(group: Group, runtime: Runtime) -> list[Check]:
+    """A group's checks; a group that cannot even say what to check is one failing line, never the end of `check`."""
+    if group.checks is None:
+        return []
+    try:
+        return list(group.checks(runtime))
+    except Exception as exc:  # noqa: BLE001 - reported as that group's failure
+        def failing(exc: Exception = exc) -> str:
+            raise exc
+        return [Check(f"{group.name} checks", failing)]
+
+
 def _timed(fn: Callable[[], str]) -> tuple[bool | None, str]:
     started = time.perf_counter()
     try:
@@ -86,17 +100,19 @@ def _redis_ping(client) -> str:
     try:
         client.ping()
     except Exception as exc:
-        kwargs = client.connection_pool.connection_kwargs
-        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-        raise CheckFailed(f"Redis at {where}: {first_line(exc)}") from None
-    return f"ok, Redis {client.info('server').get('redis_version', '?')}"
+        raise CheckFailed(f"Redis at {where(client)}: {first_line(exc)}") from None
+    cluster = isinstance(client, RedisCluster)
+    if not cluster and client.info("cluster").get("cluster_enabled"):
+        raise CheckFailed(f"Redis at {where(client)} is a Redis Cluster node: a redis target on it needs "
+                          "`cluster: true` (opsbot's own state.redis_url needs a single server)")
+    return f"ok, Redis {server_version(client)}" + (" cluster" if cluster else "")
 
 
 def _state_postgres(runtime: Runtime) -> str:
     schema = runtime.settings.state.db_schema
     url = runtime.settings.state.database_url
     try:
-        conn = psycopg.connect(url, **connect_options(url))
+        conn = connect(state_params(runtime.settings.state))
     except psycopg.OperationalError as exc:
         raise CheckFailed(f"{describe_postgres(url)}: {first_line(exc)}") from None
     with conn:
@@ -104,13 +120,40 @@ def _state_postgres(runtime: Runtime) -> str:
         pending = runtime.state.pending_migrations(conn)
     if pending:
         raise CheckFailed(f"schema {schema!r} needs migrations {', '.join(pending)}: run `opsbot migrate`")
-    return f"ok, PostgreSQL {version}, schema {schema!r} up to date"
+    mode = _pooler(state_params(runtime.settings.state), "state.database_pooler")
+    return _with_notes(f"ok, PostgreSQL {version}, schema {schema!r} up to date; {mode}",
+                       state_params(runtime.settings.state).notes)
 
 
 def _database(runtime: Runtime, name: str) -> str:
     with runtime.targets.database(name) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]
-    return f"ok, PostgreSQL {version} at {describe_postgres(runtime.settings.databases[name].url)}"
+    params = database_params(runtime.settings.databases[name], runtime.settings.base_dir)
+    mode = _pooler(params, f"databases.{name}.pooler")
+    return _with_notes(f"ok, PostgreSQL {version} at {describe_postgres(runtime.settings.databases[name].url)};"
+                       f" {mode}", params.notes)
+
+
+def _pooler(params, setting: str) -> str:
+    """Which pooling mode is in use, and whether the connection behaves as configured."""
+    detected, evidence = pooler_in_use(params)
+    if detected and params.pooler != "transaction":
+        raise CheckFailed(f"a transaction-mode pooler answers ({evidence}) but opsbot is not told: set {setting}:"
+                          " transaction (or ?pgbouncer=true in the URL), or prepared statements will break")
+    if params.pooler == "transaction":
+        seen = "detected" if detected else f"not detected: {evidence}"
+        return f"pooler: transaction mode (no prepared statements; {seen})"
+    return f"pooler: {params.pooler} ({evidence})"
+
+
+def _with_notes(detail: str, notes: tuple[str, ...]) -> str:
+    """The URL's parameters opsbot took or left out; one left out (unknown to libpq and Prisma) is a warning."""
+    if not notes:
+        return detail
+    text = f"{detail}; URL: {'; '.join(notes)}"
+    if any("neither libpq nor Prisma" in note for note in notes):
+        raise CheckWarning(text.removeprefix("ok, "))
+    return text
 
 
 def _slack(runtime: Runtime) -> str:

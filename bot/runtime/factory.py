@@ -26,6 +26,7 @@ from bot.core.redact import Redactor
 from bot.core.registry import Registry
 from bot.core.roles import Roles
 from bot.engine.dispatch import Engine
+from bot.runtime.gauges import GaugeBoard
 from bot.runtime.metrics import Metrics
 from bot.runtime.targets import Targets
 from bot.slack.board import SlackBoard
@@ -51,6 +52,7 @@ class Runtime:
     groups: tuple[Group, ...] = ()
     services: Services = field(default_factory=Services)
     engine: Engine = None  # type: ignore[assignment]  # set by build, once the groups' services exist
+    gauges: GaugeBoard = None  # type: ignore[assignment]  # the groups' gauges, kept in Redis for /metrics
 
     @classmethod
     def build(cls, settings: Settings, *, slack: WebClient | None = None, registry: Registry | None = None,
@@ -68,6 +70,7 @@ class Runtime:
         outbox = Outbox(state, settings.state.prefix, redactor, slack,
                         lambda url, message: webhook(url, metrics).send_dict(message))
         runtime = cls(settings, registry, state, Targets(settings), roles, redactor, slack, metrics, outbox, groups)
+        runtime.gauges = GaugeBoard(state.redis, settings.state.prefix, groups)
         runtime.services = Services([obj for group in groups if group.services for obj in group.services(runtime)])
         contexts = [group.context(runtime) for group in groups if group.context is not None]
         notifier = None
@@ -76,7 +79,8 @@ class Runtime:
         runtime.engine = Engine(settings, registry, state, runtime.targets, roles, notifier, redactor, metrics=metrics,
                                 limiter=RateLimiter(state.redis, settings.state.prefix, settings.limits),
                                 policy=policy_for(settings, registry, groups), groups=groups,
-                                services=runtime.services, context=contexts[0] if contexts else None)
+                                services=runtime.services, context=contexts[0] if contexts else None,
+                                gauges=runtime.gauges)
         return runtime
 
     @classmethod

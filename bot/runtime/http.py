@@ -8,7 +8,8 @@ Usage::
 
 Routes: ``POST /slack/events`` (Bolt), ``GET /healthz`` (the process is up),
 ``GET /readyz`` (Redis and PostgreSQL answer; 503 naming the one that does not),
-``GET /metrics`` (Prometheus; a bearer token when ``metrics.token`` is set).
+``GET /metrics`` (Prometheus; a bearer token when ``metrics.token`` is set), and the webhooks the groups
+offer (``POST /alerts``; :mod:`bot.runtime.hooks`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from waitress.server import create_server
 
 from bot.runtime.metrics import GaugeCollector
 from bot.runtime.factory import Runtime
+from bot.runtime.hooks import WebhookIntake
 from bot.slack.gate import SlackGate
 from bot.store.workqueue import WorkQueue
 
@@ -59,13 +61,17 @@ def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Calla
         GaugeCollector("opsbot_outbox_depth", "Slack posts waiting to be delivered again", runtime.outbox.depth),
         GaugeCollector("opsbot_action_log_kept_depth", "Action-log entries kept in Redis, waiting for PostgreSQL",
                        lambda: runtime.state.action_log.spool.depth()),
+        runtime.gauges.collector(),
     ]
     token = runtime.settings.metrics.token
     secret = runtime.settings.slack.signing_secret
     gate = SlackGate(secret.get_secret_value() if secret else None)
+    hooks = WebhookIntake(runtime, queue)
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         route = (environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+        if hooks.serves(environ):
+            return hooks(environ, start_response)
         if route == ("GET", "/healthz"):
             return _json(start_response, 200, {"ok": True})
         if route == ("GET", "/readyz"):

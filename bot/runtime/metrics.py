@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -61,15 +62,20 @@ class Metrics:
         self.action_log_kept = Counter("opsbot_action_log_kept", "Action-log entries PostgreSQL could not take:"
                                        " kept in Redis, or (Redis down too) written to the log stream",
                                        ["outcome"], registry=r)
+        self.webhooks = Counter("opsbot_webhooks", "Webhook bodies (POST /alerts), by path and HTTP answer",
+                                ["path", "status"], registry=r)
 
     def exposition(self, extra: Iterable[object] = ()) -> tuple[bytes, str]:
-        """The text exposition of every metric (of every process in multiprocess mode)."""
+        """The text exposition of every metric (of every process in multiprocess mode), with the standard
+        process and platform collectors of the process answering."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
         else:
             registry = CollectorRegistry()
             registry.register(_Registered(self.registry))
+        ProcessCollector(registry=registry)  # this process: CPU, memory, open files, start time
+        PlatformCollector(registry=registry)  # the Python version
         for collector in extra:
             registry.register(collector)
         return generate_latest(registry), CONTENT_TYPE_LATEST

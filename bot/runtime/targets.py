@@ -3,8 +3,8 @@
 Usage::
 
     targets = Targets(settings)
-    targets.redis("main").llen("jobs")
-    with targets.database("main") as conn:       # read-only, statement timeout
+    targets.redis("main").llen("jobs")           # redis.Redis, or redis.RedisCluster (cluster: true)
+    with targets.database("main") as conn:       # read-only, statement timeout (bot/store/postgres.py connects)
         conn.execute("SELECT 1")
 
 Only configured names are accepted: anything else is a CommandError that lists
@@ -21,26 +21,18 @@ import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
+from bot.config.pgurl import pg_params
 from bot.config.settings import Settings
 from bot.core.invocation import BadArgument, CommandError
+from bot.runtime.redisconn import connect as connect_redis
+from bot.store.postgres import connect, database_params, search_path, set_local
 
-__all__ = ["Targets", "connect_options", "describe_postgres", "first_line"]
-
-CONNECT_TIMEOUT = 2  # seconds: a database that does not answer by then is reported, not waited for
-
-
-def connect_options(url: str) -> dict:
-    """libpq options opsbot adds: a short connect timeout (unless the URL sets one) and its name."""
-    options: dict = {"application_name": "opsbot"}
-    if "connect_timeout" not in url:
-        options["connect_timeout"] = CONNECT_TIMEOUT
-    return options
-
+__all__ = ["Targets", "describe_postgres", "first_line"]
 
 def describe_postgres(url: str) -> str:
     """``host:port/dbname`` of a PostgreSQL URL or conninfo, never its password."""
     try:
-        info = conninfo_to_dict(url)
+        info = conninfo_to_dict(pg_params(url).conninfo)  # a Prisma URL's parameters are not libpq's
     except psycopg.ProgrammingError:
         return "(an unreadable database URL)"
     host = info.get("host") or info.get("hostaddr") or "localhost"
@@ -63,8 +55,7 @@ class Targets:
             raise BadArgument(f"unknown redis connection {name!r}; configured: {', '.join(self.settings.redis) or 'none'}")
         with self._lock:
             if name not in self._redis:
-                self._redis[name] = redis.Redis.from_url(target.url, socket_timeout=10,
-                                                         socket_connect_timeout=CONNECT_TIMEOUT)
+                self._redis[name] = connect_redis(name, target, self.settings.base_dir)
             return self._redis[name]
 
     @contextmanager
@@ -81,8 +72,9 @@ class Targets:
                 f"unknown database {name!r}; configured: {', '.join(self.settings.databases) or 'none'}"
             )
         timeout_ms = int((statement_timeout or target.statement_timeout) * 1000)
+        params = database_params(target, self.settings.base_dir)
         try:
-            conn = psycopg.connect(target.url, **connect_options(target.url))
+            conn = connect(params)
         except psycopg.OperationalError as exc:
             raise CommandError(f"database {name!r} at {describe_postgres(target.url)} is unreachable:"
                                f" {first_line(exc)}") from None
@@ -90,8 +82,10 @@ class Targets:
             conn.read_only = read_only
             if repeatable_read:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            with conn.transaction():
-                conn.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+            with conn.transaction():  # settings are the transaction's own: safe behind a transaction-mode pooler
+                set_local(conn, "statement_timeout", str(timeout_ms))
+                if params.schema:
+                    search_path(conn, params.schema)
                 yield conn
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ import threading
 import time
 
 from bot.runtime.factory import Runtime
+from bot.runtime.hooks import KIND, run_webhook
 from bot.slack.work import SlackWork
 from bot.store.workqueue import WorkQueue
 
@@ -80,8 +81,11 @@ class Worker:
             if job is None:
                 continue
             try:
-                self.work.run(job)
-            except Exception:  # run() does not raise; this is the last line of defence for the thread
+                if job.kind.startswith(KIND):
+                    run_webhook(self.runtime, job, self.queue)
+                else:
+                    self.work.run(job)
+            except Exception:  # neither raises; this is the last line of defence for the thread
                 log.exception("unexpected failure carrying out a job")
             finally:
                 try:

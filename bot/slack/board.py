@@ -6,6 +6,7 @@ Usage (a group gets one from the runtime: ``runtime.board(channel, setting=...)`
     channel, ts = board.post_root(root_result, "#E01E5A")
     board.update_root(channel, ts, root_result, "#ECB22E")
     board.post_thread(channel, ts, Result.ok("restarted the worker"))
+    board.post(Result.warn("scheduled check: 3 dead letters"), "#ECB22E")   # a message of its own
 
 The root message is the desk's :class:`~bot.core.result.Result` rendered as usual and
 wrapped in an attachment for the colour bar. A thread post Slack refuses goes to
@@ -55,6 +56,11 @@ class SlackBoard:
             self.client.chat_update(channel=channel, ts=ts, **self._colored(message, color))
         except Exception as exc:
             raise self._refused(exc, channel) from exc
+
+    def post(self, message: Result, color: str) -> None:
+        """A colour-coded message of its own (no thread expected); one Slack refuses goes to the outbox."""
+        post_or_keep(self.client, self.outbox, self.metrics, self.channel, self._colored(message, color),
+                     setting=self.setting)
 
     def post_thread(self, channel: str, ts: str, message: Result) -> None:
         post_or_keep(self.client, self.outbox, self.metrics, channel, {**to_message(message, self.redactor),

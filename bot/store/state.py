@@ -26,8 +26,10 @@ import redis
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from bot.config.pgurl import pg_params
 from bot.store.actionlog import ActionLog
 from bot.config.settings import Settings, installed_groups
+from bot.store.postgres import open_pool, state_params
 from bot.store.schema import migrate, pending_migrations
 
 __all__ = ["State"]
@@ -53,7 +55,7 @@ _quiet = _QuietReconnects()
 def describe_database(url: str) -> str:
     """``host:port/dbname`` of a PostgreSQL URL, without credentials."""
     try:
-        info = conninfo_to_dict(url)
+        info = conninfo_to_dict(pg_params(url).conninfo)  # a Prisma URL's parameters are not libpq's
     except Exception:
         return "PostgreSQL"
     return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
@@ -81,16 +83,8 @@ class State:
         pool_log = logging.getLogger("psycopg.pool")
         if _quiet not in pool_log.filters:
             pool_log.addFilter(_quiet)
-        return ConnectionPool(
-            self.settings.state.database_url,
-            min_size=1,
-            max_size=8,
-            open=True,
-            timeout=5,
-            configure=self._ensure_schema,
-            kwargs={"connect_timeout": 2, "application_name": "opsbot"},
-            name=POOL_NAME,
-        )
+        return open_pool(state_params(self.settings.state), name=POOL_NAME, configure=self._ensure_schema,
+                         min_size=1, max_size=8, timeout=5)
 
     def _ensure_schema(self, conn: psycopg.Connection) -> None:
         """On a process's first connection: migrate the bot's schema if it is behind (and that is allowed)."""

@@ -8,6 +8,8 @@ the result of each run) lives in its own schema, see :mod:`commands.audit.record
 
 from __future__ import annotations
 
+from commands.audit.gauges import chain_gauges
+
 import hashlib
 import json
 import os
@@ -26,7 +28,8 @@ from commands.audit.overview import records_for
 from commands.audit.records import AuditRecords
 from commands.audit.rows import copy_rows
 from commands.audit.scheme import CREATED, HASH, ID, Layout, compile_scheme
-from commands.audit.walk import ChainWalker, TenantReport, WalkOptions
+from commands.audit.screen import Screen
+from commands.audit.walk import ChainWalker, Snapshot, TenantReport, WalkOptions
 from pathlib import Path
 from bot.core.group import Group
 from commands.audit.settings import AuditSettings
@@ -82,8 +85,19 @@ def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None
     walker = ChainWalker(hasher, options)
 
     def full_walk() -> list[TenantReport]:
-        rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)), progress=on_rows)
-        return list(walker.walk(rows, snapshots))
+        screen = Screen.of(conn, layout, audit)
+        verdicts = screen.run(tenant) if screen is not None else None
+        if verdicts is None or any(v.tenant is None for v in verdicts):
+            rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)), progress=on_rows)
+            return list(walker.walk(rows, snapshots))
+        if on_rows is not None:
+            on_rows(sum(v.rows for v in verdicts))
+        suspect = [v.tenant for v in verdicts if not v.clean or _snapshot_moved(conn, layout, snapshots.get(v.tenant))]
+        walked: dict[str, TenantReport] = {}
+        if suspect:  # walked row by row, which explains what is wrong
+            where = sql.SQL("{} = ANY({})").format(layout.column("tenant"), sql.Literal(suspect))
+            walked = {r.tenant: r for r in walker.walk(copy_rows(conn, layout.select(where)), snapshots)}
+        return [walked[v.tenant] if v.tenant in walked else v.report(snapshots.get(v.tenant)) for v in verdicts]
 
     if not since_snapshot:
         return full_walk(), "full", notes
@@ -93,10 +107,7 @@ def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None
     if snap is None or not snap.signature_ok:
         raise CommandError(f"tenant {tenant!r} has no valid snapshot to start from; run a full `audit verify"
                            f" {tenant}` and then `audit snapshot {tenant}`")
-    head = conn.execute(sql.SQL("SELECT {hash}::text FROM {table} WHERE {tenant} = %s AND {id}::text = %s").format(
-        hash=layout.column("hash"), table=sql.Identifier(audit.table), tenant=layout.column("tenant"),
-        id=layout.column("id")), (tenant, snap.last_id)).fetchone()
-    if head is None or head[0] != snap.hash:
+    if _snapshot_moved(conn, layout, snap):
         # The head the increment starts from is gone or changed: only a full walk can say what happened.
         notes.append("the snapshot head changed, so the whole chain was verified instead of the increment")
         return full_walk(), "full", notes
@@ -122,6 +133,18 @@ def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None
         notes.append(f"{when}: run a full `audit verify {tenant}` (advised every"
                      f" {format_duration(audit.full_rescan_every)})")
     return reports, "incremental", notes
+
+
+def _snapshot_moved(conn, layout: Layout, snap: Snapshot | None) -> bool:
+    """Whether the walk would have something to say about this snapshot: unsigned, or its head gone or changed."""
+    if snap is None:
+        return False
+    if not snap.signature_ok:
+        return True
+    head = conn.execute(sql.SQL("SELECT {hash}::text FROM {table} WHERE {tenant} = %s AND {id}::text = %s").format(
+        hash=layout.column("hash"), table=sql.Identifier(layout.settings.table), tenant=layout.column("tenant"),
+        id=layout.column("id")), (snap.tenant, snap.last_id)).fetchone()
+    return head is None or head[0] != snap.hash
 
 
 def verify(inv: Invocation) -> Result:
@@ -302,4 +325,5 @@ GROUP = Group(
     migrations=Path(__file__).with_name("migrations"),
     status=overview.status_lines,
     checks=overview.checks,
+    gauges={"audit verify": chain_gauges},
 )

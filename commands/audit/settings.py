@@ -61,6 +61,7 @@ class AuditSettings(_Model):
     columns: AuditColumns = AuditColumns()
     scheme: HashScheme = HashScheme()
     snapshot_secret: SecretStr | None = None
+    hash_in_database: bool = True  # screen chains with PostgreSQL's own hashing; only suspect tenants are walked
     failure_limit: int = Field(20, ge=1, le=1000)
     window: int = Field(4096, ge=16, le=1_000_000)
     fork_window: Duration = 2.0

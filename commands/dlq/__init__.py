@@ -11,6 +11,8 @@ admin API). :mod:`commands.dlq.overview` has the group's `status` lines and `ops
 
 from __future__ import annotations
 
+from commands.dlq.gauges import dead_letter_gauges
+
 from bot.core.invocation import Invocation
 from bot.core.registry import Arg, Command, Guard, duration, int_between, positive_int
 from bot.core.result import Plan
@@ -92,4 +94,5 @@ GROUP = Group(
     status=overview.status_lines,
     checks=overview.checks,
     migrations=Path(__file__).with_name("migrations"),
+    gauges={"dlq status": dead_letter_gauges},
 )

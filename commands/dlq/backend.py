@@ -102,7 +102,8 @@ class ScanSummary:
     newest: float | None = None
     samples: list[DeadEntry] = field(default_factory=list)
 
-    def add(self, stats: dict[str, Any], samples: list[bytes], want: int) -> None:
+    def add(self, stats: dict[str, Any], samples: list[bytes], want: int,
+            fields: dict[str, str] | None = None) -> None:
         """Fold in one chunk counted elsewhere (the redis-list scan script's statistics)."""
         self.scanned += stats["scanned"]
         self.matched += stats["matched"]
@@ -116,7 +117,7 @@ class ScanSummary:
             if value is not None and (current is None or (value < current if key == "oldest" else value > current)):
                 setattr(self, key, value)
         for raw in samples[: max(want - len(self.samples), 0)]:
-            self.samples.append(DeadEntry.parse(raw))
+            self.samples.append(DeadEntry.parse(raw, fields))
         self._bound()
 
     def count(self, entry: DeadEntry, want: int) -> None:

@@ -121,6 +121,15 @@ def safe_text(value: Any, limit: int | None = None) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").translate(_CONTROL)
 
 
+def _at(document: Any, path: str) -> Any:
+    """The value at a dotted path (``headers.task``); None where it leads nowhere (as the Lua side)."""
+    for key in path.split("."):
+        if not isinstance(document, dict):
+            return None
+        document = document.get(key)
+    return document
+
+
 def ascii_lower(text: str) -> str:
     """Lower-case A-Z only, as Lua's string.lower does on bytes."""
     return text.translate(_ASCII_LOWER)
@@ -133,8 +142,9 @@ class DeadEntry:
     partial: bool = False  # decoded with invalid UTF-8 replaced
 
     @classmethod
-    def parse(cls, raw: bytes) -> "DeadEntry":
-        """Never raises: anything that is not a readable JSON object is opaque."""
+    def parse(cls, raw: bytes, fields: dict[str, str] | None = None) -> "DeadEntry":
+        """Never raises: anything that is not a readable JSON object is opaque. ``fields`` maps
+        id/type/attempts/error/failedAt to a dotted path in the entry (``{"type": "headers.task"}``)."""
         if not raw.lstrip()[:1] == b"{" or b"\x00" in raw or _too_deep(raw):  # cjson reads none of these
             return cls(raw, None)
         try:
@@ -147,6 +157,8 @@ class DeadEntry:
             return cls(raw, None)
         if not isinstance(document, dict) or (_SURROGATE.search(raw) and _lone_surrogate(document)):
             return cls(raw, None)
+        if fields:
+            document = {**document, **{name: _at(document, path) for name, path in fields.items()}}
         return cls(raw, document, partial)
 
     @property
@@ -226,9 +238,11 @@ class Filters:
             parts.append(f"id in {', '.join(self.ids)}")
         return ", ".join(parts) or "all entries"
 
-    def to_lua(self, now: float) -> str:
-        """The filter as the Lua scripts read it (``before`` is an absolute epoch cutoff)."""
+    def to_lua(self, now: float, fields: dict[str, str] | None = None) -> str:
+        """The filter as the Lua scripts read it (``before`` is an absolute epoch cutoff; ``paths``
+        the queue's field paths, which the scan reads even when nothing is filtered)."""
         document = {
+            "paths": {name: path.split(".") for name, path in fields.items()} if fields else None,
             "any": self.empty,
             "type": self.type,
             "error": ascii_lower(self.error) if self.error else None,

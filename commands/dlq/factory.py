@@ -22,6 +22,7 @@ from commands.dlq.common import settings_of
 from commands.dlq.http_api import HttpDeadLetters
 from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import QueueSettings
+from commands.dlq.sidekiq import SidekiqSet
 
 __all__ = ["BACKENDS", "backend_of", "open_backend"]
 
@@ -44,6 +45,7 @@ def _needs(package: str, module: str, name: str) -> Callable[[QueueSettings, Any
 BACKENDS: dict[str, Callable[[QueueSettings, Any, Any], DeadLetterBackend]] = {
     "redis-list": RedisListQueue.open,
     "http": HttpDeadLetters.open,
+    "sidekiq": SidekiqSet.open,
     "rq": _needs("rq", "commands.dlq.rq_jobs", "RqQueue"),
     "bullmq": _needs("bullmq", "commands.dlq.bullmq_jobs", "BullQueue"),
 }

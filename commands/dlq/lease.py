@@ -9,10 +9,11 @@ Usage::
     lease.holder()                    # Holder(kind="trim", task="ab12", owner="host:pid") or None
 
 The value is ``<task>:<owner>:<nonce>|<kind>|<run_id>`` (``owner`` is host:pid), where
-``run_id`` is the Redis server's (``INFO server``) when the lease was granted. A Redis
-restart gives a new run_id: a lease restored from disk then belongs to no one; the next
-request takes it over at once instead of waiting out its TTL, and its old holder stops at
-its next renewal.
+``run_id`` is the Redis server's (``INFO server``) when the lease was granted; on a Redis
+Cluster, that of the node serving the lease's slot (read inside a script on the key, so the
+client asks the right node). A Redis restart gives a new run_id: a lease restored from disk
+then belongs to no one; the next request takes it over at once instead of waiting out its
+TTL, and its old holder stops at its next renewal.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class QueueLease:
         self._take = client.register_script(lua.LEASE_TAKE)
         self._renew = client.register_script(lua.LEASE_RENEW)
         self._release = client.register_script(lua.LEASE_RELEASE)
+        self._holder = client.register_script(lua.LEASE_HOLDER)
 
     def take(self, kind: str, task_id: str, *, owner: str, ttl: float) -> str:
         token = f"{task_id}:{owner}:{secrets.token_hex(4)}|{kind}"
@@ -78,11 +80,11 @@ class QueueLease:
 
     def holder(self) -> Holder | None:
         """Who holds the lease now; None when nobody does, or it was granted before Redis restarted."""
-        raw = self.client.get(self.key)
+        raw, run_id = self._holder(keys=[self.key])  # on the node holding the key (a cluster has several)
         if raw is None:
             return None
         holder = parse(raw.decode())
         granted = run_id_of(holder.value)
-        if granted is not None and granted != self.client.info("server").get("run_id"):
+        if granted is not None and granted != run_id.decode():
             return None
         return holder

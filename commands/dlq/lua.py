@@ -7,7 +7,8 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE"]
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE",
+           "LEASE_HOLDER"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
 _MATCH = r"""
@@ -63,6 +64,18 @@ local function id_text(v)
   return nil
 end
 
+-- A field of an entry: e[name], or where the queue's `fields` setting points (f.paths: name -> keys).
+local function field(e, f, name)
+  local path = f.paths and f.paths[name]
+  if not path then return e[name] end
+  local v = e
+  for _, k in ipairs(path) do
+    if type(v) ~= 'table' then return nil end
+    v = v[k]
+  end
+  return v
+end
+
 local function matches(raw, f)
   if f.any then return true end
   -- Cheap pre-check: the type's bytes must appear, unless the entry has escapes that could spell it.
@@ -71,16 +84,17 @@ local function matches(raw, f)
   end
   local e = decode(raw)
   if not e then return false end
-  if f.type and e.type ~= f.type then return false end
+  if f.type and field(e, f, 'type') ~= f.type then return false end
   if f.error then
-    if type(e.error) ~= 'string' or not string.find(string.lower(e.error), f.error, 1, true) then return false end
+    local er = field(e, f, 'error')
+    if type(er) ~= 'string' or not string.find(string.lower(er), f.error, 1, true) then return false end
   end
   if f.ids then
-    local id = id_text(e.id)
+    local id = id_text(field(e, f, 'id'))
     if not id or not f.ids[id] then return false end
   end
   if f.before then
-    local t = to_epoch(e.failedAt)
+    local t = to_epoch(field(e, f, 'failedAt'))
     if not t or t >= f.before then return false end
   end
   return true
@@ -104,9 +118,10 @@ for i = #items, 1, -1 do
     local e = decode(raw)
     local ty, er = '(opaque)', '(opaque)'
     if e then
-      ty = (type(e.type) == 'string') and e.type or '(none)'
-      er = (type(e.error) == 'string') and string.sub(e.error, 1, keylen) or '(none)'
-      local t = to_epoch(e.failedAt)
+      local ft, fe = field(e, f, 'type'), field(e, f, 'error')
+      ty = (type(ft) == 'string') and ft or '(none)'
+      er = (type(fe) == 'string') and string.sub(fe, 1, keylen) or '(none)'
+      local t = to_epoch(field(e, f, 'failedAt'))
       if t then
         if not stats.oldest or t < stats.oldest then stats.oldest = t end
         if not stats.newest or t > stats.newest then stats.newest = t end
@@ -219,6 +234,11 @@ LEASE_RENEW = _RUN_ID + r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if string.match(ARGV[1], '|(%x+)$') ~= run_id() then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+# LEASE_HOLDER: KEYS: lease. Returns {value or false, run_id of the server holding the key}.
+LEASE_HOLDER = _RUN_ID + r"""
+return {redis.call('GET', KEYS[1]), run_id()}
 """
 
 LEASE_RELEASE = r"""

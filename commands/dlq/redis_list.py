@@ -8,6 +8,10 @@ Usage::
     task = queue.start_requeue(Filters(), limit=None, requested_by="U1")
     report = queue.run_requeue(task.id, owner="host:pid", progress=print)
 
+On a Redis Cluster (a ``redis.RedisCluster`` client) the queue's lists must share a hash tag
+and opsbot's own keys for it carry that tag (:mod:`commands.dlq.keys`); a queue whose lists
+hash to different slots is refused when it is opened.
+
 Producers ``LPUSH`` onto the ready list and workers take from the right; dead letters
 are ``LPUSH``ed onto the dead list, so its oldest entry is at the right end. All moves
 happen in Lua scripts (:mod:`commands.dlq.lua`), a bounded batch per call; the task
@@ -24,7 +28,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
+from redis.cluster import RedisCluster
 
+from bot.runtime.redisconn import key_slot
+from commands.dlq.keys import QueueKeys
 from commands.dlq.settings import QueueSettings
 from bot.core.invocation import CommandError
 from commands.dlq import lua
@@ -106,16 +113,15 @@ class RedisListQueue(Refusing):
         self.prefix = prefix
         self.clock = clock
         self.name = settings.name
-        self.task_key = f"{prefix}dlq:task:{self.name}"
-        self.lease_key = f"{prefix}dlq:lease:{self.name}"
-        self.trim_key = f"{prefix}dlq:trim:{self.name}"
+        self.keys = QueueKeys.of(settings, prefix, cluster=isinstance(client, RedisCluster))  # refuses split slots
+        self.task_key, self.lease_key, self.trim_key = self.keys.task, self.keys.lease, self.keys.trim
         self._scan = client.register_script(lua.SCAN)
         self._batch = client.register_script(lua.REQUEUE_BATCH)
         self._restore = client.register_script(lua.RESTORE)
         self.lease = QueueLease(client, self.lease_key, self.name)
 
     def held_key(self, task_id: str) -> str:
-        return f"{self.prefix}dlq:held:{self.name}:{task_id}"
+        return self.keys.held(task_id)
 
     # -- describing -----------------------------------------------------------------------
 
@@ -135,6 +141,9 @@ class RedisListQueue(Refusing):
             if kind not in ("list", "none"):
                 raise CommandError(f"{role} key {key!r} is a Redis {kind}, expected a list")
             parts.append(f"{role} {key!r}: {self.client.llen(key) if kind == 'list' else 0}")
+        if isinstance(self.client, RedisCluster):  # opening the queue checked the names share one slot
+            node = self.client.get_node_from_key(self.settings.dead)
+            parts.append(f"cluster slot {key_slot(self.settings.dead)} on {node.host}:{node.port}")
         return "ok, " + ", ".join(parts)
 
     # -- reading ------------------------------------------------------------------------
@@ -150,7 +159,7 @@ class RedisListQueue(Refusing):
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(self.settings.ready).llen(self.settings.dead).lindex(self.settings.dead, -1)
         ready, dead, oldest_raw = pipe.execute()
-        oldest = DeadEntry.parse(oldest_raw).failed_at if oldest_raw is not None else None
+        oldest = DeadEntry.parse(oldest_raw, self.settings.fields).failed_at if oldest_raw is not None else None
         task = self.task()
         held = self.client.llen(self.held_key(task.id)) if task and task.unfinished else 0
         return Depth(ready, dead, oldest, held)
@@ -159,7 +168,8 @@ class RedisListQueue(Refusing):
         return self.client.llen(self.settings.dead)
 
     def oldest(self, count: int) -> list[DeadEntry]:
-        return [DeadEntry.parse(raw) for raw in reversed(self.client.lrange(self.settings.dead, -count, -1))]
+        return [DeadEntry.parse(raw, self.settings.fields)
+                for raw in reversed(self.client.lrange(self.settings.dead, -count, -1))]
 
     def entries(self, filters: Filters | None = None, chunk: int = SCAN_CHUNK) -> Iterator[DeadEntry]:
         """The dead list's entries (matching ``filters``), oldest first, read a chunk at a time."""
@@ -169,7 +179,7 @@ class RedisListQueue(Refusing):
         while True:
             raw = self.client.lrange(self.settings.dead, -(offset + chunk), -(offset + 1))
             for item in reversed(raw):
-                entry = DeadEntry.parse(item)
+                entry = DeadEntry.parse(item, self.settings.fields)
                 if filters is None or filters.matches(entry, now):
                     yield entry
             if len(raw) < chunk:
@@ -180,7 +190,7 @@ class RedisListQueue(Refusing):
              chunk: int = SCAN_CHUNK) -> ScanSummary:
         """Count and group the matching dead entries, oldest first, a chunk per call."""
         self.check_types()
-        lua_filter = filters.to_lua(now or self.clock())
+        lua_filter = filters.to_lua(now or self.clock(), self.settings.fields)
         summary = ScanSummary(total=self.client.llen(self.settings.dead))
         offset = 0
         while offset < summary.total:
@@ -190,7 +200,7 @@ class RedisListQueue(Refusing):
             stats = json.loads(reply[0].decode("utf-8", "replace"))
             if stats["scanned"] == 0:
                 break
-            summary.add(stats, reply[1:], samples)
+            summary.add(stats, reply[1:], samples, self.settings.fields)
             offset += stats["scanned"]
         return summary
 
@@ -218,7 +228,7 @@ class RedisListQueue(Refusing):
         self.client.delete(self.task_key)
         self.client.hset(self.task_key, mapping={
             "id": task_id, "status": "running", "filters": json.dumps(filters.to_dict()),
-            "filter_lua": filters.to_lua(now), "limit": -1 if limit is None else limit, "rate": rate or 0,
+            "filter_lua": filters.to_lua(now, self.settings.fields), "limit": -1 if limit is None else limit, "rate": rate or 0,
             "total": total, "matching": matching, "scanned": 0, "moved": 0, "started_at": now, "updated_at": now,
             "requested_by": requested_by,
         })

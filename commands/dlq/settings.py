@@ -16,15 +16,16 @@ class QueueSettings(_Model):
     """A dead-letter queue: Redis lists (``redis-list``) or a service's admin API (``http``)."""
 
     name: Name
-    backend: Literal["redis-list", "http", "rq", "bullmq"] = "redis-list"
+    backend: Literal["redis-list", "http", "sidekiq", "rq", "bullmq"] = "redis-list"
     # redis-list
     redis: str = "main"
     ready: str = "jobs"
     dead: str = "jobs:dead"
     keep: int = Field(1000, ge=0)
     batch: int = Field(1000, ge=1, le=10000)
-    # rq, bullmq: the library's queue name (default: name), BullMQ's key prefix (default: bull)
-    queue: str | None = None
+    # redis-list: where id/type/attempts/error/failedAt are in an entry (a Celery envelope: headers.task ...)
+    fields: dict[Literal["id", "type", "attempts", "error", "failedAt"], str] = Field(default_factory=dict)
+    # bullmq: BullMQ's key prefix (default: bull)
     prefix: str | None = None
     # http
     url: str | None = None
@@ -35,6 +36,10 @@ class QueueSettings(_Model):
     # both
     requeue_growth: float = Field(0.10, ge=0)
     lease_ttl: Duration = 15.0
+    # sidekiq: `queue` is the set (dead or retry), `namespace` the app's redis-namespace;
+    # rq, bullmq: `queue` is the library's queue name (default: the queue's name)
+    queue: str | None = None
+    namespace: str | None = None
 
 
 def check_queues(settings) -> None:
@@ -48,6 +53,9 @@ def check_queues(settings) -> None:
             if not queue.url:
                 raise ValueError(f"queues[{index}].url: the http backend needs the service's base url")
             continue
+        if queue.backend == "sidekiq" and (queue.queue or "dead") not in ("dead", "retry"):
+            raise ValueError(f"queues[{index}].queue: a sidekiq queue is Sidekiq's `dead` or `retry` set, "
+                             f"not {queue.queue!r}")
         if queue.redis not in settings.redis:
             known = ", ".join(settings.redis) or "none configured"
             raise ValueError(f"queues[{index}].redis: unknown redis connection {queue.redis!r} (known: {known})")

@@ -137,7 +137,7 @@ class QueueTrim:
         return self._create(token, task_id, keep, max_drop, requested_by)
 
     def _create(self, token: str, task_id: str, keep: int, max_drop: int | None, requested_by: str) -> TrimTask:
-        to_drop = max(self.client.llen(self.dead) - keep, 0)
+        to_drop = max(self._size() - keep, 0)
         if max_drop is not None:
             to_drop = min(to_drop, max_drop)
         pipe = self.client.pipeline(transaction=True)
@@ -146,6 +146,18 @@ class QueueTrim:
                                      "dropped": 0, "requested_by": requested_by, "started_at": self.clock()})
         pipe.execute()
         return self.task()
+
+    # -- the dead list; a backend keeping dead letters elsewhere overrides these three ------
+
+    def _size(self) -> int:
+        return self.client.llen(self.dead)
+
+    def _oldest(self, n: int) -> list[bytes]:
+        return self.client.lrange(self.dead, -n, -1)[::-1]
+
+    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], digest: str) -> int:
+        """1 removed (``dropped`` grew by their number), 0 the oldest end changed, -1 not ours."""
+        return self._pop(keys=[self.dead, self.key, self.lease.key], args=[len(oldest_first), digest, token, task_id])
 
     def _abandon(self, token: str, task_id: str, archive: Any) -> bool:
         """Close an interrupted task: rows of entries it never removed are deleted first."""
@@ -169,7 +181,7 @@ class QueueTrim:
         try:
             while True:
                 dropped = int(self.client.hget(self.key, "dropped"))
-                n = min(size, task.to_drop - dropped, self.client.llen(self.dead) - task.keep)
+                n = min(size, task.to_drop - dropped, self._size() - task.keep)
                 if n <= 0:
                     break
                 if should_stop():
@@ -180,12 +192,12 @@ class QueueTrim:
                         outcome = "lost"
                         break
                     renewed = self.clock()
-                oldest_first = self.client.lrange(self.dead, -n, -1)[::-1]
+                oldest_first = self._oldest(n)
                 if len(oldest_first) < n:  # the list shrank between LLEN and LRANGE: read again
                     continue
                 archive(task.id, dropped, oldest_first)
                 digest = hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
-                removed = self._pop(keys=[self.dead, self.key, self.lease.key], args=[n, digest, token, task.id])
+                removed = self._remove(token, task.id, oldest_first, digest)
                 if removed == -1:
                     outcome = "lost"
                     break

@@ -9,6 +9,8 @@ would run against a newer schema (what ``rollback`` needs to know).
 
 from __future__ import annotations
 
+from commands.drift.gauges import migration_gauges
+
 from pathlib import Path
 
 import httpx
@@ -47,7 +49,7 @@ def _fetch_json(source: MigrationSource) -> object:
 
 def _folder(settings: Settings, source: MigrationSource) -> Path:
     folder = Path(settings.base_dir, source.source)
-    if not folder.is_dir():
+    if not (folder.is_dir() or (source.tool == "alembic" and folder.is_file() and folder.suffix == ".ini")):
         raise CommandError(f"migrations folder {source.source!r} not found (looked in {folder})")
     return folder
 
@@ -185,4 +187,5 @@ GROUP = Group(
     commands=COMMANDS,
     extends={"databases": {"migrations": (MigrationSource | None, None)}},
     status=status_lines,
+    gauges={"drift": migration_gauges},
 )

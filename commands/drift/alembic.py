@@ -5,7 +5,9 @@ Usage::
     graph = graph_from_folder(Path("alembic/versions"))      # {revision: Revision}
     report = compare(graph, current_versions(conn, sql.Identifier("alembic_version")))
 
-Revision files are read with :mod:`ast`, never imported: ``revision = "..."`` and
+The revision files are those Alembic loads (``alembic.ini``'s ``script_location``,
+``version_locations``, ``recursive_version_locations``: :mod:`commands.drift.alembicini`).
+They are read with :mod:`ast`, never imported: ``revision = "..."`` and
 ``down_revision = None | "..." | ("a", "b")``, annotated or not. Everything
 reachable downwards from the database's version(s) is applied; the rest of the
 graph is pending; a version the graph does not have means the schema is newer
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from psycopg import sql
 
+from commands.drift.alembicini import AlembicLayout, layout_of, revision_files
 from commands.drift.model import DriftReport, Item
 
 __all__ = ["Revision", "graph_from_folder", "graph_from_json", "current_versions", "compare"]
@@ -61,10 +64,23 @@ def _downs(value: object) -> tuple[str, ...]:
 
 
 def graph_from_folder(folder: Path) -> dict[str, Revision]:
-    graph = {}
-    for path in sorted(folder.glob("*.py")):
+    """Every revision Alembic would load: ``folder`` is ``alembic.ini``, its folder, or a versions folder."""
+    layout = layout_of(folder)
+    if not any(location.is_dir() for location in layout.locations):
+        raise ValueError(f"none of the version locations in {layout.source} exists:"
+                         f" {', '.join(str(location) for location in layout.locations)}")
+    files = revision_files(layout)
+    if layout.source == "a versions folder":
+        nested = revision_files(AlembicLayout(layout.locations, True, layout.source))
+        if any(_revision_of(path) for path in set(nested) - set(files)):
+            raise ValueError("the versions folder has revision files in sub-folders; point source at alembic.ini"
+                             " so that drift reads recursive_version_locations and version_locations from it")
+    graph: dict[str, Revision] = {}
+    for path in files:
         revision = _revision_of(path)
         if revision is not None:
+            if revision.revision in graph:
+                raise ValueError(f"revision {revision.revision} is defined twice ({path.name})")
             graph[revision.revision] = revision
     return graph
 

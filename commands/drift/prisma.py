@@ -8,7 +8,9 @@ Usage::
 
 Per migration name the newest row counts. Besides what ``prisma migrate status``
 says (pending, failed, applied-but-unknown), a checksum that differs from the
-file's sha256 means the migration was edited after it was applied.
+file's sha256 means the migration was edited after it was applied. Line endings do not count,
+exactly as in Prisma (its ``script_matches_checksum`` also accepts the file with CRLF made LF or
+LF made CRLF, and the unpadded hex of old Prisma versions).
 """
 
 from __future__ import annotations
@@ -22,13 +24,37 @@ from psycopg import sql
 
 from commands.drift.model import DriftReport, Item
 
-__all__ = ["Expected", "Applied", "expected_from_folder", "expected_from_json", "applied_rows", "compare"]
+__all__ = ["CHECKSUM_LEN", "Expected", "Applied", "script_digests", "expected_from_folder", "expected_from_json", "applied_rows", "compare"]
 
 
 @dataclass(frozen=True)
 class Expected:
+    """``digests``: the sha256 of the file as written and with its line endings changed (empty from JSON)."""
+
     name: str
     checksum: str
+    digests: tuple[bytes, ...] = ()
+
+    def matches(self, stored: str) -> bool:
+        """Whether the checksum Prisma stored accepts this file, as Prisma's ``script_matches_checksum`` decides."""
+        if not self.digests:
+            return stored == self.checksum
+        old_format = bool(stored) and len(stored) != CHECKSUM_LEN
+        return any(_format(digest, old_format) == stored for digest in self.digests)
+
+
+CHECKSUM_LEN = 64
+
+
+def script_digests(script: bytes) -> tuple[bytes, ...]:
+    """Prisma accepts a script whose checksum matches it as is, with CRLF made LF, or with LF made CRLF."""
+    return tuple(hashlib.sha256(variant).digest()
+                 for variant in (script, script.replace(b"\r\n", b"\n"), script.replace(b"\n", b"\r\n")))
+
+
+def _format(digest: bytes, old_format: bool) -> str:
+    """Hex; migrations tables written by old Prisma versions hold checksums without zero-padded bytes."""
+    return "".join(f"{byte:x}" for byte in digest) if old_format else digest.hex()
 
 
 @dataclass(frozen=True)
@@ -46,7 +72,8 @@ def expected_from_folder(folder: Path) -> list[Expected]:
     for entry in sorted(folder.iterdir()):
         script = entry / "migration.sql"
         if entry.is_dir() and script.is_file():
-            found.append(Expected(entry.name, hashlib.sha256(script.read_bytes()).hexdigest()))
+            body = script.read_bytes()
+            found.append(Expected(entry.name, hashlib.sha256(body).hexdigest(), script_digests(body)))
     return found
 
 
@@ -92,7 +119,7 @@ def compare(expected: list[Expected], applied: list[Applied]) -> DriftReport:
                                       + (f": {first_line[0][:200]}" if first_line else ""), when=row.started_at))
         if name in done and name not in known:
             report.unknown.append(Item(name, "applied, but not in this code's migrations", when=row.finished_at))
-        elif name in done and row.checksum != known[name].checksum:
+        elif name in done and not known[name].matches(row.checksum):
             report.edited.append(Item(name, f"applied with checksum {row.checksum[:12]}…, the file is now"
                                             f" {known[name].checksum[:12]}…: edited after it was applied",
                                       when=row.finished_at))

@@ -37,7 +37,9 @@ def oldest_first(client: redis.Redis, key: str) -> list[bytes]:
 def everything(client: redis.Redis, *keys: str) -> Counter:
     """The multiset of entries across lists (and the requeue's held lists)."""
     total: Counter = Counter()
-    for key in list(keys) + [k.decode() for k in client.keys("opsbot:dlq:held:*")]:
+    from tests.support.dlqlayout import keys_matching
+
+    for key in list(keys) + [k.decode() for k in keys_matching(client, "opsbot:dlq:held:*")]:
         total.update(client.lrange(key, 0, -1))
     return total
 
@@ -75,16 +77,13 @@ def opsbot(config: Path, text: str, *extra: str, yes: bool = True) -> list[str]:
             text]
 
 
-def two_queues_runtime(tmp_path: Path, database_url: str, make_runtime, fake_slack):
-    """A runtime with queue `jobs` (keep 5, batch 7) and queue `step`, on the test's Redis and database."""
+def two_queues_runtime(tmp_path: Path, database_url: str, make_runtime, fake_slack, layout=None):
+    """A runtime with queue `jobs` (keep 5, batch 7) and queue `step`, on the test's Redis (or ``layout``'s)."""
     from slack_sdk import WebClient
 
-    from tests.conftest import BOT_TOKEN, write_config
+    from tests.conftest import BOT_TOKEN, REDIS_URL, write_config
+    from tests.support.dlqlayout import QueueLayout
 
     path = write_config(tmp_path / "app.yaml", database_url, api_url=fake_slack.api_url)
-    text = path.read_text().replace(
-        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead"}\n',
-        '  - {name: jobs, redis: main, ready: jobs, dead: "jobs:dead", keep: 5, batch: 7}\n'
-        '  - {name: step, redis: main, ready: step.ready, dead: step.dead}\n')
-    path.write_text(text)
+    (layout or QueueLayout.server(None, REDIS_URL)).configure(path, "keep: 5, batch: 7", step=True)
     return make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["PostgresCluster", "RedisServer", "free_port"]
+__all__ = ["PostgresCluster", "RedisServer", "free_port", "wait_for_port"]
 
 
 def free_port() -> int:
