@@ -55,8 +55,8 @@ class GaugeBoard:
     def put(self, samples: Iterable[Gauge]) -> int:
         fields = {}
         for sample in samples:
-            if not math.isfinite(float(sample.value)):
-                continue
+            if not isinstance(sample.value, (int, float)) or not math.isfinite(sample.value):
+                continue  # unknown (a backend that cannot say how many are ready) is no sample, not a zero
             field = json.dumps([sample.name, sorted((str(k), str(v)) for k, v in sample.labels.items())])
             fields[field] = json.dumps({"value": float(sample.value), "help": sample.help, "at": self.clock()})
         if not fields:
