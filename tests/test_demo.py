@@ -73,8 +73,15 @@ class Terminal:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 return os.waitstatus_to_exitcode(status)
+        os.kill(self.pid, signal.SIGUSR1)  # where it hangs: every thread's stack (opsbot registers faulthandler)
+        time.sleep(1)
+        try:
+            while select.select([self.fd], [], [], 0.5)[0]:
+                self.seen += os.read(self.fd, 65536).decode("utf-8", "replace")
+        except OSError:
+            pass
         os.kill(self.pid, signal.SIGKILL)
-        raise AssertionError(f"did not exit; the screen ends with:\n{self.seen[-2000:]}")
+        raise AssertionError(f"did not exit; the screen ends with:\n{self.seen[-6000:]}")
 
 
 def test_the_console_confirms_writes_files_shows_drafts_and_stops_cleanly_on_ctrl_c(tmp_path, own_tempdir):

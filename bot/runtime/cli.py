@@ -17,6 +17,7 @@ Exit codes: 0 ran, 1 failed, 2 usage or configuration error, 3 denied or not con
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
@@ -104,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to stderr, for a process that hangs
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     scratch = None
     if args.verb == "serve" and args.workers and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Worker processes count too: prometheus-client's multiprocess mode, set up before anything counts.
