@@ -113,7 +113,7 @@ def child(system: str, url: str) -> None:
     if system == "rq":
         queue = RqQueue(QueueSettings(name="mail", backend="rq", queue="mail"), client)
     else:
-        queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client, url=url)
+        queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
     started = time.perf_counter()
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=0, requested_by="bench")
     report = queue.run_requeue(task.id, owner="bench", batch=1000)

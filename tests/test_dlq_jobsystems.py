@@ -286,7 +286,7 @@ def test_bullmq_peek_requeue_killed_resumed_and_bullmqs_worker_runs_exactly_thos
 def test_bullmq_journaled_batch_is_finished_once_after_a_crash(own_redis):
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=4)
-    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client, url=own_redis.url)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
     task = queue.start_requeue(Filters(), limit=3, rate=None, matching=4, requested_by="t")
     ids = [json.loads(raw)[0] for raw in client.lrange(queue.pending_key, 0, -1)]
     client.hset(queue.journal_key, mapping={"\x00n": 3, **{job_id: "1" for job_id in ids}})
@@ -320,7 +320,7 @@ def test_two_replicas_never_drive_one_rq_requeue_at_once(own_redis):
 def test_cancelling_an_interrupted_bullmq_requeue_finishes_its_journaled_batch_only(own_redis):
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=6)
-    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client, url=own_redis.url)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
     queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
     ids = [json.loads(raw)[0] for raw in client.lrange(queue.pending_key, 0, 1)]
     client.hset(queue.journal_key, mapping={"\x00n": 2, **{job_id: "1" for job_id in ids}})

@@ -2,20 +2,22 @@
 
 Usage::
 
-    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), redis_client, url=redis_url)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), redis_client)
     queue.scan(Filters(error="timeout"), samples=3)
     task = queue.start_requeue(Filters(), limit=100, rate=None, matching=100, requested_by="U1")
-    queue.run_requeue(task.id, owner="host:pid")   # bullmq Job.retry("failed"), a batch at a time
+    queue.run_requeue(task.id, owner="host:pid")   # BullMQ's reprocessJob script, a pipelined batch at a time
 
 What BullMQ keeps: ``<prefix>:<queue>:failed``, a sorted set of job ids scored by when they
 finished (ms); each job a hash ``<prefix>:<queue>:<id>`` with ``name`` (the type), ``data`` (JSON),
 ``failedReason`` (the error), ``atm`` (attempts made) and ``finishedOn`` (the age). ``prefix`` is
 ``bull`` unless the queue's settings say otherwise.
 
-Requeueing uses the official ``bullmq`` Python package: ``Job.fromId`` then ``Job.retry("failed")``,
-which runs BullMQ's own ``reprocessJob`` Lua script (atomically: only if the job is still in the
-failed set, it leaves it, loses ``failedReason``/``finishedOn``, and is pushed to ``wait`` with
-its marker and a ``waiting`` event), so BullMQ workers in any language run it again.
+Requeueing runs BullMQ's own ``reprocessJob`` Lua script, loaded from the official ``bullmq`` Python
+package with its own key layout (``QueueKeys``) and exactly the keys and arguments its
+``Job.retry("failed")`` passes (atomically: only if the job is still in the failed set, it leaves it,
+loses ``failedReason``/``finishedOn``, and is pushed to ``wait`` with its marker and a ``waiting``
+event), so BullMQ workers in any language run it again. The calls of a batch go in one pipeline:
+one round trip per batch instead of one per job.
 
 ``trim`` is not offered: BullMQ trims failed jobs itself (``removeOnFail``, ``Queue.clean``), and
 removing one is BullMQ's own ``removeJob`` script, which leaves nothing for opsbot to archive first.
@@ -23,15 +25,12 @@ removing one is BullMQ's own ``removeJob`` script, which leaves nothing for opsb
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Coroutine
 from typing import Any, ClassVar
 
-import redis.asyncio as aioredis
-from bullmq import Job, Queue
 from bullmq.job import optsFromJSON
+from bullmq.queue_keys import QueueKeys
+from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
 
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities)
 from commands.dlq.entries import DeadEntry
@@ -40,29 +39,6 @@ from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
 __all__ = ["BullQueue"]
 
 FIELDS = ("name", "data", "failedReason", "stacktrace", "atm", "finishedOn", "timestamp")
-CONCURRENCY = 50  # retries in flight at once, within one batch
-
-
-def _run(coroutine: Coroutine) -> Any:
-    """Run a coroutine to its end from synchronous code, even where an event loop already runs."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coroutine)
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="opsbot-bullmq")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def _text(value: bytes | None) -> str | None:
@@ -81,18 +57,17 @@ class BullQueue(JobRegistryQueue):
 
     @classmethod
     def open(cls, settings: Any, targets: Any, app: Any) -> "BullQueue":
-        """The factory's constructor: the queue's Redis (client and URL, for the bullmq package)."""
-        return cls(settings, targets.redis(settings.redis), app.state.prefix,
-                   url=targets.settings.redis[settings.redis].url)
+        """The factory's constructor: the queue's Redis."""
+        return cls(settings, targets.redis(settings.redis), app.state.prefix)
 
-    def __init__(self, settings: Any, client: Any, prefix: str = "opsbot:", *, url: str, **kw: Any):
+    def __init__(self, settings: Any, client: Any, prefix: str = "opsbot:", **kw: Any):
         super().__init__(settings, client, prefix, **kw)
-        self.url = url
         self.queue = settings.queue or settings.name
         self.bull_prefix = settings.prefix or "bull"
         self.base = f"{self.bull_prefix}:{self.queue}"
         self.failed_key = f"{self.base}:failed"
         self.ready_key = f"{self.base}:wait"
+        self._reprocess = self.client.register_script(loadScript(SCRIPT_DEFINITIONS["reprocessJob"]))
 
     def _fingerprints(self, ids: list[str]) -> list[str | None]:
         """The failed set's score (finishedOn, ms) and the attempts made: each failure has its own."""
@@ -135,41 +110,26 @@ class BullQueue(JobRegistryQueue):
         return entries
 
     def _requeue(self, ids: list[str]) -> set[str]:
-        """``Job.retry("failed")`` for each, a batch's jobs built from their stored ``name`` and ``opts``
-        (read in one round trip: what ``Job.fromId`` would read, without each job's whole hash)."""
+        """BullMQ's ``reprocessJob`` for each job still there, as ``Job.retry("failed")`` calls it, in one pipeline."""
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(f"{self.base}:{job_id}", "name", "opts")
-        jobs = []
-        for job_id, (name, opts) in zip(ids, pipe.execute()):
-            if name is None and opts is None:
-                continue  # gone: BullMQ removed it
-            try:
-                options = json.loads(opts) if opts else {}
-            except ValueError:
-                options = {}
-            jobs.append((job_id, _text(name) or "", options if isinstance(options, dict) else {}))
-        return _run(self._retry(jobs)) if jobs else set()
+            pipe.hget(f"{self.base}:{job_id}", "opts")
+        present = [(job_id, opts) for job_id, opts in zip(ids, pipe.execute()) if opts is not None]
+        keys = QueueKeys(self.bull_prefix).getKeys(self.queue)
+        shared = [keys[name] for name in ("events", "failed", "wait", "meta", "active", "marker", "prioritized", "pc")]
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, opts in present:
+            lifo = _options(opts).get("lifo")
+            self._reprocess(keys=[f"{self.base}:{job_id}", *shared], client=pipe,
+                            args=[job_id, ("R" if lifo else "L") + "PUSH", "failedReason", "failed", "0", "0"])
+        replies = pipe.execute(raise_on_error=False) if present else []
+        # 1: moved; -1 no such job, -3 not in the failed set (any more): BullMQ's own answers, as Job.retry raises them
+        return {job_id for (job_id, _), reply in zip(present, replies) if reply == 1}
 
-    async def _retry(self, jobs: list[tuple[str, str, dict]]) -> set[str]:
-        # A pooled client: given a URL, bullmq opens a single connection, and the batch would go one job at a time.
-        client = aioredis.Redis.from_url(self.url, decode_responses=True, max_connections=CONCURRENCY)
-        queue = Queue(self.queue, {"connection": client, "prefix": self.bull_prefix})
-        moved: set[str] = set()
-        limit = asyncio.Semaphore(CONCURRENCY)
 
-        async def one(job_id: str, name: str, opts: dict) -> None:
-            async with limit:
-                job = Job(queue, name, None, optsFromJSON(opts), job_id=job_id)
-                try:
-                    await job.retry("failed")
-                except TypeError:  # BullMQ's script said: not in the failed set (any more), or no such job
-                    return
-                moved.add(job_id)
-
-        try:
-            await asyncio.gather(*(one(*job) for job in jobs))
-        finally:
-            await queue.close()
-            await client.aclose()
-        return moved
+def _options(raw: bytes | str) -> dict:
+    try:
+        options = json.loads(raw)
+    except ValueError:
+        return {}
+    return optsFromJSON(options) if isinstance(options, dict) else {}
