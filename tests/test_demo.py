@@ -40,6 +40,10 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child
             os.chdir(cwd)
+            # Started the way a careless parent starts it: SIGINT ignored and blocked (both survive exec; a
+            # test runner's thread in sigwait leaves it blocked). Ctrl-C must still stop the demo.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             os.execve(command[0], command, env)
         self.seen = ""
 

@@ -46,6 +46,11 @@ def main(interactive: bool | None = None) -> int:
     if interactive is None:
         interactive = sys.stdin.isatty() and sys.stdout.isatty()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
+    # Ctrl-C stops the demo and cleans up, even when whatever started us ignored or blocked SIGINT (both are
+    # inherited across exec: a supervisor, a test runner's thread waiting in sigwait, `nohup`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     print("Starting an embedded Redis and PostgreSQL ...", flush=True)
     try:
         with Sandbox() as sandbox, DemoServices() as services, \
