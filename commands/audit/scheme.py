@@ -46,15 +46,18 @@ class Layout:
     settings: AuditSettings
     created_has_zone: bool
     names: tuple[str, ...]  # logical field names in SELECT order
+    not_null: frozenset[str] = frozenset()  # logical fields whose column is NOT NULL
 
     @classmethod
     def load(cls, conn, settings: AuditSettings) -> Layout:
         cols = settings.columns
-        found = dict(conn.execute(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a"
             " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
             (sql.Identifier(settings.table).as_string(conn),),
-        ).fetchall())
+        ).fetchall()
+        found = {name: kind for name, kind, _ in rows}
+        required = {name for name, _, not_null in rows if not_null}
         if not found:
             raise CommandError(f"audit table {settings.table!r} does not exist in database {settings.database!r}")
         wanted = {name: getattr(cols, name) for name in _logical_fields(settings)}
@@ -63,7 +66,8 @@ class Layout:
             raise CommandError(f"audit table {settings.table!r} has no column for: {', '.join(missing)}"
                                " (audit.columns in app.yaml)")
         return cls(settings, found[cols.created].startswith("timestamp with time zone"),
-                   tuple(_logical_fields(settings)))
+                   tuple(_logical_fields(settings)),
+                   frozenset(name for name, column in wanted.items() if column in required))
 
     @property
     def positions(self) -> dict[str, int]:
