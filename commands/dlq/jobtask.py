@@ -40,6 +40,7 @@ import redis
 
 from bot.core.invocation import CommandError
 from commands.dlq.backend import Capabilities, Depth, Refusing, ScanSummary
+from commands.dlq.driver import drive_requeue
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
 from commands.dlq.redis_list import RequeueReport, Task
@@ -48,7 +49,6 @@ from commands.dlq.settings import QueueSettings
 __all__ = ["JobRegistryQueue", "last_line", "entry_of"]
 
 CHUNK = 500
-PROGRESS_EVERY = 0.5
 
 # KEYS: task, pending, journal, lease. ARGV: token, n, moved, scanned, now.
 # Returns 2 lost (not the lease holder), 1 nothing left or cancelling, 0 more to do.
@@ -230,50 +230,11 @@ class JobRegistryQueue(Refusing):
                     lease_ttl: float = 15.0, should_stop: Callable[[], bool] = lambda: False,
                     before: Callable[[], Any] = lambda: None) -> RequeueReport:
         """Drive the task to its end (or resume it); safe to kill at any instant and run again."""
-        token = self.lease.take("requeue", task_id, owner=owner, ttl=lease_ttl)
-        try:
-            before()
-            task = self.task()
-            if task is None or task.id != task_id:
-                raise CommandError(f"requeue task {task_id} of {self.name!r} no longer exists")
-        except BaseException:
-            self.lease.release(token)
-            raise
-        started = renewed = reported = self.clock()
-        first_moved = task.moved
-        step = max(1, min(batch, int(task.rate))) if task.rate else batch
-        outcome = "done"
-        try:
-            state = 1 if not self.client.llen(self.pending_key) and not self.client.exists(self.journal_key) else 0
-            while state == 0:
-                if should_stop():
-                    outcome = "interrupted"
-                    break
-                now = self.clock()
-                if now - renewed > lease_ttl / 3:
-                    if not self.lease.renew(token, ttl=lease_ttl):
-                        outcome = "lost"
-                        break
-                    renewed = now
-                state = self._batch(token, step)
-                if state == 2:
-                    outcome = "lost"
-                    break
-                now = self.clock()
-                if state == 1 or now - reported >= PROGRESS_EVERY:
-                    task = self.task()
-                    progress(task, (task.moved - first_moved) / max(now - started, 1e-6))
-                    reported = now
-                if task.rate and state == 0:
-                    moved_now = int(self.client.hget(self.task_key, "moved"))
-                    ahead = (moved_now - first_moved) / task.rate - (self.clock() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
-            if outcome == "done":
-                outcome = self._finish()
-        finally:
-            self.lease.release(token)
-        return RequeueReport(self.task(), outcome, self.clock() - started, first_moved)
+        outcome, seconds, first_moved = drive_requeue(
+            self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl, should_stop=should_stop,
+            before=before, step=self._batch, finish=lambda token: self._finish(),
+            finished=lambda: not self.client.llen(self.pending_key) and not self.client.exists(self.journal_key))
+        return RequeueReport(self.task(), outcome, seconds, first_moved)
 
     def _batch(self, token: str, step: int) -> int:
         journal = {k.decode(): v.decode() for k, v in self.client.hgetall(self.journal_key).items()}

@@ -37,6 +37,7 @@ from bot.core.invocation import CommandError
 from commands.dlq import lua
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities, Depth,
                                   Refusing, ScanSummary)
+from commands.dlq.driver import drive_requeue
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
 from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
@@ -45,7 +46,6 @@ __all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport"]
 
 SCAN_CHUNK = 1000
 GROUP_KEY_CHARS = 120
-PROGRESS_EVERY = 0.5
 
 
 @dataclass(frozen=True)
@@ -249,51 +249,12 @@ class RedisListQueue(Refusing):
 
         ``before()`` runs once the queue's lease is held, before the task is read: it may
         record the task (``start_requeue``), so that nothing is recorded while a trim runs."""
-        token = self.lease.take("requeue", task_id, owner=owner, ttl=lease_ttl)
-        try:
-            before()
-            task = self.task()
-            if task is None or task.id != task_id:
-                raise CommandError(f"requeue task {task_id} of {self.name!r} no longer exists")
-        except BaseException:
-            self.lease.release(token)
-            raise
-        started = self.clock()
-        first_moved = task.moved
-        renewed = reported = started
-        step = max(1, min(batch, int(task.rate))) if task.rate else batch
         keys = [self.settings.dead, self.settings.ready, self.held_key(task_id), self.task_key, self.lease_key]
-        outcome = "done"
-        try:
-            while True:
-                if should_stop():
-                    outcome = "interrupted"
-                    break
-                scanned, moved, state = self._batch(keys=keys, args=[step, token, self.clock()])
-                now = self.clock()
-                if now - renewed > lease_ttl / 3:
-                    if not self.lease.renew(token, ttl=lease_ttl):
-                        state = 2
-                    renewed = now
-                if state == 2:
-                    outcome = "lost"
-                    break
-                if state == 1 or now - reported >= PROGRESS_EVERY:
-                    task = self.task()
-                    progress(task, (task.moved - first_moved) / max(now - started, 1e-6))
-                    reported = now
-                if state == 1:
-                    break
-                if task.rate:
-                    moved_now = int(self.client.hget(self.task_key, "moved"))
-                    ahead = (moved_now - first_moved) / task.rate - (self.clock() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
-            if outcome in ("done",):
-                outcome = self._finish(task_id)
-        finally:
-            self.lease.release(token)
-        return RequeueReport(self.task(), outcome, self.clock() - started, first_moved)
+        outcome, seconds, first_moved = drive_requeue(
+            self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl, should_stop=should_stop,
+            before=before, step=lambda token, size: self._batch(keys=keys, args=[size, token, self.clock()])[2],
+            finish=lambda token: self._finish(task_id))
+        return RequeueReport(self.task(), outcome, seconds, first_moved)
 
     def _finish(self, task_id: str) -> str:
         """Put the held entries back in order and close the task; returns done or cancelled."""

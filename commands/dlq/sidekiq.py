@@ -36,6 +36,7 @@ import redis
 from bot.core.invocation import CommandError
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities, Depth,
                                   Refusing, ScanSummary)
+from commands.dlq.driver import drive_requeue
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
 from commands.dlq.redis_list import RequeueReport, Task
@@ -45,7 +46,6 @@ from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
 __all__ = ["SidekiqSet", "sidekiq_view", "retried_job"]
 
 CHUNK = 1000
-PROGRESS_EVERY = 0.5
 DEFAULT_OPTIONS = {"retry": True, "queue": "default"}  # Sidekiq::DEFAULT_WORKER_OPTIONS (6.x, 7.x)
 SETS = ("dead", "retry")
 
@@ -271,49 +271,11 @@ class SidekiqSet(Refusing):
                     lease_ttl: float = 15.0, should_stop: Callable[[], bool] = lambda: False,
                     before: Callable[[], Any] = lambda: None) -> RequeueReport:
         """Drive the task to its end (or resume it); safe to kill at any instant and run again."""
-        token = self.lease.take("requeue", task_id, owner=owner, ttl=lease_ttl)
-        try:
-            before()
-            task = self.task()
-            if task is None or task.id != task_id:
-                raise CommandError(f"requeue task {task_id} of {self.name!r} no longer exists")
-        except BaseException:
-            self.lease.release(token)
-            raise
-        started = renewed = reported = self.clock()
-        first_moved = task.moved
-        step = max(1, min(batch, int(task.rate))) if task.rate else batch
-        outcome = "done"
-        try:
-            while True:
-                if should_stop():
-                    outcome = "interrupted"
-                    break
-                if self.clock() - renewed > lease_ttl / 3:
-                    if not self.lease.renew(token, ttl=lease_ttl):
-                        outcome = "lost"
-                        break
-                    renewed = self.clock()
-                state = self._step(token, step)
-                if state == 2:
-                    outcome = "lost" if self.client.hget(self.task_key, "status") == b"running" else "done"
-                    break
-                now = self.clock()
-                if state == 1 or now - reported >= PROGRESS_EVERY:
-                    task = self.task()
-                    progress(task, (task.moved - first_moved) / max(now - started, 1e-6))
-                    reported = now
-                if state == 1:
-                    break
-                if task.rate:
-                    ahead = (self.task().moved - first_moved) / task.rate - (self.clock() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
-            if outcome == "done":
-                outcome = self._finish(token)
-        finally:
-            self.lease.release(token)
-        return RequeueReport(self.task(), outcome, self.clock() - started, first_moved)
+        outcome, seconds, first_moved = drive_requeue(
+            self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl, should_stop=should_stop,
+            before=before, step=self._step, finish=self._finish,
+            lost=lambda: "lost" if self.client.hget(self.task_key, "status") == b"running" else "done")
+        return RequeueReport(self.task(), outcome, seconds, first_moved)
 
     def _step(self, token: str, step: int) -> int:
         """One batch: read after the cursor, choose and rewrite in Python, move atomically in Lua.
