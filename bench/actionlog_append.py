@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psycopg
-import redis
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,9 +27,8 @@ sys.path.insert(0, str(ROOT))
 from bot.config.settings import load_settings  # noqa: E402
 from bot.config.settings import StateSettings  # noqa: E402
 from bot.store.state import State  # noqa: E402
+from bench.scratch import REDIS_URL, Scratch, scratch  # noqa: E402
 
-ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
 PAYLOAD = {"command": "dlq requeue", "text": "dlq requeue jobs --type send_email --limit 300", "channel": "C0123",
            "thread_ts": None, "local_admin": False, "pending_id": "p-0123456789abcdef"}
 
@@ -51,16 +45,15 @@ def main() -> None:
     parser.add_argument("--appends", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    name = f"opsbot_bench_actionlog_{secrets.token_hex(3)}"
-    prefix = f"opsbot-bench-{secrets.token_hex(3)}:"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(**{**conninfo_to_dict(ADMIN_URL), "dbname": name})
-    folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
-    config = folder / "app.yaml"
+    with scratch("actionlog") as place:
+        run(args, place)
+
+
+def run(args: argparse.Namespace, place: Scratch) -> None:
+    config = place.folder / "app.yaml"
     anchored = "log_secret" in StateSettings.model_fields
     secret = ", log_secret: '${OPSBOT_LOG_SECRET:-}'" if anchored else ""
-    config.write_text(f"state: {{redis_url: '{REDIS_URL}', database_url: '{url}', prefix: '{prefix}'{secret}}}\n")
+    config.write_text(f"state: {{redis_url: '{REDIS_URL}', database_url: '{place.url}', prefix: '{place.prefix}'{secret}}}\n")
     settings = load_settings(config, env=os.environ)
     state = State(settings)
     try:
@@ -85,12 +78,6 @@ def main() -> None:
             print(f"{label}: {report.rows:,} rows, ok={report.ok} in {time.perf_counter() - started:.3f}s")
     finally:
         state.close()
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 if __name__ == "__main__":
     main()

@@ -17,13 +17,9 @@ import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import psycopg
-import redis
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,9 +27,8 @@ sys.path.insert(0, str(ROOT))
 from bot.config.settings import load_settings  # noqa: E402
 from bot.store.state import State  # noqa: E402
 from tests.support.pgbouncer import PgBouncer  # noqa: E402
+from bench.scratch import REDIS_URL, Scratch, scratch  # noqa: E402
 
-ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/10")
 PAYLOAD = {"command": "dlq trim", "text": "dlq trim jobs --keep 100", "channel": "C0123", "pending_id": "p-01"}
 
 
@@ -49,12 +44,12 @@ def main() -> None:
     parser.add_argument("--appends", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    name = f"opsbot_bench_pooler_{secrets.token_hex(3)}"
-    prefix = f"opsbot-bench-{secrets.token_hex(3)}:"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(**{**conninfo_to_dict(ADMIN_URL), "dbname": name})
-    folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
+    with scratch("pooler") as place:
+        run(args, place)
+
+
+def run(args: argparse.Namespace, place: Scratch) -> None:
+    folder, url, prefix = place.folder, place.url, place.prefix
     bouncer = PgBouncer(url, pool_size=2).start()
     states = {}
     try:
@@ -80,12 +75,6 @@ def main() -> None:
         for state in states.values():
             state.close()
         bouncer.close()
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 if __name__ == "__main__":
     main()

@@ -16,19 +16,12 @@ end). With ``--schedules`` schedules of ``dlq status`` configured it times, ``--
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
-import redis
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,9 +30,8 @@ from bot.config.settings import load_settings  # noqa: E402
 from bot.core.invocation import Actor, Where  # noqa: E402
 from bot.runtime.factory import Runtime  # noqa: E402
 from commands.schedule.runner import ScheduleRunner  # noqa: E402
+from bench.scratch import REDIS_URL, Scratch, scratch  # noqa: E402
 
-ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
 def median_of(fn, rounds: int) -> float:
@@ -56,12 +48,12 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
-    name = f"opsbot_bench_schedule_{secrets.token_hex(3)}"
-    prefix = f"opsbot-bench-{secrets.token_hex(3)}:"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(**{**conninfo_to_dict(ADMIN_URL), "dbname": name})
-    folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
+    with scratch("schedule") as place:
+        run(args, place)
+
+
+def run(args: argparse.Namespace, place: Scratch) -> None:
+    folder, url, prefix = place.folder, place.url, place.prefix
     schedules = "".join(f"  - {{name: s{n}, every: 1m, run: dlq status}}\n" for n in range(args.schedules))
     config = folder / "app.yaml"
     config.write_text(f"""
@@ -106,13 +98,6 @@ schedules:
               f" {scheduled / typed:5.2f}x  (per run, {rounds} sweeps of {args.schedules})")
     finally:
         runtime.close()
-        shutil.rmtree(folder, ignore_errors=True)
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 if __name__ == "__main__":
     main()
