@@ -7,7 +7,7 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE",
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "MERGE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE",
            "LEASE_HOLDER"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
@@ -165,8 +165,10 @@ local go, stay = {}, {}
 for _, raw in ipairs(items) do
   if (limit < 0 or moved + #go < limit) and matches(raw, f) then go[#go + 1] = raw else stay[#stay + 1] = raw end
 end
+-- Held entries lie as in the dead list, newest at the left (tasks of earlier versions: oldest at the left).
+local hold = (redis.call('HGET', task, 'held_order') == 'newest-first') and 'LPUSH' or 'RPUSH'
 for i = 1, #go, 1000 do redis.call('LPUSH', KEYS[2], unpack(go, i, math.min(i + 999, #go))) end
-for i = 1, #stay, 1000 do redis.call('RPUSH', KEYS[3], unpack(stay, i, math.min(i + 999, #stay))) end
+for i = 1, #stay, 1000 do redis.call(hold, KEYS[3], unpack(stay, i, math.min(i + 999, #stay))) end
 redis.call('HINCRBY', task, 'scanned', #items)
 redis.call('HINCRBY', task, 'moved', #go)
 redis.call('HSET', task, 'updated_at', ARGV[3])
@@ -174,7 +176,8 @@ local more = (scanned + #items < total) and (limit < 0 or moved + #go < limit)
 return {#items, #go, more and 0 or 1}
 """
 
-# RESTORE: put up to ARGV[1] held entries back at the oldest end of the dead list, in their order.
+# RESTORE: put up to ARGV[1] held entries (oldest at the left: tasks started by earlier versions) back at
+# the oldest end of the dead list, in their order.
 # KEYS: held, dead. Returns how many were moved (0 when nothing is left).
 RESTORE = r"""
 local n = 0
@@ -183,6 +186,31 @@ for i = 1, tonumber(ARGV[1]) do
   n = n + 1
 end
 return n
+"""
+
+# MERGE: put a task's held entries (newest at the left) back at the dead list's oldest end, in order.
+# The dead list followed by the held list is the queue's dead letters in order; each call moves up to
+# ARGV[1] entries across that boundary from the shorter side, and once the dead list is empty the held
+# list becomes it (RENAME): a requeue that ran to its end puts back no more than what arrived meanwhile.
+# KEYS: held, dead. Returns how many were moved (0 when the held list is gone).
+MERGE = r"""
+local n = tonumber(ARGV[1])
+local h = redis.call('LLEN', KEYS[1])
+if h == 0 then return 0 end
+local d = redis.call('LLEN', KEYS[2])
+if d == 0 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  return h
+end
+local items
+if d < h then
+  items = redis.call('RPOP', KEYS[2], math.min(n, d))  -- the oldest of the dead list first
+  for i = 1, #items, 1000 do redis.call('LPUSH', KEYS[1], unpack(items, i, math.min(i + 999, #items))) end
+else
+  items = redis.call('LPOP', KEYS[1], math.min(n, h))  -- the newest held entry first
+  for i = 1, #items, 1000 do redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items))) end
+end
+return #items
 """
 
 # TRIM_POP: remove the ARGV[1] oldest entries only if they are still exactly the archived ones,
