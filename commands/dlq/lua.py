@@ -76,10 +76,12 @@ local function field(e, f, name)
   return v
 end
 
+-- Does raw match f? Returns false, or true and the entry decoded (nil when f.any spared decoding it).
 local function matches(raw, f)
   if f.any then return true end
-  -- Cheap pre-check: the type's bytes must appear, unless the entry has escapes that could spell it.
-  if f.type and not string.find(raw, f.type, 1, true) and not string.find(raw, '\\', 1, true) then
+  -- Cheap pre-check: the type as a JSON string, quotes and all, must appear, unless the entry has
+  -- escapes that could spell it (a type with a quote or backslash in it is always escaped).
+  if f.type and not string.find(raw, f.quoted_type, 1, true) and not string.find(raw, '\\', 1, true) then
     return false
   end
   local e = decode(raw)
@@ -97,7 +99,14 @@ local function matches(raw, f)
     local t = to_epoch(field(e, f, 'failedAt'))
     if not t or t >= f.before then return false end
   end
-  return true
+  return true, e
+end
+
+-- The filter document (Filters.to_lua) as the scripts use it.
+local function filter_of(text)
+  local f = cjson.decode(text)
+  if f.type then f.quoted_type = '"' .. f.type .. '"' end
+  return f
 end
 """
 
@@ -105,7 +114,7 @@ end
 # KEYS[1] dead   ARGV: filter json, offset, count, samples wanted, group key max length
 # Returns {stats json, sample raw, sample raw, ...}
 SCAN = _MATCH + r"""
-local f = cjson.decode(ARGV[1])
+local f = filter_of(ARGV[1])
 local offset, count, want, keylen = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local items = redis.call('LRANGE', KEYS[1], -(offset + count), -(offset + 1))
 local stats = {scanned = #items, matched = 0, opaque = 0, types = {}, errors = {}}
@@ -113,9 +122,10 @@ local samples = {}
 -- LRANGE returns left-to-right (newest first); walk from the oldest.
 for i = #items, 1, -1 do
   local raw = items[i]
-  if matches(raw, f) then
+  local ok, e = matches(raw, f)
+  if ok then
     stats.matched = stats.matched + 1
-    local e = decode(raw)
+    if f.any then e = decode(raw) end
     local ty, er = '(opaque)', '(opaque)'
     if e then
       local ft, fe = field(e, f, 'type'), field(e, f, 'error')
@@ -155,7 +165,7 @@ local moved = tonumber(redis.call('HGET', task, 'moved'))
 local limit = tonumber(redis.call('HGET', task, 'limit'))
 local want = math.min(tonumber(ARGV[1]), total - scanned)
 if want <= 0 or (limit >= 0 and moved >= limit) then return {0, 0, 1} end
-local f = cjson.decode(redis.call('HGET', task, 'filter_lua'))
+local f = filter_of(redis.call('HGET', task, 'filter_lua'))
 local items = redis.call('RPOP', KEYS[1], want)
 if not items then
   redis.call('HSET', task, 'total', scanned)   -- the list is shorter than it was: someone else took entries
