@@ -33,10 +33,14 @@ local function to_epoch(v)
     return finite(v)
   end
   if type(v) ~= 'string' or #v > 64 then return nil end
-  local y, mo, d, h, mi, s = string.match(v, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)')
+  local y, mo, d, h, mi, s, rest = string.match(v, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$')
   if not y then return nil end
   local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400 + tonumber(h) * 3600
             + tonumber(mi) * 60 + tonumber(s)
+  -- The usual shapes, read at once; anything else below, as it always was.
+  if rest == 'Z' or rest == '' then return t end
+  local ms = string.match(rest, '^(%.%d+)Z$')
+  if ms then return t + tonumber('0' .. ms) end
   local frac = string.match(v, '^%d+%-%d+%-%d+[T ]%d+:%d+:%d+(%.%d+)')
   if frac then t = t + tonumber('0' .. frac) end
   local sign, oh, om = string.match(v, '([%+%-])(%d%d):?(%d%d)$')
