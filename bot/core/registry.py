@@ -153,6 +153,9 @@ class Guard:
 
 @dataclass(frozen=True)
 class Command:
+    """One ``/ops`` subcommand. ``standalone``: its handler reads only the declarations (settings, registry, policy),
+    never state, targets or Slack, so a terminal may answer it without connecting anything (``help``)."""
+
     name: str
     summary: str
     args: tuple[Arg, ...] = ()
@@ -162,10 +165,13 @@ class Command:
     visibility: Literal["channel", "ephemeral"] = "channel"
     description: str = ""
     examples: tuple[str, ...] = ()
+    standalone: bool = False
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.guard is None):
             raise TypeError(f"command {self.name!r} needs exactly one of run= or guard=")
+        if self.standalone and self.guard is not None:
+            raise TypeError(f"command {self.name!r}: a guarded command needs the runtime, it cannot be standalone")
         names = [arg.name for arg in self.args]
         if len(names) != len(set(names)):
             raise TypeError(f"command {self.name!r} declares an argument twice")
