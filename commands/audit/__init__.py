@@ -8,6 +8,8 @@ the result of each run) lives in its own schema, see :mod:`commands.audit.record
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from commands.audit.gauges import chain_gauges
 
 import hashlib
@@ -16,8 +18,6 @@ import os
 import tempfile
 import time
 from datetime import UTC, datetime
-
-from psycopg import sql
 
 from bot.core.durations import format_duration
 from bot.core.invocation import CommandError, Invocation
@@ -33,6 +33,9 @@ from commands.audit.walk import ChainWalker, Snapshot, TenantReport, WalkOptions
 from pathlib import Path
 from bot.core.group import Group
 from commands.audit.settings import AuditSettings
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["COMMANDS", "GROUP", "records_for", "verify_text", "walk_chains"]
 
@@ -58,6 +61,8 @@ def _open(inv: Invocation):
 
 
 def _tenant_filter(layout: Layout, tenant: str | None) -> sql.Composable:
+    from psycopg import sql
+
     if tenant is None:
         return sql.SQL("TRUE")
     return sql.SQL("{} = {}").format(layout.column("tenant"), sql.Literal(tenant))
@@ -72,6 +77,8 @@ def _no_rows(inv: Invocation, tenant: str | None) -> CommandError:
 def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None, *, since_snapshot: bool = False,
                 limit: int | None = None, on_rows=None) -> tuple[list[TenantReport], str, list[str]]:
     """Verify the chains; returns the reports, the mode (full or incremental) and notes for the reader."""
+    from psycopg import sql
+
     audit = inv.settings.audit
     layout = Layout.load(conn, audit)
     hasher = compile_scheme(audit.scheme, layout.positions)
@@ -137,6 +144,8 @@ def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None
 
 def _snapshot_moved(conn, layout: Layout, snap: Snapshot | None) -> bool:
     """Whether the walk would have something to say about this snapshot: unsigned, or its head gone or changed."""
+    from psycopg import sql
+
     if snap is None:
         return False
     if not snap.signature_ok:
