@@ -24,6 +24,7 @@ from bot.core.invocation import Actor, Invocation, Where
 from bot.core.parser import Parsed, UsageError, parse
 from bot.core.registry import Registry
 from bot.core.result import Result
+from bot.engine.calls import call
 from bot.engine.outcome import Outcome
 
 __all__ = ["answer", "parse_or_usage", "shown"]
@@ -54,5 +55,5 @@ def answer(settings: Any, registry: Registry, policy: Any, text: str, actor: Act
     invocation = Invocation(command=command, args=parsed.args, actor=actor, where=where, settings=settings,
                             registry=registry, targets=None, text=parsed.canonical(), policy=policy,
                             groups=tuple(groups))
-    result = command.run(invocation)
+    result = call(command, lambda: command.run(invocation), settings)
     return Outcome("usage" if result.data.get("error") == "usage" else "result", result, command=command)

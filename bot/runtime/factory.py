@@ -109,10 +109,10 @@ class Runtime:
 
     def board(self, channel: str, *, setting: str) -> SlackBoard | None:
         """Root messages and their threads in ``channel`` (named by app.yaml's ``setting``); None without Slack."""
-        from bot.slack.board import SlackBoard
-
         if self.slack is None:
             return None
+        from bot.slack.board import SlackBoard
+
         return SlackBoard(self.slack, channel, self.redactor, self.outbox, self.metrics, setting=setting)
 
     def close(self) -> None:
