@@ -14,8 +14,9 @@ Both opsbot commands use a scratch app.yaml (bench/scratch.py: a database of its
 ``$BENCH_DATABASE_URL``'s server, a key prefix of its own on ``$REDIS_URL``, both removed after)
 and the ``opsbot`` entry point of this checkout's virtualenv. Bytecode is written once, before
 the first round, as an installed package has it. It prints the median and 90th percentile wall
-time of each, the ratio of ``opsbot run help`` to the 300 ms target and to ``python -c pass``,
-which heavy libraries each command loads, and the load average before and after.
+time of each and its median CPU time (user + system), the ratio of ``opsbot run help`` to the
+300 ms target and to ``python -c pass``, which heavy libraries each command loads, and the load
+average before and after.
 
 ``--before DIR``: also time the same two commands from another checkout of opsbot (e.g. a git
 worktree of main: ``git worktree add /tmp/opsbot-main main``), run as ``python -m bot`` with
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,14 +63,16 @@ def environment(pythonpath: str | None = None) -> dict[str, str]:
     return env
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    """Wall milliseconds of one run; a failing command stops the benchmark (a figure of an error means nothing)."""
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) milliseconds of one run; a failing command stops the benchmark."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     elapsed = (time.perf_counter() - started) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
 
 
 def write_config(folder: Path, database_url: str, prefix: str) -> Path:
@@ -115,7 +119,7 @@ def cases(config: Path, before: str | None) -> dict[str, tuple[list[str], dict[s
 
 def loaded(config: Path, argv: list[str], pythonpath: str | None = None) -> list[str]:
     proc = subprocess.run([PYTHON, "-c", PROBE, "--config", str(config), *argv], env=environment(pythonpath),
-                          capture_output=True, text=True, check=True)
+                          cwd=config.parent, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout)
 
 
@@ -138,29 +142,36 @@ def main() -> None:
 
 def run(args: argparse.Namespace, config: Path) -> None:
     found = cases(config, args.before)
+    cwd = config.parent  # not a checkout: `python -m bot` must find the code PYTHONPATH names, not the current folder's
     for argv, env in found.values():  # warm-up: bytecode written, the bot's schema migrated, caches filled
-        timed(argv, env)
+        timed(argv, env, cwd)
     load_before = os.getloadavg()
     times: dict[str, list[float]] = {label: [] for label in found}
+    cpu: dict[str, list[float]] = {label: [] for label in found}
     for round_ in range(args.rounds):
         labels = list(found)
         labels = labels[round_ % len(labels):] + labels[:round_ % len(labels)]  # rotate: no case always goes first
         for label in labels:
             argv, env = found[label]
-            times[label].append(timed(argv, env))
+            wall, used = timed(argv, env, cwd)
+            times[label].append(wall)
+            cpu[label].append(used)
     load_after = os.getloadavg()
     medians = {label: statistics.median(values) for label, values in times.items()}
     print(f"{args.rounds} interleaved rounds on {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after\n")
-    print(f"{'':52} {'median':>9} {'p90':>9}")
+    print(f"{'':52} {'wall median':>12} {'p90':>9} {'CPU median':>11}")
     for label, values in times.items():
-        print(f"{label:52} {medians[label]:7.1f}ms {percentile(values, 0.9):7.1f}ms")
+        print(f"{label:52} {medians[label]:10.1f}ms {percentile(values, 0.9):7.1f}ms "
+              f"{statistics.median(cpu[label]):9.1f}ms")
     help_ms, python_ms = medians["opsbot run help"], medians["python -c pass"]
     status_ms = medians["opsbot run --json 'dlq status'"]
     print(f"\nopsbot run help: {help_ms:.0f} ms = {help_ms / TARGET_MS:.2f}x the {TARGET_MS:.0f} ms target "
           f"({'met' if help_ms < TARGET_MS else 'NOT met'}); {help_ms / python_ms:.1f}x python -c pass, "
           f"{help_ms - python_ms:.0f} ms above it")
     print(f"opsbot run --json 'dlq status': {status_ms:.0f} ms = {status_ms / python_ms:.1f}x python -c pass")
+    print("(CPU time, user + system, is what the process itself spent: less sensitive to a busy machine than wall "
+          "time)")
     if args.before:
         for command in ("run help", "run --json 'dlq status'"):
             old, new = medians[f"before: python -m bot {command}"], medians[f"after: python -m bot {command}"]

@@ -18,6 +18,7 @@ commands). They never talk to Slack.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,9 +32,25 @@ __all__ = [
     "Registry",
     "duration",
     "int_between",
+    "lazy",
     "positive_int",
     "choice",
 ]
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on its first call: a group declares its commands (every process loads them)
+    without loading the code that runs them and the libraries that code needs, until one runs."""
+    found: list[Callable[..., Any]] = []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not found:
+            found.append(getattr(importlib.import_module(module), name))
+        return found[0](*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = module
+    return call
 
 
 def positive_int(text: str) -> int:
