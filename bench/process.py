@@ -34,9 +34,12 @@ class ProcessRun:
 
 def opsbot(config: Path, *args: str, env: dict[str, str] | None = None, tree: Path | None = None) -> ProcessRun:
     """``python -m bot --config CONFIG ARGS...``, forked and reaped here with wait4, so the child's own
-    peak RSS is read, not this process's; stdout is read whole, stderr goes where ours does."""
+    peak RSS is read, not this process's; stdout is read whole, stderr goes where ours does.
+    Bytecode is written: run a command once before timing, as an installed package has it."""
     where = tree or ROOT
-    environment = {**os.environ, **(env or {}), "PYTHONPATH": str(where)}
+    # As an installed package runs: its bytecode cached (this environment may say not to write it).
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    environment = {**inherited, **(env or {}), "PYTHONPATH": str(where)}
     command = [sys.executable, "-m", "bot", "--config", str(config), *args]
     started = time.perf_counter()
     read_end, write_end = os.pipe()

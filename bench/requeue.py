@@ -102,7 +102,8 @@ def main() -> int:
             f" run_migrations: true}}\n"
             f"redis: {{main: {{url: '{URL}'}}}}\n"
             "queues:\n  - {name: jobs, redis: main, ready: jobs, dead: 'jobs:dead'}\n")
-        opsbot(config, "run", "--json", "dlq status")  # migrations, once
+        for tree in trees.values():  # migrations, and each tree's bytecode, once
+            opsbot(config, "run", "--json", "dlq status", tree=tree)
         runs: dict[str, list[ProcessRun]] = {}
         servers = []
         for round_no in range(1, args.rounds + 1):
