@@ -7,7 +7,7 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE",
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_READ", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE",
            "LEASE_HOLDER"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
@@ -183,6 +183,22 @@ for i = 1, tonumber(ARGV[1]) do
   n = n + 1
 end
 return n
+"""
+
+# TRIM_READ: the ARGV[1] oldest entries of KEYS[1] (a dead list) after its ARGV[2] oldest,
+# oldest first, as two strings: their lengths (4 bytes each, big-endian) and their bytes end to
+# end. One reply of two strings instead of one per entry, which the client splits without
+# parsing a reply per entry. Flagged no-writes (Redis 7.0+; older servers refuse to compile it):
+# it runs while writes are paused, like the LRANGE it stands for.
+TRIM_READ = r"""#!lua flags=no-writes
+local skip = tonumber(ARGV[2])
+local items = redis.call('LRANGE', KEYS[1], -(tonumber(ARGV[1]) + skip), -(skip + 1))
+local lengths, bodies = {}, {}
+for i = #items, 1, -1 do
+  lengths[#lengths + 1] = struct.pack('>I4', string.len(items[i]))
+  bodies[#bodies + 1] = items[i]
+end
+return {table.concat(lengths), table.concat(bodies)}
 """
 
 # TRIM_POP: remove the ARGV[1] oldest entries only if they are still exactly the archived ones,

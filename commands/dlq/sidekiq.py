@@ -348,8 +348,8 @@ class SidekiqTrim(QueueTrim):
     def _size(self) -> int:
         return self.client.zcard(self.queue.set_key)
 
-    def _oldest(self, n: int) -> list[bytes]:
-        return self.client.zrange(self.queue.set_key, 0, n - 1)
+    def _oldest(self, n: int, skip: int = 0) -> list[bytes]:
+        return self.client.zrange(self.queue.set_key, skip, skip + n - 1)
 
     def _remove(self, token: str, task_id: str, oldest_first: list[bytes], digest: str) -> int:
         return self.queue._trim_remove(keys=[self.queue.set_key, self.key, self.lease.key],
