@@ -204,7 +204,9 @@ return {table.concat(lengths), table.concat(bodies)}
 # TRIM_POP: remove the ARGV[1] oldest entries only if they are still exactly the archived ones,
 # and only for the holder of the queue's lease, driving this trim task.
 # KEYS: dead, trim task, lease. ARGV: n, sha1 hex of the entries as archived (oldest first,
-# each as <length>:<bytes>), lease token, task id.
+# each as <length>:<bytes>), lease token, task id, and (optional) the ordinal they were
+# archived as, which `dropped` must equal: batches sent together are removed in order, and
+# none after one that was not.
 # Returns 1 removed (and `dropped` grew by n in the same step), 0 the oldest end changed
 # (nothing removed), -1 not ours (lease lost or another task).
 TRIM_POP = r"""
@@ -212,6 +214,7 @@ if redis.call('GET', KEYS[3]) ~= ARGV[3] then return -1 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[4] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
   return -1
 end
+if ARGV[5] and tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[5]) then return 0 end
 local n = tonumber(ARGV[1])
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
 if #items ~= n then return 0 end

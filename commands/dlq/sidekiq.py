@@ -345,6 +345,8 @@ class SidekiqSet(Refusing):
 class SidekiqTrim(QueueTrim):
     """QueueTrim over the sorted set: the oldest are the lowest scores; removal checks each exact member."""
 
+    _remove_parts = QueueTrim._remove_each  # TRIM_REMOVE does not check `dropped`: one batch at a time
+
     def _size(self) -> int:
         return self.client.zcard(self.queue.set_key)
 

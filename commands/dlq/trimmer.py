@@ -43,7 +43,7 @@ from commands.dlq.archive import Fenced
 __all__ = ["QueueTrim", "TrimTask", "TrimReport"]
 
 CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
-BATCH_BYTES = 16 * 2 ** 20  # a chunk larger than this makes the next ones smaller
+BATCH_BYTES = 8 * 2 ** 20   # a chunk larger than this makes the next ones smaller (two are in flight)
 PROGRESS_EVERY = 0.5
 
 
@@ -82,6 +82,11 @@ class TrimReport:
     dropped_now: int = 0
     retries: int = 0    # batches read and archived again because the oldest end changed
     abandoned: str | None = None
+
+
+def _digest(oldest_first: list[bytes]) -> str:
+    """What TRIM_POP compares: sha1 of the entries, oldest first, each as <length>:<bytes>."""
+    return hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
 
 
 class QueueTrim:
@@ -193,16 +198,39 @@ class QueueTrim:
             archive.finish(task_id, "abandoned")
         return bool(self._status(keys=[self.key, self.lease.key], args=[token, task_id, "abandoned"]))
 
-    def _remove_chunk(self, token: str, task_id: str, oldest_first: list[bytes], batch: int,
+    def _remove_chunk(self, token: str, task_id: str, oldest_first: list[bytes], first: int, batch: int,
                       renew: Callable[[], bool]) -> int:
-        """Remove an archived chunk ``batch`` at a time, oldest first: 1 all of it, 0 the oldest end
-        changed (the batches before were removed), -1 not ours."""
-        for start in range(0, len(oldest_first), batch):
-            if not renew():
-                return -1
-            part = oldest_first[start:start + batch]
-            digest = hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in part)).hexdigest()
-            removed = self._remove(token, task_id, part, digest)
+        """Remove an archived chunk (ordinals ``first``..) ``batch`` at a time, oldest first: 1 all of
+        it, 0 the oldest end changed (the batches before it were removed), -1 not ours."""
+        if not renew():
+            return -1
+        parts = [oldest_first[start:start + batch] for start in range(0, len(oldest_first), batch)]
+        return self._remove_parts(token, task_id, parts, first)
+
+    def _remove_parts(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
+        """The first part on its own (which loads the script if needed), the others in one round trip:
+        each is removed only if ``dropped`` is still its first ordinal, i.e. every part before it was."""
+        if isinstance(self.client, redis.RedisCluster):  # a cluster pipeline runs no scripts
+            return self._remove_each(token, task_id, parts, first)
+        removed = self._pop(keys=[self.dead, self.key, self.lease.key],
+                            args=[len(parts[0]), _digest(parts[0]), token, task_id, first])
+        if removed != 1 or len(parts) == 1:
+            return removed
+        pipe = self.client.pipeline(transaction=False)
+        ordinal = first + len(parts[0])
+        for part in parts[1:]:
+            pipe.evalsha(self._pop.sha, 3, self.dead, self.key, self.lease.key, len(part), _digest(part), token,
+                         task_id, ordinal)
+            ordinal += len(part)
+        for result in pipe.execute(raise_on_error=False):
+            if result != 1:
+                return result if result == -1 else 0  # 0 also when Redis lost the script meanwhile
+        return 1
+
+    def _remove_each(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
+        """One part at a time (a backend whose compare-and-remove does not check ``dropped``)."""
+        for part in parts:
+            removed = self._remove(token, task_id, part, _digest(part))
             if removed != 1:
                 return removed
         return 1
@@ -260,7 +288,7 @@ class QueueTrim:
                     upcoming = self._oldest(min(size, left - n), skip=n)
                     if len(upcoming) == min(size, left - n):
                         archiving = ahead.submit(archive, task.id, first + n, upcoming)
-                removed = self._remove_chunk(token, task.id, current, batch, renew)
+                removed = self._remove_chunk(token, task.id, current, first, batch, renew)
                 if archiving is not None:
                     archiving.result()  # committed (or raised) before anything else happens
                 current, first = (upcoming, first + n) if archiving is not None and removed == 1 else ([], -1)
