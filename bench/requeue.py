@@ -1,20 +1,19 @@
-"""Requeue throughput against baselines, on the real Redis.
+"""Requeue throughput as a user runs it (a whole ``opsbot run`` process), against Redis's own limit.
 
-    .venv/bin/python bench/requeue.py [--entries 1000000]
+    .venv/bin/python bench/requeue.py [--entries 1000000] [--rounds 3] [--before /tmp/before]
     .venv/bin/python bench/requeue.py --system rq|bullmq --entries 100000   # bench/jobsystems.py
+    .venv/bin/python bench/requeue.py --sidekiq                             # bench/requeue_sidekiq.py
 
-Fills ``jobs:dead`` with N entries of about 200 bytes. It times an unfiltered and a
-filtered (10% match) requeue through ``RedisListQueue.run_requeue``, the code path
-``dlq requeue`` uses, each in a fresh child process whose peak RSS is reported. In
-the same run it measures three baselines:
-  * a plain redis-py loop of LMOVE, one per call (on 100,000 entries),
-  * redis-py pipelines of 1,000 LMOVEs (on N entries),
-  * ``redis-benchmark -c 1 -P 100`` of LMOVE on N entries (the server's own limit for one client).
-It prints entries/s for each and the ratios against the targets: unfiltered >= 60% of
-redis-benchmark and >= 5x the pipelines; filtered >= 150,000 entries scanned/s; peak
-RSS < 150 MB. Uses Redis database 4 ($BENCH_REDIS_URL to change), flushed first.
-
-``--sidekiq``: Sidekiq's dead set instead, against Sidekiq's own ``retry_all`` (bench/requeue_sidekiq.py).
+Fills ``jobs:dead`` with N entries of about 200 bytes, then times, each round and interleaved:
+  * ``opsbot run --yes --json "dlq requeue jobs"``: the whole command, preview, confirm and move,
+    as a fresh process whose own peak RSS is read (bench/process.py);
+  * the same with ``--type type_3`` (a filter matching 10%): entries scanned per second;
+  * ``redis-benchmark -c 1 -P 100`` of LMOVE over N entries (the server's own limit for one client).
+It prints the medians and the ratios against the targets: unfiltered >= 0.6x redis-benchmark,
+filtered >= 400,000 entries scanned/s, peak RSS < 100 MB. ``--before PATH`` runs another
+checkout's code as well (``git worktree add /tmp/before <commit>``), in the same rounds.
+Uses Redis database 4 ($BENCH_REDIS_URL to change), flushed first; the bot's own state is a
+scratch database and prefix (bench/scratch.py).
 """
 
 from __future__ import annotations
@@ -23,9 +22,9 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,6 +32,9 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.process import ProcessRun, opsbot  # noqa: E402
+from bench.scratch import REDIS_URL, scratch  # noqa: E402
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
 TYPES = [f"type_{n}" for n in range(10)]  # filtering on one type matches 10%
@@ -54,54 +56,6 @@ def fill(client: redis.Redis, key: str, count: int) -> None:
         if start % 50000 == 0:
             pipe.execute()
     pipe.execute()
-
-
-def child_requeue(type_filter: str | None) -> None:
-    """Run in a fresh process: the bot's own requeue path, then report time and peak RSS."""
-    import resource
-
-    from commands.dlq.settings import QueueSettings
-    from commands.dlq.entries import Filters
-    from commands.dlq.redis_list import RedisListQueue
-
-    client = redis.Redis.from_url(URL)
-    queue = RedisListQueue(QueueSettings(name="jobs", redis="main"), client, prefix="bench:")
-    client.delete(queue.task_key, queue.lease_key)
-    filters = Filters(type=type_filter)
-    started = time.perf_counter()
-    task = queue.start_requeue(filters, limit=None, rate=None, matching=0, requested_by="bench")
-    report = queue.run_requeue(task.id, owner="bench", batch=1000)
-    seconds = time.perf_counter() - started
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "moved": report.task.moved, "scanned": report.task.scanned,
-                      "outcome": report.outcome, "rss_mb": rss_mb}))
-
-
-def run_child(type_filter: str | None) -> dict:
-    args = [sys.executable, __file__, "--child"] + (["--type", type_filter] if type_filter else [])
-    out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def lmove_loop(client: redis.Redis, count: int) -> float:
-    fill(client, "base:src", count)
-    client.delete("base:dst")
-    started = time.perf_counter()
-    for _ in range(count):
-        client.lmove("base:src", "base:dst", "RIGHT", "LEFT")
-    return count / (time.perf_counter() - started)
-
-
-def lmove_pipelined(client: redis.Redis, count: int) -> float:
-    fill(client, "base:src", count)
-    client.delete("base:dst")
-    started = time.perf_counter()
-    pipe = client.pipeline(transaction=False)
-    for start in range(0, count, 1000):
-        for _ in range(min(1000, count - start)):
-            pipe.lmove("base:src", "base:dst", "RIGHT", "LEFT")
-        pipe.execute()
-    return count / (time.perf_counter() - started)
 
 
 def redis_benchmark(client: redis.Redis, count: int) -> float:
@@ -127,60 +81,69 @@ def main() -> int:
         return sidekiq_main([a for a in sys.argv[1:] if a != "--sidekiq"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--type", help=argparse.SUPPRESS)
+    parser.add_argument("--before", help="another checkout to measure in the same rounds")
     parser.add_argument("--system", choices=("redis-list", "rq", "bullmq"), default="redis-list",
                         help="rq, bullmq: against the library's own bulk requeue (bench/jobsystems.py)")
-    parser.add_argument("--rounds", type=int, default=3, help="rq, bullmq: interleaved rounds (medians)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     args = parser.parse_args()
     if args.system != "redis-list":
         from bench.jobsystems import run
 
         return run(args.system, args.entries, args.rounds)
-    if args.child:
-        child_requeue(args.type)
-        return 0
-
     client = redis.Redis.from_url(URL)
     client.flushdb()
     n = args.entries
-    print(f"{n:,} entries of {len(entry(0))} bytes in jobs:dead ({URL})")
-
-    fill(client, "jobs:dead", n)
-    unfiltered = run_child(None)
-    assert unfiltered["moved"] == n and client.llen("jobs") == n, unfiltered
-
-    client.delete("jobs", "jobs:dead")
-    fill(client, "jobs:dead", n)
-    filtered = run_child("type_3")
-    assert filtered["scanned"] == n and filtered["moved"] == n // 10, filtered
-    assert client.llen("jobs:dead") == n - n // 10
-    client.delete("jobs", "jobs:dead")
-
-    loop = lmove_loop(client, min(n, 100_000))
-    pipelined = lmove_pipelined(client, n)
-    server = redis_benchmark(client, n)
+    print(f"{n:,} entries of {len(entry(0))} bytes in jobs:dead ({URL}), {args.rounds} interleaved rounds")
+    trees = {"opsbot": None, **({"before": Path(args.before)} if args.before else {})}
+    with scratch("requeue") as place:
+        config = place.folder / "app.yaml"
+        config.write_text(
+            f"state: {{redis_url: '{REDIS_URL}', database_url: '{place.url}', prefix: '{place.prefix}',"
+            f" run_migrations: true}}\n"
+            f"redis: {{main: {{url: '{URL}'}}}}\n"
+            "queues:\n  - {name: jobs, redis: main, ready: jobs, dead: 'jobs:dead'}\n")
+        opsbot(config, "run", "--json", "dlq status")  # migrations, once
+        runs: dict[str, list[ProcessRun]] = {}
+        servers = []
+        for round_no in range(1, args.rounds + 1):
+            for label, tree in trees.items():
+                for kind, text in (("unfiltered", "dlq requeue jobs"), ("filtered", "dlq requeue jobs --type type_3")):
+                    run = requeue_once(client, config, text, n, tree)
+                    runs.setdefault(f"{label} {kind}", []).append(run)
+                    print(f"round {round_no}: {label:<7} {kind:<10} {run.seconds:6.2f}s  {n / run.seconds:>10,.0f}/s"
+                          f"  peak RSS {run.rss_mb:.0f} MB", flush=True)
+            servers.append(redis_benchmark(client, n))
+            print(f"round {round_no}: redis-benchmark -c 1 -P 100 LMOVE {servers[-1]:>12,.0f}/s", flush=True)
     client.flushdb()
+    server = statistics.median(servers)
+    print(f"\nmedians over {args.rounds} rounds (entries/s, whole process):")
+    print(f"{'redis-benchmark -c 1 -P 100 LMOVE':<36}{server:>12,.0f}")
+    for label, measured in runs.items():
+        seconds = statistics.median(r.seconds for r in measured)
+        rss = max(r.rss_mb for r in measured)
+        print(f"{label:<36}{n / seconds:>12,.0f}  {seconds:.2f}s  x{n / seconds / server:.2f} of redis-benchmark"
+              f"  peak RSS {rss:.0f} MB")
+    unfiltered = n / statistics.median(r.seconds for r in runs["opsbot unfiltered"])
+    scanned = n / statistics.median(r.seconds for r in runs["opsbot filtered"])
+    peak = max(r.rss_mb for key in ("opsbot unfiltered", "opsbot filtered") for r in runs[key])
+    print(f"unfiltered / redis-benchmark: {unfiltered / server:.2f} (target >= 0.60)")
+    print(f"filtered, scanned/s:          {scanned:,.0f} (target >= 400,000)")
+    print(f"peak RSS of the bot:          {peak:.0f} MB (target < 100 MB)")
+    return 0 if unfiltered / server >= 0.6 and scanned >= 400_000 and peak < 100 else 1
 
-    unfiltered_rate = n / unfiltered["seconds"]
-    scanned_rate = n / filtered["seconds"]
-    rows = [
-        ("dlq requeue, unfiltered", unfiltered_rate, f"moved {unfiltered['moved']:,}, peak RSS {unfiltered['rss_mb']:.0f} MB"),
-        ("dlq requeue, 10% match", scanned_rate, f"scanned/s; moved {filtered['moved']:,}, peak RSS {filtered['rss_mb']:.0f} MB"),
-        ("redis-py LMOVE loop", loop, "100,000 entries"),
-        ("redis-py pipelines of 1000 LMOVE", pipelined, ""),
-        ("redis-benchmark -c 1 -P 100 LMOVE", server, ""),
-    ]
-    for name, rate, note in rows:
-        print(f"{name:<36}{rate:>14,.0f} entries/s  {note}")
-    vs_server, vs_pipe = unfiltered_rate / server, unfiltered_rate / pipelined
-    peak = max(unfiltered["rss_mb"], filtered["rss_mb"])
-    print(f"unfiltered / redis-benchmark: {vs_server:.2f} (target >= 0.60)")
-    print(f"unfiltered / pipelined:       {vs_pipe:.1f}x (target >= 5x)")
-    print(f"filtered scan rate:           {scanned_rate:,.0f}/s (target >= 150,000/s)")
-    print(f"peak RSS of the bot:          {peak:.0f} MB (target < 150 MB)")
-    ok = vs_server >= 0.6 and vs_pipe >= 5 and scanned_rate >= 150_000 and peak < 150
-    return 0 if ok else 1
+
+def requeue_once(client: redis.Redis, config: Path, text: str, n: int, tree: Path | None) -> ProcessRun:
+    """One whole ``opsbot run --yes`` requeue over a freshly filled dead list, checked after."""
+    client.delete("jobs", "jobs:dead")
+    fill(client, "jobs:dead", n)
+    run = opsbot(config, "run", "--yes", "--json", text, tree=tree)
+    want = n if "--type" not in text else n // 10
+    if run.exit_code != 0 or not isinstance(run.body, dict) or run.body["data"].get("moved") != want:
+        raise SystemExit(f"{text}: exit {run.exit_code}: {run.body!r:.500}")
+    if client.llen("jobs") != want or client.llen("jobs:dead") != n - want:
+        raise SystemExit(f"{text}: the lists do not add up after the requeue")
+    client.delete("jobs", "jobs:dead")
+    return run
 
 
 if __name__ == "__main__":

@@ -227,6 +227,46 @@ def test_confirm_is_refused_when_matching_grew_more_than_ten_percent(two_queues,
     assert q.client.llen(q.dead) == 12
 
 
+def test_the_preview_of_an_unfiltered_requeue_groups_a_sample_spread_over_the_queue(two_queues, q):
+    older = [dead_letter(i, type_="send_email") for i in range(10_000)]
+    newer = [dead_letter(10_000 + i, type_="render_pdf") for i in range(10_000)]
+    kill(q.client, older + newer, q.dead)
+
+    preview = run(two_queues, "dlq requeue")
+
+    plan = preview.result.data["plan"]
+    assert (plan["matching"], plan["dead"], plan["sampled"]) == (20_000, 20_000, 1000)  # counted, not read
+    shown = str(preview.result.sections)
+    assert "By type (in a sample of 1,000 of 20,000, spread over the queue)" in shown
+    assert "500  send_email" in shown and "500  render_pdf" in shown  # from both ends, not the oldest 1,000
+    done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+    assert done.result.data["moved"] == 20_000 and q.client.llen(q.dead) == 0
+
+
+def test_a_small_queue_is_previewed_whole_not_sampled(two_queues, q):
+    kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
+    preview = run(two_queues, "dlq requeue")
+    assert "sampled" not in preview.result.data["plan"] and "sample of" not in str(preview.result.sections)
+    assert "10  send_email" in str(preview.result.sections)
+
+
+def test_confirm_checks_the_length_and_scans_again_only_when_arrivals_exceed_the_bound(two_queues, q):
+    kill(q.client, [dead_letter(i) for i in range(60)], q.dead)  # 20 of each type
+    preview = run(two_queues, "dlq requeue --type send_email")
+    # 30 arrivals of another type: the length alone allows 50 matches now, beyond 20 + 10%; the scan
+    # that follows finds the same 20, so the plan stands.
+    kill(q.client, [dead_letter(1000 + i, type_="sync_crm") for i in range(30)], q.dead)
+    done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+    assert done.kind == "result" and done.result.data["moved"] == 20
+
+    kill(q.client, [dead_letter(2000 + i, type_="send_email") for i in range(20)], q.dead)
+    preview = run(two_queues, "dlq requeue --type send_email")
+    kill(q.client, [dead_letter(3000, type_="send_email")], q.dead)  # within the bound: confirmed on the length
+    done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+    assert done.kind == "result" and done.result.data["moved"] == 21
+    assert q.client.llen(q.dead) == 70
+
+
 def test_nothing_to_requeue_needs_no_confirmation(two_queues, q):
     outcome = run(two_queues, "dlq requeue --type nothing_like_this")
     assert outcome.kind == "result" and outcome.result.summary.startswith("Nothing to requeue")

@@ -240,6 +240,42 @@ def test_trim_survives_its_postgresql_stopping_mid_trim(tmp_path, make_runtime, 
 
 # -- killed while putting held entries back ------------------------------------------------------
 
+def test_requeue_killed_while_merging_held_entries_back_resumes_in_order(tmp_path, database_url, make_runtime,
+                                                                        redis_client, monkeypatch):
+    from commands.dlq import redis_list
+    from commands.dlq.entries import Filters
+
+    monkeypatch.setattr(redis_list, "MERGE_CHUNK", 300)
+    entries = [dead_letter(i) for i in range(3000)]
+    kill(redis_client, entries)
+    runtime = make_runtime(write_config(tmp_path / "app.yaml", database_url))
+    queue = redis_list.RedisListQueue(find_queue(runtime.settings, "jobs"), redis_client)
+    task = queue.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=1000, requested_by="t")
+    arrivals = [dead_letter(5000 + i) for i in range(700)]  # newer than the task: not taken, not reordered
+    kill(redis_client, arrivals)
+    merge, calls = queue._merge, {"n": 0}
+
+    def killed_after_one_chunk(**kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SystemExit("killed between two merge chunks")
+        return merge(**kw)
+
+    queue._merge = killed_after_one_chunk
+    with pytest.raises(SystemExit):
+        queue.run_requeue(task.id, owner="a", batch=500)
+    assert redis_client.llen(queue.held_key(task.id)) == 2300 and redis_client.llen("jobs:dead") == 400
+    assert everything(redis_client, "jobs", "jobs:dead") == Counter(entries + arrivals)
+
+    preview = runtime.engine.handle("dlq requeue", Actor.local(), Where())
+    assert "resume the interrupted requeue" in preview.result.summary
+    done = runtime.engine.confirm(preview.pending.id, Actor.local(), Where()).result
+    crm = [e for e in entries if b'"sync_crm"' in e]
+    assert done.status == "ok" and list(reversed(redis_client.lrange("jobs", 0, -1))) == crm
+    assert oldest_first(redis_client, "jobs:dead") == [e for e in entries if e not in set(crm)] + arrivals
+    assert not redis_client.exists(queue.held_key(task.id))
+
+
 def test_requeue_killed_while_restoring_held_entries_resumes_in_order(tmp_path, database_url, make_runtime,
                                                                       redis_client):
     from commands.dlq.entries import Filters
@@ -250,6 +286,7 @@ def test_requeue_killed_while_restoring_held_entries_resumes_in_order(tmp_path, 
     runtime = make_runtime(write_config(tmp_path / "app.yaml", database_url))
     queue = RedisListQueue(find_queue(runtime.settings, "jobs"), redis_client)
     task = queue.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=1000, requested_by="t")
+    redis_client.hdel(queue.task_key, "held_order")  # a task an earlier version started: held oldest-first
     restore, calls = queue._restore, {"n": 0}
 
     def killed_after_one_chunk(**kw):

@@ -70,6 +70,11 @@ HOSTILE = [
     _doc(error={"code": 503, "message": "upstream"}), _doc(error=["a", "b"]), _doc(error=42), _doc(error=None),
     _doc(type="a.b%d*[^$"), _doc(type=5), _doc(type={"t": 1}), _doc(type="send\\u005femail"),
     _doc(id="esc", type="send_email").replace(b'"send_email"', b'"send\\u005femail"'),
+    # What the quoted pre-check for --type must neither miss nor mistake: quotes and slashes in a type,
+    # the type as another field's value, a longer type around it, JSON's optional escapes.
+    _doc(type='say "hi"'), _doc(type="a/b"), _doc(type="a/b").replace(b"a/b", b"a\\/b"), _doc(type="send_emails"),
+    _doc(type="x", error="send_email"), _doc(type="x", payload={"type": "send_email"}),
+    b'{"type":"send_email","id":"tight"}',
     _doc(failedAt="2026-01-31"), _doc(failedAt="20260131T091502Z"), _doc(failedAt="yesterday"), _doc(failedAt=""),
     _doc(failedAt="2026-13-45T99:99:99Z"), _doc(failedAt="9999-12-31T23:59:59-14:00"),
     _doc(failedAt="0001-01-01T00:00:00+14:00"), _doc(failedAt="2026-01-31T09:15:02.123456789Z"),
@@ -119,7 +124,8 @@ def test_hostile_dead_letters_never_break_a_command_and_move_byte_for_byte(two_q
     now = time.time()
     for filters in (Filters(type="send_email"), Filters(error="boom"), Filters(error="%"), Filters(error="UPSTREAM"),
                     Filters(ids=("12345", "123", "nil", "1.5", "True")), Filters(type="a.b%d*[^$"),
-                    Filters(older_than=3600.0), Filters(type="send_email", error="b", older_than=60.0)):
+                    Filters(older_than=3600.0), Filters(type="send_email", error="b", older_than=60.0),
+                    Filters(type='say "hi"'), Filters(type="a/b"), Filters(type="x"), Filters(type="send_emails")):
         expected = sum(1 for e in entries if filters.matches(DeadEntry.parse(e), now))
         queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), redis_client)
         assert queue.scan(filters, samples=0, now=now).matched == expected, filters

@@ -366,6 +366,7 @@ def test_on_one_server_the_keys_keep_the_names_earlier_versions_wrote(redis_clie
     kill(redis_client, entries, "{jobs}:dead")
     old = RedisListQueue(queue, redis_client)
     task = old.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=10, requested_by="t")
+    redis_client.hdel("opsbot:dlq:task:jobs", "held_order")  # as earlier versions wrote it: held oldest-first
     stop = iter([False, True])
     old.run_requeue(task.id, owner="old", batch=7, should_stop=lambda: next(stop, True))
     assert redis_client.exists("opsbot:dlq:task:jobs") and redis_client.llen(f"opsbot:dlq:held:jobs:{task.id}")

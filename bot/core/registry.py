@@ -143,12 +143,16 @@ class Guard:
         execute: ``execute(invocation, plan) -> Result``; called once, after confirmation.
         still_valid: ``still_valid(old_plan, new_plan) -> bool``; by default the fingerprints must match.
         two_person: A second, different user must confirm.
+        replan: ``replan(invocation, old_plan) -> Plan | Result``: the fresh plan at Confirm, where planning
+            again from scratch costs too much (it may check only what could have changed the old plan, and
+            fall back to ``plan``); by default ``plan(invocation)``.
     """
 
     plan: Callable[..., Any]
     execute: Callable[..., Any]
     still_valid: Callable[[Any, Any], bool] | None = None
     two_person: bool = False
+    replan: Callable[[Any, Any], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -94,10 +94,15 @@ class Confirmations:
         )
         return Outcome("preview", self._preview_result(command, plan, pending, notice), pending, command)
 
-    def _plan(self, parsed: Parsed, actor: Actor, where: Where) -> Plan | Result:
+    def _plan(self, parsed: Parsed, actor: Actor, where: Where, old: Plan | None = None) -> Plan | Result:
+        """The plan of a new request; with ``old``, the fresh plan to confirm it against."""
         command = parsed.command
-        assert command.guard is not None
-        return self.recorder.call(command, lambda: command.guard.plan(self.invocation(parsed, actor, where)))
+        guard = command.guard
+        assert guard is not None
+        invocation = self.invocation(parsed, actor, where)
+        if old is not None and guard.replan is not None:
+            return self.recorder.call(command, lambda: guard.replan(invocation, old))
+        return self.recorder.call(command, lambda: guard.plan(invocation))
 
     def _preview_result(self, command: Command, plan: Plan, pending: PendingAction, notice: str) -> Result:
         ttl = format_duration(self.settings.guard.confirm_ttl)
@@ -238,11 +243,11 @@ class Confirmations:
         except UsageError as exc:
             return Outcome("refused", Result.error(f"The pending command no longer parses: {exc}"), pending, command)
         started = self.clock()
-        fresh = self._plan(parsed, requester, origin)
+        old = Plan("", data=pending.plan, fingerprint=pending.fingerprint)
+        fresh = self._plan(parsed, requester, origin, old)
         if isinstance(fresh, Result):
             self.recorder.outcome(actor, where, command.name, fresh, started, pending_id=pending.id)
             return Outcome("result", fresh, pending, command)
-        old = Plan("", data=pending.plan, fingerprint=pending.fingerprint)
         still_valid = command.guard.still_valid or (lambda before, after: before.fingerprint == after.fingerprint)
         if not still_valid(old, fresh):
             self.recorder.log("refused", actor, where, pending_id=pending.id, command=command.name,

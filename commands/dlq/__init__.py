@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from commands.dlq.gauges import dead_letter_gauges
 
-from bot.core.invocation import Invocation
 from bot.core.registry import Arg, Command, Guard, duration, int_between, positive_int
-from bot.core.result import Plan
-from commands.dlq.common import settings_of
-from commands.dlq.requeue import execute_requeue, plan_requeue, requeue_still_valid
+from commands.dlq.requeue import execute_requeue, plan_requeue, replan_requeue, requeue_still_valid
 from commands.dlq.trim import execute_trim, plan_trim, trim_still_valid
 from commands.dlq.views import cancel, peek, status
 from commands.dlq import overview
@@ -42,18 +39,6 @@ FILTERS = (
 )
 
 
-def _with_growth_bound(plan_fn):
-    def plan(inv: Invocation):
-        plan = plan_fn(inv)
-        if isinstance(plan, Plan):
-            bound = settings_of(inv).requeue_growth
-            return Plan(plan.summary, data={**plan.data, "growth_bound": bound}, sections=plan.sections,
-                        fingerprint=plan.fingerprint)
-        return plan
-
-    return plan
-
-
 COMMANDS = [
     Command("dlq status", "Ready and dead depth of every configured queue (or one)", args=(QUEUE,), run=status,
             examples=("dlq status", "dlq status step")),
@@ -69,8 +54,8 @@ COMMANDS = [
                     "running it again resumes. Progress is updated every 2 s with a Cancel button.",
         args=(QUEUE, *FILTERS, Arg("limit", "move at most this many", type=positive_int),
               Arg("rate", "entries per second at most", type=positive_int)),
-        role="oncall", guard=Guard(plan=_with_growth_bound(plan_requeue), execute=execute_requeue,
-                                   still_valid=requeue_still_valid),
+        role="oncall", guard=Guard(plan=plan_requeue, execute=execute_requeue, still_valid=requeue_still_valid,
+                                   replan=replan_requeue),
         examples=("dlq requeue", "dlq requeue jobs --type send_email --limit 500 --rate 100"),
     ),
     Command(

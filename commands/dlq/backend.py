@@ -17,7 +17,7 @@ the refusals of what it does not support) and one entry in ``commands.dlq.factor
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from commands.dlq.redis_list import RequeueReport, Task
     from commands.dlq.trimmer import TrimReport, TrimTask
 
-__all__ = ["DeadLetterBackend", "Capabilities", "Refusing", "Depth", "ScanSummary", "ReplayResult",
+__all__ = ["DeadLetterBackend", "Capabilities", "Refusing", "Depth", "ScanSummary", "ReplayResult", "spread",
+           "SAMPLE_ENTRIES",
            "REQUEUE", "RESUME", "REPLAY", "TRIM", "CANCEL", "READY_DEPTH", "RATE", "OPERATIONS"]
 
 # What a backend may support (Capabilities.supported):
@@ -43,6 +44,17 @@ RATE = "rate"                # requeue --rate paces the work
 OPERATIONS = (REQUEUE, RESUME, REPLAY, TRIM, CANCEL, READY_DEPTH, RATE)
 
 MAX_GROUPS = 200
+SAMPLE_ENTRIES = 1000  # the most entries a sample (the preview of an unfiltered requeue) reads
+SAMPLE_SPANS = 10      # ... in this many runs, from the oldest end to the newest
+
+
+def spread(total: int, entries: int = SAMPLE_ENTRIES, spans: int = SAMPLE_SPANS) -> list[tuple[int, int]]:
+    """``(offset, count)`` runs, counted from the oldest entry, reading at most ``entries`` of ``total``
+    positions spread evenly over them: the first run starts at the oldest, the last ends at the newest."""
+    if total <= entries:
+        return [(0, total)] if total > 0 else []
+    span = entries // spans
+    return [(round(i * (total - span) / (spans - 1)), span) for i in range(spans)]
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,25 @@ class ScanSummary:
     oldest: float | None = None
     newest: float | None = None
     samples: list[DeadEntry] = field(default_factory=list)
+    sampled: bool = False  # types, errors, ages and samples come from `scanned` of the `total` entries only
+
+    @classmethod
+    def of_sample(cls, total: int, read: Callable[[int, int], Iterable[DeadEntry]], samples: int) -> "ScanSummary":
+        """Every entry counted (nothing is filtered), grouped from the runs :func:`spread` picks:
+        ``read(offset, count)`` gives the entries of one run, oldest first."""
+        summary = cls(total=total)
+        for offset, count in spread(total):
+            for entry in read(offset, count):
+                summary.scanned += 1
+                summary.count(entry, samples)
+        return summary.counting_all()
+
+    def counting_all(self) -> "ScanSummary":
+        """This summary of a sample, saying it is one: every entry matches, ``scanned`` were read."""
+        self.matched = self.total
+        self.sampled = self.scanned < self.total
+        self._bound()
+        return self
 
     def add(self, stats: dict[str, Any], samples: list[bytes], want: int,
             fields: dict[str, str] | None = None) -> None:
@@ -181,6 +212,10 @@ class DeadLetterBackend(Protocol):
     def scan(self, filters: Filters, samples: int = 10) -> ScanSummary:
         """Count and group the entries matching ``filters``, keeping up to ``samples`` of the oldest."""
 
+    def sample(self, samples: int = 10) -> ScanSummary:
+        """All entries counted, grouped from at most SAMPLE_ENTRIES read across the queue (``sampled``
+        says when that was not all of them): the preview of an unfiltered requeue reads no more."""
+
     def entries(self, filters: Filters | None = None) -> Iterator[DeadEntry]:
         """The dead letters (matching ``filters``), oldest first where the backend knows the order."""
 
@@ -229,6 +264,10 @@ class Refusing:
 
     def check_types(self) -> None:
         pass
+
+    def sample(self, samples: int = 10) -> ScanSummary:
+        """Where entries cannot be read by position: all of them (``sampled`` stays False)."""
+        return self.scan(Filters(), samples)  # type: ignore[attr-defined]
 
     def task(self) -> Task | None:
         return None

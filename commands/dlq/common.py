@@ -87,9 +87,11 @@ def entry_line(entry: DeadEntry, now: float | None = None) -> str:
 
 
 def summary_sections(summary: ScanSummary, now: float, samples_title: str) -> list[Section]:
+    within = f" (in a sample of {summary.scanned:,} of {summary.total:,}, spread over the queue)" \
+        if summary.sampled else ""
     sections = [
-        Section("By type", code=_groups(summary.types)),
-        Section("By error", code=_groups(summary.errors)),
+        Section("By type" + within, code=_groups(summary.types)),
+        Section("By error" + within, code=_groups(summary.errors)),
         Section(fields=(("oldest", ago(summary.oldest, now)), ("newest", ago(summary.newest, now)),
                         ("not JSON (opaque)", str(summary.opaque)))),
     ]
@@ -104,4 +106,5 @@ def summary_data(summary: ScanSummary) -> dict[str, Any]:
         "by_type": dict(summary.types.most_common()), "by_error": dict(summary.errors.most_common()),
         "oldest_failed_at": summary.oldest, "newest_failed_at": summary.newest,
         "entries": [e.describe() for e in summary.samples],
+        **({"sampled": summary.scanned} if summary.sampled else {}),
     }

@@ -172,6 +172,16 @@ class JobRegistryQueue(Refusing):
                 if filters is None or filters.matches(entry, now):
                     yield entry
 
+    def sample(self, samples: int = 10) -> ScanSummary:
+        self.check_types()
+
+        def run(offset: int, count: int) -> list[DeadEntry]:
+            ids = [raw.decode("utf-8", "replace") for raw in self.client.zrange(self.failed_key, offset,
+                                                                                 offset + count - 1)]
+            return sorted(self._read(ids), key=_age_order) if ids else []
+
+        return ScanSummary.of_sample(self.dead_count(), run, samples)
+
     def scan(self, filters: Filters, samples: int = 10) -> ScanSummary:
         summary = ScanSummary(total=self.dead_count())
         for entry in self.entries():

@@ -7,8 +7,8 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "TRIM_READ", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE",
-           "LEASE_HOLDER"]
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "MERGE", "TRIM_READ", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE",
+           "LEASE_RENEW", "LEASE_RELEASE", "LEASE_HOLDER"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
 _MATCH = r"""
@@ -33,10 +33,14 @@ local function to_epoch(v)
     return finite(v)
   end
   if type(v) ~= 'string' or #v > 64 then return nil end
-  local y, mo, d, h, mi, s = string.match(v, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)')
+  local y, mo, d, h, mi, s, rest = string.match(v, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$')
   if not y then return nil end
   local t = days_from_civil(tonumber(y), tonumber(mo), tonumber(d)) * 86400 + tonumber(h) * 3600
             + tonumber(mi) * 60 + tonumber(s)
+  -- The usual shapes, read at once; anything else below, as it always was.
+  if rest == 'Z' or rest == '' then return t end
+  local ms = string.match(rest, '^(%.%d+)Z$')
+  if ms then return t + tonumber('0' .. ms) end
   local frac = string.match(v, '^%d+%-%d+%-%d+[T ]%d+:%d+:%d+(%.%d+)')
   if frac then t = t + tonumber('0' .. frac) end
   local sign, oh, om = string.match(v, '([%+%-])(%d%d):?(%d%d)$')
@@ -76,10 +80,12 @@ local function field(e, f, name)
   return v
 end
 
+-- Does raw match f? Returns false, or true and the entry decoded (nil when f.any spared decoding it).
 local function matches(raw, f)
   if f.any then return true end
-  -- Cheap pre-check: the type's bytes must appear, unless the entry has escapes that could spell it.
-  if f.type and not string.find(raw, f.type, 1, true) and not string.find(raw, '\\', 1, true) then
+  -- Cheap pre-check: the type as a JSON string, quotes and all, must appear, unless the entry has
+  -- escapes that could spell it (a type with a quote or backslash in it is always escaped).
+  if f.type and not string.find(raw, f.quoted_type, 1, true) and not string.find(raw, '\\', 1, true) then
     return false
   end
   local e = decode(raw)
@@ -97,7 +103,14 @@ local function matches(raw, f)
     local t = to_epoch(field(e, f, 'failedAt'))
     if not t or t >= f.before then return false end
   end
-  return true
+  return true, e
+end
+
+-- The filter document (Filters.to_lua) as the scripts use it.
+local function filter_of(text)
+  local f = cjson.decode(text)
+  if f.type then f.quoted_type = '"' .. f.type .. '"' end
+  return f
 end
 """
 
@@ -105,7 +118,7 @@ end
 # KEYS[1] dead   ARGV: filter json, offset, count, samples wanted, group key max length
 # Returns {stats json, sample raw, sample raw, ...}
 SCAN = _MATCH + r"""
-local f = cjson.decode(ARGV[1])
+local f = filter_of(ARGV[1])
 local offset, count, want, keylen = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local items = redis.call('LRANGE', KEYS[1], -(offset + count), -(offset + 1))
 local stats = {scanned = #items, matched = 0, opaque = 0, types = {}, errors = {}}
@@ -113,9 +126,10 @@ local samples = {}
 -- LRANGE returns left-to-right (newest first); walk from the oldest.
 for i = #items, 1, -1 do
   local raw = items[i]
-  if matches(raw, f) then
+  local ok, e = matches(raw, f)
+  if ok then
     stats.matched = stats.matched + 1
-    local e = decode(raw)
+    if f.any then e = decode(raw) end
     local ty, er = '(opaque)', '(opaque)'
     if e then
       local ft, fe = field(e, f, 'type'), field(e, f, 'error')
@@ -155,7 +169,7 @@ local moved = tonumber(redis.call('HGET', task, 'moved'))
 local limit = tonumber(redis.call('HGET', task, 'limit'))
 local want = math.min(tonumber(ARGV[1]), total - scanned)
 if want <= 0 or (limit >= 0 and moved >= limit) then return {0, 0, 1} end
-local f = cjson.decode(redis.call('HGET', task, 'filter_lua'))
+local f = filter_of(redis.call('HGET', task, 'filter_lua'))
 local items = redis.call('RPOP', KEYS[1], want)
 if not items then
   redis.call('HSET', task, 'total', scanned)   -- the list is shorter than it was: someone else took entries
@@ -165,8 +179,10 @@ local go, stay = {}, {}
 for _, raw in ipairs(items) do
   if (limit < 0 or moved + #go < limit) and matches(raw, f) then go[#go + 1] = raw else stay[#stay + 1] = raw end
 end
+-- Held entries lie as in the dead list, newest at the left (tasks of earlier versions: oldest at the left).
+local hold = (redis.call('HGET', task, 'held_order') == 'newest-first') and 'LPUSH' or 'RPUSH'
 for i = 1, #go, 1000 do redis.call('LPUSH', KEYS[2], unpack(go, i, math.min(i + 999, #go))) end
-for i = 1, #stay, 1000 do redis.call('RPUSH', KEYS[3], unpack(stay, i, math.min(i + 999, #stay))) end
+for i = 1, #stay, 1000 do redis.call(hold, KEYS[3], unpack(stay, i, math.min(i + 999, #stay))) end
 redis.call('HINCRBY', task, 'scanned', #items)
 redis.call('HINCRBY', task, 'moved', #go)
 redis.call('HSET', task, 'updated_at', ARGV[3])
@@ -174,7 +190,8 @@ local more = (scanned + #items < total) and (limit < 0 or moved + #go < limit)
 return {#items, #go, more and 0 or 1}
 """
 
-# RESTORE: put up to ARGV[1] held entries back at the oldest end of the dead list, in their order.
+# RESTORE: put up to ARGV[1] held entries (oldest at the left: tasks started by earlier versions) back at
+# the oldest end of the dead list, in their order.
 # KEYS: held, dead. Returns how many were moved (0 when nothing is left).
 RESTORE = r"""
 local n = 0
@@ -183,6 +200,31 @@ for i = 1, tonumber(ARGV[1]) do
   n = n + 1
 end
 return n
+"""
+
+# MERGE: put a task's held entries (newest at the left) back at the dead list's oldest end, in order.
+# The dead list followed by the held list is the queue's dead letters in order; each call moves up to
+# ARGV[1] entries across that boundary from the shorter side, and once the dead list is empty the held
+# list becomes it (RENAME): a requeue that ran to its end puts back no more than what arrived meanwhile.
+# KEYS: held, dead. Returns how many were moved (0 when the held list is gone).
+MERGE = r"""
+local n = tonumber(ARGV[1])
+local h = redis.call('LLEN', KEYS[1])
+if h == 0 then return 0 end
+local d = redis.call('LLEN', KEYS[2])
+if d == 0 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  return h
+end
+local items
+if d < h then
+  items = redis.call('RPOP', KEYS[2], math.min(n, d))  -- the oldest of the dead list first
+  for i = 1, #items, 1000 do redis.call('LPUSH', KEYS[1], unpack(items, i, math.min(i + 999, #items))) end
+else
+  items = redis.call('LPOP', KEYS[1], math.min(n, h))  -- the newest held entry first
+  for i = 1, #items, 1000 do redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items))) end
+end
+return #items
 """
 
 # TRIM_READ: the ARGV[1] oldest entries of KEYS[1] (a dead list) after its ARGV[2] oldest,

@@ -36,7 +36,7 @@ from commands.dlq.settings import QueueSettings
 from bot.core.invocation import CommandError
 from commands.dlq import lua
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities, Depth,
-                                  Refusing, ScanSummary)
+                                  Refusing, ScanSummary, spread)
 from commands.dlq.driver import drive_requeue
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
@@ -45,6 +45,7 @@ from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
 __all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport"]
 
 SCAN_CHUNK = 1000
+MERGE_CHUNK = 10000  # held entries put back per call (a few ms of Redis's time)
 GROUP_KEY_CHARS = 120
 
 
@@ -118,6 +119,7 @@ class RedisListQueue(Refusing):
         self._scan = client.register_script(lua.SCAN)
         self._batch = client.register_script(lua.REQUEUE_BATCH)
         self._restore = client.register_script(lua.RESTORE)
+        self._merge = client.register_script(lua.MERGE)
         self.lease = QueueLease(client, self.lease_key, self.name)
 
     def held_key(self, task_id: str) -> str:
@@ -194,15 +196,29 @@ class RedisListQueue(Refusing):
         summary = ScanSummary(total=self.client.llen(self.settings.dead))
         offset = 0
         while offset < summary.total:
-            reply = self._scan(keys=[self.settings.dead],
-                               args=[lua_filter, offset, chunk, samples, GROUP_KEY_CHARS])
-            # Group keys are entry bytes: they need not be UTF-8 (a poisoned entry must not stop the scan).
-            stats = json.loads(reply[0].decode("utf-8", "replace"))
-            if stats["scanned"] == 0:
+            scanned = self._scan_run(summary, lua_filter, offset, chunk, samples)
+            if scanned == 0:
                 break
-            summary.add(stats, reply[1:], samples, self.settings.fields)
-            offset += stats["scanned"]
+            offset += scanned
         return summary
+
+    def sample(self, samples: int = 10) -> ScanSummary:
+        """The dead list's length, and the groups of at most SAMPLE_ENTRIES entries spread along it."""
+        self.check_types()
+        lua_filter = Filters().to_lua(self.clock(), self.settings.fields)
+        summary = ScanSummary(total=self.client.llen(self.settings.dead))
+        for offset, count in spread(summary.total):
+            self._scan_run(summary, lua_filter, offset, count, samples)
+        return summary.counting_all()
+
+    def _scan_run(self, summary: ScanSummary, lua_filter: str, offset: int, count: int, samples: int) -> int:
+        """Fold the ``count`` entries ``offset`` from the oldest end into ``summary``; how many there were."""
+        reply = self._scan(keys=[self.settings.dead], args=[lua_filter, offset, count, samples, GROUP_KEY_CHARS])
+        # Group keys are entry bytes: they need not be UTF-8 (a poisoned entry must not stop the scan).
+        stats = json.loads(reply[0].decode("utf-8", "replace"))
+        if stats["scanned"]:
+            summary.add(stats, reply[1:], samples, self.settings.fields)
+        return stats["scanned"]
 
     def task(self) -> Task | None:
         data = self.client.hgetall(self.task_key)
@@ -230,7 +246,7 @@ class RedisListQueue(Refusing):
             "id": task_id, "status": "running", "filters": json.dumps(filters.to_dict()),
             "filter_lua": filters.to_lua(now, self.settings.fields), "limit": -1 if limit is None else limit, "rate": rate or 0,
             "total": total, "matching": matching, "scanned": 0, "moved": 0, "started_at": now, "updated_at": now,
-            "requested_by": requested_by,
+            "requested_by": requested_by, "held_order": "newest-first",
         })
         return self.task()
 
@@ -258,8 +274,13 @@ class RedisListQueue(Refusing):
 
     def _finish(self, task_id: str) -> str:
         """Put the held entries back in order and close the task; returns done or cancelled."""
-        while self._restore(keys=[self.held_key(task_id), self.settings.dead], args=[SCAN_CHUNK]):
-            pass
+        keys = [self.held_key(task_id), self.settings.dead]
+        if self.client.hget(self.task_key, "held_order") == b"newest-first":
+            while self._merge(keys=keys, args=[MERGE_CHUNK]):
+                pass
+        else:  # a task an earlier version started
+            while self._restore(keys=keys, args=[SCAN_CHUNK]):
+                pass
         status = self.client.hget(self.task_key, "status").decode()
         final = "cancelled" if status == "cancelling" else "done"
         self.client.hset(self.task_key, mapping={"status": final, "updated_at": self.clock()})

@@ -14,13 +14,13 @@ from bot.core.durations import format_duration
 from bot.core.invocation import Invocation
 from bot.core.result import Button, Plan, Result, Section
 from commands.dlq.archive import TrimArchive
-from commands.dlq.backend import REPLAY, DeadLetterBackend
+from commands.dlq.backend import REPLAY, DeadLetterBackend, ScanSummary
 from commands.dlq.common import SAMPLE, owner, settings_of, summary_sections
 from commands.dlq.entries import Filters
 from commands.dlq.factory import backend_of
 from commands.dlq.redis_list import Task
 
-__all__ = ["plan_requeue", "requeue_still_valid", "execute_requeue", "settle_interrupted_trim"]
+__all__ = ["plan_requeue", "replan_requeue", "requeue_still_valid", "execute_requeue", "settle_interrupted_trim"]
 
 
 def _busy_with_trim(queue: QueueSettings, backend: DeadLetterBackend) -> Result:
@@ -53,10 +53,38 @@ def _progress_result(queue: QueueSettings, task: Task, rate: float) -> Result:
 
 
 def plan_requeue(inv: Invocation) -> Plan | Result:
+    """The preview. Unfiltered, it reads no more than a sample: the count is the queue's length, the groups
+    those of SAMPLE_ENTRIES entries spread over it. Filtered, it scans the queue once."""
     queue = settings_of(inv)
     backend = backend_of(inv, queue)
     filters = Filters.from_args(inv.args)
-    limit, rate = inv.args["limit"], inv.args["rate"]
+    busy = _busy(queue, backend)
+    if busy is not None:
+        return busy
+    summary = backend.sample(SAMPLE) if filters.empty else backend.scan(filters, SAMPLE)
+    return _plan_of(queue, backend, filters, inv.args["limit"], inv.args["rate"], summary)
+
+
+def replan_requeue(inv: Invocation, old: Plan) -> Plan | Result:
+    """At Confirm, without reading entries: the queue's state, then its length. Dead letters only arrive at
+    the newest end, so the entries matching now are at most the previewed ones plus the arrivals; a plan
+    that bound still fits is confirmed as it is (unfiltered, the length is the count). Only when the bound
+    no longer fits the growth allowed (``requeue_still_valid``) is the queue scanned again, to say exactly."""
+    queue = settings_of(inv)
+    backend = backend_of(inv, queue)
+    busy = _busy(queue, backend)
+    if busy is not None:
+        return busy
+    if old.data.get("resume"):  # the interrupted task's plan reads no entries
+        return plan_requeue(inv)
+    dead = backend.dead_count()
+    matching = dead if Filters.from_args(inv.args).empty else old.data["matching"] + max(0, dead - old.data["dead"])
+    fresh = Plan(old.summary, data={**old.data, "matching": matching, "dead": dead})
+    return fresh if requeue_still_valid(old, fresh) else plan_requeue(inv)
+
+
+def _busy(queue: QueueSettings, backend: DeadLetterBackend) -> Plan | Result | None:
+    """What stands before a new requeue: a trim or a requeue running, or an interrupted requeue to finish."""
     holder = backend.lease_holder()  # None, and no task, where requeues are not tasks under a lease
     task = backend.task()
     if holder and holder.kind == "trim":
@@ -69,11 +97,16 @@ def plan_requeue(inv: Invocation) -> Plan | Result:
         return Plan(
             f"resume the interrupted requeue of `{queue.name}` ({task.moved}/{task.target} moved so far, "
             f"{task.filters.describe()})",
-            data={"queue": queue.name, "resume": task.id, "matching": task.target - task.moved},
+            data={"queue": queue.name, "resume": task.id, "matching": task.target - task.moved,
+                  "growth_bound": queue.requeue_growth},
             sections=[Section(text="An earlier requeue was interrupted (the bot stopped or was killed). "
                                    "Confirm to finish it; its entries set aside go back in order.")],
         )
-    summary = backend.scan(filters, SAMPLE)
+    return None
+
+
+def _plan_of(queue: QueueSettings, backend: DeadLetterBackend, filters: Filters, limit: int | None,
+             rate: float | None, summary: ScanSummary) -> Plan | Result:
     if summary.matched == 0:
         return Result.ok(f"Nothing to requeue: no dead letters in `{queue.name}` match {filters.describe()}.",
                          data={"queue": queue.name, "matching": 0})
@@ -83,7 +116,8 @@ def plan_requeue(inv: Invocation) -> Plan | Result:
     return Plan(
         f"requeue {target} of {summary.matched} matching dead letters ({destination}){pace}",
         data={"queue": queue.name, "filters": filters.to_dict(), "limit": limit, "rate": rate,
-              "matching": summary.matched, "dead": summary.total},
+              "matching": summary.matched, "dead": summary.total, "growth_bound": queue.requeue_growth,
+              **({"sampled": summary.scanned} if summary.sampled else {})},
         sections=[Section(fields=(("matching", f"{summary.matched} of {summary.total}"),
                                   ("will move", str(target)), ("filter", filters.describe())))]
                  + summary_sections(summary, time.time(), "Sample"),

@@ -220,6 +220,13 @@ class SidekiqSet(Refusing):
             if filters is None or filters.matches(entry, now):
                 yield entry
 
+    def sample(self, samples: int = 10) -> ScanSummary:
+        self.check_types()
+        return ScanSummary.of_sample(
+            self.dead_count(), lambda offset, count: [sidekiq_view(raw) for raw in
+                                                      self.client.zrange(self.set_key, offset, offset + count - 1)],
+            samples)
+
     def scan(self, filters: Filters, samples: int = 10) -> ScanSummary:
         self.check_types()
         summary = ScanSummary(total=self.dead_count())
