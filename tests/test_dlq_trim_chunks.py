@@ -42,28 +42,29 @@ def test_a_chunked_trim_archives_every_entry_once_in_order(tmp_path, database_ur
                                                             redis_client):
     runtime = two_queues_runtime(tmp_path, database_url, make_runtime, fake_slack)
     q = QueueLayout.server(redis_client, "")
-    entries = [dead_letter(i) for i in range(300)] + [BINARY, b""] + [dead_letter(i) for i in range(300, 400)]
+    entries = [dead_letter(i) for i in range(5300)] + [BINARY, b""] + [dead_letter(i) for i in range(5300, 6000)]
     kill(q.client, entries, q.dead)
     report = RedisListQueue(find_queue(runtime.settings, "jobs"), q.client).run_trim(
-        keep=5, archive=trim_archive(runtime), batch=7, chunk=40)
+        keep=5, archive=trim_archive(runtime), batch=50, chunk=400)
     assert report.outcome == "done" and report.dropped_now == len(entries) - 5
     assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
     assert [r[1] for r in archive_rows(database_url)] == list(range(len(entries) - 5))
     assert oldest_first(q.client, q.dead) == entries[-5:]
 
 
-@pytest.mark.parametrize("call", [1, 2, 3])
+@pytest.mark.parametrize("call", [1, 2, 3, 101, 102, 103])
 def test_a_consumer_taking_the_oldest_mid_chunk_leaves_every_entry_exactly_once(tmp_path, database_url,
                                                                                 make_runtime, fake_slack,
                                                                                 redis_client, call):
-    """Call 1 commits before its chunk is removed; calls 2 and 3 run while the chunk before is being removed."""
+    """Call 1 commits before its chunk is removed; the others run while the chunk before is being removed
+    (from call 101 on, past the warm-up, in chunks of several batches removed in one round trip)."""
     runtime = two_queues_runtime(tmp_path, database_url, make_runtime, fake_slack)
     q = QueueLayout.server(redis_client, "")
-    entries = [dead_letter(i) for i in range(500)]
+    entries = [dead_letter(i) for i in range(6000)]
     kill(q.client, entries, q.dead)
     archive = TakesTheOldest(trim_archive(runtime), q.client, q.dead, call)
     report = RedisListQueue(find_queue(runtime.settings, "jobs"), q.client).run_trim(
-        keep=5, archive=archive, batch=7, chunk=70)
+        keep=5, archive=archive, batch=50, chunk=400)
     assert report.outcome == "done" and report.retries >= 1, report   # the changed oldest end was seen
     assert len(archive.taken) == 1
     in_redis = Counter(oldest_first(q.client, q.dead))

@@ -45,6 +45,7 @@ __all__ = ["QueueTrim", "TrimTask", "TrimReport"]
 CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
 BATCH_BYTES = 8 * 2 ** 20   # a chunk larger than this makes the next ones smaller (two are in flight)
 PROGRESS_EVERY = 0.5
+WARM_UP = 5_000             # a trim's first entries go one batch per chunk, at the pace of a small trim
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class QueueTrim:
 
         ``archive(task_id, first_ordinal, entries)`` must commit durably or raise; it is called with
         up to ``chunk`` entries (default ``batch``), removed from Redis ``batch`` at a time. The first
-        chunk is one batch; each later one is a batch larger, up to ``chunk``, while under BATCH_BYTES. When it also has
+        chunks are one batch (for WARM_UP entries); then each is a batch larger, up to ``chunk``, while
+        under BATCH_BYTES. When it also has
         ``begin(task_id)`` and ``settle(task_id, dropped)`` (:class:`~commands.dlq.archive.TrimArchive`),
         the run is fenced against stale trimmers and leaves no row of an entry still in Redis.
         """
@@ -280,7 +282,8 @@ class QueueTrim:
                         continue
                     archive(task.id, first, current)
                 n = len(current)
-                size = max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, current)), 1)))
+                size = batch if first + n - first_dropped < WARM_UP else \
+                    max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, current)), 1)))
                 # The next chunk (just behind this one) is read now and archived while this one is
                 # removed; it is removed only once both are done, so nothing leaves Redis unarchived.
                 upcoming, archiving = [], None
