@@ -100,6 +100,7 @@ COMMANDS = [
         run=show_help,
         visibility="ephemeral",
         examples=("help", "help runbook"),
+        standalone=True,  # the declarations alone: `opsbot run help` connects nothing
     ),
 ]
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-
 from bot.core.invocation import CommandError, Invocation
 from bot.store.logverify import KINDS, VerifyReport
 from bot.core.registry import Arg, Command
@@ -39,6 +37,8 @@ _NEXT_STEP = {
 
 def verify_action_log(inv_state, *, full: bool = False, quick: bool = False) -> VerifyReport:
     """Run the verification; a PostgreSQL problem becomes a CommandError that names it."""
+    import psycopg
+
     log = inv_state.action_log
     try:
         return log.verify(full=full, quick=quick)

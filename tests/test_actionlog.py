@@ -263,7 +263,7 @@ def test_cli_log_verify_exits_0_with_a_fail_status(tmp_path, database_url, redis
 
     config = write_config(tmp_path / "app.yaml", database_url, api_url=fake_slack.api_url)
     sql(database_url, "DROP SCHEMA IF EXISTS opsbot CASCADE")
-    assert opsbot("run", "help", config=config).returncode == 0  # rows 1 and 2: its request and outcome
+    assert opsbot("run", "runbook", config=config).returncode == 0  # rows 1 and 2: its request and outcome
     sql(database_url, f"DELETE FROM {TABLE} WHERE id = (SELECT max(id) FROM {TABLE})")
 
     proc = opsbot("run", "--json", "log", "verify", config=config)

@@ -267,6 +267,37 @@ def test_confirm_checks_the_length_and_scans_again_only_when_arrivals_exceed_the
     assert q.client.llen(q.dead) == 70
 
 
+def test_a_filtered_confirm_after_the_oldest_entries_went_scans_again_and_refuses_a_changed_world(two_queues, q):
+    kill(q.client, [dead_letter(i) for i in range(30)], q.dead)  # 10 send_email
+    preview = run(two_queues, "dlq requeue --type send_email")
+    q.client.delete(q.dead)  # trimmed away by someone else, then 30 others died, all of the type: same length
+    kill(q.client, [dead_letter(100 + i, type_="send_email") for i in range(30)], q.dead)
+
+    refused = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert refused.kind == "refused" and refused.result.data["plan"]["matching"] == 30
+    assert q.client.llen(q.ready) == 0
+
+
+def test_a_confirm_never_moves_more_than_the_plan_counted(two_queues, q):
+    entries = [dead_letter(i) for i in range(30)]  # 10 send_email
+    kill(q.client, entries, q.dead)
+    preview = run(two_queues, "dlq requeue --type send_email")
+    # Removed from the middle (an LREM by hand) and as many others of the type arrive: the length and the
+    # oldest entry are what they were, so Confirm cannot tell; the move still takes only the 10 counted.
+    for entry in [e for e in entries if b'"sync_crm"' in e][1:6]:
+        q.client.lrem(q.dead, 1, entry)
+    arrivals = [dead_letter(100 + i, type_="send_email") for i in range(5)]
+    kill(q.client, arrivals, q.dead)
+
+    done = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    emails = [e for e in entries if b'"send_email"' in e]
+    assert done.kind == "result" and done.result.data["moved"] == 10
+    assert list(reversed(q.client.lrange(q.ready, 0, -1))) == emails  # the previewed ones, oldest first
+    assert oldest_first(q.client, q.dead)[-5:] == arrivals
+
+
 def test_nothing_to_requeue_needs_no_confirmation(two_queues, q):
     outcome = run(two_queues, "dlq requeue --type nothing_like_this")
     assert outcome.kind == "result" and outcome.result.summary.startswith("Nothing to requeue")

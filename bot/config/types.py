@@ -22,7 +22,7 @@ __all__ = ["ConfigModel", "Duration", "IdList", "Identifier", "Name", "PostgresU
 class ConfigModel(BaseModel):
     """Unknown keys are errors (typos are caught); settings never change once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _split_ids(value: Any) -> Any:

@@ -157,6 +157,8 @@ def redis_url_problem(url: str) -> str | None:
         return f"not a valid Redis URL: unix:// needs the socket's path; {REDIS_FORM}"
     if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
         return f"not a valid Redis URL: the path must be the database number; {REDIS_FORM}"
+    if not parts.query:  # all redis-py could refuse is a query parameter's value: no need to load it
+        return None
     from redis.connection import parse_url
 
     try:
@@ -168,8 +170,6 @@ def redis_url_problem(url: str) -> str | None:
 
 def postgres_url_problem(url: str) -> str | None:
     """Why ``url`` is not a PostgreSQL URL or key=value connection string libpq accepts, or None."""
-    from psycopg.conninfo import conninfo_to_dict
-
     is_url = "://" in url and not re.match(r"^\s*[A-Za-z_]+\s*=", url)
     if is_url and not url.startswith(("postgresql://", "postgres://")):
         return f"not a PostgreSQL URL: the scheme must be postgresql:// or postgres://; {POSTGRES_FORM}"
@@ -179,6 +179,10 @@ def postgres_url_problem(url: str) -> str | None:
         problem = _url_parts_problem(url)
         if problem:
             return f"not a valid PostgreSQL URL: {problem}; {POSTGRES_FORM}"
+        if _PLAIN_POSTGRES_URL.match(url):  # libpq accepts it: no need to load psycopg to ask
+            return None
+    from psycopg.conninfo import conninfo_to_dict
+
     from bot.config.pgurl import pg_params
 
     sorted_params = pg_params(url)  # Prisma's parameters are opsbot's; unknown ones never reach libpq
@@ -194,6 +198,12 @@ def postgres_url_problem(url: str) -> str | None:
             return f"not a valid PostgreSQL {'URL' if is_url else 'connection string'}: the port must be a number " \
                    f"from 1 to 65535; {POSTGRES_FORM}"
     return None
+
+
+# user[:password]@host[:port][/database] of unreserved characters, no query, no escapes: a URL libpq takes as it is
+# (the port's range is _url_parts_problem's check). Anything else is asked of libpq itself.
+_PLAIN_POSTGRES_URL = re.compile(r"postgres(?:ql)?://(?:[\w.~-]+(?::[\w.~-]*)?@)?[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[\w.~-]*)?\Z",
+                                 re.ASCII)
 
 
 def _url_parts_problem(url: str) -> str | None:

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from bot.core.invocation import CommandError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["request"]
 
 
 def request(client: httpx.Client, method: str, url: str, *, retries: int = 3, first_delay: float = 0.2,
             sleep: Callable[[float], None] = time.sleep, **kw) -> httpx.Response:
+    import httpx
+
     delay = first_delay
     for attempt in range(retries + 1):
         try:

@@ -14,16 +14,15 @@ read with prometheus-client's text-format parser.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
+from typing import Any, TYPE_CHECKING
 
 from bot.config.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["Check", "ServiceMetrics", "as_dict", "check_services", "scrape_all"]
 
@@ -73,6 +72,9 @@ async def _get(client: httpx.AsyncClient, url: str, service: ServiceSettings) ->
     Returns the response and, when it came from the retry, what the first attempt got.
     Raises the last httpx error when no response came at all.
     """
+    import asyncio
+    import httpx
+
     deadline = time.perf_counter() + service.timeout
     first = ""
     for attempt in (1, 2):
@@ -94,6 +96,8 @@ async def _get(client: httpx.AsyncClient, url: str, service: ServiceSettings) ->
 
 
 async def _check(client: httpx.AsyncClient, name: str, kind: str, url: str, service: ServiceSettings) -> Check:
+    import httpx
+
     started = time.perf_counter()
     try:
         response, retried = await _get(client, url, service)
@@ -123,6 +127,9 @@ async def _check(client: httpx.AsyncClient, name: str, kind: str, url: str, serv
 
 
 def check_services(services: dict[str, ServiceSettings], only: str | None = None) -> list[Check]:
+    import asyncio
+    import httpx
+
     targets = [(name, kind, url, service) for name, service in services.items() if only in (None, name)
                for kind, url in (("liveness", service.liveness), ("readiness", service.readiness)) if url]
 
@@ -149,6 +156,8 @@ def _histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
 
 
 def parse_metrics(text: str, names: dict[str, str | None]) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
     sums: dict[str, float] = {}
     buckets: dict[float, float] = {}
     wanted = {name: key for key, name in names.items() if name and key != "latency"}
@@ -168,6 +177,9 @@ def parse_metrics(text: str, names: dict[str, str | None]) -> dict[str, float]:
 
 
 def scrape_all(services: dict[str, ServiceSettings], only: str | None = None) -> dict[str, ServiceMetrics]:
+    import asyncio
+    import httpx
+
     targets = {name: service for name, service in services.items() if service.metrics and only in (None, name)}
 
     async def one(client: httpx.AsyncClient, name: str, service: ServiceSettings) -> ServiceMetrics:

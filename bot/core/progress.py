@@ -16,14 +16,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-
-from slack_sdk import WebClient
+from typing import TYPE_CHECKING
 
 from bot.core.redact import Redactor
-from bot.render.blocks import to_message
 from bot.render.text import to_text
 from bot.core.result import Result
-from bot.slack.errors import explain
+
+if TYPE_CHECKING:  # slack_sdk is imported by the Slack transport that uses it, not by the terminal
+    from slack_sdk import WebClient
 
 __all__ = ["Throttled", "SlackProgress", "TerminalProgress", "finish"]
 
@@ -78,6 +78,9 @@ class SlackProgress:
         self.given_up: str | None = None  # why progress is no longer shown
 
     def __call__(self, result: Result) -> None:
+        from bot.render.blocks import to_message
+        from bot.slack.errors import explain
+
         if self.given_up is not None:
             return
         message = to_message(result, self.redactor)

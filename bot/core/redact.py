@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from bot.config.settings import is_secret_key
+from bot.config.secretnames import is_secret_key
 from bot.core.markup import Mrkdwn
 from bot.core.result import Button, Result, Section
 

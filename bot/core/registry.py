@@ -18,6 +18,7 @@ commands). They never talk to Slack.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,9 +32,25 @@ __all__ = [
     "Registry",
     "duration",
     "int_between",
+    "lazy",
     "positive_int",
     "choice",
 ]
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on its first call: a group declares its commands (every process loads them)
+    without loading the code that runs them and the libraries that code needs, until one runs."""
+    found: list[Callable[..., Any]] = []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not found:
+            found.append(getattr(importlib.import_module(module), name))
+        return found[0](*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = module
+    return call
 
 
 def positive_int(text: str) -> int:
@@ -157,6 +174,9 @@ class Guard:
 
 @dataclass(frozen=True)
 class Command:
+    """One ``/ops`` subcommand. ``standalone``: its handler reads only the declarations (settings, registry, policy),
+    never state, targets or Slack, so a terminal may answer it without connecting anything (``help``)."""
+
     name: str
     summary: str
     args: tuple[Arg, ...] = ()
@@ -166,10 +186,13 @@ class Command:
     visibility: Literal["channel", "ephemeral"] = "channel"
     description: str = ""
     examples: tuple[str, ...] = ()
+    standalone: bool = False
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.guard is None):
             raise TypeError(f"command {self.name!r} needs exactly one of run= or guard=")
+        if self.standalone and self.guard is not None:
+            raise TypeError(f"command {self.name!r}: a guarded command needs the runtime, it cannot be standalone")
         names = [arg.name for arg in self.args]
         if len(names) != len(set(names)):
             raise TypeError(f"command {self.name!r} declares an argument twice")

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-
-import redis
+from typing import TYPE_CHECKING
 
 from bot.config.settings import RoleSettings
 from bot.core.invocation import Actor
 from bot.core.markup import code, md, mention, plain
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["Roles", "Denied", "GroupLookupError"]
 

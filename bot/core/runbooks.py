@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import yaml
 
 __all__ = ["Runbook", "RenderedRunbook", "Step", "RunbookLibrary", "RunbookError", "UnknownName"]
@@ -90,7 +89,17 @@ class RunbookLibrary:
     def __init__(self, folder: Path, context: dict[str, Any] | None = None):
         self.folder = Path(folder)
         self.context = context or {}
-        self.env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        self._env = None
+
+    @property
+    def env(self):
+        """The Jinja environment, made on first use (jinja2 is imported by the commands that render a runbook)."""
+        if self._env is None:
+            import jinja2
+
+            self._env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                           keep_trailing_newline=True)
+        return self._env
 
     def all(self) -> list[Runbook]:
         if not self.folder.is_dir():
@@ -127,6 +136,8 @@ class RunbookLibrary:
         return RenderedRunbook(book, values, tuple(_parts(text)))
 
     def _template(self, book: Runbook, source: str, context: dict[str, Any]) -> str:
+        import jinja2
+
         try:
             return self.env.from_string(source).render(context)
         except jinja2.UndefinedError as exc:

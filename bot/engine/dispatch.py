@@ -28,7 +28,7 @@ from bot.core.group import Context, Group, Services
 from bot.core.invocation import Actor, CommandError, Invocation, Where
 from bot.core.markup import Mrkdwn, code, md, plain
 from bot.core.markup import channel as slack_channel
-from bot.core.parser import Parsed, UsageError, parse
+from bot.core.parser import Parsed, parse
 from bot.core.policy import Policy
 from bot.core.progress import finish
 from bot.core.ratelimit import RateLimiter
@@ -37,6 +37,7 @@ from bot.core.registry import Registry
 from bot.core.result import Result
 from bot.core.roles import Denied, Roles
 from bot.engine.confirmation import Confirmations
+from bot.engine.declared import parse_or_usage, shown
 from bot.engine.executions import Executions
 from bot.engine.outcome import Notifier, Outcome
 from bot.engine.pending import PendingStore
@@ -49,11 +50,6 @@ __all__ = ["Engine", "Notifier", "Outcome"]
 log = logging.getLogger("opsbot.engine")
 
 Progress = Callable[[Result], None] | None
-
-
-def _shown(text: str) -> str:
-    """Command text as a usage reply shows it: one line, printable, short."""
-    return "".join(ch if ch.isprintable() else " " for ch in text.strip())[:200]
 
 
 class Engine:
@@ -112,19 +108,15 @@ class Engine:
 
     def handle(self, command: str | Parsed, actor: Actor, where: Where, progress: Progress = None) -> Outcome:
         """Run command text, or a command the transport parsed already (the ack did; it is not parsed again)."""
-        if isinstance(command, Parsed):
-            parsed = command
-        else:
-            try:
-                parsed = self.parse(command)
-            except UsageError as exc:
-                return Outcome("usage", Result.error(str(exc), command=_shown(command)))
+        parsed = command if isinstance(command, Parsed) else parse_or_usage(command, self.registry, self.prefix)
+        if isinstance(parsed, Outcome):
+            return parsed  # text that does not parse: its usage, nothing run (bot.engine.declared answers it too)
         context = self.context
         if context is not None:
             try:
                 where = context.resolve(parsed.context, where)
             except CommandError as exc:
-                return Outcome("usage", Result.error(str(exc), command=_shown(parsed.text)))
+                return Outcome("usage", Result.error(str(exc), command=shown(parsed.text)))
             except Exception as exc:
                 log.error("%s context unavailable: %s", context.name, exc)
                 if parsed.context:

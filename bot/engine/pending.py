@@ -19,9 +19,10 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import Any, Literal
+from typing import Any, Literal, TYPE_CHECKING
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["PendingAction", "Claim", "PendingStore"]
 

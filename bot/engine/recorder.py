@@ -16,17 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
-import psycopg_pool
-import redis
-
 from bot.config.settings import Settings
 from bot.core.group import Context
-from bot.core.invocation import Actor, BadArgument, CommandError, Where
+from bot.core.invocation import Actor, Where
 from bot.core.markup import plain
 from bot.core.redact import Redactor
 from bot.core.registry import Command
 from bot.core.result import Result
+from bot.engine.calls import call
 from bot.engine.outcome import Notifier
 from bot.runtime.metrics import Metrics
 from bot.store.state import State
@@ -49,38 +46,8 @@ class Recorder:
         self.clock = clock
 
     def call(self, command: Command, fn: Callable[[], Any]) -> Any:
-        """``fn()``, with every failure turned into a Result that explains it."""
-        try:
-            result = fn()
-        except BadArgument as exc:  # a value that names nothing configured: a usage error (exit 2)
-            return Result.error(str(exc), command=command.name, data={"error": "usage"})
-        except CommandError as exc:
-            return Result.error(str(exc), command=command.name)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.metrics.backend_errors.labels(backend="redis").inc()
-            return Result.error(f"Redis is unreachable: {exc}", command=command.name)
-        except redis.ResponseError as exc:
-            return Result.error(f"Redis refused the operation: {exc}", command=command.name)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            self.metrics.backend_errors.labels(backend="postgres").inc()
-            return Result.error(f"PostgreSQL is unreachable: {str(exc).strip()}", command=command.name)
-        except psycopg.errors.QueryCanceled:
-            return Result.error("PostgreSQL cancelled the query: the statement timeout was reached.",
-                                command=command.name)
-        except psycopg.errors.UndefinedTable as exc:
-            schema = self.settings.state.db_schema
-            if f'"{schema}.' not in str(exc):  # the application's table: the command explains it, or this does
-                return Result.error(f"`{command.name}` needs a table that does not exist: {str(exc).splitlines()[0]}",
-                                    command=command.name)
-            return Result.error(f"The bot's schema {schema!r} is not migrated: run `opsbot migrate` (RUN_MIGRATIONS"
-                                " is off, so it is not done automatically).", command=command.name)
-        except Exception as exc:
-            log.exception("command %s failed", command.name)
-            return Result.error(f"`{command.name}` failed unexpectedly: {type(exc).__name__}: {exc}",
-                                command=command.name)
-        if isinstance(result, Result) and not result.command:
-            result = result.with_(command=command.name)
-        return result
+        """``fn()``, with every failure turned into a Result that explains it (:func:`bot.engine.calls.call`)."""
+        return call(command, fn, self.settings, self.metrics)
 
     def outcome(self, actor: Actor, where: Where, command: str, result: Result, started: float, **extra: Any) -> None:
         """Count, time and log what a command produced."""

@@ -25,17 +25,12 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from bot.config.settings import ConfigError, Settings, default_config_path, is_secret_key, load_settings
-from bot.core.invocation import Actor, Where
-from bot.runtime.logs import setup_logging
-from bot.core.markup import is_user_id
-from bot.runtime.metrics import enable_multiprocess
-from bot.core.redact import Redactor
-from bot.render.text import to_text
-from bot.core.result import to_json
-from bot.runtime.factory import Runtime
-from bot.runtime.terminal import TerminalSession
+if TYPE_CHECKING:  # the rest is imported where it is used: `opsbot run help` loads no driver, no Slack client
+    from bot.config.settings import Settings
+    from bot.core.redact import Redactor
+    from bot.runtime.factory import Runtime
 
 __all__ = ["main"]
 
@@ -108,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to stderr, for a process that hangs
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     scratch = None
+    if args.verb == "serve" and args.workers:
+        from bot.runtime.metrics import enable_multiprocess
     if args.verb == "serve" and args.workers and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Worker processes count too: prometheus-client's multiprocess mode, set up before anything counts.
         scratch = tempfile.mkdtemp(prefix="opsbot-metrics-")
@@ -122,12 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from bot.runtime.logs import setup_logging
+
     default_level = "INFO" if args.verb in ("serve", "worker", "socket") else "WARNING"
     setup_logging(os.environ.get("LOG_LEVEL", default_level), _env_redactor())
     if args.verb == "demo":  # needs no app.yaml: it brings its own world
         from bot.demo import main as demo
 
         return demo.main(interactive=False if args.tour else None)
+    from bot.config.settings import ConfigError, default_config_path, load_settings
+
     args.config_path = default_config_path(getattr(args, "config_sub", None) or args.config)
     try:
         settings = load_settings(args.config_path)
@@ -149,34 +150,59 @@ def _main(args: argparse.Namespace) -> int:
 
 def _env_redactor(settings: Settings | None = None) -> Redactor:
     """Redact the values of secret-looking environment variables (and the settings' secrets) from every log line."""
+    from bot.config.secretnames import is_secret_key
+    from bot.core.redact import Redactor
+
     secrets = [value for key, value in os.environ.items() if is_secret_key(key)]
     return Redactor(secrets + (settings.secret_values() if settings else []))
 
 
-def _runtime(settings: Settings, timeout: int = 10) -> Runtime:
+def _runtime(settings: Settings, timeout: int = 10, registry=None) -> Runtime:
     """A runtime; the bot's schema is migrated on its first use of PostgreSQL (see bot.store.state)."""
-    return Runtime.connect(settings, timeout=timeout)
+    from bot.runtime.factory import Runtime
+
+    return Runtime.connect(settings, timeout=timeout, registry=registry)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.config.settings import installed_groups
+    from bot.core.group import registry_of
+    from bot.core.invocation import Actor, Where
+    from bot.core.markup import is_user_id
+    from bot.core.redact import Redactor
+    from bot.engine.declared import answer
+    from bot.runtime.factory import policy_for
+    from bot.runtime.terminal import TerminalSession, render
+
     if not " ".join(args.text).strip():
         print('opsbot run: the command text is missing, e.g. opsbot run "dlq status"', file=sys.stderr)
         return EXIT_USAGE
     if args.as_user is not None and not is_user_id(args.as_user):
         print(f"opsbot run: --as takes a Slack user id (U0123ABCD), not {args.as_user!r}", file=sys.stderr)
         return EXIT_USAGE
-    runtime = _runtime(settings, timeout=5)
+    actor = Actor(args.as_user, team="cli") if args.as_user is not None else Actor.local()
+    text, where = " ".join(args.text), Where("cli")
+    groups = installed_groups()
+    registry = registry_of(groups)
+    policy = policy_for(settings, registry, groups)  # a ConfigError, as building the runtime would raise it
+    declared = answer(settings, registry, policy, text, actor, where, groups=groups)
+    if declared is not None:  # a usage error, or `help`: from the declarations, with nothing connected
+        return _print_outcome(declared, render(declared.result, Redactor(settings.secret_values()), args.json), args)
+    runtime = _runtime(settings, timeout=5, registry=registry)
     try:
         runtime.state.action_log.drain()  # entries kept in Redis while PostgreSQL was down go first
-        actor = Actor(args.as_user, team="cli") if args.as_user is not None else Actor.local()
-        session = TerminalSession(runtime, actor, Where("cli"), output=args.output,
+        session = TerminalSession(runtime, actor, where, output=args.output,
                                   interactive=None if not args.json else False)
-        outcome = session.run(" ".join(args.text), assume_yes=args.yes, quiet=args.json)
-        stream = sys.stderr if outcome.kind == "usage" and not args.json else sys.stdout
-        print(session.render(outcome, as_json=args.json), file=stream)
-        return outcome.exit_code
+        outcome = session.run(text, assume_yes=args.yes, quiet=args.json)
+        return _print_outcome(outcome, session.render(outcome, as_json=args.json), args)
     finally:
         runtime.close()
+
+
+def _print_outcome(outcome, rendered: str, args: argparse.Namespace) -> int:
+    stream = sys.stderr if outcome.kind == "usage" and not args.json else sys.stdout
+    print(rendered, file=stream)
+    return outcome.exit_code
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -289,7 +315,10 @@ def _manifest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.core.result import to_json
+    from bot.render.text import to_text
     from bot.runtime.checks import run_checks
+    from bot.runtime.factory import Runtime
 
     runtime = Runtime.connect(settings, timeout=5)
     try:
@@ -301,6 +330,8 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.runtime.factory import Runtime
+
     runtime = Runtime.build(settings)
     try:
         applied = runtime.state.migrate()

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from bot.config.settings import is_secret_key
+from bot.config.secretnames import is_secret_key
 from bot.core.redact import MASK, Redactor
 
 __all__ = ["setup_logging", "log_context", "JsonFormatter", "TextFormatter"]

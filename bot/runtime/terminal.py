@@ -19,13 +19,14 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bot.engine.dispatch import Outcome
 from bot.core.invocation import Actor, Where
 from bot.core.progress import TerminalProgress, Throttled
+from bot.core.redact import Redactor
+from bot.core.result import Result, to_json
+from bot.engine.outcome import Outcome
 from bot.render.text import to_text
-from bot.core.result import to_json
 
-__all__ = ["TerminalSession", "YES"]
+__all__ = ["TerminalSession", "YES", "render"]
 
 YES = {"y", "yes"}
 NOT_CONFIRMED = "Not confirmed: nothing was changed. Re-run with --yes to execute this plan."
@@ -96,6 +97,9 @@ class TerminalSession:
         return replace(outcome, result=result)
 
     def render(self, outcome: Outcome, as_json: bool = False) -> str:
-        if as_json:
-            return to_json(self.runtime.redactor.result(outcome.result))
-        return to_text(outcome.result, self.runtime.redactor)
+        return render(outcome.result, self.runtime.redactor, as_json)
+
+
+def render(result: Result, redactor: Redactor, as_json: bool = False) -> str:
+    """A result as the terminal shows it: text, or JSON; secrets redacted either way."""
+    return to_json(redactor.result(result)) if as_json else to_text(result, redactor)

@@ -17,7 +17,7 @@ thread's home), so its failure is raised to the caller, as a
 
 from __future__ import annotations
 
-from slack_sdk import WebClient
+from typing import TYPE_CHECKING
 
 from bot.runtime.metrics import Metrics
 from bot.store.outbox import Outbox
@@ -27,6 +27,9 @@ from bot.core.result import Attachment, Result
 from bot.slack.client import upload_attachment
 from bot.slack.errors import SlackRefused, explain
 from bot.slack.notify import post_or_keep
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
 
 __all__ = ["SlackBoard"]
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from slack_sdk.errors import SlackApiError
-
 from bot.core.invocation import CommandError
 
 __all__ = ["SlackProblem", "SlackRefused", "WebhookError", "explain", "plain_fallback"]
@@ -77,6 +75,8 @@ class WebhookError(Exception):
 
 def explain(exc: BaseException, *, channel: str | None = None, setting: str | None = None) -> SlackProblem:
     """What went wrong, for people. ``setting`` names the configuration that chose ``channel``."""
+    from slack_sdk.errors import SlackApiError
+
     if isinstance(exc, SlackRefused):
         return exc.problem
     if isinstance(exc, SlackApiError):

@@ -13,8 +13,7 @@ opsbot bug) is posted again as plain text, so the channel still hears of it.
 from __future__ import annotations
 
 import logging
-
-from slack_sdk import WebClient
+from typing import TYPE_CHECKING
 
 from bot.core.invocation import Where
 from bot.runtime.metrics import Metrics
@@ -23,6 +22,9 @@ from bot.core.redact import Redactor
 from bot.render.blocks import to_message
 from bot.core.result import Result
 from bot.slack.errors import explain, plain_fallback
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
 
 __all__ = ["SlackNotifier", "post_or_keep"]
 

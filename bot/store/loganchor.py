@@ -24,11 +24,12 @@ import hmac
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Literal
-
-from psycopg import sql
+from typing import Any, Literal, TYPE_CHECKING
 
 from bot.store.chain import iso_ms
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["APPEND_LOCK", "PG_WAIT", "Signer", "Seal", "Head", "SegmentStart", "Checkpoint", "Mirror", "Tables"]
 
@@ -156,6 +157,8 @@ class Tables:
     """The quoted names of the action log's tables in one schema."""
 
     def __init__(self, schema: str):
+        from psycopg import sql
+
         self.schema = schema
         self.log = sql.Identifier(schema, "action_log")
         self.head = sql.Identifier(schema, "action_log_head")
@@ -163,6 +166,8 @@ class Tables:
         self.checkpoint = sql.Identifier(schema, "action_log_checkpoint")
 
     def q(self, text: str) -> sql.Composed:
+        from psycopg import sql
+
         return sql.SQL(text).format(log=self.log, head=self.head, segments=self.segments, checkpoint=self.checkpoint)
 
     # -- reading and writing the anchors (the caller holds the connection and its transaction) ---------------

@@ -31,8 +31,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
-from psycopg.types.json import Jsonb
-
 from bot.store.chain import iso_ms, v1_hash
 from bot.store.loganchor import APPEND_LOCK, PG_WAIT, Checkpoint, Head, SegmentStart, Signer, Tables
 
@@ -380,6 +378,8 @@ def _starting_point(conn, tables: Tables, signer: Signer, walk: _Walk, point: Ch
 
 def _ask_for_new_segment(pool, tables: Tables, fresh: list[Finding]) -> None:
     """Record the breaks in the head's ``restart``: the next append starts a new segment and signs them."""
+    from psycopg.types.json import Jsonb
+
     with pool.connection(timeout=PG_WAIT) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
         _, breaks = tables.read_head(conn)

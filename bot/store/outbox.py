@@ -24,12 +24,12 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
-from slack_sdk import WebClient
-
 from bot.core.redact import Redactor
 from bot.slack.errors import SlackProblem, SlackRefused, WebhookError, explain
 
 if TYPE_CHECKING:
+    from slack_sdk import WebClient
+
     from bot.store.state import State
 
 __all__ = ["Outbox"]

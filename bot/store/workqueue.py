@@ -19,9 +19,10 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["Job", "WorkQueue"]
 

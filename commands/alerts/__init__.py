@@ -16,12 +16,10 @@ from typing import Any
 from bot.core.group import Check, Group, Webhook
 from bot.core.invocation import BadArgument, Invocation
 from bot.core.markup import md
-from bot.core.registry import Arg, Command, Guard, duration
+from bot.core.registry import Arg, Command, Guard, duration, lazy
 from bot.core.result import Button, Result, Section
-from commands.alerts.desk import AlertDesk
 from commands.alerts.payload import malformed
 from commands.alerts.settings import AlertSettings
-from commands.alerts.silence import execute_silence, plan_silence
 from commands.alerts.state import AlertGroups
 
 __all__ = ["COMMANDS", "GROUP"]
@@ -53,7 +51,8 @@ COMMANDS = [
     Command("alerts silence", "Silence an alert group in Alertmanager for a while (the alert's Silence buttons)",
             args=(Arg("group", "the alert group's id (on its Silence buttons)", positional=True, required=True),
                   Arg("for", "how long, e.g. 4h", type=duration, default=3600.0)),
-            guard=Guard(plan=plan_silence, execute=execute_silence), role="oncall",
+            guard=Guard(plan=lazy("commands.alerts.silence", "plan_silence"),
+                        execute=lazy("commands.alerts.silence", "execute_silence")), role="oncall",
             examples=("alerts silence 3f2a9c0d1e2b4a5c --for 4h",)),
     Command("alerts show", "What opsbot knows of an alert group: status, notifications, thread, incident",
             args=(Arg("group", "the alert group's id", positional=True, required=True),), run=show_group,
@@ -69,7 +68,15 @@ def credentials(settings: Any) -> tuple[str | None, tuple[str, str] | None]:
 
 
 def receive(runtime: Any, body: dict) -> None:
+    from commands.alerts.desk import AlertDesk
+
     runtime.services.get(AlertDesk).receive(body)
+
+
+def _services(runtime: Any) -> list[object]:
+    from commands.alerts.desk import AlertDesk  # the desk and what it needs load when a runtime is built
+
+    return [AlertDesk(runtime)]
 
 
 def checks(runtime: Any) -> list[Check]:
@@ -109,7 +116,7 @@ GROUP = Group(
     commands=COMMANDS,
     settings={"alerts": (AlertSettings, AlertSettings())},
     validate=validate,
-    services=lambda runtime: [AlertDesk(runtime)],
+    services=_services,
     checks=checks,
     webhooks=(Webhook("/alerts", credentials=credentials, handle=receive,
                       max_bytes=lambda settings: settings.alerts.max_body, check=malformed),),

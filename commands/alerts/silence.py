@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import httpx
-
 from bot.core.durations import format_duration
 from bot.core.httpretry import request
 from bot.core.invocation import BadArgument, CommandError, Invocation
@@ -55,6 +53,8 @@ def plan_silence(inv: Invocation) -> Plan:
 
 
 def execute_silence(inv: Invocation, plan: Plan) -> Result:
+    import httpx
+
     config = inv.settings.alerts
     now = datetime.now(UTC)
     body = {

@@ -19,9 +19,10 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["AlertGroups", "Busy"]
 

@@ -8,6 +8,8 @@ the result of each run) lives in its own schema, see :mod:`commands.audit.record
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from commands.audit.gauges import chain_gauges
 
 import hashlib
@@ -17,22 +19,19 @@ import tempfile
 import time
 from datetime import UTC, datetime
 
-from psycopg import sql
-
 from bot.core.durations import format_duration
 from bot.core.invocation import CommandError, Invocation
-from bot.core.registry import Arg, Command, int_between
+from bot.core.registry import Arg, Command, int_between, lazy
 from bot.core.result import Attachment, Result, Section
-from commands.audit import overview
-from commands.audit.overview import records_for
-from commands.audit.records import AuditRecords
-from commands.audit.rows import copy_rows
-from commands.audit.scheme import CREATED, HASH, ID, Layout, compile_scheme
-from commands.audit.screen import Screen
-from commands.audit.walk import ChainWalker, Snapshot, TenantReport, WalkOptions
 from pathlib import Path
 from bot.core.group import Group
 from commands.audit.settings import AuditSettings
+
+if TYPE_CHECKING:
+    from commands.audit.records import AuditRecords
+    from commands.audit.scheme import Layout
+    from commands.audit.walk import Snapshot, TenantReport
+    from psycopg import sql
 
 __all__ = ["COMMANDS", "GROUP", "records_for", "verify_text", "walk_chains"]
 
@@ -57,7 +56,16 @@ def _open(inv: Invocation):
     return inv.targets.database(audit.database, repeatable_read=True, statement_timeout=audit.timeout)
 
 
+def records_for(inv: Invocation) -> AuditRecords:
+    """The audit's own tables (:func:`commands.audit.overview.records_for`)."""
+    from commands.audit.overview import records_for as of
+
+    return of(inv)
+
+
 def _tenant_filter(layout: Layout, tenant: str | None) -> sql.Composable:
+    from psycopg import sql
+
     if tenant is None:
         return sql.SQL("TRUE")
     return sql.SQL("{} = {}").format(layout.column("tenant"), sql.Literal(tenant))
@@ -72,6 +80,13 @@ def _no_rows(inv: Invocation, tenant: str | None) -> CommandError:
 def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None, *, since_snapshot: bool = False,
                 limit: int | None = None, on_rows=None) -> tuple[list[TenantReport], str, list[str]]:
     """Verify the chains; returns the reports, the mode (full or incremental) and notes for the reader."""
+    from commands.audit.rows import copy_rows
+    from commands.audit.scheme import Layout, compile_scheme
+    from commands.audit.screen import Screen
+    from commands.audit.walk import ChainWalker, TenantReport, WalkOptions
+
+    from psycopg import sql
+
     audit = inv.settings.audit
     layout = Layout.load(conn, audit)
     hasher = compile_scheme(audit.scheme, layout.positions)
@@ -137,6 +152,8 @@ def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None
 
 def _snapshot_moved(conn, layout: Layout, snap: Snapshot | None) -> bool:
     """Whether the walk would have something to say about this snapshot: unsigned, or its head gone or changed."""
+    from psycopg import sql
+
     if snap is None:
         return False
     if not snap.signature_ok:
@@ -265,6 +282,9 @@ def snapshot(inv: Invocation) -> Result:
 # -- export ------------------------------------------------------------------------------------
 
 def export(inv: Invocation) -> Result:
+    from commands.audit.rows import copy_rows
+    from commands.audit.scheme import CREATED, HASH, ID, Layout
+
     tenant = inv.args["tenant"]
     audit = inv.settings.audit
     handle = tempfile.NamedTemporaryFile("wb", prefix="opsbot-audit-", suffix=".jsonl", delete=False)
@@ -323,7 +343,7 @@ GROUP = Group(
     commands=COMMANDS,
     settings={"audit": (AuditSettings, AuditSettings())},
     migrations=Path(__file__).with_name("migrations"),
-    status=overview.status_lines,
-    checks=overview.checks,
+    status=lazy("commands.audit.overview", "status_lines"),
+    checks=lazy("commands.audit.overview", "checks"),
     gauges={"audit verify": chain_gauges},
 )

@@ -8,7 +8,6 @@ from typing import Any
 from bot.core.durations import format_duration
 from bot.core.group import Check, CheckWarning, Color, StatusLine
 from bot.core.invocation import CommandError, Invocation
-from psycopg import sql
 
 from commands.audit.records import AuditRecords
 from commands.audit.rows import copy_rows
@@ -26,6 +25,8 @@ def records_for(inv: Invocation) -> AuditRecords:
 
 def check_scheme(inv_settings, targets, sample: int = 50) -> str:
     """For ``opsbot check``: does the configured scheme reproduce the stored hashes of the first rows?"""
+    from psycopg import sql
+
     audit = inv_settings.audit
     with targets.database(audit.database) as conn:
         layout = Layout.load(conn, audit)

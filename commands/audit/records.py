@@ -24,9 +24,6 @@ from datetime import UTC, datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from psycopg import errors, sql
-from psycopg.types.json import Jsonb
-
 from bot.core.invocation import CommandError
 from commands.audit.report import Snapshot, TenantReport
 
@@ -46,6 +43,8 @@ class LastRun:
 
 class AuditRecords:
     def __init__(self, pool, schema: str, secret: str | None):
+        from psycopg import sql
+
         self.pool = pool
         self.schema_name = schema
         self.schema = sql.Identifier(schema)
@@ -53,6 +52,8 @@ class AuditRecords:
 
     @contextmanager
     def _connection(self) -> Iterator:
+        from psycopg import errors
+
         try:
             with self.pool.connection() as conn:
                 yield conn
@@ -68,6 +69,8 @@ class AuditRecords:
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
 
     def save_snapshot(self, report: TenantReport, actor: str) -> Snapshot:
+        from psycopg import sql
+
         taken_at = datetime.now(UTC).replace(microsecond=0)
         signature = self.sign(report.tenant, report.head_id or "", report.head_created or "",
                               report.head_hash or "", report.rows, taken_at)
@@ -82,6 +85,8 @@ class AuditRecords:
 
     def latest_snapshots(self, tenants: list[str] | None) -> dict[str, Snapshot]:
         """The newest snapshot of each tenant (all tenants when ``tenants`` is None)."""
+        from psycopg import sql
+
         with self._connection() as conn:
             rows = conn.execute(sql.SQL(
                 "SELECT DISTINCT ON (tenant) tenant, last_id, last_created, hash, row_count, taken_at, signature"
@@ -98,6 +103,9 @@ class AuditRecords:
 
     def save_run(self, scope: str, mode: str, reports: list[TenantReport], started_at: datetime,
                  actor: str) -> None:
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
         counts: dict[str, int] = {}
         for report in reports:
             for kind, number in report.counts.items():
@@ -110,6 +118,8 @@ class AuditRecords:
                  Jsonb(counts), started_at, actor))
 
     def last_run(self, full_only: bool = False) -> LastRun | None:
+        from psycopg import sql
+
         with self._connection() as conn:
             row = conn.execute(sql.SQL(
                 "SELECT scope, mode, valid, tenants, row_count, counts, finished_at FROM {}.audit_runs"

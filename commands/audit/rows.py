@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from psycopg import errors, pq, sql
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["copy_rows"]
 
@@ -35,6 +37,8 @@ def _unescape(value: bytes) -> bytes | None:
 def copy_rows(conn, query: sql.Composable, progress: Callable[[int], None] | None = None,
               every: int = 200_000) -> Iterator[list[bytes | None]]:
     """The rows of ``query``; ``progress(rows so far)`` is called every ``every`` rows."""
+    from psycopg import errors, pq, sql
+
     with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(query)):
         pgconn = conn.pgconn
         read = pgconn.get_copy_data

@@ -21,11 +21,13 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-
-from psycopg import sql
+from typing import TYPE_CHECKING
 
 from commands.audit.settings import AuditSettings, HashScheme
 from bot.core.invocation import CommandError
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["CREATED", "HASH", "ID", "PREV", "TENANT", "Hasher", "Layout", "compile_scheme"]
 
@@ -50,6 +52,8 @@ class Layout:
 
     @classmethod
     def load(cls, conn, settings: AuditSettings) -> Layout:
+        from psycopg import sql
+
         cols = settings.columns
         rows = conn.execute(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a"
@@ -74,6 +78,8 @@ class Layout:
         return {name: index for index, name in enumerate(self.names)}
 
     def text_of(self, name: str) -> sql.Composable:
+        from psycopg import sql
+
         column = sql.Identifier(getattr(self.settings.columns, name))
         if name != "created":
             return sql.SQL("{}::text").format(column)
@@ -84,6 +90,8 @@ class Layout:
         return sql.SQL("to_char({}, {})").format(utc, sql.Literal(_FORMATS[style]))
 
     def select(self, where: sql.Composable, limit: int | None = None) -> sql.Composed:
+        from psycopg import sql
+
         cols = self.settings.columns
         order = sql.SQL(", ").join(sql.Identifier(c) for c in (cols.tenant, cols.created, cols.id))
         query = sql.SQL("SELECT {fields} FROM {table} WHERE {where} ORDER BY {order}").format(
@@ -92,6 +100,8 @@ class Layout:
         return query + (sql.SQL(" LIMIT {}").format(sql.Literal(limit)) if limit else sql.SQL(""))
 
     def column(self, name: str) -> sql.Identifier:
+        from psycopg import sql
+
         return sql.Identifier(getattr(self.settings.columns, name))
 
 

@@ -25,12 +25,14 @@ database whose encoding is not UTF-8 (the walk hashes UTF-8 bytes) is not screen
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from psycopg import sql
+from typing import TYPE_CHECKING
 
 from commands.audit.report import Snapshot, TenantReport
 from commands.audit.scheme import Layout
 from commands.audit.settings import AuditSettings, HashScheme
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["Screen", "Verdict"]
 
@@ -83,6 +85,8 @@ class Screen:
         checked in (createdAt, id) order over the narrow columns only (the table's index gives
         that order), so the wide ones are never sorted.
         """
+        from psycopg import sql
+
         layout, cols = self.layout, self.settings.columns
         tenant_col, hash_col, prev_col = (layout.column(name) for name in ("tenant", "hash", "prev_hash"))
         table = sql.Identifier(self.settings.table)
@@ -110,6 +114,8 @@ class Screen:
 
 def _message(layout: Layout, scheme: HashScheme) -> sql.Composable:
     """The bytes the walk hashes, built in SQL: the scheme's fields, framed, NULL as ``scheme.null``."""
+    from psycopg import sql
+
     null = sql.Literal(scheme.null)
     values = [(layout.text_of(name), name in layout.not_null) for name in scheme.fields]
     if scheme.framing == "separator":
@@ -125,6 +131,8 @@ def _message(layout: Layout, scheme: HashScheme) -> sql.Composable:
 
 
 def _digest(scheme: HashScheme, message: sql.Composable) -> sql.Composable:
+    from psycopg import sql
+
     raw = (sql.SQL("decode(md5({}), 'hex')") if scheme.algorithm == "md5"
            else sql.SQL(f"{scheme.algorithm}({{}})")).format(message)
     if scheme.digest == "base64":

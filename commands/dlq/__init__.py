@@ -13,11 +13,7 @@ from __future__ import annotations
 
 from commands.dlq.gauges import dead_letter_gauges
 
-from bot.core.registry import Arg, Command, Guard, duration, int_between, positive_int
-from commands.dlq.requeue import execute_requeue, plan_requeue, replan_requeue, requeue_still_valid
-from commands.dlq.trim import execute_trim, plan_trim, trim_still_valid
-from commands.dlq.views import cancel, peek, status
-from commands.dlq import overview
+from bot.core.registry import Arg, Command, Guard, duration, int_between, lazy, positive_int
 from pathlib import Path
 from pydantic import Field
 from bot.core.group import Group
@@ -40,12 +36,13 @@ FILTERS = (
 
 
 COMMANDS = [
-    Command("dlq status", "Ready and dead depth of every configured queue (or one)", args=(QUEUE,), run=status,
-            examples=("dlq status", "dlq status step")),
+    Command("dlq status", "Ready and dead depth of every configured queue (or one)", args=(QUEUE,),
+            run=lazy("commands.dlq.views", "status"), examples=("dlq status", "dlq status step")),
     Command(
         "dlq peek", "The oldest dead entries, with counts by type and by error",
         args=(QUEUE, *FILTERS, Arg("limit", "how many entries to show", type=positive_int, default=PEEK_DEFAULT)),
-        run=peek, examples=("dlq peek", 'dlq peek jobs --error "rate limit" --older-than 1h --limit 5'),
+        run=lazy("commands.dlq.views", "peek"),
+        examples=("dlq peek", 'dlq peek jobs --error "rate limit" --older-than 1h --limit 5'),
     ),
     Command(
         "dlq requeue", "Move dead jobs back to the ready queue",
@@ -54,19 +51,23 @@ COMMANDS = [
                     "running it again resumes. Progress is updated every 2 s with a Cancel button.",
         args=(QUEUE, *FILTERS, Arg("limit", "move at most this many", type=positive_int),
               Arg("rate", "entries per second at most", type=positive_int)),
-        role="oncall", guard=Guard(plan=plan_requeue, execute=execute_requeue, still_valid=requeue_still_valid,
-                                   replan=replan_requeue),
+        role="oncall", guard=Guard(plan=lazy("commands.dlq.requeue", "plan_requeue"),
+                                   execute=lazy("commands.dlq.requeue", "execute_requeue"),
+                                   still_valid=lazy("commands.dlq.requeue", "requeue_still_valid"),
+                                   replan=lazy("commands.dlq.requeue", "replan_requeue")),
         examples=("dlq requeue", "dlq requeue jobs --type send_email --limit 500 --rate 100"),
     ),
     Command(
         "dlq trim", "Drop all but the newest N dead jobs, archiving what it drops",
         args=(QUEUE, Arg("keep", "how many of the newest entries to keep (default: the queue's keep, "
                                  "DEAD_LETTER_KEEP)", type=int_between(0, 10**9), metavar="N")),
-        role="oncall", guard=Guard(plan=plan_trim, execute=execute_trim, still_valid=trim_still_valid),
+        role="oncall", guard=Guard(plan=lazy("commands.dlq.trim", "plan_trim"),
+                                   execute=lazy("commands.dlq.trim", "execute_trim"),
+                                   still_valid=lazy("commands.dlq.trim", "trim_still_valid")),
         examples=("dlq trim", "dlq trim jobs --keep 100"),
     ),
-    Command("dlq cancel", "Stop a running requeue", args=(QUEUE,), run=cancel, role="oncall",
-            examples=("dlq cancel jobs",)),
+    Command("dlq cancel", "Stop a running requeue", args=(QUEUE,), run=lazy("commands.dlq.views", "cancel"),
+            role="oncall", examples=("dlq cancel jobs",)),
 ]
 
 GROUP = Group(
@@ -76,8 +77,8 @@ GROUP = Group(
     extends={"status": {"queue_depth": (int, Field(1000, ge=0)),  # a ready queue deeper than this is amber
                         "dead_letters": (int, Field(0, ge=0))}},  # more dead letters than this is red
     validate=check_queues,
-    status=overview.status_lines,
-    checks=overview.checks,
+    status=lazy("commands.dlq.overview", "status_lines"),
+    checks=lazy("commands.dlq.overview", "checks"),
     migrations=Path(__file__).with_name("migrations"),
     gauges={"dlq status": dead_letter_gauges},
 )

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import struct
 from itertools import chain
-
-from psycopg import sql
-from psycopg_pool import ConnectionPool
+from typing import TYPE_CHECKING
 
 from commands.dlq.settings import QueueSettings
 from bot.core.invocation import CommandError
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 __all__ = ["TrimArchive", "Fenced"]
 
@@ -50,6 +51,8 @@ class Fenced(CommandError):
 
 class TrimArchive:
     def __init__(self, pool: ConnectionPool, schema: str, queue: QueueSettings):
+        from psycopg import sql
+
         self.pool = pool
         self.queue = queue
         self.table = f"{schema}.dlq_archive"  # for people: where the dropped entries are
@@ -59,6 +62,8 @@ class TrimArchive:
 
     def begin(self, task_id: str, *, keep: int | None = None, to_drop: int | None = None) -> int:
         """Take the task's next epoch (call after taking the lease); older epochs are fenced off."""
+        from psycopg import sql
+
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute(
                 sql.SQL("INSERT INTO {} (task_id, queue, epoch, keep, to_drop) VALUES (%s, %s, 1, %s, %s)"
@@ -69,6 +74,8 @@ class TrimArchive:
         return self.epoch
 
     def _fence(self, cur, task_id: str) -> None:
+        from psycopg import sql
+
         if self.epoch is None:
             raise Fenced(f"trim task {task_id}: no epoch taken")
         cur.execute(sql.SQL("UPDATE {} SET updated_at = now() WHERE task_id = %s AND epoch <= %s RETURNING epoch")
@@ -78,6 +85,8 @@ class TrimArchive:
 
     def settle(self, task_id: str, dropped: int) -> int:
         """Delete the rows of entries that were never removed (ordinal >= dropped); returns how many."""
+        from psycopg import sql
+
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             self._fence(cur, task_id)
             cur.execute(sql.SQL("DELETE FROM {} WHERE task_id = %s AND ordinal >= %s").format(self.archive),
@@ -86,6 +95,8 @@ class TrimArchive:
 
     def __call__(self, task_id: str, first: int, entries: list[bytes]) -> None:
         """Archive ``entries`` as ordinals first.. (first = Redis's `dropped` now), durably, or raise."""
+        from psycopg import sql
+
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             self._fence(cur, task_id)
             cur.execute(sql.SQL("DELETE FROM {} WHERE task_id = %s AND ordinal >= %s").format(self.archive),
@@ -95,6 +106,8 @@ class TrimArchive:
                 out.write(binary_rows(task_id, self.queue.name, self.queue.dead, first, entries))
 
     def finish(self, task_id: str, status: str) -> None:
+        from psycopg import sql
+
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             self._fence(cur, task_id)
             cur.execute(sql.SQL("UPDATE {} SET status = %s WHERE task_id = %s").format(self.tasks),

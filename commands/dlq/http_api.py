@@ -21,10 +21,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 from urllib.parse import quote
-
-import httpx
 
 from commands.dlq.settings import QueueSettings
 from bot.core.httpretry import request
@@ -32,6 +30,9 @@ from bot.core.invocation import CommandError
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities, Depth,
                                   Refusing, ReplayResult, ScanSummary)
 from commands.dlq.entries import DeadEntry, Filters
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["HttpDeadLetters", "ReplayResult"]
 
@@ -57,6 +58,8 @@ class HttpDeadLetters(Refusing):
 
     def __init__(self, settings: QueueSettings, *, transport: httpx.BaseTransport | None = None,
                  sleep=time.sleep):
+        import httpx
+
         if not settings.url:
             raise CommandError(f"queue {settings.name!r} uses the http backend but has no url")
         self.settings = settings

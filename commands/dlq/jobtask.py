@@ -34,9 +34,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
-
-import redis
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from bot.core.invocation import CommandError
 from commands.dlq.backend import Capabilities, Depth, Refusing, ScanSummary
@@ -45,6 +43,9 @@ from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
 from commands.dlq.redis_list import RequeueReport, Task
 from commands.dlq.settings import QueueSettings
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["JobRegistryQueue", "last_line", "entry_of"]
 

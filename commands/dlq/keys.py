@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.core.invocation import CommandError
-from bot.runtime.redisconn import hash_tag, key_slot
 from commands.dlq.settings import QueueSettings
 
 __all__ = ["QueueKeys", "cluster_problem"]
@@ -27,6 +26,8 @@ __all__ = ["QueueKeys", "cluster_problem"]
 
 def cluster_problem(queue: QueueSettings) -> str | None:
     """Why ``queue`` cannot run on a Redis Cluster (its lists in two slots, or no hash tag), or None."""
+    from bot.runtime.redisconn import hash_tag, key_slot
+
     ready, dead = queue.ready, queue.dead
     advice = (f"name both with one hash tag, the part in braces that picks the slot, e.g. "
               f'ready: "{{{queue.name}}}" and dead: "{{{queue.name}}}:dead"')
@@ -51,6 +52,8 @@ class QueueKeys:
 
     @classmethod
     def of(cls, queue: QueueSettings, prefix: str, cluster: bool) -> QueueKeys:
+        from bot.runtime.redisconn import hash_tag, key_slot
+
         if not cluster:
             name = queue.name
         else:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-
-import redis
+from typing import TYPE_CHECKING
 
 from bot.core.invocation import CommandError
 from commands.dlq import lua
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["QueueLease", "Holder", "LeaseBusy"]
 

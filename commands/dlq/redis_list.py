@@ -25,12 +25,8 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
-import redis
-from redis.cluster import RedisCluster
-
-from bot.runtime.redisconn import key_slot
 from commands.dlq.keys import QueueKeys
 from commands.dlq.settings import QueueSettings
 from bot.core.invocation import CommandError
@@ -41,6 +37,9 @@ from commands.dlq.driver import drive_requeue
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
 from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport"]
 
@@ -109,6 +108,8 @@ class RedisListQueue(Refusing):
 
     def __init__(self, settings: QueueSettings, client: redis.Redis, prefix: str = "opsbot:",
                  clock: Callable[[], float] = time.time):
+        from redis.cluster import RedisCluster
+
         self.settings = settings
         self.client = client
         self.prefix = prefix
@@ -137,6 +138,10 @@ class RedisListQueue(Refusing):
         return {"ready_key": self.settings.ready, "dead_key": self.settings.dead}
 
     def probe(self) -> str:
+        from bot.runtime.redisconn import key_slot
+
+        from redis.cluster import RedisCluster
+
         parts = []
         for role, key in (("ready", self.settings.ready), ("dead", self.settings.dead)):
             kind = self.client.type(key).decode()

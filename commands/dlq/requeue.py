@@ -6,6 +6,7 @@ the queue's lease), or, for a backend with the ``replay`` capability, one entry 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 
@@ -78,9 +79,20 @@ def replan_requeue(inv: Invocation, old: Plan) -> Plan | Result:
     if old.data.get("resume"):  # the interrupted task's plan reads no entries
         return plan_requeue(inv)
     dead = backend.dead_count()
-    matching = dead if Filters.from_args(inv.args).empty else old.data["matching"] + max(0, dead - old.data["dead"])
+    if Filters.from_args(inv.args).empty:
+        matching = dead
+    elif _oldest_mark(backend) == old.data.get("oldest"):  # nothing left from the oldest end: only arrivals
+        matching = old.data["matching"] + max(0, dead - old.data["dead"])
+    else:
+        return plan_requeue(inv)
     fresh = Plan(old.summary, data={**old.data, "matching": matching, "dead": dead})
     return fresh if requeue_still_valid(old, fresh) else plan_requeue(inv)
+
+
+def _oldest_mark(backend: DeadLetterBackend) -> str | None:
+    """Which entry is the oldest (a digest of its bytes): a filtered plan's count holds while it stays."""
+    oldest = backend.oldest(1)
+    return hashlib.sha256(oldest[0].raw).hexdigest()[:16] if oldest else None
 
 
 def _busy(queue: QueueSettings, backend: DeadLetterBackend) -> Plan | Result | None:
@@ -117,7 +129,8 @@ def _plan_of(queue: QueueSettings, backend: DeadLetterBackend, filters: Filters,
         f"requeue {target} of {summary.matched} matching dead letters ({destination}){pace}",
         data={"queue": queue.name, "filters": filters.to_dict(), "limit": limit, "rate": rate,
               "matching": summary.matched, "dead": summary.total, "growth_bound": queue.requeue_growth,
-              **({"sampled": summary.scanned} if summary.sampled else {})},
+              **({"sampled": summary.scanned} if summary.sampled else {}),
+              **({} if filters.empty else {"oldest": _oldest_mark(backend)})},
         sections=[Section(fields=(("matching", f"{summary.matched} of {summary.total}"),
                                   ("will move", str(target)), ("filter", filters.describe())))]
                  + summary_sections(summary, time.time(), "Sample"),
@@ -140,8 +153,9 @@ def execute_requeue(inv: Invocation, plan: Plan) -> Result:
 
     def before() -> None:  # under the queue's lease
         settle_interrupted_trim(inv, backend, queue)
-        if not plan.data.get("resume"):
-            backend.start_requeue(Filters.from_dict(plan.data["filters"]), limit=plan.data["limit"],
+        if not plan.data.get("resume"):  # never more than the plan counted, whatever changed since
+            limit = min(plan.data["limit"] or plan.data["matching"], plan.data["matching"])
+            backend.start_requeue(Filters.from_dict(plan.data["filters"]), limit=limit,
                                   rate=plan.data["rate"], matching=plan.data["matching"],
                                   requested_by=inv.actor.user_id, task_id=task_id)
 

@@ -29,9 +29,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
-
-import redis
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from bot.core.invocation import CommandError
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities, Depth,
@@ -42,6 +40,9 @@ from commands.dlq.lease import Holder, LeaseBusy, QueueLease
 from commands.dlq.redis_list import RequeueReport, Task
 from commands.dlq.settings import QueueSettings
 from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["SidekiqSet", "sidekiq_view", "retried_job"]
 

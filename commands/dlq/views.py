@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
-
-import httpx
-import redis
 
 from bot.core.durations import format_duration
 from bot.core.invocation import CommandError, Invocation
@@ -18,7 +16,14 @@ from commands.dlq.factory import backend_of
 
 __all__ = ["status", "peek", "cancel", "queue_figures"]
 
-UNREACHABLE = (CommandError, redis.RedisError, httpx.HTTPError, OSError)
+
+def _unreachable(exc: BaseException) -> bool:
+    """A queue that could not be read: a refusal, Redis or HTTP down. A client library not loaded raised nothing."""
+    kinds = [CommandError, OSError]
+    for module, name in (("redis", "RedisError"), ("httpx", "HTTPError")):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return isinstance(exc, tuple(kinds))
 
 
 def queue_figures(inv: Invocation, queue, now: float) -> dict[str, Any]:
@@ -77,7 +82,9 @@ def status(inv: Invocation) -> Result:
     for queue in queues:
         try:
             data.append(queue_figures(inv, queue, now))
-        except UNREACHABLE as exc:  # one queue down does not hide the others
+        except Exception as exc:  # one queue down does not hide the others
+            if not _unreachable(exc):
+                raise
             failures.append(exc)
             data.append({"queue": queue.name, "backend": queue.backend, "error": str(exc)})
     if len(failures) == len(queues):

@@ -13,9 +13,6 @@ from commands.drift.gauges import migration_gauges
 
 from pathlib import Path
 
-import httpx
-from psycopg import sql
-
 from bot.config.settings import Settings
 
 from commands.drift.settings import MigrationSource
@@ -34,6 +31,8 @@ DEFAULT_TABLE = {"prisma": "_prisma_migrations", "alembic": "alembic_version"}
 
 
 def _fetch_json(source: MigrationSource) -> object:
+    import httpx
+
     headers = {"Accept": "application/json"}
     if source.token is not None:
         headers["Authorization"] = f"Bearer {source.token.get_secret_value()}"
@@ -62,6 +61,8 @@ TOOLS = {
 
 
 def check_database(settings: Settings, targets, name: str) -> DriftReport:
+    from psycopg import sql
+
     source = settings.databases[name].migrations
     assert source is not None
     from_json, from_folder, applied, compare = TOOLS[source.tool]

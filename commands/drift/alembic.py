@@ -19,11 +19,13 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from pathlib import Path
-
-from psycopg import sql
+from typing import TYPE_CHECKING
 
 from commands.drift.alembicini import AlembicLayout, layout_of, revision_files
 from commands.drift.model import DriftReport, Item
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["Revision", "graph_from_folder", "graph_from_json", "current_versions", "compare"]
 
@@ -94,6 +96,8 @@ def graph_from_json(body: object) -> dict[str, Revision]:
 
 
 def current_versions(conn, table: sql.Identifier) -> list[str]:
+    from psycopg import sql
+
     return [row[0] for row in conn.execute(sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(table))]
 
 

@@ -18,7 +18,6 @@ taken from that folder, where ``alembic`` is normally run. A package resource
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ class AlembicLayout:
 
 def layout_of(path: Path, section: str = "alembic") -> AlembicLayout:
     """The revision folders of ``path``: an ``alembic.ini``, a folder holding one, or a bare versions folder."""
+    import configparser
+
     ini = path / "alembic.ini" if path.is_dir() else path
     if not ini.is_file():
         return AlembicLayout((path,), False, "a versions folder")

@@ -19,10 +19,12 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-
-from psycopg import sql
+from typing import TYPE_CHECKING
 
 from commands.drift.model import DriftReport, Item
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["CHECKSUM_LEN", "Expected", "Applied", "script_digests", "expected_from_folder", "expected_from_json", "applied_rows", "compare"]
 
@@ -86,6 +88,8 @@ def expected_from_json(body: object) -> list[Expected]:
 
 
 def applied_rows(conn, table: sql.Identifier) -> list[Applied]:
+    from psycopg import sql
+
     rows = conn.execute(sql.SQL(
         "SELECT migration_name, checksum, started_at, finished_at, rolled_back_at, logs FROM {}"
         " ORDER BY started_at, migration_name").format(table)).fetchall()

@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
-
-import httpx
-from psycopg import sql
+from typing import Any, TYPE_CHECKING
 
 from commands.email.settings import EmailSettings
 from bot.core.durations import format_duration
@@ -23,6 +20,9 @@ from bot.core.result import Plan, Result, Section
 from commands.email.smtp_probe import probe
 from pydantic import Field
 from bot.core.group import Color, Group, StatusLine
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["COMMANDS", "GROUP", "normalized_error"]
 
@@ -50,12 +50,16 @@ class _Names:
     """Quoted identifiers for the configured tables and columns."""
 
     def __init__(self, email: EmailSettings):
+        from psycopg import sql
+
         self.comm = sql.Identifier(email.communications)
         self.events = sql.Identifier(email.case_events)
         self.c = {k: sql.Identifier(v) for k, v in email.communication_columns.model_dump().items()}
         self.e = {k: sql.Identifier(v) for k, v in email.case_event_columns.model_dump().items()}
 
     def normalized(self) -> sql.Composable:
+        from psycopg import sql
+
         return sql.SQL(
             "regexp_replace(regexp_replace(regexp_replace(coalesce({col}, '(none)'), {uuid}, '<id>', 'gi'),"
             " {long}, '<id>', 'gi'), '[0-9]+', '<n>', 'g')"
@@ -69,6 +73,8 @@ def _rows(conn, query: sql.Composable, params: dict[str, Any]) -> list[tuple]:
 # -- triage ---------------------------------------------------------------------------------
 
 def _stuck(conn, n: _Names, stuck_after: float, tenant: str | None) -> list[tuple]:
+    from psycopg import sql
+
     query = sql.SQL(
         "SELECT {tenant}, {status}, count(*), min({created}) FROM {comm}"
         " WHERE {status} IN ('pending', 'pending_auto') AND {created} < now() - make_interval(secs => %(age)s)"
@@ -78,6 +84,8 @@ def _stuck(conn, n: _Names, stuck_after: float, tenant: str | None) -> list[tupl
 
 
 def _failures(conn, n: _Names, since: float, tenant: str | None) -> list[tuple]:
+    from psycopg import sql
+
     query = sql.SQL(
         "SELECT {norm} AS kind, count(*), max({updated}),"
         " (array_agg({last_error} ORDER BY {updated} DESC))[1], count(DISTINCT {tenant})"
@@ -88,6 +96,8 @@ def _failures(conn, n: _Names, since: float, tenant: str | None) -> list[tuple]:
 
 
 def _today_per_tenant(conn, n: _Names, tenant: str | None) -> list[tuple]:
+    from psycopg import sql
+
     query = sql.SQL(
         "SELECT {tenant}, count(*) FROM {comm} WHERE {created} >= date_trunc('day', now() AT TIME ZONE 'UTC')"
         " AT TIME ZONE 'UTC' AND (%(tenant)s::text IS NULL OR {tenant} = %(tenant)s) GROUP BY 1 ORDER BY 2 DESC"
@@ -96,6 +106,8 @@ def _today_per_tenant(conn, n: _Names, tenant: str | None) -> list[tuple]:
 
 
 def _dry_run(email: EmailSettings) -> tuple[bool | None, str]:
+    import httpx
+
     source = email.dry_run
     if source.url:
         try:
@@ -198,6 +210,8 @@ def _verdict(email, stuck_total, failures, dry_run, smtp, capped) -> tuple[str, 
 # -- retry ----------------------------------------------------------------------------------
 
 def _retry_filter(n: _Names) -> sql.Composable:
+    from psycopg import sql
+
     return sql.SQL(
         "{status} = 'failed' AND {updated} >= now() - make_interval(secs => %(since)s)"
         " AND (%(tenant)s::text IS NULL OR {tenant} = %(tenant)s)"
@@ -212,6 +226,8 @@ def _retry_params(inv: Invocation) -> dict[str, Any]:
 
 
 def plan_retry(inv: Invocation) -> Plan | Result:
+    from psycopg import sql
+
     email = inv.settings.email
     n = _Names(email)
     params = _retry_params(inv)
@@ -241,6 +257,8 @@ def retry_still_valid(old: Plan, new: Plan) -> bool:
 
 
 def execute_retry(inv: Invocation, plan: Plan) -> Result:
+    from psycopg import sql
+
     email = inv.settings.email
     n = _Names(email)
     params = {**_retry_params(inv), "limit": inv.args["limit"]}
@@ -260,6 +278,8 @@ def execute_retry(inv: Invocation, plan: Plan) -> Result:
 # -- reminders ------------------------------------------------------------------------------
 
 def reminders(inv: Invocation) -> Result:
+    from psycopg import sql
+
     email = inv.settings.email
     n = _Names(email)
     case = inv.args["case"]

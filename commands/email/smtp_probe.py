@@ -12,13 +12,15 @@ probe and is named.
 
 from __future__ import annotations
 
-import smtplib
 import socket
-import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from commands.email.settings import SmtpSettings
+
+if TYPE_CHECKING:
+    import smtplib
 
 __all__ = ["probe", "ProbeReport", "ProbeStep"]
 
@@ -47,6 +49,8 @@ class ProbeReport:
 
 
 def _describe(exc: BaseException) -> str:
+    import smtplib
+
     if isinstance(exc, smtplib.SMTPResponseException):
         message = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
         return f"{exc.smtp_code} {message}"
@@ -58,6 +62,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def probe(settings: SmtpSettings) -> ProbeReport:
+    import smtplib
+    import ssl
+
     if not settings.host:
         raise ValueError("no SMTP host is configured (email.smtp.host, $SMTP_HOST)")
     report = ProbeReport(settings.host, settings.port)

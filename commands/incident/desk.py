@@ -17,8 +17,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-import httpx
-
 from bot.config.settings import Settings
 
 from commands.incident.settings import IncidentSettings, SeveritySettings
@@ -168,6 +166,8 @@ class IncidentDesk:
         return incident
 
     def page(self, incident: Incident, actor: str, why: str) -> str:
+        import httpx
+
         who = _mentions(self.severity(incident.severity)) or here()
         self.post(incident, Result.fail(md("Paging {}: {} — {} {}", who, why, incident.id, incident.title)))
         sent = "paged in the thread"

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import jinja2
-
 from bot.config.settings import Settings
 from bot.core.durations import format_duration
 from bot.core.invocation import CommandError
@@ -57,6 +55,8 @@ def timeline(store: IncidentStore, incident: Incident) -> list[Entry]:
 
 
 def postmortem(settings: Settings, incident: Incident, entries: list[Entry]) -> str:
+    import jinja2
+
     path = Path(settings.runbooks_path, settings.incidents.postmortem_template)
     if not path.is_file():
         raise CommandError(f"postmortem template {path} not found (incidents.postmortem_template)")

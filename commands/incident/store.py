@@ -19,13 +19,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-from psycopg import errors, sql
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from typing import Any, TYPE_CHECKING
 
 from bot.core.invocation import BadArgument, CommandError
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["Incident", "Event", "IncidentStore", "parse_id"]
 
@@ -88,6 +87,8 @@ class IncidentStore:
     """``state`` is the bot's :class:`~bot.store.state.State` (its pool is opened on first use) or a pool."""
 
     def __init__(self, state, schema: str, redactor=None):
+        from psycopg import sql
+
         self._state = state
         self.schema_name = schema
         self.s = sql.Identifier(schema)
@@ -98,9 +99,14 @@ class IncidentStore:
         return getattr(self._state, "pool", self._state)
 
     def _q(self, text: str) -> sql.Composed:
+        from psycopg import sql
+
         return sql.SQL(text).format(s=self.s)
 
     def _one(self, query: str, params: dict | tuple) -> Incident | None:
+        from psycopg import errors
+        from psycopg.rows import dict_row
+
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             try:
                 row = cur.execute(self._q(query), params).fetchone()
@@ -121,6 +127,8 @@ class IncidentStore:
         return self._one("SELECT * FROM {s}.incidents WHERE root_ts = %s", (root_ts,))
 
     def open(self) -> list[Incident]:
+        from psycopg.rows import dict_row
+
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(self._q("SELECT * FROM {s}.incidents WHERE status = 'open' ORDER BY number")).fetchall()
         return [Incident(**row) for row in rows]
@@ -151,6 +159,9 @@ class IncidentStore:
         return incident
 
     def update(self, incident: Incident, **fields: Any) -> Incident:
+        from psycopg import sql
+        from psycopg.rows import dict_row
+
         assignments = sql.SQL(", ").join(sql.SQL("{} = %({})s").format(sql.Identifier(k), sql.SQL(k))
                                          for k in fields)
         query = sql.SQL("UPDATE {s}.incidents SET {a} WHERE number = %(number)s RETURNING *").format(
@@ -166,6 +177,8 @@ class IncidentStore:
 
     def event(self, incident: Incident, actor: str, kind: str, text: str, *, now: datetime,
               data: dict | None = None) -> None:
+        from psycopg.types.json import Jsonb
+
         if self.redactor is not None:
             text, data = self.redactor.text(text), self.redactor.data(data or {})
         with self.pool.connection() as conn:
@@ -176,6 +189,8 @@ class IncidentStore:
     # -- what falls due -------------------------------------------------------------------------
     def claim_reminders(self, now: datetime, responses: dict[str, float | None], limit: int = 20) -> list[Incident]:
         """Open incidents whose response target passed, each claimed once: the next reminder is moved on."""
+        from psycopg.rows import dict_row
+
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(self._q(
                 "SELECT * FROM {s}.incidents WHERE status = 'open' AND next_reminder_at <= %s"
@@ -191,6 +206,8 @@ class IncidentStore:
 
     def claim_postmortems(self, now: datetime, limit: int = 20) -> list[Incident]:
         """Resolved incidents whose postmortem is overdue and not yet reminded, each claimed once."""
+        from psycopg.rows import dict_row
+
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(self._q(
                 "UPDATE {s}.incidents SET postmortem_reminded_at = %(now)s WHERE number IN ("

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-import httpx
-
 from commands.rollback.settings import DeploySettings
 from bot.core.httpretry import request
 from bot.core.invocation import CommandError
@@ -81,6 +79,8 @@ def _time(value: object) -> datetime | None:
 
 class _Client:
     def __init__(self, settings: DeploySettings, base_url: str):
+        import httpx
+
         headers = {"Accept": "application/json"}
         if settings.token is not None:
             headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"

@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from psycopg import sql
-from psycopg.rows import dict_row
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["FENCED", "Claim", "ScheduleStore", "MAX_ATTEMPTS"]
 
@@ -51,6 +52,8 @@ class ScheduleStore:
         return self.state.pool
 
     def _q(self, text: str) -> sql.Composed:
+        from psycopg import sql
+
         return sql.SQL(text).format(s=sql.Identifier(self.schema))
 
     def sync(self, specs: dict[str, str], next_due: Callable[[str, datetime], datetime], now: datetime) -> None:
@@ -69,6 +72,8 @@ class ScheduleStore:
     def claim_due(self, now: datetime, owner: str, lease: float, next_due: Callable[[str, datetime], datetime],
                   commands: dict[str, str], limit: int = 20) -> list[Claim]:
         """Due schedules, each claimed by one sweeper: a run row for the slot, and the next slot set."""
+        from psycopg.rows import dict_row
+
         claims = []
         with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(self._q(
@@ -92,6 +97,8 @@ class ScheduleStore:
                          limit: int = 20) -> list[Claim]:
         """Runs whose executor stopped beating (killed): taken over, once each; given up after MAX_ATTEMPTS, or at
         once when their schedule is no longer configured (``names``)."""
+        from psycopg.rows import dict_row
+
         with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(self._q(
                 "UPDATE {s}.schedule_runs SET status = 'interrupted', finished_at = %s,"
@@ -136,6 +143,8 @@ class ScheduleStore:
 
     def overview(self, names: list[str]) -> dict[str, dict]:
         """Per schedule: its row, and its latest run (running or not)."""
+        from psycopg.rows import dict_row
+
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             rows = {r["name"]: dict(r) for r in cur.execute(
                 self._q("SELECT * FROM {s}.schedules WHERE name = ANY(%s)"), (names,)).fetchall()}
@@ -147,6 +156,8 @@ class ScheduleStore:
 
     def runs(self, name: str | None = None, limit: int = 1000) -> list[dict]:
         """Recorded runs, oldest first (all schedules, or one)."""
+        from psycopg.rows import dict_row
+
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             return [dict(r) for r in cur.execute(self._q(
                 "SELECT * FROM {s}.schedule_runs WHERE %(name)s::text IS NULL OR schedule = %(name)s"
