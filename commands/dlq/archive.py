@@ -17,6 +17,8 @@ lease is fenced off in PostgreSQL (and, by the lease token, in Redis).
 
 from __future__ import annotations
 
+import struct
+from itertools import chain
 from typing import TYPE_CHECKING
 
 from commands.dlq.settings import QueueSettings
@@ -26,6 +28,21 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 __all__ = ["TrimArchive", "Fenced"]
+
+# COPY's binary format (PostgreSQL docs, "COPY", Binary Format): a signature, then each row as a field
+# count and length-prefixed fields, then -1. The constant fields are framed once per batch.
+SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+TRAILER = struct.pack(">h", -1)
+_ORDINAL_AND_LENGTH = struct.Struct(">iqi").pack  # the bigint ordinal (8 bytes), then the entry's length
+
+
+def binary_rows(task_id: str, queue: str, dead_key: str, first: int, entries: list[bytes]) -> bytes:
+    """The rows (task_id, queue, dead_key, ordinal, entry) of ``entries`` as ordinals first.., COPY binary."""
+    fixed = struct.pack(">h", 5) + b"".join(struct.pack(">i", len(v)) + v
+                                            for v in (task_id.encode(), queue.encode(), dead_key.encode()))
+    rows = chain.from_iterable((fixed, _ORDINAL_AND_LENGTH(8, ordinal, len(entry)), entry)
+                               for ordinal, entry in enumerate(entries, first))
+    return b"".join(chain((SIGNATURE,), rows, (TRAILER,)))
 
 
 class Fenced(CommandError):
@@ -84,10 +101,9 @@ class TrimArchive:
             self._fence(cur, task_id)
             cur.execute(sql.SQL("DELETE FROM {} WHERE task_id = %s AND ordinal >= %s").format(self.archive),
                         (task_id, first))
-            copy = sql.SQL("COPY {} (task_id, ordinal, queue, dead_key, entry) FROM STDIN").format(self.archive)
-            with cur.copy(copy) as out:
-                for offset, entry in enumerate(entries):
-                    out.write_row((task_id, first + offset, self.queue.name, self.queue.dead, entry))
+            copy = sql.SQL("COPY {} (task_id, queue, dead_key, ordinal, entry) FROM STDIN (FORMAT BINARY)")
+            with cur.copy(copy.format(self.archive)) as out:
+                out.write(binary_rows(task_id, self.queue.name, self.queue.dead, first, entries))
 
     def finish(self, task_id: str, status: str) -> None:
         from psycopg import sql

@@ -7,8 +7,8 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "MERGE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE", "LEASE_RENEW", "LEASE_RELEASE",
-           "LEASE_HOLDER"]
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "MERGE", "TRIM_READ", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE",
+           "LEASE_RENEW", "LEASE_RELEASE", "LEASE_HOLDER"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
 _MATCH = r"""
@@ -227,10 +227,28 @@ end
 return #items
 """
 
+# TRIM_READ: the ARGV[1] oldest entries of KEYS[1] (a dead list) after its ARGV[2] oldest,
+# oldest first, as two strings: their lengths (4 bytes each, big-endian) and their bytes end to
+# end. One reply of two strings instead of one per entry, which the client splits without
+# parsing a reply per entry. Flagged no-writes (Redis 7.0+; older servers refuse to compile it):
+# it runs while writes are paused, like the LRANGE it stands for.
+TRIM_READ = r"""#!lua flags=no-writes
+local skip = tonumber(ARGV[2])
+local items = redis.call('LRANGE', KEYS[1], -(tonumber(ARGV[1]) + skip), -(skip + 1))
+local lengths, bodies = {}, {}
+for i = #items, 1, -1 do
+  lengths[#lengths + 1] = struct.pack('>I4', string.len(items[i]))
+  bodies[#bodies + 1] = items[i]
+end
+return {table.concat(lengths), table.concat(bodies)}
+"""
+
 # TRIM_POP: remove the ARGV[1] oldest entries only if they are still exactly the archived ones,
 # and only for the holder of the queue's lease, driving this trim task.
 # KEYS: dead, trim task, lease. ARGV: n, sha1 hex of the entries as archived (oldest first,
-# each as <length>:<bytes>), lease token, task id.
+# each as <length>:<bytes>), lease token, task id, and (optional) the ordinal they were
+# archived as, which `dropped` must equal: batches sent together are removed in order, and
+# none after one that was not.
 # Returns 1 removed (and `dropped` grew by n in the same step), 0 the oldest end changed
 # (nothing removed), -1 not ours (lease lost or another task).
 TRIM_POP = r"""
@@ -238,6 +256,7 @@ if redis.call('GET', KEYS[3]) ~= ARGV[3] then return -1 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[4] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
   return -1
 end
+if ARGV[5] and tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[5]) then return 0 end
 local n = tonumber(ARGV[1])
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
 if #items ~= n then return 0 end

@@ -353,11 +353,13 @@ class SidekiqSet(Refusing):
 class SidekiqTrim(QueueTrim):
     """QueueTrim over the sorted set: the oldest are the lowest scores; removal checks each exact member."""
 
+    _remove_parts = QueueTrim._remove_each  # TRIM_REMOVE does not check `dropped`: one batch at a time
+
     def _size(self) -> int:
         return self.client.zcard(self.queue.set_key)
 
-    def _oldest(self, n: int) -> list[bytes]:
-        return self.client.zrange(self.queue.set_key, 0, n - 1)
+    def _oldest(self, n: int, skip: int = 0) -> list[bytes]:
+        return self.client.zrange(self.queue.set_key, skip, skip + n - 1)
 
     def _remove(self, token: str, task_id: str, oldest_first: list[bytes], digest: str) -> int:
         return self.queue._trim_remove(keys=[self.queue.set_key, self.key, self.lease.key],

@@ -19,7 +19,8 @@ from commands.dlq.trimmer import TrimTask
 __all__ = ["plan_trim", "trim_still_valid", "execute_trim"]
 
 GROWTH = 0.10
-BATCH = 500
+BATCH = 500     # entries per compare-and-remove: Redis is blocked for one batch at most
+CHUNK = 20      # batches per archive transaction (one PostgreSQL commit), at most
 
 
 def _busy(queue, backend: DeadLetterBackend, trim: TrimTask | None) -> Result | None:
@@ -115,8 +116,8 @@ def execute_trim(inv: Invocation, plan: Plan) -> Result:
 
     report = backend.run_trim(
         keep=plan.data["keep"], archive=archive, resume=plan.data.get("resume"), replaces=plan.data.get("replaces"),
-        max_drop=plan.data["to_drop"], owner=owner(), batch=min(queue.batch, BATCH), lease_ttl=queue.lease_ttl,
-        requested_by=inv.actor.user_id, should_stop=inv.stopping, progress=progress)
+        max_drop=plan.data["to_drop"], owner=owner(), batch=min(queue.batch, BATCH),
+        chunk=CHUNK * min(queue.batch, BATCH), lease_ttl=queue.lease_ttl, requested_by=inv.actor.user_id, should_stop=inv.stopping, progress=progress)
     data = {"queue": queue.name, "task": report.task_id, "dropped": report.dropped, "to_drop": report.to_drop,
             "dropped_now": report.dropped_now, "outcome": report.outcome, "retries": report.retries,
             "abandoned": report.abandoned, "archive": where}

@@ -9,22 +9,32 @@ Usage::
     report = trim.run(archive=..., keep=100, replaces=task_id)    # abandon it cleanly, trim anew
 
 The invariant: an entry leaves Redis only if those exact bytes are durably archived. Each
-batch is read from the oldest end, archived in one PostgreSQL transaction (which first
-deletes this task's rows at or past Redis's ``dropped`` counter: those entries were never
-removed), then removed by a compare-and-remove script that checks the lease token and the
-bytes, and raises ``dropped`` in the same atomic step. A changed oldest end is detected and
-the batch is read and archived again (bounded retries). The trim holds the queue's lease,
-the same one a requeue takes, so the two never run at the same time.
+chunk (``chunk`` entries, default ``batch``) is read from the oldest end, archived in one
+PostgreSQL transaction (which first deletes this task's rows at or past Redis's ``dropped``
+counter: those entries were never removed), then removed ``batch`` at a time, in order, by a
+compare-and-remove script that checks the lease token and the bytes, and raises ``dropped``
+in the same atomic step. Redis is blocked for one batch (or one read of a chunk) at most;
+PostgreSQL commits once per chunk. While a chunk is removed, the next one (read just behind
+it) is archived in a worker thread; it is removed only after both are done, and its rows,
+like any row at or past ``dropped``, are deleted if the removal before it stops short. A
+changed oldest end is detected and the rest is read and archived again (bounded retries).
+The trim holds the queue's lease, the same one a requeue takes, so the two never run at the
+same time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
+
+import redis
 
 from bot.core.invocation import CommandError
 from commands.dlq import lua
@@ -33,8 +43,9 @@ from commands.dlq.archive import Fenced
 __all__ = ["QueueTrim", "TrimTask", "TrimReport"]
 
 CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
-BATCH_BYTES = 16 * 2 ** 20  # a batch larger than this makes the next ones smaller
+BATCH_BYTES = 8 * 2 ** 20   # a chunk larger than this makes the next ones smaller (two are in flight)
 PROGRESS_EVERY = 0.5
+WARM_UP = 5_000             # a trim's first entries go one batch per chunk, at the pace of a small trim
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,11 @@ class TrimReport:
     abandoned: str | None = None
 
 
+def _digest(oldest_first: list[bytes]) -> str:
+    """What TRIM_POP compares: sha1 of the entries, oldest first, each as <length>:<bytes>."""
+    return hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
+
+
 class QueueTrim:
     def __init__(self, queue: Any, clock: Callable[[], float] = time.time):
         self.queue = queue
@@ -82,6 +98,8 @@ class QueueTrim:
         self.key = queue.trim_key
         self.lease = queue.lease
         self.clock = clock
+        self._read = self.client.register_script(lua.TRIM_READ)
+        self._framed = True  # False on a server before 7.0 (no script flags): plain LRANGE
         self._pop = self.client.register_script(lua.TRIM_POP)
         self._status = self.client.register_script(lua.TRIM_STATUS)
 
@@ -91,12 +109,15 @@ class QueueTrim:
 
     def run(self, *, archive: Callable[[str, int, list[bytes]], None], keep: int, owner: str = "",
             resume: str | None = None, replaces: str | None = None, max_drop: int | None = None,
-            batch: int = 500, lease_ttl: float = 15.0, requested_by: str = "",
+            batch: int = 500, chunk: int | None = None, lease_ttl: float = 15.0, requested_by: str = "",
             should_stop: Callable[[], bool] = lambda: False,
             progress: Callable[[TrimTask, float], None] = lambda task, rate: None) -> TrimReport:
         """Run (or resume, or replace) a trim to its end; safe to kill at any instant and run again.
 
-        ``archive(task_id, first_ordinal, entries)`` must commit durably or raise. When it also has
+        ``archive(task_id, first_ordinal, entries)`` must commit durably or raise; it is called with
+        up to ``chunk`` entries (default ``batch``), removed from Redis ``batch`` at a time. The first
+        chunks are one batch (for WARM_UP entries); then each is a batch larger, up to ``chunk``, while
+        under BATCH_BYTES. When it also has
         ``begin(task_id)`` and ``settle(task_id, dropped)`` (:class:`~commands.dlq.archive.TrimArchive`),
         the run is fenced against stale trimmers and leaves no row of an entry still in Redis.
         """
@@ -110,7 +131,8 @@ class QueueTrim:
             if replaces and task.id == replaces:
                 abandoned = replaces if self._abandon(token, replaces, archive) else None
                 task = self._create(token, task_id, keep, max_drop, requested_by)
-            report = self._drive(token, task, archive, batch, lease_ttl, should_stop, progress, started)
+            report = self._drive(token, task, archive, batch, max(chunk or batch, batch), lease_ttl, should_stop,
+                                 progress, started)
         finally:
             self.lease.release(token)
         return TrimReport(**{**report.__dict__, "abandoned": abandoned})
@@ -152,8 +174,19 @@ class QueueTrim:
     def _size(self) -> int:
         return self.client.llen(self.dead)
 
-    def _oldest(self, n: int) -> list[bytes]:
-        return self.client.lrange(self.dead, -n, -1)[::-1]
+    def _oldest(self, n: int, skip: int = 0) -> list[bytes]:
+        """The ``n`` oldest entries after the ``skip`` oldest, oldest first (fewer if the list is shorter)."""
+        if self._framed:
+            try:
+                lengths, joined = self._read(keys=[self.dead], args=[n, skip])
+            except redis.ResponseError as error:
+                if "compiling" not in str(error):
+                    raise
+                self._framed = False
+            else:
+                ends = list(accumulate(struct.unpack(f">{len(lengths) // 4}I", lengths)))
+                return [joined[start:end] for start, end in zip([0] + ends[:-1], ends)]
+        return self.client.lrange(self.dead, -(n + skip), -(skip + 1))[::-1]
 
     def _remove(self, token: str, task_id: str, oldest_first: list[bytes], digest: str) -> int:
         """1 removed (``dropped`` grew by their number), 0 the oldest end changed, -1 not ours."""
@@ -167,7 +200,44 @@ class QueueTrim:
             archive.finish(task_id, "abandoned")
         return bool(self._status(keys=[self.key, self.lease.key], args=[token, task_id, "abandoned"]))
 
-    def _drive(self, token: str, task: TrimTask, archive: Any, batch: int, lease_ttl: float,
+    def _remove_chunk(self, token: str, task_id: str, oldest_first: list[bytes], first: int, batch: int,
+                      renew: Callable[[], bool]) -> int:
+        """Remove an archived chunk (ordinals ``first``..) ``batch`` at a time, oldest first: 1 all of
+        it, 0 the oldest end changed (the batches before it were removed), -1 not ours."""
+        if not renew():
+            return -1
+        parts = [oldest_first[start:start + batch] for start in range(0, len(oldest_first), batch)]
+        return self._remove_parts(token, task_id, parts, first)
+
+    def _remove_parts(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
+        """The first part on its own (which loads the script if needed), the others in one round trip:
+        each is removed only if ``dropped`` is still its first ordinal, i.e. every part before it was."""
+        if isinstance(self.client, redis.RedisCluster):  # a cluster pipeline runs no scripts
+            return self._remove_each(token, task_id, parts, first)
+        removed = self._pop(keys=[self.dead, self.key, self.lease.key],
+                            args=[len(parts[0]), _digest(parts[0]), token, task_id, first])
+        if removed != 1 or len(parts) == 1:
+            return removed
+        pipe = self.client.pipeline(transaction=False)
+        ordinal = first + len(parts[0])
+        for part in parts[1:]:
+            pipe.evalsha(self._pop.sha, 3, self.dead, self.key, self.lease.key, len(part), _digest(part), token,
+                         task_id, ordinal)
+            ordinal += len(part)
+        for result in pipe.execute(raise_on_error=False):
+            if result != 1:
+                return result if result == -1 else 0  # 0 also when Redis lost the script meanwhile
+        return 1
+
+    def _remove_each(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
+        """One part at a time (a backend whose compare-and-remove does not check ``dropped``)."""
+        for part in parts:
+            removed = self._remove(token, task_id, part, _digest(part))
+            if removed != 1:
+                return removed
+        return 1
+
+    def _drive(self, token: str, task: TrimTask, archive: Any, batch: int, chunk: int, lease_ttl: float,
                should_stop: Callable[[], bool], progress: Callable[[TrimTask, float], None],
                started: float) -> TrimReport:
         fenced = hasattr(archive, "begin")
@@ -178,26 +248,53 @@ class QueueTrim:
         outcome, changes, retries, size = "done", 0, 0, batch
         renewed = reported = self.clock()
         dropped = task.dropped
+
+        def renew() -> bool:
+            nonlocal renewed
+            if self.clock() - renewed > lease_ttl / 3:
+                if not self.lease.renew(token, ttl=lease_ttl):
+                    return False
+                renewed = self.clock()
+            return True
+
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trim-archive")
+        current: list[bytes] = []  # read and archived as ordinals `first`.., not removed yet
+        first = -1
         try:
             while True:
                 dropped = int(self.client.hget(self.key, "dropped"))
-                n = min(size, task.to_drop - dropped, self._size() - task.keep)
-                if n <= 0:
-                    break
-                if should_stop():
-                    outcome = "interrupted"
-                    break
-                if self.clock() - renewed > lease_ttl / 3:
-                    if not self.lease.renew(token, ttl=lease_ttl):
+                left = min(task.to_drop - dropped, self._size() - task.keep)
+                if first != dropped or len(current) > left:  # read and archive again (its rows get deleted)
+                    current = []
+                if not current:
+                    n = min(size, left)
+                    if n <= 0:
+                        break
+                    if should_stop():
+                        outcome = "interrupted"
+                        break
+                    if not renew():
                         outcome = "lost"
                         break
-                    renewed = self.clock()
-                oldest_first = self._oldest(n)
-                if len(oldest_first) < n:  # the list shrank between LLEN and LRANGE: read again
-                    continue
-                archive(task.id, dropped, oldest_first)
-                digest = hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
-                removed = self._remove(token, task.id, oldest_first, digest)
+                    current, first = self._oldest(n), dropped
+                    if len(current) < n:  # the list shrank between LLEN and the read: read again
+                        current = []
+                        continue
+                    archive(task.id, first, current)
+                n = len(current)
+                size = batch if first + n - first_dropped < WARM_UP else \
+                    max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, current)), 1)))
+                # The next chunk (just behind this one) is read now and archived while this one is
+                # removed; it is removed only once both are done, so nothing leaves Redis unarchived.
+                upcoming, archiving = [], None
+                if min(size, left - n) > 0 and not should_stop():
+                    upcoming = self._oldest(min(size, left - n), skip=n)
+                    if len(upcoming) == min(size, left - n):
+                        archiving = ahead.submit(archive, task.id, first + n, upcoming)
+                removed = self._remove_chunk(token, task.id, current, first, batch, renew)
+                if archiving is not None:
+                    archiving.result()  # committed (or raised) before anything else happens
+                current, first = (upcoming, first + n) if archiving is not None and removed == 1 else ([], -1)
                 if removed == -1:
                     outcome = "lost"
                     break
@@ -208,14 +305,12 @@ class QueueTrim:
                         break
                     continue
                 changes = 0
-                total = sum(map(len, oldest_first))
-                size = max(1, min(batch, n * BATCH_BYTES // total)) if total > BATCH_BYTES else batch
                 now = self.clock()
                 if now - reported >= PROGRESS_EVERY:
                     progress(self.task(), (dropped + n - first_dropped) / max(now - started, 1e-6))
                     reported = now
             dropped = int(self.client.hget(self.key, "dropped"))
-            if outcome == "changed" and fenced:  # the last batch was archived but not removed
+            if outcome == "changed" and fenced:  # the last chunk was archived but not (all) removed
                 archive.settle(task.id, dropped)
             if outcome == "done":
                 if fenced:
@@ -224,5 +319,7 @@ class QueueTrim:
                     outcome = "lost"
         except Fenced:
             outcome = "lost"
+        finally:
+            ahead.shutdown(wait=True)
         return TrimReport(task.id, dropped, task.to_drop, outcome, self.clock() - started, dropped - first_dropped,
                           retries)

@@ -1,0 +1,181 @@
+"""Whole-process ``dlq trim`` (archive included) against COPY of the same rows into the archive table.
+
+    REDIS_URL=redis://127.0.0.1:6379/14 .venv/bin/python bench/trim.py [--entries 1000000] [--rounds 3]
+
+The trim is timed as a user runs it: ``opsbot run --yes --json "dlq trim jobs --keep 0"``
+as a process, on a scratch app.yaml (bench/scratch.py: a database, a Redis key prefix on
+``$REDIS_URL`` and a folder of its own, all removed afterwards), over ``--entries`` dead
+letters of about 200 bytes (bench/requeue.py's) in a redis-list queue. It reads every entry
+from Redis, archives it in PostgreSQL (``opsbot.dlq_archive``) and only then removes it.
+
+The baseline is the cost of archiving alone: ``COPY <table> FROM STDIN`` of exactly the
+rows the archive ends up holding (task id, ordinal, queue, dead key, entry bytes), produced
+before any timing into files in the scratch folder (text format, and binary format), and
+streamed in 1 MiB chunks with psycopg's ``copy`` into a fresh table made ``LIKE
+opsbot.dlq_archive INCLUDING ALL`` (same columns, defaults, primary key and index). The
+ratio is taken against the faster of the two formats. Before each trim the archive table is
+emptied (TRUNCATE), so both start from an empty table with the same indexes.
+
+Each round fills the dead list (untimed), runs the trim, checks that the list is empty and
+the archive holds every entry exactly once, then runs both COPYs; the order of trim and
+COPY alternates between rounds. Also timed each round: the same command once the list is
+empty ("Nothing to trim": start-up, config, connections and the preview, no work), which
+says how much of the trim's time is start-up. Prints medians of the rounds, the peak RSS of
+the trim process and the ratio (target: trim <= 1.5x the COPY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.requeue import entry, fill  # noqa: E402
+from bench.scratch import REDIS_URL, Scratch, scratch  # noqa: E402
+
+TABLE = "opsbot.dlq_archive"
+BASE = "public.bench_copy"
+COLUMNS = "task_id, ordinal, queue, dead_key, entry"
+CHUNK = 2 ** 20
+
+
+def write_config(place: Scratch) -> Path:
+    config = place.folder / "app.yaml"
+    config.write_text(
+        f"state: {{redis_url: '{REDIS_URL}', database_url: '{place.url}', prefix: '{place.prefix}',"
+        " run_migrations: true}\n"
+        f"redis:\n  main: {{url: '{REDIS_URL}'}}\n"
+        f"queues:\n  - {{name: jobs, redis: main, ready: '{place.prefix}jobs', dead: '{place.prefix}jobs:dead'}}\n")
+    return config
+
+
+def produce_rows(folder: Path, count: int, dead_key: str) -> dict[str, Path]:
+    """The rows a trim of ``count`` entries archives, as COPY text and COPY binary files."""
+    task, queue = b"0123456789ab", b"jobs"
+    text, binary = folder / "rows.txt", folder / "rows.bin"
+    first = struct.pack(">hi", 5, len(task)) + task
+    middle = struct.pack(">i", len(queue)) + queue + struct.pack(">i", len(dead_key)) + dead_key.encode()
+    with text.open("wb") as t, binary.open("wb") as b:
+        b.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
+        for start in range(0, count, 10_000):
+            entries = [(n, entry(n)) for n in range(start, min(start + 10_000, count))]
+            t.write(b"".join(b"%s\t%d\t%s\t%s\t\\\\x%s\n" % (task, n, queue, dead_key.encode(), e.hex().encode())
+                             for n, e in entries))
+            b.write(b"".join(first + struct.pack(">iq", 8, n) + middle + struct.pack(">i", len(e)) + e
+                             for n, e in entries))
+        b.write(struct.pack(">h", -1))
+    return {"text": text, "binary": binary}
+
+
+def copy_baseline(url: str, rows: Path, fmt: str, count: int) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {BASE}")
+        conn.execute(f"CREATE TABLE {BASE} (LIKE {TABLE} INCLUDING ALL)")
+        conn.execute("CHECKPOINT")
+        options = " (FORMAT BINARY)" if fmt == "binary" else ""
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur, rows.open("rb") as source:
+            with cur.copy(f"COPY {BASE} ({COLUMNS}) FROM STDIN{options}") as copy:
+                while chunk := source.read(CHUNK):
+                    copy.write(chunk)
+        seconds = time.perf_counter() - started
+        loaded = conn.execute(f"SELECT count(*) FROM {BASE}").fetchone()[0]
+        conn.execute(f"DROP TABLE {BASE}")
+    assert loaded == count, (fmt, loaded)
+    return seconds
+
+
+def run_opsbot(config: Path, text: str) -> tuple[float, float, dict]:
+    """Wall seconds, peak RSS (MB) and the JSON result of ``opsbot run --yes --json TEXT`` as a process."""
+    args = [sys.executable, "-m", "bot", "--config", str(config), "run", "--yes", "--json", text]
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "RUN_MIGRATIONS": "true"})
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"opsbot run {text!r} exited {proc.returncode}: {out.decode()}")
+    return seconds, usage.ru_maxrss / 1024, json.loads(out.decode().strip().splitlines()[-1])
+
+
+def trim_round(config: Path, place: Scratch, client: redis.Redis, dead: str, count: int) -> dict:
+    fill(client, dead, count)
+    with psycopg.connect(place.url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLE}")
+        conn.execute("CHECKPOINT")
+    seconds, rss, result = run_opsbot(config, "dlq trim jobs --keep 0")
+    assert result["status"] == "ok" and result["data"]["dropped_now"] == count, result
+    assert client.llen(dead) == 0
+    with psycopg.connect(place.url) as conn:
+        rows, distinct = conn.execute(f"SELECT count(*), count(DISTINCT entry) FROM {TABLE}").fetchone()
+    assert rows == distinct == count, (rows, distinct)
+    idle, _, nothing = run_opsbot(config, "dlq trim jobs --keep 0")
+    assert nothing["data"]["to_drop"] == 0, nothing
+    return {"seconds": seconds, "rss_mb": rss, "idle": idle}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with scratch("trim") as place:
+        return run(args, place)
+
+
+def run(args: argparse.Namespace, place: Scratch) -> int:
+    n = args.entries
+    client = redis.Redis.from_url(REDIS_URL)
+    dead = f"{place.prefix}jobs:dead"
+    config = write_config(place)
+    run_opsbot(config, "dlq status jobs")  # migrates the scratch database
+    files = produce_rows(place.folder, n, dead)
+    print(f"{n:,} entries of {len(entry(0))} bytes; Redis {REDIS_URL}; load {os.getloadavg()[0]:.2f}")
+    trims: list[dict] = []
+    copies: dict[str, list[float]] = {"text": [], "binary": []}
+    for number in range(args.rounds):
+        def baseline() -> None:
+            for fmt, rows in files.items():
+                copies[fmt].append(copy_baseline(place.url, rows, fmt, n))
+
+        steps = [lambda: trims.append(trim_round(config, place, client, dead, n)), baseline]
+        for step in steps if number % 2 == 0 else steps[::-1]:
+            step()
+        t = trims[-1]
+        print(f"round {number + 1}: trim {t['seconds']:.2f}s (peak RSS {t['rss_mb']:.0f} MB, nothing-to-trim run "
+              f"{t['idle']:.2f}s), COPY text {copies['text'][-1]:.2f}s, binary {copies['binary'][-1]:.2f}s; "
+              f"load {os.getloadavg()[0]:.2f}")
+    trim = statistics.median(t["seconds"] for t in trims)
+    idle = statistics.median(t["idle"] for t in trims)
+    rss = max(t["rss_mb"] for t in trims)
+    medians = {fmt: statistics.median(times) for fmt, times in copies.items()}
+    fastest = min(medians, key=medians.get)
+    rows = [("opsbot run dlq trim --keep 0", trim, f"peak RSS {rss:.0f} MB"),
+            ("  of which start-up (nothing to trim)", idle, f"{idle / trim:.0%} of the trim"),
+            ("COPY FROM STDIN, text", medians["text"], ""),
+            ("COPY FROM STDIN, binary", medians["binary"], "")]
+    print(f"medians of {args.rounds} rounds:")
+    for name, seconds, note in rows:
+        print(f"  {name:<40}{seconds:>7.2f}s {n / seconds:>12,.0f} entries/s  {note}")
+    ratio = trim / medians[fastest]
+    print(f"trim / COPY ({fastest}): {ratio:.2f}x (target <= 1.5x); without start-up: "
+          f"{(trim - idle) / medians[fastest]:.2f}x")
+    return 0 if ratio <= 1.5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
