@@ -92,11 +92,12 @@ class Targets:
                 yield conn
 
     def shares_snapshots(self, name: str) -> bool:
-        """Whether a second connection may join a transaction's exported snapshot (``snapshot=``) to read
-        alongside it: not behind a transaction-mode pooler, whose pool may have no second server session
-        to give while the first transaction holds one, and not with a one-connection limit."""
+        """Whether more connections (up to three in all) may join a transaction's exported snapshot
+        (``snapshot=``) to read alongside it: not behind a transaction-mode pooler, whose pool may have no
+        other server session to give while the first transaction holds one, nor with ``connection_limit``
+        under 3."""
         params = database_params(self._target(name), self.settings.base_dir)
-        return params.pooler != "transaction" and params.pool_size != 1
+        return params.pooler != "transaction" and (params.pool_size is None or params.pool_size >= 3)
 
     def _target(self, name: str):
         target = self.settings.databases.get(name)

@@ -104,12 +104,11 @@ class Screen:
                 linked = pool.submit(_read_on, fork, snapshot, links_query)
                 others = [pool.submit(_read_on, fork, snapshot, self._contents(tenant, inline=False, part=part))
                           for part in halves[1:]]
-                try:
-                    contents = self.conn.execute(self._contents(tenant, inline=False, part=halves[0])).fetchall()
-                finally:
-                    links = linked.result()
-                    for other in others:
-                        contents += other.result()
+                # If this one fails, leaving the block waits for the others, and its error is the one raised.
+                contents = self.conn.execute(self._contents(tenant, inline=False, part=halves[0])).fetchall()
+                links = linked.result()
+                for other in others:
+                    contents += other.result()
         # Rows written during the passes are seen by none of them: they all read this transaction's snapshot.
         bad: dict[str, int] = {}
         for t, count in contents:
