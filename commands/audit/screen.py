@@ -174,8 +174,9 @@ class Screen:
 
 
 def _export_snapshot(conn) -> str | None:
-    """This transaction's snapshot for other connections to join, or None on a hot standby (which cannot
-    export one before PostgreSQL 16). Not in a savepoint: PostgreSQL exports no snapshot from a subtransaction."""
+    """This transaction's snapshot for other connections to join, or None on a hot standby (kept to one
+    connection there: not tested on one). Not in a savepoint: PostgreSQL exports no snapshot from a
+    subtransaction, so a failure here fails the verification rather than falling back."""
     if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
         return None
     return conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
