@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,34 +86,37 @@ def main() -> None:
         f"state: {{redis_url: '{REDIS_URL}', database_url: '${{BENCH_DATABASE_URL}}', run_migrations: true}}\n"
         "databases: {main: {url: '${BENCH_DATABASE_URL}'}}\n")
     roots = {"verify": ROOT, **({"compare": args.compare.resolve()} if args.compare else {})}
-    for size in (int(s) for s in args.sizes.split(",")):
-        print(f"\n== {size:,} rows, 4 tenants")
-        started = time.perf_counter()
-        fill(URL, size, tenants=4)
-        print(f"filled in {time.perf_counter() - started:.0f}s")
-        exact, raw = queries(URL)
-        copy_exact, copy_raw = [], []
-        walks, walls, rss = ({name: [] for name in roots} for _ in range(3))
-        for round_no in range(1, args.rounds + 1):
-            copy_exact.append(time_psql(URL, exact))
-            copy_raw.append(time_psql(URL, raw))
-            line = f"round {round_no}: COPY (same SELECT) {copy_exact[-1]:.2f}s · COPY (raw columns) {copy_raw[-1]:.2f}s"
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            print(f"\n== {size:,} rows, 4 tenants")
+            started = time.perf_counter()
+            fill(URL, size, tenants=4)
+            print(f"filled in {time.perf_counter() - started:.0f}s")
+            exact, raw = queries(URL)
+            copy_exact, copy_raw = [], []
+            walks, walls, rss = ({name: [] for name in roots} for _ in range(3))
+            for round_no in range(1, args.rounds + 1):
+                copy_exact.append(time_psql(URL, exact))
+                copy_raw.append(time_psql(URL, raw))
+                line = f"round {round_no}: COPY (same SELECT) {copy_exact[-1]:.2f}s · COPY (raw columns) {copy_raw[-1]:.2f}s"
+                for name, root in roots.items():
+                    walk, wall, peak, rows = time_verify(config, root)
+                    assert rows == size, rows
+                    walks[name].append(walk)
+                    walls[name].append(wall)
+                    rss[name].append(peak)
+                    line += f" · {name} in-process {walk:.2f}s, process {wall:.2f}s, peak RSS {peak:.0f} MB"
+                print(line + f" · load {os.getloadavg()[0]:.1f}")
+            same, plain = statistics.median(copy_exact), statistics.median(copy_raw)
+            print(f"median: COPY same SELECT {same:.2f}s = {size / same:,.0f} rows/s; COPY raw {plain:.2f}s")
             for name, root in roots.items():
-                walk, wall, peak, rows = time_verify(config, root)
-                assert rows == size, rows
-                walks[name].append(walk)
-                walls[name].append(wall)
-                rss[name].append(peak)
-                line += f" · {name} in-process {walk:.2f}s, process {wall:.2f}s, peak RSS {peak:.0f} MB"
-            print(line + f" · load {os.getloadavg()[0]:.1f}")
-        same, plain = statistics.median(copy_exact), statistics.median(copy_raw)
-        print(f"median: COPY same SELECT {same:.2f}s = {size / same:,.0f} rows/s; COPY raw {plain:.2f}s")
-        for name, root in roots.items():
-            walk, wall = statistics.median(walks[name]), statistics.median(walls[name])
-            print(f"{name} ({root}): in-process {walk:.2f}s = {size / walk:,.0f} rows/s, process {wall:.2f}s;"
-                  f" vs COPY raw: in-process {walk / plain:.2f}, whole process {wall / plain:.2f} (target <= 1.2);"
-                  f" vs COPY same SELECT: {walk / same:.2f}, {wall / same:.2f};"
-                  f" peak RSS {max(rss[name]):.0f} MB (target < 150 MB)")
+                walk, wall = statistics.median(walks[name]), statistics.median(walls[name])
+                print(f"{name} ({root}): in-process {walk:.2f}s = {size / walk:,.0f} rows/s, process {wall:.2f}s;"
+                      f" vs COPY raw: in-process {walk / plain:.2f}, whole process {wall / plain:.2f} (target <= 1.2);"
+                      f" vs COPY same SELECT: {walk / same:.2f}, {wall / same:.2f};"
+                      f" peak RSS {max(rss[name]):.0f} MB (target < 150 MB)")
+    finally:
+        shutil.rmtree(folder)
 
 
 def time_verify(config: Path, root: Path = ROOT) -> tuple[float, float, float, int]:
