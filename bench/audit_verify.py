@@ -1,6 +1,6 @@
 """``audit verify --all`` against the cost of just reading the rows, on the real PostgreSQL.
 
-    .venv/bin/python bench/audit_verify.py [--sizes 1000000,4000000] [--rounds 3]
+    .venv/bin/python bench/audit_verify.py [--sizes 1000000,4000000] [--rounds 3] [--compare /path/to/other/checkout]
 
 For each size it fills ``"AuditLog"`` (4 tenants, valid v1 chains hashed by
 bench/audit_data.py, ``timestamp(3)`` and the (tenant, createdAt, id) index) in the
@@ -10,9 +10,12 @@ Then, interleaved over the rounds, it times:
     with the same columns, formatting and order;
   * ``psql -c "COPY (<the raw columns> ORDER BY ...) TO STDOUT"``: without the text formatting;
   * ``opsbot run --json audit verify --all`` in a fresh process: the walk's own time
-    (from its JSON), the process's wall time, and its peak RSS.
-It prints rows/s, the medians, and the ratios against the targets: verify <= 1.5x the
-COPY time; peak RSS < 150 MB at every size.
+    (from its JSON), the process's wall time, and its peak RSS;
+  * with ``--compare DIR``, the same command run from another checkout (e.g. main, for a
+    before/after in one run), in the same rounds.
+It prints rows/s, the medians, and the ratios against the targets (issue 18): verify, whole
+process, <= 1.2x the raw-column COPY; peak RSS < 150 MB at every size. The bot's Redis is
+$REDIS_URL (database 3 by default).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +45,7 @@ from commands.audit.settings import AuditSettings  # noqa: E402
 from commands.audit.scheme import Layout  # noqa: E402
 
 URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://127.0.0.1:5432/opsbot_bench_audit")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
 
 
 def ensure_database(url: str) -> None:
@@ -72,39 +77,49 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000000,4000000")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare", type=Path, help="another checkout whose verify is timed in the same rounds")
     args = parser.parse_args()
     ensure_database(URL)
     folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-"))
     config = folder / "app.yaml"
     config.write_text(
-        "state: {redis_url: 'redis://127.0.0.1:6379/3', database_url: '${BENCH_DATABASE_URL}', run_migrations: true}\n"
+        f"state: {{redis_url: '{REDIS_URL}', database_url: '${{BENCH_DATABASE_URL}}', run_migrations: true}}\n"
         "databases: {main: {url: '${BENCH_DATABASE_URL}'}}\n")
-    for size in (int(s) for s in args.sizes.split(",")):
-        print(f"\n== {size:,} rows, 4 tenants")
-        started = time.perf_counter()
-        fill(URL, size, tenants=4)
-        print(f"filled in {time.perf_counter() - started:.0f}s")
-        exact, raw = queries(URL)
-        copy_exact, copy_raw, walks, walls, rss = [], [], [], [], []
-        for round_no in range(1, args.rounds + 1):
-            copy_exact.append(time_psql(URL, exact))
-            copy_raw.append(time_psql(URL, raw))
-            walk, wall, peak, rows = time_verify(config)
-            assert rows == size, rows
-            walks.append(walk)
-            walls.append(wall)
-            rss.append(peak)
-            print(f"round {round_no}: COPY (same SELECT) {copy_exact[-1]:.2f}s · COPY (raw columns)"
-                  f" {copy_raw[-1]:.2f}s · verify walk {walk:.2f}s, process {wall:.2f}s, peak RSS {peak:.0f} MB")
-        walk, wall, same, plain = (statistics.median(v) for v in (walks, walls, copy_exact, copy_raw))
-        print(f"median: verify {walk:.2f}s = {size / walk:,.0f} rows/s (process {wall:.2f}s);"
-              f" COPY same SELECT {same:.2f}s = {size / same:,.0f} rows/s; COPY raw {plain:.2f}s")
-        print(f"ratio verify/COPY(same SELECT): {walk / same:.2f} (target <= 1.5) · whole process {wall / same:.2f}")
-        print(f"ratio verify/COPY(raw columns): {walk / plain:.2f} · whole process {wall / plain:.2f}")
-        print(f"peak RSS: {max(rss):.0f} MB (target < 150 MB)")
+    roots = {"verify": ROOT, **({"compare": args.compare.resolve()} if args.compare else {})}
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            print(f"\n== {size:,} rows, 4 tenants")
+            started = time.perf_counter()
+            fill(URL, size, tenants=4)
+            print(f"filled in {time.perf_counter() - started:.0f}s")
+            exact, raw = queries(URL)
+            copy_exact, copy_raw = [], []
+            walks, walls, rss = ({name: [] for name in roots} for _ in range(3))
+            for round_no in range(1, args.rounds + 1):
+                copy_exact.append(time_psql(URL, exact))
+                copy_raw.append(time_psql(URL, raw))
+                line = f"round {round_no}: COPY (same SELECT) {copy_exact[-1]:.2f}s · COPY (raw columns) {copy_raw[-1]:.2f}s"
+                for name, root in roots.items():
+                    walk, wall, peak, rows = time_verify(config, root)
+                    assert rows == size, rows
+                    walks[name].append(walk)
+                    walls[name].append(wall)
+                    rss[name].append(peak)
+                    line += f" · {name} in-process {walk:.2f}s, process {wall:.2f}s, peak RSS {peak:.0f} MB"
+                print(line + f" · load {os.getloadavg()[0]:.1f}")
+            same, plain = statistics.median(copy_exact), statistics.median(copy_raw)
+            print(f"median: COPY same SELECT {same:.2f}s = {size / same:,.0f} rows/s; COPY raw {plain:.2f}s")
+            for name, root in roots.items():
+                walk, wall = statistics.median(walks[name]), statistics.median(walls[name])
+                print(f"{name} ({root}): in-process {walk:.2f}s = {size / walk:,.0f} rows/s, process {wall:.2f}s;"
+                      f" vs COPY raw: in-process {walk / plain:.2f}, whole process {wall / plain:.2f} (target <= 1.2);"
+                      f" vs COPY same SELECT: {walk / same:.2f}, {wall / same:.2f};"
+                      f" peak RSS {max(rss[name]):.0f} MB (target < 150 MB)")
+    finally:
+        shutil.rmtree(folder)
 
 
-def time_verify(config: Path) -> tuple[float, float, float, int]:
+def time_verify(config: Path, root: Path = ROOT) -> tuple[float, float, float, int]:
     """(walk seconds, process wall seconds, peak RSS MB, rows) of one `opsbot run audit verify --all`.
 
     The child is forked and reaped here with wait4, so its own peak RSS is read, not this process's.
@@ -117,7 +132,7 @@ def time_verify(config: Path) -> tuple[float, float, float, int]:
     if pid == 0:
         os.dup2(write_end, 1)
         os.close(read_end)
-        os.chdir(ROOT)
+        os.chdir(root)
         os.execve(sys.executable, command, env)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as stream:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import psycopg
 import redis
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from bot.config.pgurl import pg_params
@@ -60,17 +61,15 @@ class Targets:
 
     @contextmanager
     def database(self, name: str, *, read_only: bool = True, repeatable_read: bool = False,
-                 statement_timeout: float | None = None) -> Iterator[psycopg.Connection]:
+                 statement_timeout: float | None = None, snapshot: str | None = None) -> Iterator[psycopg.Connection]:
         """A connection in one transaction (read-only unless asked), with the configured statement timeout.
 
         ``repeatable_read`` gives every query of the transaction one snapshot; ``statement_timeout``
-        (seconds) replaces the database's own for long, deliberate reads.
+        (seconds) replaces the database's own for long, deliberate reads. ``snapshot`` (from another
+        transaction's ``pg_export_snapshot()``, see :meth:`shares_snapshots`) makes this repeatable-read
+        transaction see exactly what that one sees.
         """
-        target = self.settings.databases.get(name)
-        if target is None:
-            raise BadArgument(
-                f"unknown database {name!r}; configured: {', '.join(self.settings.databases) or 'none'}"
-            )
+        target = self._target(name)
         timeout_ms = int((statement_timeout or target.statement_timeout) * 1000)
         params = database_params(target, self.settings.base_dir)
         try:
@@ -82,11 +81,31 @@ class Targets:
             conn.read_only = read_only
             if repeatable_read:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            if snapshot is not None:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():  # settings are the transaction's own: safe behind a transaction-mode pooler
+                if snapshot is not None:  # before any query of the transaction, as PostgreSQL requires
+                    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
                 set_local(conn, "statement_timeout", str(timeout_ms))
                 if params.schema:
                     search_path(conn, params.schema)
                 yield conn
+
+    def shares_snapshots(self, name: str) -> bool:
+        """Whether more connections (up to three in all) may join a transaction's exported snapshot
+        (``snapshot=``) to read alongside it: not behind a transaction-mode pooler, whose pool may have no
+        other server session to give while the first transaction holds one, nor with ``connection_limit``
+        under 3."""
+        params = database_params(self._target(name), self.settings.base_dir)
+        return params.pooler != "transaction" and (params.pool_size is None or params.pool_size >= 3)
+
+    def _target(self, name: str):
+        target = self.settings.databases.get(name)
+        if target is None:
+            raise BadArgument(
+                f"unknown database {name!r}; configured: {', '.join(self.settings.databases) or 'none'}"
+            )
+        return target
 
     def close(self) -> None:
         with self._lock:

@@ -101,7 +101,7 @@ def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None
 
     def full_walk() -> list[TenantReport]:
         screen = Screen.of(conn, layout, audit)
-        verdicts = screen.run(tenant) if screen is not None else None
+        verdicts = screen.run(tenant, fork=_fork(inv)) if screen is not None else None
         if verdicts is None or any(v.tenant is None for v in verdicts):
             rows = copy_rows(conn, layout.select(_tenant_filter(layout, tenant)), progress=on_rows)
             return list(walker.walk(rows, snapshots))
@@ -148,6 +148,16 @@ def walk_chains(conn, inv: Invocation, records: AuditRecords, tenant: str | None
         notes.append(f"{when}: run a full `audit verify {tenant}` (advised every"
                      f" {format_duration(audit.full_rescan_every)})")
     return reports, "incremental", notes
+
+
+def _fork(inv: Invocation):
+    """Opens more connections on the audit database, each joining an exported snapshot; None where they should
+    not (behind a transaction-mode pooler, or with a one-connection limit): then the screen uses one connection."""
+    audit = inv.settings.audit
+    if not inv.targets.shares_snapshots(audit.database):
+        return None
+    return lambda snapshot: inv.targets.database(audit.database, repeatable_read=True, statement_timeout=audit.timeout,
+                                                 snapshot=snapshot)
 
 
 def _snapshot_moved(conn, layout: Layout, snap: Snapshot | None) -> bool:

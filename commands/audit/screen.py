@@ -24,19 +24,22 @@ database whose encoding is not UTF-8 (the walk hashes UTF-8 bytes) is not screen
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+from psycopg import sql
 
 from commands.audit.report import Snapshot, TenantReport
 from commands.audit.scheme import Layout
 from commands.audit.settings import AuditSettings, HashScheme
 
-if TYPE_CHECKING:
-    from psycopg import sql
-
-__all__ = ["Screen", "Verdict"]
+__all__ = ["Fork", "Screen", "Verdict"]
 
 _DIGESTS = {"sha224", "sha256", "sha384", "sha512"}
+
+Fork = Callable[[str], AbstractContextManager]  # snapshot id -> a connection in a transaction that joined it
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,6 @@ class Screen:
     conn: object
     layout: Layout
     settings: AuditSettings
-    digest: sql.Composable
 
     @classmethod
     def of(cls, conn, layout: Layout, settings: AuditSettings) -> Screen | None:
@@ -76,28 +78,89 @@ class Screen:
             return None
         if conn.execute("SHOW server_encoding").fetchone()[0].upper() not in ("UTF8", "UTF-8"):
             return None
-        return cls(conn, layout, settings, _digest(scheme, _message(layout, scheme)))
+        return cls(conn, layout, settings)
 
-    def run(self, tenant: str | None) -> list[Verdict]:
+    def run(self, tenant: str | None, fork: Fork | None = None) -> list[Verdict]:
         """Two passes over the table (or one tenant's rows), both read by the database only.
 
-        Contents need no order, so PostgreSQL may hash them with parallel workers; links are
-        checked in (createdAt, id) order over the narrow columns only (the table's index gives
-        that order), so the wide ones are never sorted.
-        """
-        from psycopg import sql
+        Contents need no order; links are checked in (createdAt, id) order over the narrow columns
+        only (the table's index gives that order), so the wide ones are never sorted.
 
+        Without ``fork``, both passes run one after the other in this transaction, and PostgreSQL may
+        hash contents with parallel workers. With ``fork`` (opens a connection whose transaction joins
+        this one's exported snapshot) all of them run at once and see exactly the same rows: the link
+        pass on one connection, and the contents of the whole table split in two halves of its pages,
+        one here and one on another connection, each computing every field's text once per row
+        (which PostgreSQL's parallel plan cannot). On a hot standby, as without ``fork``.
+        """
+        snapshot = _export_snapshot(self.conn) if fork is not None else None
+        links_query = self._links(tenant)
+        if snapshot is None:
+            contents = self.conn.execute(self._contents(tenant, inline=True)).fetchall()
+            links = self.conn.execute(links_query).fetchall()
+        else:
+            halves = self._halves() if tenant is None else [sql.SQL("TRUE")]
+            with ThreadPoolExecutor(len(halves), thread_name_prefix="audit-screen") as pool:
+                linked = pool.submit(_read_on, fork, snapshot, links_query)
+                others = [pool.submit(_read_on, fork, snapshot, self._contents(tenant, inline=False, part=part))
+                          for part in halves[1:]]
+                # If this one fails, leaving the block waits for the others, and its error is the one raised.
+                contents = self.conn.execute(self._contents(tenant, inline=False, part=halves[0])).fetchall()
+                links = linked.result()
+                for other in others:
+                    contents += other.result()
+        # Rows written during the passes are seen by none of them: they all read this transaction's snapshot.
+        bad: dict[str, int] = {}
+        for t, count in contents:
+            bad[t] = bad.get(t, 0) + count
+        return [Verdict(t, rows, broken + bad.get(t, rows), head_id, head_created, head_hash)
+                for t, rows, broken, head_id, head_created, head_hash in links]
+
+    def _where(self, tenant: str | None) -> sql.Composable:
+        column = self.layout.column("tenant")
+        return sql.SQL("TRUE") if tenant is None else sql.SQL("{} = {}").format(column, sql.Literal(tenant))
+
+    def _contents(self, tenant: str | None, *, inline: bool, part: sql.Composable = sql.SQL("TRUE")) -> sql.Composed:
+        """Rows whose hash does not match, per tenant. ``inline``: one expression per row, which a parallel plan
+        can run; else each field's text is computed once in a subquery (``OFFSET 0`` keeps PostgreSQL from
+        merging it back into the expression, which would compute ``jsonb::text`` and ``to_char`` again for
+        the length prefix), and the plan is serial."""
+        layout, scheme = self.layout, self.settings.scheme
+        tenant_col, hash_col = layout.column("tenant"), layout.column("hash")
+        table, where = sql.Identifier(self.settings.table), self._where(tenant)
+        if inline:
+            digest = _digest(scheme, _message(layout, scheme, layout.text_of))
+            return sql.SQL("SELECT {tenant}::text, count(*) FILTER (WHERE {digest} IS DISTINCT FROM {hash}::text)"
+                           " FROM {table} WHERE {where} GROUP BY 1").format(
+                tenant=tenant_col, digest=digest, hash=hash_col, table=table, where=where)
+        names = {name: sql.Identifier(f"_text_{n}") for n, name in enumerate(scheme.fields)}
+        digest = _digest(scheme, _message(layout, scheme, names.__getitem__))
+        texts = sql.SQL(", ").join(sql.SQL("{} AS {}").format(layout.text_of(name), alias)
+                                   for name, alias in names.items())
+        return sql.SQL("SELECT _tenant, count(*) FILTER (WHERE {digest} IS DISTINCT FROM _hash)"
+                       " FROM (SELECT {tenant}::text AS _tenant, {hash}::text AS _hash, {texts} FROM {table}"
+                       " WHERE {where} AND {part} OFFSET 0) AS texts GROUP BY 1").format(
+            digest=digest, tenant=tenant_col, hash=hash_col, texts=texts, table=table, where=where, part=part)
+
+    def _halves(self) -> list[sql.Composable]:
+        """The table's pages in two halves (TID range scans), or all of it where it is not a plain table."""
+        table = sql.Identifier(self.settings.table).as_string(self.conn)
+        pages = self.conn.execute(
+            "SELECT pg_relation_size(c.oid) / current_setting('block_size')::int FROM pg_class c"
+            " WHERE c.oid = to_regclass(%s) AND c.relkind = 'r'", (table,)).fetchone()
+        if not pages or pages[0] < 2:
+            return [sql.SQL("TRUE")]
+        middle = sql.Literal(f"({pages[0] // 2},0)")
+        # The second half is open-ended: pages added since the size was read hold no row this snapshot sees,
+        # and nothing can fall between the two.
+        return [sql.SQL("ctid < {}::tid").format(middle), sql.SQL("ctid >= {}::tid").format(middle)]
+
+    def _links(self, tenant: str | None) -> sql.Composed:
         layout, cols = self.layout, self.settings.columns
         tenant_col, hash_col, prev_col = (layout.column(name) for name in ("tenant", "hash", "prev_hash"))
-        table = sql.Identifier(self.settings.table)
-        where = sql.SQL("TRUE") if tenant is None else sql.SQL("{} = {}").format(tenant_col, sql.Literal(tenant))
-        contents = dict((t, bad) for t, bad in self.conn.execute(sql.SQL(
-            "SELECT {tenant}::text, count(*) FILTER (WHERE {digest} IS DISTINCT FROM {hash}::text)"
-            " FROM {table} WHERE {where} GROUP BY 1").format(
-            tenant=tenant_col, digest=self.digest, hash=hash_col, table=table, where=where)).fetchall())
         order = sql.SQL("PARTITION BY {t} ORDER BY {c}, {i}").format(
             t=tenant_col, c=sql.Identifier(cols.created), i=sql.Identifier(cols.id))
-        links = self.conn.execute(sql.SQL("""
+        return sql.SQL("""
             SELECT t, count(*), count(*) FILTER (WHERE prev IS DISTINCT FROM before),
                    max(id) FILTER (WHERE last), max(created) FILTER (WHERE last), max(stored) FILTER (WHERE last)
             FROM (SELECT {tenant}::text AS t, {hash}::text AS stored, {prev}::text AS prev,
@@ -106,23 +169,34 @@ class Screen:
                   FROM {table} WHERE {where} WINDOW w AS ({order})) AS rows
             GROUP BY t ORDER BY t""").format(
             tenant=tenant_col, hash=hash_col, prev=prev_col, id=layout.text_of("id"),
-            created=layout.text_of("created"), table=table, where=where, order=order)).fetchall()
-        # Rows written between the two passes are not seen by either: the caller's transaction is repeatable read.
-        return [Verdict(t, rows, broken + contents.get(t, rows), head_id, head_created, head_hash)
-                for t, rows, broken, head_id, head_created, head_hash in links]
+            created=layout.text_of("created"), table=sql.Identifier(self.settings.table), where=self._where(tenant),
+            order=order)
 
 
-def _message(layout: Layout, scheme: HashScheme) -> sql.Composable:
-    """The bytes the walk hashes, built in SQL: the scheme's fields, framed, NULL as ``scheme.null``."""
-    from psycopg import sql
+def _export_snapshot(conn) -> str | None:
+    """This transaction's snapshot for other connections to join, or None on a hot standby (kept to one
+    connection there: not tested on one). Not in a savepoint: PostgreSQL exports no snapshot from a
+    subtransaction, so a failure here fails the verification rather than falling back."""
+    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        return None
+    return conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
 
+
+def _read_on(fork: Fork, snapshot: str, query: sql.Composed) -> list[tuple]:
+    with fork(snapshot) as conn:
+        return conn.execute(query).fetchall()
+
+
+def _message(layout: Layout, scheme: HashScheme, value_of: Callable[[str], sql.Composable]) -> sql.Composable:
+    """The bytes the walk hashes, built in SQL: the scheme's fields (``value_of`` a field: its text), framed,
+    NULL as ``scheme.null``."""
     null = sql.Literal(scheme.null)
-    values = [(layout.text_of(name), name in layout.not_null) for name in scheme.fields]
+    values = [(value_of(name), name in layout.not_null) for name in scheme.fields]
     if scheme.framing == "separator":
         parts = [value if not_null else sql.SQL("coalesce({}, {})").format(value, null) for value, not_null in values]
         text = sql.SQL("concat_ws({}, {})").format(sql.Literal(scheme.separator), sql.SQL(", ").join(parts))
     else:
-        # A NOT NULL column's text is computed twice per row instead of three times: it is most of the cost.
+        # A NOT NULL column's text is named twice per row instead of three times: inline, it is computed each time.
         parts = [sql.SQL("octet_length({v}) || ':' || {v}" if not_null else
                          "CASE WHEN {v} IS NULL THEN {null} ELSE octet_length({v}) || ':' || {v} END").format(
             v=value, null=null) for value, not_null in values]
@@ -131,8 +205,6 @@ def _message(layout: Layout, scheme: HashScheme) -> sql.Composable:
 
 
 def _digest(scheme: HashScheme, message: sql.Composable) -> sql.Composable:
-    from psycopg import sql
-
     raw = (sql.SQL("decode(md5({}), 'hex')") if scheme.algorithm == "md5"
            else sql.SQL(f"{scheme.algorithm}({{}})")).format(message)
     if scheme.digest == "base64":
