@@ -30,7 +30,7 @@ import zlib
 from base64 import b64decode
 from typing import Any, ClassVar
 
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry
@@ -42,6 +42,7 @@ from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
 
 __all__ = ["RqQueue", "NoUnpickling"]
 
+FETCH = 100  # jobs fetched per round trip before RQ requeues them one by one
 FIELDS = ("description", "ended_at", "exc_info", "status", "origin", "enqueued_at", "created_at")
 
 
@@ -86,11 +87,6 @@ class RqQueue(JobRegistryQueue):
         {REPLAY: "queue {queue!r} is requeued by RQ's own FailedJobRegistry.requeue (rq backend), as one task",
          TRIM: "queue {queue!r} is an RQ failed-job registry (rq backend): RQ expires failed jobs itself after "
                "their failure_ttl; opsbot does not trim it"})
-
-    @classmethod
-    def open(cls, settings: Any, targets: Any, app: Any) -> "RqQueue":
-        """The factory's constructor: the queue's Redis from ``targets``, the key prefix from the app's settings."""
-        return cls(settings, targets.redis(settings.redis), app.state.prefix)
 
     def __init__(self, settings: Any, client: Any, prefix: str = "opsbot:", **kw: Any):
         super().__init__(settings, client, prefix, **kw)
@@ -139,14 +135,19 @@ class RqQueue(JobRegistryQueue):
         return entries
 
     def _requeue(self, ids: list[str]) -> set[str]:
-        """RQ's own requeue, job by job, in order (as ``rq requeue`` does)."""
+        """RQ's own requeue, job by job, in order (as ``rq requeue`` does), each given the job fetched with
+        ``Job.fetch_many`` (one round trip per ``FETCH`` jobs instead of a ``Job.fetch`` per job)."""
         moved = set()
-        for job_id in ids:
-            try:
-                self.registry.requeue(job_id)
-            except (InvalidJobOperation, NoSuchJobError):
-                continue  # no longer in the failed registry (someone else took it) or its hash is gone
-            moved.add(job_id)
+        for start in range(0, len(ids), FETCH):
+            chunk = ids[start:start + FETCH]
+            for job_id, job in zip(chunk, Job.fetch_many(chunk, connection=self.client, serializer=NoUnpickling)):
+                if job is None:
+                    continue  # its hash is gone (RQ's requeue would raise NoSuchJobError)
+                try:
+                    self.registry.requeue(job)
+                except InvalidJobOperation:
+                    continue  # no longer in the failed registry (someone else took it)
+                moved.add(job_id)
         return moved
 
     def _recover(self, job_id: str, fingerprint: str) -> bool:
