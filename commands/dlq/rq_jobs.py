@@ -42,6 +42,16 @@ from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
 
 __all__ = ["RqQueue", "NoUnpickling"]
 
+# Per id (ARGV[2..]): "<score in the failed set>|<the job's ended_at>", or false when it is not failed.
+# KEYS failed set; ARGV[1] the job key prefix (rq:job:). One reply for a batch, not a pipeline of two each.
+FINGERPRINTS = """
+local out = {}
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  out[i - 1] = score and (score .. '|' .. (redis.call('HGET', ARGV[1] .. ARGV[i], 'ended_at') or '')) or false
+end
+return out
+"""
 FETCH = 100  # jobs fetched per round trip before RQ requeues them one by one
 FIELDS = ("description", "ended_at", "exc_info", "status", "origin", "enqueued_at", "created_at")
 
@@ -94,17 +104,15 @@ class RqQueue(JobRegistryQueue):
         self.registry = FailedJobRegistry(self.queue, connection=client, serializer=NoUnpickling)
         self.failed_key = self.registry.key
         self.ready_key = Queue(self.queue, connection=client, serializer=NoUnpickling).key
+        self._fingerprint = client.register_script(FINGERPRINTS)
 
     def _fingerprints(self, ids: list[str]) -> list[str | None]:
         """The failed set's score (whole seconds) and the job's ``ended_at`` (microseconds): a job that
-        failed again within the same second still has another fingerprint."""
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.zscore(self.failed_key, job_id)
-            pipe.hget(Job.key_for(job_id), "ended_at")
-        replies = pipe.execute()
-        return [None if score is None else f"{score!r}|{_text(ended) or ''}"
-                for score, ended in zip(replies[::2], replies[1::2])]
+        failed again within the same second still has another fingerprint. One script call for all."""
+        if not ids:
+            return []
+        return [None if fp is None else fp.decode("utf-8", "replace")
+                for fp in self._fingerprint(keys=[self.failed_key], args=[Job.redis_job_namespace_prefix, *ids])]
 
     def _read(self, ids: list[str]) -> list[DeadEntry]:
         pipe = self.client.pipeline(transaction=False)
