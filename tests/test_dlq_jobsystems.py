@@ -488,3 +488,35 @@ def test_bullmq_unfiltered_requeue_skips_a_job_that_failed_again_since_the_selec
     assert report.task.moved == 4 and report.task.scanned == 5
     assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(i.encode() for i in ids[1:])
     assert client.zrange("bull:pdf:failed", 0, -1) == [ids[0].encode()]
+
+
+@pytest.mark.parametrize("then", ["resume", "cancel"])
+def test_bullmq_staged_batch_whose_move_was_refused_is_moved_once_before_anything_else(own_redis, then):
+    """The state a MULTI/EXEC leaves when Redis ran the staging script but refused moveJobsToWait's writes
+    (out of memory): two jobs staged and counted, in neither failed nor wait. Resuming moves them first
+    and then the rest; cancelling moves them and leaves the rest failed."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=6)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    staged = [json.loads(raw) for raw in client.lrange(queue.pending_key, 0, 1)]
+    for job_id, score in staged:
+        client.zrem("bull:pdf:failed", job_id)
+        client.zadd(queue.moving_key, {job_id: float(score)})
+    client.ltrim(queue.pending_key, 2, -1)
+    client.hincrby(queue.task_key, "moved", 2)
+    client.hincrby(queue.task_key, "scanned", 2)
+
+    if then == "resume":
+        report = queue.run_requeue(task.id, owner="t", batch=3)
+        assert report.outcome == "done" and report.task.moved == 6
+        assert client.lrange("bull:pdf:wait", -2, -1) == [job_id.encode() for job_id, _ in reversed(staged)]
+        assert client.llen("bull:pdf:wait") == 6 and client.zcard("bull:pdf:failed") == 0
+    else:
+        assert queue.cancel().moved == 2
+        assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(job_id.encode() for job_id, _ in staged)
+        assert client.zcard("bull:pdf:failed") == 4
+    assert not client.exists(queue.moving_key)
+    bull_burst(own_redis.url)
+    ran = client.lrange(jobfuncs.RAN, 0, -1)
+    assert len(ran) == len(set(ran)) == client.zcard("bull:pdf:completed")

@@ -5,19 +5,27 @@ Usage::
     queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), redis_client)
     queue.scan(Filters(error="timeout"), samples=3)
     task = queue.start_requeue(Filters(), limit=100, rate=None, matching=100, requested_by="U1")
-    queue.run_requeue(task.id, owner="host:pid")   # BullMQ's reprocessJob script, a pipelined batch at a time
+    queue.run_requeue(task.id, owner="host:pid")   # unfiltered: moveJobsToWait (retryJobs), a MULTI/EXEC a batch
 
 What BullMQ keeps: ``<prefix>:<queue>:failed``, a sorted set of job ids scored by when they
 finished (ms); each job a hash ``<prefix>:<queue>:<id>`` with ``name`` (the type), ``data`` (JSON),
 ``failedReason`` (the error), ``atm`` (attempts made) and ``finishedOn`` (the age). ``prefix`` is
 ``bull`` unless the queue's settings say otherwise.
 
-Requeueing runs BullMQ's own ``reprocessJob`` Lua script, loaded from the official ``bullmq`` Python
-package with its own key layout (``QueueKeys``) and exactly the keys and arguments its
-``Job.retry("failed")`` passes (atomically: only if the job is still in the failed set, it leaves it,
-loses ``failedReason``/``finishedOn``, and is pushed to ``wait`` with its marker and a ``waiting``
-event), so BullMQ workers in any language run it again. The calls of a batch go in one pipeline:
-one round trip per batch instead of one per job.
+Requeueing runs BullMQ's own Lua scripts, loaded from the official ``bullmq`` Python package with
+its own key layout (``QueueKeys``), so BullMQ workers in any language run the jobs again:
+
+* **unfiltered** (every failure, oldest first, up to ``--limit``): ``moveJobsToWait``, the script
+  ``Queue.retryJobs`` runs, with the same effect (``failedReason``/``finishedOn``/``processedOn``
+  dropped, attempts kept, LPUSHed to ``wait`` oldest first with the marker and a ``waiting`` event;
+  like ``retryJobs`` it ignores priority and ``lifo``). A batch is one MULTI/EXEC: ``STAGE`` (lease
+  check; the batch's ids still in the failed set with the score they were selected with go to a
+  staging set, counted, dropped from the pending list), then ``moveJobsToWait`` on that staging set.
+  Redis runs it whole or not at all, so no journal is needed.
+* **filtered**: ``reprocessJob`` per job with exactly the arguments ``Job.retry("failed")`` passes
+  (priority and ``lifo`` honoured), a pipeline per batch, journaled as :mod:`commands.dlq.jobtask` says.
+
+A job's fingerprint is its score in the failed set: when it finished (ms).
 
 ``trim`` is not offered: BullMQ trims failed jobs itself (``removeOnFail``, ``Queue.clean``), and
 removing one is BullMQ's own ``removeJob`` script, which leaves nothing for opsbot to archive first.
@@ -56,11 +64,17 @@ return #rows
 # MULTI/EXEC). KEYS: lease, task, pending, failed, moving, journal. ARGV: token, n, now.
 # Each of the next n pending ids still in the failed set with the fingerprint it was selected with goes
 # from the failed set to ``moving`` (same score, so BullMQ moves them oldest first); the batch is counted
-# and dropped from the pending list. Returns 2 lost lease, 3 not a bulk task or a journaled batch to
-# finish (stages nothing), 1 nothing left or cancelling, 0 more to do.
+# and dropped from the pending list; while ``moving`` still holds a batch (its move was refused), nothing
+# new is staged. Returns 2 lost lease, 3 not a bulk task or a journaled batch to finish (stages
+# nothing), 1 nothing left or cancelling, 0 more to do.
 STAGE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 2 end
 if redis.call('HGET', KEYS[2], 'bulk') ~= '1' or redis.call('EXISTS', KEYS[6]) == 1 then return 3 end
+local function more()
+  if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('HGET', KEYS[2], 'status') == 'cancelling' then return 1 end
+  return 0
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then return more() end  -- a staged batch a refused write left: move it first
 local rows = redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[2]) - 1)
 local ids, selected = {}, {}
 for i, raw in ipairs(rows) do
@@ -88,8 +102,7 @@ end
 redis.call('HINCRBY', KEYS[2], 'moved', #moved)
 redis.call('HINCRBY', KEYS[2], 'scanned', #ids)
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[3])
-if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('HGET', KEYS[2], 'status') == 'cancelling' then return 1 end
-return 0
+return more()
 """
 EVERY_SCORE = 1.7976931348623157e+308  # moveJobsToWait's timestamp bound, as BullMQ's own promoteJobs passes it
 SELECT_CHUNK = 5000
@@ -156,8 +169,15 @@ class BullQueue(JobRegistryQueue):
         self._move_jobs(keys=[keys[""], keys["events"], self.moving_key, keys["wait"], keys["paused"],
                               keys["meta"], keys["active"], keys["marker"]],
                         args=[2 * step, EVERY_SCORE, "failed"], client=pipe)
-        state, _ = pipe.execute()
-        return super()._batch(token, step) if state == 3 else int(state)
+        state, moved = pipe.execute(raise_on_error=False)
+        if isinstance(state, Exception):
+            raise state
+        if isinstance(moved, Exception):
+            raise moved  # staged, counted, not moved (Redis refused a write): the next batch moves them
+        return super()._batch(token, step) if int(state) == 3 else int(state)
+
+    def _in_flight(self) -> list[str]:
+        return [self.journal_key, self.moving_key]
 
     def _read(self, ids: list[str]) -> list[DeadEntry]:
         pipe = self.client.pipeline(transaction=False)

@@ -119,6 +119,10 @@ class JobRegistryQueue(Refusing):
     def _requeue(self, ids: list[str]) -> set[str]:
         raise NotImplementedError
 
+    def _in_flight(self) -> list[str]:
+        """The keys that, while they exist, hold a batch a crash left unfinished (finished by ``_batch``)."""
+        return [self.journal_key]
+
     def _recover(self, job_id: str, fingerprint: str) -> bool:
         """A journaled job that left the failed set: True when a crash left it half-way (it is put
         back in the failed set, to be requeued again); False when it was requeued."""
@@ -245,7 +249,7 @@ class JobRegistryQueue(Refusing):
         outcome, seconds, first_moved = drive_requeue(
             self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl, should_stop=should_stop,
             before=before, step=self._batch, finish=lambda token: self._finish(),
-            finished=lambda: not self.client.exists(self.pending_key, self.journal_key))
+            finished=lambda: not self.client.exists(self.pending_key, *self._in_flight()))
         return RequeueReport(self.task(), outcome, seconds, first_moved)
 
     def _batch(self, token: str, step: int) -> int:
@@ -290,7 +294,7 @@ class JobRegistryQueue(Refusing):
         except LeaseBusy:
             return self.task()
         try:
-            if self.client.exists(self.journal_key):
+            if self.client.exists(*self._in_flight()):
                 self._batch(token, 1)
             self._finish()
         finally:

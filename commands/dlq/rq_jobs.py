@@ -14,6 +14,8 @@ unpickles anything: the type is read from the job's ``description`` (RQ writes
 line of the traceback in the job's latest result (``rq:results:<id>``) or its ``exc_info``, and the
 age is ``ended_at``. Requeueing calls ``FailedJobRegistry.requeue`` with a serializer that refuses
 to load: RQ keeps fields it cannot read (``meta``) as they are, and ``data`` is copied as bytes.
+It is handed each job fetched by RQ's ``Job.fetch_many``, ``FETCH`` at a time, where ``rq requeue``
+lets it ``Job.fetch`` each in a round trip of its own; what RQ then does per job is the same.
 
 ``FailedJobRegistry.requeue`` removes the id from the failed set, then enqueues the job in a
 second step: a crash between the two leaves a job that is in neither. A requeue task finds such a
