@@ -10,6 +10,10 @@ Usage (a backend module)::
         def _requeue(self, ids): ...        # the library's own requeue; returns the ids it moved
         def _recover(self, job_id, fingerprint): ...  # requeued half-way by a crash? put it back first
 
+    A backend may also replace ``_select`` (fill the pending list) and ``_batch`` (one step), and name
+    in ``_in_flight`` the keys that hold a batch a crash left unfinished (the bullmq backend's
+    unfiltered requeue moves a batch in one MULTI/EXEC instead of journaling it).
+
 The library keeps failed jobs as ids in a sorted set (oldest first by score) and each job in
 its own key; only the library's own code moves a job back to work. So a requeue task is:
 
