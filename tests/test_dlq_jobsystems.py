@@ -361,3 +361,162 @@ def test_rq_requeue_resumes_after_redis_restarts_under_it(tmp_path):
         assert len(queued) == 30 and len(set(queued)) == 30
     finally:
         server.close()
+
+
+# -- BullMQ, unfiltered: BullMQ's own moveJobsToWait (Queue.retryJobs), a MULTI/EXEC per batch ------
+
+def _bull_state(client, prefix="bull"):
+    """What BullMQ and its workers see of queue pdf: the lists and sets in order, each job's hash without
+    its timestamps, and the events stream's fields (without stream ids)."""
+    base = f"{prefix}:pdf"
+    jobs = {}
+    for key in client.scan_iter(f"{base}:*"):
+        suffix = key.decode()[len(base) + 1:]
+        if suffix.isdigit():
+            jobs[suffix] = {k: v for k, v in client.hgetall(key).items() if k not in (b"timestamp",)}
+    events = [fields for _, fields in client.xrange(f"{base}:events")]
+    return {"wait": client.lrange(f"{base}:wait", 0, -1), "failed": client.zrange(f"{base}:failed", 0, -1),
+            "prioritized": client.zrange(f"{base}:prioritized", 0, -1), "marker": client.zrange(f"{base}:marker", 0, -1),
+            "jobs": jobs, "events": events}
+
+
+def _bull_mixed_failures(client, url):
+    """Failed jobs as BullMQ makes them, some with a priority and one LIFO (what retryJobs ignores)."""
+    client.set(jobfuncs.BROKEN, 1)
+
+    async def add():
+        queue = BullMQQueue("pdf", {"connection": url})
+        for index in range(12):
+            opts = {"priority": 3} if index in (2, 7) else {"lifo": True} if index == 5 else {}
+            await queue.add("render", {"to": f"user{index}@example.com"}, opts)
+        await queue.close()
+
+    asyncio.run(add())
+    bull_burst(url)
+    client.delete(jobfuncs.BROKEN)
+    assert client.zcard("bull:pdf:failed") == 12
+
+
+def test_bullmq_unfiltered_requeue_leaves_exactly_what_queue_retryjobs_leaves(own_redis):
+    """The same failures requeued twice from one snapshot: once by opsbot (unfiltered, in batches of 5),
+    once by BullMQ's own Queue.retryJobs. Everything BullMQ's workers read ends up identical: wait list
+    order, failed set, job hashes (attempts kept, failedReason/finishedOn/processedOn gone, priorities
+    ignored as retryJobs ignores them), the marker and the 'waiting' events."""
+    client = own_redis.client()
+    _bull_mixed_failures(client, own_redis.url)
+    snapshot = {key: client.dump(key) for key in client.scan_iter("bull:*")}
+
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=12, requested_by="t")
+    report = queue.run_requeue(task.id, owner="t", batch=5)
+    assert report.outcome == "done" and report.task.moved == 12
+    assert not client.exists(queue.moving_key, queue.pending_key, queue.journal_key)
+    ours = _bull_state(client)
+
+    for key in client.scan_iter("bull:*"):
+        client.delete(key)
+    for key, dumped in snapshot.items():
+        client.restore(key, 0, dumped)
+
+    async def retry():
+        library = BullMQQueue("pdf", {"connection": own_redis.url})
+        await library.retryJobs({"count": 5})
+        await library.close()
+
+    asyncio.run(retry())
+    assert ours == _bull_state(client)
+    assert len(ours["wait"]) == 12 and not ours["failed"] and not ours["prioritized"]
+    assert all(job[b"atm"] == b"1" and b"failedReason" not in job for job in ours["jobs"].values())
+
+    bull_burst(own_redis.url)                                           # BullMQ's worker runs each once
+    assert Counter(client.lrange(jobfuncs.RAN, 0, -1)) == Counter(ours["wait"])
+
+
+def test_bullmq_unfiltered_limited_requeue_killed_resumed_runs_exactly_those(tmp_path, database_url, own_redis):
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url)
+    path = _config(tmp_path, database_url, own_redis.url,
+                   "{name: pdf, backend: bullmq, redis: main, queue: pdf, batch: 2, lease_ttl: 1s}")
+    before = client.zrange("bull:pdf:failed", 0, -1)
+    oldest = set(before[:11])
+
+    text = "dlq requeue pdf --limit 11 --rate 6"
+    _kill_mid_requeue(path, text, client, at_least=2)
+    waiting = client.lrange("bull:pdf:wait", 0, -1)
+    assert 2 <= len(waiting) < 11 and len(set(waiting)) == len(waiting) and set(waiting) <= oldest
+    assert set(waiting) | set(client.zrange("bull:pdf:failed", 0, -1)) == set(before)   # each in one place
+    assert not client.exists("opsbot:dlq:moving:pdf")                                # never half-moved
+    assert int(client.hget("opsbot:dlq:task:pdf", "moved")) == len(waiting)
+    time.sleep(1.1)
+
+    assert "Requeued" in _run(path, text)
+    waiting = client.lrange("bull:pdf:wait", 0, -1)
+    assert len(waiting) == 11 and set(waiting) == oldest
+    assert client.hget("opsbot:dlq:task:pdf", "status") == b"done"
+
+    bull_burst(own_redis.url)                                                         # BullMQ's own worker
+    ran = client.lrange(jobfuncs.RAN, 0, -1)
+    assert Counter(ran) == Counter(waiting) and len(ran) == 11
+    assert client.zcard("bull:pdf:failed") == 19 and client.zcard("bull:pdf:completed") == 11
+
+
+def test_bullmq_unfiltered_requeue_skips_a_job_that_failed_again_since_the_selection(own_redis):
+    """Someone retried one of the selected jobs with BullMQ's own Job.retry and it failed again (a new
+    finish time, its score): it is not the failure that was selected, and stays failed."""
+    from bullmq import Job as BullJob
+
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=5)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=5, requested_by="t")
+    ids = [raw.decode() for raw in client.zrange("bull:pdf:failed", 0, -1)]
+
+    async def retry_one():
+        library = BullMQQueue("pdf", {"connection": own_redis.url})
+        job = await BullJob.fromId(library, ids[0])
+        await job.retry("failed")
+        await library.close()
+
+    asyncio.run(retry_one())
+    client.set(jobfuncs.BROKEN, 1)
+    bull_burst(own_redis.url)                          # it fails again
+    client.delete(jobfuncs.BROKEN)
+    assert client.zscore("bull:pdf:failed", ids[0]) is not None and client.hget(f"bull:pdf:{ids[0]}", "atm") == b"2"
+
+    report = queue.run_requeue(task.id, owner="t")
+
+    assert report.task.moved == 4 and report.task.scanned == 5
+    assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(i.encode() for i in ids[1:])
+    assert client.zrange("bull:pdf:failed", 0, -1) == [ids[0].encode()]
+
+
+@pytest.mark.parametrize("then", ["resume", "cancel"])
+def test_bullmq_staged_batch_whose_move_was_refused_is_moved_once_before_anything_else(own_redis, then):
+    """The state a MULTI/EXEC leaves when Redis ran the staging script but refused moveJobsToWait's writes
+    (out of memory): two jobs staged and counted, in neither failed nor wait. Resuming moves them first
+    and then the rest; cancelling moves them and leaves the rest failed."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=6)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    staged = [json.loads(raw) for raw in client.lrange(queue.pending_key, 0, 1)]
+    for job_id, score in staged:
+        client.zrem("bull:pdf:failed", job_id)
+        client.zadd(queue.moving_key, {job_id: float(score)})
+    client.ltrim(queue.pending_key, 2, -1)
+    client.hincrby(queue.task_key, "moved", 2)
+    client.hincrby(queue.task_key, "scanned", 2)
+
+    if then == "resume":
+        report = queue.run_requeue(task.id, owner="t", batch=3)
+        assert report.outcome == "done" and report.task.moved == 6
+        assert client.lrange("bull:pdf:wait", -2, -1) == [job_id.encode() for job_id, _ in reversed(staged)]
+        assert client.llen("bull:pdf:wait") == 6 and client.zcard("bull:pdf:failed") == 0
+    else:
+        assert queue.cancel().moved == 2
+        assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(job_id.encode() for job_id, _ in staged)
+        assert client.zcard("bull:pdf:failed") == 4
+    assert not client.exists(queue.moving_key)
+    bull_burst(own_redis.url)
+    ran = client.lrange(jobfuncs.RAN, 0, -1)
+    assert len(ran) == len(set(ran)) == client.zcard("bull:pdf:completed")

@@ -10,6 +10,10 @@ Usage (a backend module)::
         def _requeue(self, ids): ...        # the library's own requeue; returns the ids it moved
         def _recover(self, job_id, fingerprint): ...  # requeued half-way by a crash? put it back first
 
+    A backend may also replace ``_select`` (fill the pending list) and ``_batch`` (one step), and name
+    in ``_in_flight`` the keys that hold a batch a crash left unfinished (the bullmq backend's
+    unfiltered requeue moves a batch in one MULTI/EXEC instead of journaling it).
+
 The library keeps failed jobs as ids in a sorted set (oldest first by score) and each job in
 its own key; only the library's own code moves a job back to work. So a requeue task is:
 
@@ -104,6 +108,11 @@ class JobRegistryQueue(Refusing):
         self.lease = QueueLease(client, self.lease_key, self.name)
         self._commit = client.register_script(_COMMIT)
 
+    @classmethod
+    def open(cls, settings: Any, targets: Any, app: Any) -> "JobRegistryQueue":
+        """The factory's constructor: the queue's Redis from ``targets``, the key prefix from the app's settings."""
+        return cls(settings, targets.redis(settings.redis), app.state.prefix)
+
     # -- what a backend supplies ------------------------------------------------------------
 
     def _fingerprints(self, ids: list[str]) -> list[str | None]:
@@ -114,6 +123,10 @@ class JobRegistryQueue(Refusing):
 
     def _requeue(self, ids: list[str]) -> set[str]:
         raise NotImplementedError
+
+    def _in_flight(self) -> list[str]:
+        """The keys that, while they exist, hold a batch a crash left unfinished (finished by ``_batch``)."""
+        return [self.journal_key]
 
     def _recover(self, job_id: str, fingerprint: str) -> bool:
         """A journaled job that left the failed set: True when a crash left it half-way (it is put
@@ -211,6 +224,23 @@ class JobRegistryQueue(Refusing):
         now = self.clock()
         staging = f"{self.pending_key}:staging"
         self.client.delete(staging)
+        selected = self._select(staging, filters, limit, now)
+        task_id = task_id or secrets.token_hex(6)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.task_key, self.pending_key, self.journal_key)
+        if selected:
+            pipe.rename(staging, self.pending_key)
+        pipe.hset(self.task_key, mapping={
+            "id": task_id, "status": "running", "filters": json.dumps(filters.to_dict()),
+            "limit": -1 if limit is None else limit, "rate": rate or 0, "total": selected, "matching": matching,
+            "scanned": 0, "moved": 0, "started_at": now, "updated_at": now, "requested_by": requested_by,
+            "bulk": int(filters.empty)})
+        pipe.execute()
+        return self.task()
+
+    def _select(self, staging: str, filters: Filters, limit: int | None, now: float) -> int:
+        """Append ``[id, fingerprint]`` rows of the matching failures, oldest first, up to ``limit``, to the
+        list ``staging``; returns how many."""
         selected = 0
         for ids in self._ids():
             fingerprints = self._fingerprints(ids)
@@ -224,17 +254,7 @@ class JobRegistryQueue(Refusing):
             selected += len(rows)
             if limit is not None and selected >= limit:
                 break
-        task_id = task_id or secrets.token_hex(6)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.task_key, self.pending_key, self.journal_key)
-        if selected:
-            pipe.rename(staging, self.pending_key)
-        pipe.hset(self.task_key, mapping={
-            "id": task_id, "status": "running", "filters": json.dumps(filters.to_dict()),
-            "limit": -1 if limit is None else limit, "rate": rate or 0, "total": selected, "matching": matching,
-            "scanned": 0, "moved": 0, "started_at": now, "updated_at": now, "requested_by": requested_by})
-        pipe.execute()
-        return self.task()
+        return selected
 
     def run_requeue(self, task_id: str, *, owner: str,
                     progress: Callable[[Task, float], None] = lambda task, rate: None, batch: int = 1000,
@@ -244,7 +264,7 @@ class JobRegistryQueue(Refusing):
         outcome, seconds, first_moved = drive_requeue(
             self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl, should_stop=should_stop,
             before=before, step=self._batch, finish=lambda token: self._finish(),
-            finished=lambda: not self.client.llen(self.pending_key) and not self.client.exists(self.journal_key))
+            finished=lambda: not self.client.exists(self.pending_key, *self._in_flight()))
         return RequeueReport(self.task(), outcome, seconds, first_moved)
 
     def _batch(self, token: str, step: int) -> int:
@@ -289,7 +309,7 @@ class JobRegistryQueue(Refusing):
         except LeaseBusy:
             return self.task()
         try:
-            if self.client.exists(self.journal_key):
+            if self.client.exists(*self._in_flight()):
                 self._batch(token, 1)
             self._finish()
         finally:

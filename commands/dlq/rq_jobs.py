@@ -14,6 +14,8 @@ unpickles anything: the type is read from the job's ``description`` (RQ writes
 line of the traceback in the job's latest result (``rq:results:<id>``) or its ``exc_info``, and the
 age is ``ended_at``. Requeueing calls ``FailedJobRegistry.requeue`` with a serializer that refuses
 to load: RQ keeps fields it cannot read (``meta``) as they are, and ``data`` is copied as bytes.
+It is handed each job fetched by RQ's ``Job.fetch_many``, ``FETCH`` at a time, where ``rq requeue``
+lets it ``Job.fetch`` each in a round trip of its own; what RQ then does per job is the same.
 
 ``FailedJobRegistry.requeue`` removes the id from the failed set, then enqueues the job in a
 second step: a crash between the two leaves a job that is in neither. A requeue task finds such a
@@ -30,7 +32,7 @@ import zlib
 from base64 import b64decode
 from typing import Any, ClassVar
 
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry
@@ -42,6 +44,17 @@ from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
 
 __all__ = ["RqQueue", "NoUnpickling"]
 
+# Per id (ARGV[2..]): "<score in the failed set>|<the job's ended_at>", or false when it is not failed.
+# KEYS failed set; ARGV[1] the job key prefix (rq:job:). One reply for a batch, not a pipeline of two each.
+FINGERPRINTS = """
+local out = {}
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  out[i - 1] = score and (score .. '|' .. (redis.call('HGET', ARGV[1] .. ARGV[i], 'ended_at') or '')) or false
+end
+return out
+"""
+FETCH = 100  # jobs fetched per round trip before RQ requeues them one by one
 FIELDS = ("description", "ended_at", "exc_info", "status", "origin", "enqueued_at", "created_at")
 
 
@@ -87,28 +100,21 @@ class RqQueue(JobRegistryQueue):
          TRIM: "queue {queue!r} is an RQ failed-job registry (rq backend): RQ expires failed jobs itself after "
                "their failure_ttl; opsbot does not trim it"})
 
-    @classmethod
-    def open(cls, settings: Any, targets: Any, app: Any) -> "RqQueue":
-        """The factory's constructor: the queue's Redis from ``targets``, the key prefix from the app's settings."""
-        return cls(settings, targets.redis(settings.redis), app.state.prefix)
-
     def __init__(self, settings: Any, client: Any, prefix: str = "opsbot:", **kw: Any):
         super().__init__(settings, client, prefix, **kw)
         self.queue = settings.queue or settings.name
         self.registry = FailedJobRegistry(self.queue, connection=client, serializer=NoUnpickling)
         self.failed_key = self.registry.key
         self.ready_key = Queue(self.queue, connection=client, serializer=NoUnpickling).key
+        self._fingerprint = client.register_script(FINGERPRINTS)
 
     def _fingerprints(self, ids: list[str]) -> list[str | None]:
         """The failed set's score (whole seconds) and the job's ``ended_at`` (microseconds): a job that
-        failed again within the same second still has another fingerprint."""
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.zscore(self.failed_key, job_id)
-            pipe.hget(Job.key_for(job_id), "ended_at")
-        replies = pipe.execute()
-        return [None if score is None else f"{score!r}|{_text(ended) or ''}"
-                for score, ended in zip(replies[::2], replies[1::2])]
+        failed again within the same second still has another fingerprint. One script call for all."""
+        if not ids:
+            return []
+        return [None if fp is None else fp.decode("utf-8", "replace")
+                for fp in self._fingerprint(keys=[self.failed_key], args=[Job.redis_job_namespace_prefix, *ids])]
 
     def _read(self, ids: list[str]) -> list[DeadEntry]:
         pipe = self.client.pipeline(transaction=False)
@@ -139,14 +145,19 @@ class RqQueue(JobRegistryQueue):
         return entries
 
     def _requeue(self, ids: list[str]) -> set[str]:
-        """RQ's own requeue, job by job, in order (as ``rq requeue`` does)."""
+        """RQ's own requeue, job by job, in order (as ``rq requeue`` does), each given the job fetched with
+        ``Job.fetch_many`` (one round trip per ``FETCH`` jobs instead of a ``Job.fetch`` per job)."""
         moved = set()
-        for job_id in ids:
-            try:
-                self.registry.requeue(job_id)
-            except (InvalidJobOperation, NoSuchJobError):
-                continue  # no longer in the failed registry (someone else took it) or its hash is gone
-            moved.add(job_id)
+        for start in range(0, len(ids), FETCH):
+            chunk = ids[start:start + FETCH]
+            for job_id, job in zip(chunk, Job.fetch_many(chunk, connection=self.client, serializer=NoUnpickling)):
+                if job is None:
+                    continue  # its hash is gone (RQ's requeue would raise NoSuchJobError)
+                try:
+                    self.registry.requeue(job)
+                except InvalidJobOperation:
+                    continue  # no longer in the failed registry (someone else took it)
+                moved.add(job_id)
         return moved
 
     def _recover(self, job_id: str, fingerprint: str) -> bool:
