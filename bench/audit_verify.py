@@ -21,7 +21,6 @@ $REDIS_URL (database 3 by default).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -38,6 +37,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench.process import opsbot  # noqa: E402
 
 from audit_data import fill  # noqa: E402
 
@@ -120,29 +121,14 @@ def main() -> None:
 
 
 def time_verify(config: Path, root: Path = ROOT) -> tuple[float, float, float, int]:
-    """(walk seconds, process wall seconds, peak RSS MB, rows) of one `opsbot run audit verify --all`.
-
-    The child is forked and reaped here with wait4, so its own peak RSS is read, not this process's.
-    """
-    env = {**os.environ, "RUN_MIGRATIONS": "true", "BENCH_DATABASE_URL": URL}
-    command = [sys.executable, "-m", "bot", "--config", str(config), "run", "--json", "audit", "verify", "--all"]
-    started = time.perf_counter()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(write_end, 1)
-        os.close(read_end)
-        os.chdir(root)
-        os.execve(sys.executable, command, env)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as stream:
-        out = stream.read()
-    _, _, usage = os.wait4(pid, 0)
-    wall = time.perf_counter() - started
-    body = json.loads(out)
-    if body["status"] != "ok":
-        raise SystemExit(f"verify did not pass: {body['summary']}")
-    return body["data"]["seconds"], wall, usage.ru_maxrss / 1024, body["data"]["rows"]
+    """(walk seconds, process wall seconds, peak RSS MB, rows) of one `opsbot run audit verify --all`,
+    run from ``root`` as a whole process (bench/process.py: its own peak RSS, bytecode cached)."""
+    run = opsbot(config, "run", "--json", "audit", "verify", "--all",
+                 env={"RUN_MIGRATIONS": "true", "BENCH_DATABASE_URL": URL}, tree=None if root == ROOT else root)
+    body = run.body
+    if not isinstance(body, dict) or body["status"] != "ok":
+        raise SystemExit(f"verify did not pass: {body!r:.500}")
+    return body["data"]["seconds"], run.seconds, run.rss_mb, body["data"]["rows"]
 
 
 if __name__ == "__main__":
