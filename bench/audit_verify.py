@@ -127,7 +127,7 @@ def time_verify(config: Path, root: Path = ROOT) -> tuple[float, float, float, i
                  env={"RUN_MIGRATIONS": "true", "BENCH_DATABASE_URL": URL}, tree=None if root == ROOT else root)
     body = run.body
     if not isinstance(body, dict) or body["status"] != "ok":
-        raise SystemExit(f"verify did not pass: {body!r:.500}")
+        raise SystemExit(f"verify did not pass: {body!r:.500} {run.stderr[-2000:]}")
     return body["data"]["seconds"], run.seconds, run.rss_mb, body["data"]["rows"]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,12 @@ class ProcessRun:
     rss_mb: float
     exit_code: int
     body: Any  # the parsed JSON it printed (``--json``), or its stdout as text
+    stderr: str  # what it said there (progress lines, errors), for a failure's message
 
 
 def opsbot(config: Path, *args: str, env: dict[str, str] | None = None, tree: Path | None = None) -> ProcessRun:
     """``python -m bot --config CONFIG ARGS...``, forked and reaped here with wait4, so the child's own
-    peak RSS is read, not this process's; stdout is read whole, stderr goes where ours does.
+    peak RSS is read, not this process's; stdout is read whole, stderr kept for ``ProcessRun.stderr``.
     Bytecode is written: run a command once before timing, as an installed package has it."""
     where = tree or ROOT
     # As an installed package runs: its bytecode cached (this environment may say not to write it).
@@ -42,11 +44,13 @@ def opsbot(config: Path, *args: str, env: dict[str, str] | None = None, tree: Pa
     environment = {**inherited, **(env or {}), "PYTHONPATH": str(where)}
     command = [sys.executable, "-m", "bot", "--config", str(config), *args]
     started = time.perf_counter()
+    errors = tempfile.TemporaryFile()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: becomes opsbot
         try:
             os.dup2(write_end, 1)
+            os.dup2(errors.fileno(), 2)
             os.close(read_end)
             os.chdir(where)
             os.execve(sys.executable, command, environment)
@@ -62,4 +66,7 @@ def opsbot(config: Path, *args: str, env: dict[str, str] | None = None, tree: Pa
         body: Any = json.loads(text)
     except ValueError:
         body = text
-    return ProcessRun(seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), body)
+    errors.seek(0)
+    said = errors.read().decode("utf-8", "replace")
+    errors.close()
+    return ProcessRun(seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), body, said)

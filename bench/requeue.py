@@ -140,7 +140,7 @@ def requeue_once(client: redis.Redis, config: Path, text: str, n: int, tree: Pat
     run = opsbot(config, "run", "--yes", "--json", text, tree=tree)
     want = n if "--type" not in text else n // 10
     if run.exit_code != 0 or not isinstance(run.body, dict) or run.body["data"].get("moved") != want:
-        raise SystemExit(f"{text}: exit {run.exit_code}: {run.body!r:.500}")
+        raise SystemExit(f"{text}: exit {run.exit_code}: {run.body!r:.500} {run.stderr[-2000:]}")
     if client.llen("jobs") != want or client.llen("jobs:dead") != n - want:
         raise SystemExit(f"{text}: the lists do not add up after the requeue")
     client.delete("jobs", "jobs:dead")

@@ -27,11 +27,9 @@ the trim process and the ratio (target: trim <= 1.5x the COPY).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.process import opsbot  # noqa: E402
 from bench.requeue import entry, fill  # noqa: E402
 from bench.scratch import REDIS_URL, Scratch, scratch  # noqa: E402
 
@@ -99,17 +98,10 @@ def copy_baseline(url: str, rows: Path, fmt: str, count: int) -> float:
 
 def run_opsbot(config: Path, text: str) -> tuple[float, float, dict]:
     """Wall seconds, peak RSS (MB) and the JSON result of ``opsbot run --yes --json TEXT`` as a process."""
-    args = [sys.executable, "-m", "bot", "--config", str(config), "run", "--yes", "--json", text]
-    started = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "RUN_MIGRATIONS": "true"})
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"opsbot run {text!r} exited {proc.returncode}: {out.decode()}")
-    return seconds, usage.ru_maxrss / 1024, json.loads(out.decode().strip().splitlines()[-1])
+    run = opsbot(config, "run", "--yes", "--json", text, env={"RUN_MIGRATIONS": "true"})
+    if run.exit_code != 0 or not isinstance(run.body, dict):
+        raise SystemExit(f"opsbot run {text!r} exited {run.exit_code}: {run.body!r:.500} {run.stderr[-2000:]}")
+    return run.seconds, run.rss_mb, run.body
 
 
 def trim_round(config: Path, place: Scratch, client: redis.Redis, dead: str, count: int) -> dict:
