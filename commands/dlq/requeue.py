@@ -81,7 +81,8 @@ def replan_requeue(inv: Invocation, old: Plan) -> Plan | Result:
     dead = backend.dead_count()
     if Filters.from_args(inv.args).empty:
         matching = dead
-    elif _oldest_mark(backend) == old.data.get("oldest"):  # nothing left from the oldest end: only arrivals
+    elif "dead" in old.data and _oldest_mark(backend) == old.data.get("oldest"):  # only arrivals since
+        # (a plan of an earlier version names neither its length nor its oldest entry: it is scanned again)
         matching = old.data["matching"] + max(0, dead - old.data["dead"])
     else:
         return plan_requeue(inv)
