@@ -26,7 +26,14 @@ CHUNK = 20      # batches per archive transaction (one PostgreSQL commit), at mo
 def _busy(queue, backend: DeadLetterBackend, trim: TrimTask | None) -> Result | None:
     holder = backend.lease_holder()
     if holder is None:
-        return None
+        task = backend.task()
+        if task is None or not task.unfinished:
+            return None
+        # Its held entries are older than the dead list's: a trim now would keep them and drop newer ones.
+        return Result.warn(f"An interrupted requeue of `{queue.name}` ({task.moved}/{task.target} moved) has "
+                           f"dead letters set aside. `/ops dlq requeue {queue.name}` finishes it, "
+                           f"`/ops dlq cancel {queue.name}` puts them back; then trim.",
+                           data={"queue": queue.name, "busy": "requeue"})
     if holder.kind == "trim" and trim is not None:
         return Result.warn(f"A trim of `{queue.name}` is already running: {trim.dropped}/{trim.to_drop} dropped, "
                            f"keeping {trim.keep}.", data={"queue": queue.name, "busy": "trim", "task": trim.id,

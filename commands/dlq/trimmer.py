@@ -141,6 +141,10 @@ class QueueTrim:
 
     def _task_for(self, token: str, task_id: str, keep: int, resume: str | None, replaces: str | None,
                   max_drop: int | None, requested_by: str) -> TrimTask:
+        requeue = self.queue.task()
+        if requeue is not None and requeue.unfinished:  # its held entries are older than any dead one
+            raise CommandError(f"an interrupted requeue of {self.queue.name!r} ({requeue.id}) has dead letters set "
+                               "aside; finish it (`dlq requeue`) or cancel it (`dlq cancel`) before trimming")
         current = self.task()
         if current is not None and current.unfinished:
             if current.id == resume:
