@@ -78,7 +78,10 @@ def replan_requeue(inv: Invocation, old: Plan) -> Plan | Result:
         return busy
     if old.data.get("resume"):  # the interrupted task's plan reads no entries
         return plan_requeue(inv)
+    backend.check_types()  # a dead key turned into another type is refused as the preview refuses it
     dead = backend.dead_count()
+    if dead == 0:  # emptied meanwhile: said as the preview says it, and no task of 0 recorded
+        return plan_requeue(inv)
     if Filters.from_args(inv.args).empty:
         matching = dead
     elif "dead" in old.data and _oldest_mark(backend) == old.data.get("oldest"):  # only arrivals since
