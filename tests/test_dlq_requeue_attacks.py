@@ -91,7 +91,7 @@ def test_an_unfiltered_pending_plan_of_the_previous_version_confirms_on_the_leng
 
 
 @server_only
-def test_an_unfiltered_confirm_after_the_queue_emptied_moves_nothing(two_queues, q):
+def test_an_unfiltered_confirm_after_the_queue_emptied_and_refilled_moves_what_is_there(two_queues, q):
     kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
     preview = run(two_queues, "dlq requeue")
     q.client.delete(q.dead)
@@ -353,3 +353,28 @@ def test_a_trim_waits_for_an_interrupted_requeue_whose_held_entries_are_older(tw
     assert trimmed.kind == "preview"
     two_queues.engine.confirm(trimmed.pending.id, Actor(ALICE), OPS)
     assert oldest_first(q.client, q.dead) == [e for e in entries if e not in ready][-5:]
+
+
+@server_only
+@pytest.mark.parametrize("text", ["dlq requeue", "dlq requeue --type send_email"])
+def test_a_dead_key_of_the_wrong_type_at_confirm_is_refused_clearly(two_queues, q, text):
+    kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
+    preview = run(two_queues, text)
+    q.client.delete(q.dead)
+    q.client.set(q.dead, "not a list")
+
+    outcome = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert outcome.result.status == "error" and "is a Redis string, not a list" in outcome.result.summary
+    assert "unexpectedly" not in outcome.result.summary
+
+
+@server_only
+def test_an_unfiltered_confirm_of_an_emptied_queue_says_there_is_nothing_to_requeue(two_queues, q):
+    kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
+    preview = run(two_queues, "dlq requeue")
+    q.client.delete(q.dead)
+
+    outcome = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert "Nothing to requeue" in outcome.result.summary and q.client.hgetall(q.task) == {}
