@@ -378,3 +378,55 @@ def test_an_unfiltered_confirm_of_an_emptied_queue_says_there_is_nothing_to_requ
     outcome = two_queues.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
 
     assert "Nothing to requeue" in outcome.result.summary and q.client.hgetall(q.task) == {}
+
+
+@pytest.mark.parametrize("total", [0, 1, 999, 1000, 1001, 10_009])
+def test_a_sample_read_through_of_sample_counts_all_and_reads_the_spread(total):
+    from commands.dlq.backend import ScanSummary
+
+    entries = [DeadEntry.parse(dead_letter(i)) for i in range(total)]
+    asked = []
+
+    def read(offset, count):
+        asked.append((offset, count))
+        return entries[offset:offset + count]
+
+    summary = ScanSummary.of_sample(total, read, 2)
+
+    assert asked == spread(total)
+    assert (summary.matched, summary.scanned, summary.sampled) == (total, min(total, 1000), total > 1000)
+    assert sum(summary.types.values()) == summary.scanned
+
+
+@server_only
+def test_two_drivers_started_together_move_every_match_once_in_order(two_queues, q):
+    import threading
+
+    from commands.dlq.lease import LeaseBusy
+
+    entries = [dead_letter(i) for i in range(300)] + [b"\x00opaque\xff"]
+    kill(q.client, entries, q.dead)
+    queue = _queue(two_queues, q)
+    task = queue.start_requeue(Filters(type="send_email"), limit=None, rate=None, matching=0, requested_by="U")
+    barrier, outcomes = threading.Barrier(2), []
+
+    def drive(name):
+        other = _queue(two_queues, q)
+        barrier.wait()
+        try:
+            outcomes.append(other.run_requeue(task.id, owner=name, batch=7).outcome)
+        except LeaseBusy:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=drive, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    while queue.task().unfinished:  # the one refused the lease, if the other had not finished, resumes it
+        queue.run_requeue(task.id, owner="c", batch=7)
+
+    emails = [e for e in entries if b'"send_email"' in e]
+    assert "done" in outcomes and list(reversed(q.client.lrange(q.ready, 0, -1))) == emails
+    assert oldest_first(q.client, q.dead) == [e for e in entries if e not in set(emails)]
+    assert everything(q.client, q.ready, q.dead) == Counter(entries) and q.held_keys() == []
