@@ -23,13 +23,11 @@ from tests.test_dlq import OPS, run
 server_only = pytest.mark.parametrize("dlq_layout", ["server"], indirect=True)
 
 
-@pytest.fixture
-def q(dlq_layout):
-    return dlq_layout
+q = pytest.fixture(name="q")(lambda dlq_layout: dlq_layout)  # the queue's Redis and names (server layout here)
 
 
 @pytest.fixture
-def two_queues(tmp_path, database_url, make_runtime, fake_slack, q):
+def two_queues(tmp_path, database_url, make_runtime, fake_slack, q):  # noqa: F811 (the fixture above)
     return two_queues_runtime(tmp_path, database_url, make_runtime, fake_slack, q)
 
 
