@@ -52,6 +52,9 @@ def fire_alert(runtime: Runtime, token: str, timeout: float = 60.0) -> str:
                               headers={"Authorization": f"Bearer {token}"})
         response.raise_for_status()
     finally:
+        # The handler thread may still be finishing its task after the answer arrived: let it, before the
+        # server's trigger is closed under it (waitress would log that as a traceback).
+        server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
         server.close()
         serving.join(5)
     deadline = time.monotonic() + timeout

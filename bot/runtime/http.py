@@ -136,6 +136,7 @@ class HttpServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking requests; requests in flight are answered (up to ``timeout``)."""
         self._stopping = True
+        self.server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)  # in-flight tasks finish
         self.server.close()
         if self._thread:
             self._thread.join(timeout)
