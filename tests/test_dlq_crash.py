@@ -240,6 +240,19 @@ def test_trim_survives_its_postgresql_stopping_mid_trim(tmp_path, make_runtime, 
 
 # -- killed while putting held entries back ------------------------------------------------------
 
+def killed_on_second_call(script, why: str):
+    """``script`` (a registered Lua script) that runs once, then dies as the process would."""
+    calls = {"n": 0}
+
+    def call(**kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SystemExit(why)
+        return script(**kw)
+
+    return call
+
+
 def test_requeue_killed_while_merging_held_entries_back_resumes_in_order(tmp_path, database_url, make_runtime,
                                                                         redis_client, monkeypatch):
     from commands.dlq import redis_list
@@ -253,15 +266,7 @@ def test_requeue_killed_while_merging_held_entries_back_resumes_in_order(tmp_pat
     task = queue.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=1000, requested_by="t")
     arrivals = [dead_letter(5000 + i) for i in range(700)]  # newer than the task: not taken, not reordered
     kill(redis_client, arrivals)
-    merge, calls = queue._merge, {"n": 0}
-
-    def killed_after_one_chunk(**kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise SystemExit("killed between two merge chunks")
-        return merge(**kw)
-
-    queue._merge = killed_after_one_chunk
+    queue._merge = killed_on_second_call(queue._merge, "killed between two merge chunks")
     with pytest.raises(SystemExit):
         queue.run_requeue(task.id, owner="a", batch=500)
     assert redis_client.llen(queue.held_key(task.id)) == 2300 and redis_client.llen("jobs:dead") == 400
@@ -287,15 +292,7 @@ def test_requeue_killed_while_restoring_held_entries_resumes_in_order(tmp_path, 
     queue = RedisListQueue(find_queue(runtime.settings, "jobs"), redis_client)
     task = queue.start_requeue(Filters(type="sync_crm"), limit=None, rate=None, matching=1000, requested_by="t")
     redis_client.hdel(queue.task_key, "held_order")  # a task an earlier version started: held oldest-first
-    restore, calls = queue._restore, {"n": 0}
-
-    def killed_after_one_chunk(**kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise SystemExit("killed between two restore chunks")
-        return restore(**kw)
-
-    queue._restore = killed_after_one_chunk
+    queue._restore = killed_on_second_call(queue._restore, "killed between two restore chunks")
     with pytest.raises(SystemExit):
         queue.run_requeue(task.id, owner="a", batch=500)
     assert 0 < redis_client.llen(queue.held_key(task.id)) < 2000
