@@ -54,25 +54,26 @@ def to_message(result: Result, redactor: Redactor | None = None) -> dict:
     body: list[Block] = []
     for section in result.sections:
         body.extend(_section_blocks(section, len(body)))
+    # Each block is validated and turned into its dict once; its size is read from that dict.
+    head_dicts, body_dicts = [block.to_dict() for block in blocks], [block.to_dict() for block in body]
     room = MAX_BLOCKS - len(blocks) - (1 if result.buttons else 0) - 1
-    shown, spent = 0, sum(_chars(block) for block in blocks)
-    while shown < len(body) and spent + _chars(body[shown]) <= MAX_TOTAL:
-        spent += _chars(body[shown])
+    shown, spent = 0, sum(_chars(data) for data in head_dicts)
+    while shown < len(body_dicts) and spent + (size := _chars(body_dicts[shown])) <= MAX_TOTAL:
+        spent += size
         shown += 1
-    if shown < len(body) or len(body) > room:  # cut, keeping a block for the note saying so
+    if shown < len(body_dicts) or len(body_dicts) > room:  # cut, keeping a block for the note saying so
         shown = min(shown, room - 1)
-        hidden = len(body) - shown
-        body = body[:shown] + [_note(f"{hidden} more blocks not shown; run it with `opsbot run --json` for everything.")]
-    blocks.extend(body)
+        hidden = len(body_dicts) - shown
+        note = _note(f"{hidden} more blocks not shown; run it with `opsbot run --json` for everything.")
+        body_dicts = body_dicts[:shown] + [note.to_dict()]
+    dicts = head_dicts + body_dicts
     buttons = [b for b in result.buttons[:MAX_BUTTONS] if len(b.value) <= MAX_VALUE]
     if buttons:
-        blocks.append(ActionsBlock(elements=[_button(b, i) for i, b in enumerate(buttons)]))
+        dicts.append(ActionsBlock(elements=[_button(b, i) for i, b in enumerate(buttons)]).to_dict())
     if len(buttons) < len(result.buttons[:MAX_BUTTONS]):
-        blocks.append(_note("A button whose command is too long for Slack was left out; run it with `opsbot run`."))
-    return {
-        "text": _fit(md("{}: {}", result.status.upper(), result.summary), MAX_FALLBACK),
-        "blocks": [block.to_dict() for block in blocks],
-    }
+        dicts.append(_note("A button whose command is too long for Slack was left out; run it with `opsbot run`.")
+                     .to_dict())
+    return {"text": _fit(md("{}: {}", result.status.upper(), result.summary), MAX_FALLBACK), "blocks": dicts}
 
 
 def _section_blocks(section: Section, offset: int) -> list[Block]:
@@ -116,9 +117,8 @@ def _button(button: Button, index: int) -> ButtonElement:
     )
 
 
-def _chars(block: Block) -> int:
-    """The text a block carries, as Slack counts it against a message's size."""
-    data = block.to_dict()
+def _chars(data: dict) -> int:
+    """The text a block (as a dict) carries, as Slack counts it against a message's size."""
     texts = [data.get("text", {}).get("text", "")] + [f["text"] for f in data.get("fields", [])]
     texts += [e.get("text", "") for e in data.get("elements", []) if isinstance(e.get("text"), str)]
     return sum(len(t) for t in texts)
