@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -12,6 +14,7 @@ from bot.runtime.worker import Worker
 from bot.store.workqueue import WorkQueue
 from tests.conftest import BOT_TOKEN, SIGNING_SECRET, write_config
 from tests.support.harness import SlackBot
+from tests.support.servers import RedisServer
 
 
 def command_body(fake_slack, text="help", key="k1", trigger="t1"):
@@ -108,3 +111,34 @@ def test_readyz_answers_503_naming_redis(bot_without_redis):
     assert body["ok"] is False and body["checks"]["postgres"] == "ok"
     assert body["checks"]["redis"].startswith("error:")
     assert bot_without_redis.http.get("/healthz").status_code == 200
+
+
+@pytest.fixture
+def bot_on_a_redis_that_hangs(tmp_path, database_url, make_runtime, fake_slack, slack_env):
+    """The bot's state Redis is a server of the test's own, stopped (SIGSTOP) once the bot is up."""
+    with RedisServer() as server:
+        path = write_config(tmp_path / "app.yaml", database_url, redis_url=server.url)
+        runtime = make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+        bot = SlackBot(runtime, fake_slack, SIGNING_SECRET, with_worker=False)
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            yield bot, server
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+            bot.close()
+
+
+def test_when_the_queue_hangs_the_user_is_told_before_slack_gives_up(bot_on_a_redis_that_hangs):
+    bot, server = bot_on_a_redis_that_hangs
+    started = time.perf_counter()
+    reply = bot.command("help", wait=False)
+
+    assert reply.http.status_code == 200
+    assert time.perf_counter() - started < 3.0  # Slack's limit for an ack; the general client waited 5 s
+    text = reply.http.json()["text"]
+    assert "did not answer within a second" in text and "may or may not have been queued" in text
+
+    os.kill(server.pid, signal.SIGCONT)  # it answers again: the next request is queued as usual
+    again = bot.command("help", wait=False).http
+    assert again.status_code == 200 and "queued" not in again.text
+    assert server.client().llen("opsbot:work:queue") >= 1

@@ -217,7 +217,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"opsbot serve: missing required settings: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     runtime = _runtime(settings)
-    queue = WorkQueue(runtime.state.redis, settings.state.prefix)
+    queue = WorkQueue(runtime.state.ack_redis, settings.state.prefix)  # pushed to before each ack
     server = HttpServer(runtime, build_app(runtime, queue), host=args.host, port=args.port, threads=args.threads)
     if args.workers:
         workers = WorkerProcesses(args.config_path, count=args.workers, threads=args.worker_threads,
@@ -273,7 +273,7 @@ def _socket(settings: Settings, args: argparse.Namespace) -> int:
         print(f"opsbot socket: missing required settings: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     runtime = _runtime(settings)
-    app = build_app(runtime, WorkQueue(runtime.state.redis, settings.state.prefix))
+    app = build_app(runtime, WorkQueue(runtime.state.ack_redis, settings.state.prefix))
     worker = Worker(runtime, threads=args.worker_threads).start()
     handler = SocketModeHandler(app, settings.slack.app_token.get_secret_value())
     signal.signal(signal.SIGTERM, _raise_exit)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    app = build_app(runtime, WorkQueue(runtime.state.redis))
+    app = build_app(runtime, WorkQueue(runtime.state.ack_redis))
     SlackRequestHandler(app)                 # HTTP (see bot.runtime.http), or SocketModeHandler(app, token)
 
 ``/ops`` and button clicks are acknowledged at once. Before the ack, the
@@ -25,6 +25,7 @@ import logging
 import re
 import shlex
 
+from redis.exceptions import TimeoutError as RedisTimeout
 from slack_bolt import Ack, App, BoltResponse
 
 from bot.core.parser import UsageError
@@ -42,6 +43,8 @@ log = logging.getLogger("opsbot.slack")
 
 QUEUE_DOWN = ":x: opsbot cannot take work right now (its Redis is unreachable); nothing was run. " \
              "Use `opsbot run` from a terminal, or try again shortly."
+QUEUE_SLOW = ":warning: opsbot's Redis did not answer within a second, so this request may or may not have been " \
+             "queued. Watch for its answer here; if none comes, try again or use `opsbot run` from a terminal."
 
 
 def build_app(runtime: Runtime, queue: WorkQueue) -> App:
@@ -132,6 +135,10 @@ def form_view(form: Form, value: str) -> dict:
 def _enqueue(ack: Ack, queue: WorkQueue, kind: str, body: dict) -> None:
     try:
         queue.push(kind, body)
+    except RedisTimeout as exc:  # sent, perhaps received: it may run after all
+        log.error("queueing a %s timed out: %s", kind, exc)
+        ack(text=QUEUE_SLOW, response_type="ephemeral")
+        return
     except Exception as exc:
         log.error("could not queue a %s: %s", kind, exc)
         ack(text=QUEUE_DOWN, response_type="ephemeral")

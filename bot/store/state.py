@@ -79,6 +79,17 @@ class State:
         )
 
     @cached_property
+    def ack_redis(self) -> redis.Redis:
+        """The state Redis for what must be done before Slack's 3 s are up (queueing a delivery before
+        its ack): one attempt with 1 s timeouts, so a Redis that hangs is reported to the user in
+        time, where the general client would wait out its 5 s timeout."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return redis.Redis.from_url(self.settings.state.redis_url, socket_timeout=1, socket_connect_timeout=1,
+                                    retry=Retry(NoBackoff(), 0))
+
+    @cached_property
     def pool(self) -> ConnectionPool:
         pool_log = logging.getLogger("psycopg.pool")
         if _quiet not in pool_log.filters:
@@ -117,5 +128,6 @@ class State:
     def close(self) -> None:
         if "pool" in self.__dict__:
             self.pool.close()
-        if "redis" in self.__dict__:
-            self.redis.close()
+        for client in ("redis", "ack_redis"):
+            if client in self.__dict__:
+                self.__dict__[client].close()

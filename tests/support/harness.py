@@ -61,7 +61,7 @@ class SlackBot:
         self.runtime = runtime
         self.slack = slack
         self.verifier = SignatureVerifier(signing_secret)
-        queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
+        queue = WorkQueue(runtime.state.ack_redis, runtime.settings.state.prefix)
         self.server = HttpServer(runtime, build_app(runtime, queue), host="127.0.0.1", port=0)
         self.server.start()
         self.worker = Worker(runtime, threads=4).start() if with_worker else None
