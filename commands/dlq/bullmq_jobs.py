@@ -280,7 +280,9 @@ class BullQueue(JobRegistryQueue):
         returned = int(returned)
         if returned in (0, 1):
             return returned
-        return claim.decode() if isinstance(claim, bytes) else "refused" if returned == 4 else "error"
+        if returned == 4:
+            return "refused"                # claimed, but moveJobsToWait was refused: nothing moved or counted
+        return claim.decode() if isinstance(claim, bytes) else "error"
 
     def _staged(self, token: str, step: int) -> int:
         """A batch through the staging set: STAGE then moveJobsToWait on that set, in one MULTI/EXEC."""
