@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -215,6 +216,7 @@ def run(system: str, count: int, rounds: int, before: str | None = None, process
         server.port = int(os.environ["BENCH_REDIS_PORT"])
         server.url = f"redis://127.0.0.1:{server.port}/0"
     server.start()
+    config: Path | None = None
     try:
         client = server.client()
         (_seed_rq if system == "rq" else _seed_bullmq)(client, server.url)
@@ -268,6 +270,8 @@ def run(system: str, count: int, rounds: int, before: str | None = None, process
         return 0 if mine >= lib else 1
     finally:
         server.close()
+        if config is not None:
+            shutil.rmtree(config.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
