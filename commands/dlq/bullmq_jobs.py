@@ -18,10 +18,13 @@ its own key layout (``QueueKeys``), so BullMQ workers in any language run the jo
 * **unfiltered** (every failure, oldest first, up to ``--limit``): ``moveJobsToWait``, the script
   ``Queue.retryJobs`` runs, with the same effect (``failedReason``/``finishedOn``/``processedOn``
   dropped, attempts kept, LPUSHed to ``wait`` oldest first with the marker and a ``waiting`` event;
-  like ``retryJobs`` it ignores priority and ``lifo``). A batch is one MULTI/EXEC: ``STAGE`` (lease
-  check; the batch's ids still in the failed set with the score they were selected with go to a
-  staging set, counted, dropped from the pending list), then ``moveJobsToWait`` on that staging set.
-  Redis runs it whole or not at all, so no journal is needed.
+  like ``retryJobs`` it ignores priority and ``lifo``). A batch is one MULTI/EXEC, either way whole
+  or not at all, so no journal is needed. Quick (when the failed set's head is the batch, as it is
+  when nothing else touched the failed set): ``CLAIM`` checks that and lends the failed set to
+  ``moveJobsToWait`` under the batch key, ``RETURN`` gives it back and counts (see CLAIM). Staged
+  (otherwise): ``STAGE`` (lease check; the batch's ids still in the failed set with the score they
+  were selected with go to a staging set, counted, dropped from the pending list), then
+  ``moveJobsToWait`` on that staging set.
 * **filtered**: ``reprocessJob`` per job with exactly the arguments ``Job.retry("failed")`` passes
   (priority and ``lifo`` honoured), a pipeline per batch, journaled as :mod:`commands.dlq.jobtask` says.
 
