@@ -12,7 +12,22 @@ goes first. Sides:
   * opsbot: ``start_requeue`` + ``run_requeue`` of the backend (what ``dlq requeue`` runs), in a
     child process whose peak RSS is reported;
   * RQ: ``rq requeue --all --queue mail`` (RQ's own CLI); BullMQ: ``Queue.retryJobs()``.
-It prints the medians (jobs/s) and opsbot's ratio to the library's tool (target >= 1).
+It prints the medians (jobs/s) and opsbot's ratio to the library's tool (target >= 1), and the
+redis-server's CPU time each side cost (INFO cpu, before and after; steadier than wall time on a
+loaded machine, as it leaves out the time the sides wait for a core).
+
+What each side's clock covers:
+  * opsbot: inside the child, from just before ``start_requeue`` (the selection) to the end of
+    ``run_requeue``: not the interpreter's start-up, the imports, the connection or the preview;
+  * ``rq requeue --all``: the whole CLI process, start-up included (``subprocess.run``);
+  * ``Queue.retryJobs``: in the bench's own process (bullmq already imported), ``asyncio.run`` of
+    ``Queue(...)``, ``retryJobs({"count": 1000})`` and ``close()``: not start-up or imports.
+``--process`` times both sides as a user runs them instead, each a whole process, start-up included:
+``opsbot run --yes --json "dlq requeue pdf"`` (preview, confirm, selection, batches; bench/process.py;
+state in $DATABASE_URL and $REDIS_URL, the task keys on the bench's server) against
+``python -c '<Queue(...).retryJobs({"count": 1000})>'`` (RQ: its CLI, as above).
+``--before PATH`` times another checkout's opsbot side too (its own bench/jobsystems.py child),
+in the same rounds. ``$BENCH_REDIS_PORT`` puts the redis-server on that port instead of a free one.
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -122,10 +138,56 @@ def child(system: str, url: str) -> None:
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def opsbot_side(system: str, url: str) -> dict:
-    out = subprocess.run([sys.executable, str(Path(__file__)), system, url], capture_output=True, text=True,
-                         check=True, cwd=ROOT, env=ENV).stdout
+def opsbot_side(system: str, url: str, tree: Path = ROOT) -> dict:
+    out = subprocess.run([sys.executable, str(tree / "bench" / "jobsystems.py"), system, url], capture_output=True,
+                         text=True, check=True, cwd=tree, env={**ENV, "PYTHONPATH": str(tree)}).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+RETRY_JOBS = """
+import asyncio, sys
+from bullmq import Queue
+
+async def retry():
+    queue = Queue("pdf", {"connection": sys.argv[1]})
+    await queue.retryJobs({"count": 1000})
+    await queue.close()
+
+asyncio.run(retry())
+"""
+
+
+def opsbot_process(system: str, config: Path, tree: Path) -> dict:
+    """``opsbot run --yes --json "dlq requeue ..."``, a whole process as a user starts it."""
+    from bench.process import opsbot
+
+    run = opsbot(config, "run", "--yes", "--json", f"dlq requeue {'mail' if system == 'rq' else 'pdf'}", tree=tree)
+    if run.exit_code != 0 or not isinstance(run.body, dict):
+        raise SystemExit(f"exit {run.exit_code}: {run.body!r:.500} {run.stderr[-2000:]}")
+    return {"seconds": run.seconds, "moved": run.body["data"].get("moved"), "outcome": "done", "rss_mb": run.rss_mb}
+
+
+def library_process(system: str, url: str) -> float:
+    if system == "rq":
+        return library_side(system, url)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", RETRY_JOBS, url], check=True, capture_output=True, cwd=ROOT, env=ENV)
+    return time.perf_counter() - started
+
+
+def process_config(system: str, url: str) -> Path:
+    """An app.yaml for ``--process``: the queue on the bench's server, the bot's state where the tests' is."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="opsbot-bench-jobs-"))
+    queue = "{name: mail, backend: rq, redis: main, queue: mail}" if system == "rq" else \
+        "{name: pdf, backend: bullmq, redis: main, queue: pdf}"
+    config = folder / "app.yaml"
+    config.write_text(
+        f"state: {{redis_url: '{os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/3')}', database_url: "
+        f"'{os.environ.get('DATABASE_URL', 'postgresql://127.0.0.1:5432/postgres')}', prefix: 'opsbot:', "
+        f"run_migrations: true}}\nredis: {{main: {{url: '{url}'}}}}\nqueues:\n  - {queue}\n")
+    return config
 
 
 def library_side(system: str, url: str) -> float:
@@ -145,11 +207,16 @@ def library_side(system: str, url: str) -> float:
     return time.perf_counter() - started
 
 
-def run(system: str, count: int, rounds: int) -> int:
+def run(system: str, count: int, rounds: int, before: str | None = None, process: bool = False) -> int:
     sys.path.insert(0, str(ROOT))
     from tests.support.servers import RedisServer
 
-    server = RedisServer().start()
+    server = RedisServer()
+    if os.environ.get("BENCH_REDIS_PORT"):
+        server.port = int(os.environ["BENCH_REDIS_PORT"])
+        server.url = f"redis://127.0.0.1:{server.port}/0"
+    server.start()
+    config: Path | None = None
     try:
         client = server.client()
         (_seed_rq if system == "rq" else _seed_bullmq)(client, server.url)
@@ -157,27 +224,54 @@ def run(system: str, count: int, rounds: int) -> int:
         failed, ready = ("rq:failed:mail", "rq:queue:mail") if system == "rq" else ("bull:pdf:failed",
                                                                                   "bull:pdf:wait")
         print(f"{system}: {count:,} failed jobs per round (clones of {SEEDS} real failures), {rounds} rounds")
-        ours, theirs, rss = [], [], []
+        sides = {"opsbot": ROOT, **({"before": Path(before)} if before else {}), "library": None}
+        config = process_config(system, server.url) if process else None
+        if config is not None:
+            print("timed as whole processes (start-up included): opsbot run --yes, and the library's tool")
+            for tree in (path for path in sides.values() if path is not None):   # migrations, bytecode: once
+                clone(client, system, seeds, 10)
+                opsbot_process(system, config, tree)
+        rates: dict[str, list[float]] = {side: [] for side in sides}
+        rss: dict[str, list[float]] = {side: [] for side in sides}
+        cpu: dict[str, list[float]] = {side: [] for side in sides}   # redis-server's CPU seconds, per side
+
+        def server_cpu() -> float:
+            info = client.info("cpu")
+            return info["used_cpu_user"] + info["used_cpu_sys"]
+
         for round_ in range(rounds):
-            for side in (("opsbot", "library") if round_ % 2 == 0 else ("library", "opsbot")):
+            order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+            for side in order:
                 clone(client, system, seeds, count)
-                if side == "opsbot":
-                    result = opsbot_side(system, server.url)
-                    assert result["moved"] == count and result["outcome"] == "done", result
-                    ours.append(count / result["seconds"])
-                    rss.append(result["rss_mb"])
+                spent = server_cpu()
+                if sides[side] is not None:
+                    result = opsbot_process(system, config, sides[side]) if config is not None else \
+                        opsbot_side(system, server.url, sides[side])
+                    assert result["moved"] == count and result["outcome"] == "done", (side, result)
+                    rates[side].append(count / result["seconds"])
+                    rss[side].append(result["rss_mb"])
                 else:
-                    theirs.append(count / library_side(system, server.url))
+                    rates[side].append(count / (library_process if process else library_side)(system, server.url))
+                cpu[side].append(server_cpu() - spent)
                 assert client.zcard(failed) == 0 and client.llen(ready) == count, (side, client.zcard(failed))
-            print(f"  round {round_ + 1}: opsbot {ours[-1]:,.0f}/s, library {theirs[-1]:,.0f}/s")
-        mine, lib = statistics.median(ours), statistics.median(theirs)
+            print(f"  round {round_ + 1}: " + ", ".join(f"{side} {rates[side][-1]:,.0f}/s (Redis CPU "
+                                                      f"{cpu[side][-1]:.2f}s)" for side in sides), flush=True)
+        lib = statistics.median(rates["library"])
         tool = "rq requeue --all" if system == "rq" else "Queue.retryJobs"
-        print(f"opsbot dlq requeue ({system}) median {mine:>10,.0f} jobs/s  peak RSS {max(rss):.0f} MB")
-        print(f"{tool:<28} median {lib:>10,.0f} jobs/s")
+        for side in sides:
+            if side != "library":
+                mine = statistics.median(rates[side])
+                print(f"{side + f' dlq requeue ({system})':<32} median {mine:>10,.0f} jobs/s  "
+                      f"x{mine / lib:.2f} of {tool}  peak RSS {max(rss[side]):.0f} MB  "
+                      f"Redis CPU {statistics.median(cpu[side]):.2f}s")
+        print(f"{tool:<32} median {lib:>10,.0f} jobs/s  Redis CPU {statistics.median(cpu['library']):.2f}s")
+        mine = statistics.median(rates["opsbot"])
         print(f"opsbot / {tool}: {mine / lib:.2f} (target >= 1)")
         return 0 if mine >= lib else 1
     finally:
         server.close()
+        if config is not None:
+            shutil.rmtree(config.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

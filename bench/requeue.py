@@ -85,11 +85,13 @@ def main() -> int:
     parser.add_argument("--system", choices=("redis-list", "rq", "bullmq"), default="redis-list",
                         help="rq, bullmq: against the library's own bulk requeue (bench/jobsystems.py)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    parser.add_argument("--process", action="store_true",
+                        help="rq, bullmq: time both sides as whole processes, start-up included")
     args = parser.parse_args()
     if args.system != "redis-list":
         from bench.jobsystems import run
 
-        return run(args.system, args.entries, args.rounds)
+        return run(args.system, args.entries, args.rounds, args.before, args.process)
     client = redis.Redis.from_url(URL)
     client.flushdb()
     n = args.entries

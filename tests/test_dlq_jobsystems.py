@@ -520,3 +520,148 @@ def test_bullmq_staged_batch_whose_move_was_refused_is_moved_once_before_anythin
     bull_burst(own_redis.url)
     ran = client.lrange(jobfuncs.RAN, 0, -1)
     assert len(ran) == len(set(ran)) == client.zcard("bull:pdf:completed")
+
+
+# -- the quick way through an unfiltered batch (CLAIM, moveJobsToWait on the failed set, RETURN) ----------
+
+def _recording_quick(queue):
+    """The answers of the queue's quick path, batch by batch (the real scripts run; only their answers are noted)."""
+    answers = []
+    real = queue._quick
+
+    def quick(token, n):
+        answers.append(real(token, n))
+        return answers[-1]
+
+    queue._quick = quick
+    return answers
+
+
+def _bull_clean(client, queue):
+    """None of the keys that exist only inside a batch's MULTI/EXEC, nor a staged batch, is left."""
+    return not client.exists(queue.batch_key, queue.claimed_key, queue.moving_key)
+
+
+def test_bullmq_unfiltered_batches_move_straight_from_the_failed_set_when_nothing_changed(own_redis):
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=12)
+    before = client.zrange("bull:pdf:failed", 0, -1)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
+    answers = _recording_quick(queue)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=12, requested_by="t")
+
+    report = queue.run_requeue(task.id, owner="t", batch=5)
+
+    assert answers == [0, 0, 1]                                        # three batches, none staged
+    assert report.outcome == "done" and report.task.moved == report.task.scanned == 12
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before)) and _bull_clean(client, queue)
+    bull_burst(own_redis.url)
+    assert Counter(client.lrange(jobfuncs.RAN, 0, -1)) == Counter(before)
+
+
+def test_bullmq_quick_batch_refuses_ids_json_escapes_and_a_head_that_changed(own_redis):
+    """Ids with a slash or a quote (JSON escapes them) and a job put at the failed set's head after the
+    selection: the quick way refuses those batches, the staged way moves exactly what was selected."""
+    client = own_redis.client()
+    client.set(jobfuncs.BROKEN, 1)
+
+    async def add():
+        library = BullMQQueue("pdf", {"connection": own_redis.url})
+        for index in range(8):
+            job_id = {2: "pdf/2", 3: 'pdf"3'}.get(index, f"plain-{index}")
+            await library.add("render", {"to": f"user{index}@example.com"}, {"jobId": job_id})
+        await library.close()
+
+    asyncio.run(add())
+    bull_burst(own_redis.url)
+    client.delete(jobfuncs.BROKEN)
+    selected = client.zrange("bull:pdf:failed", 0, 6)                   # the oldest 7 of 8
+    newest = client.zrange("bull:pdf:failed", 7, 7)[0]
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
+    answers = _recording_quick(queue)
+    task = queue.start_requeue(Filters(), limit=7, rate=None, matching=7, requested_by="t")
+    oldest = client.zrange("bull:pdf:failed", 0, 0, withscores=True)[0][1]
+
+    report = queue.run_requeue(task.id, owner="t", batch=2)
+    assert report.outcome == "done" and report.task.moved == 7 and "escaped" in answers
+    assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(selected) and _bull_clean(client, queue)
+
+    # Again, with the one left failed moved to the head after the selection: never moved, every batch staged.
+    for job_id in selected:
+        client.lrem("bull:pdf:wait", 0, job_id)
+        client.zadd("bull:pdf:failed", {job_id: oldest})
+    answers.clear()
+    task = queue.start_requeue(Filters(), limit=7, rate=None, matching=7, requested_by="t")
+    client.zadd("bull:pdf:failed", {newest: oldest - 1})
+    report = queue.run_requeue(task.id, owner="t", batch=2)
+    assert report.task.moved == 7 and answers and all(answer in ("changed", "escaped") for answer in answers)
+    assert client.zrange("bull:pdf:failed", 0, -1) == [newest] and _bull_clean(client, queue)
+    assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(selected)
+
+
+def test_bullmq_quick_batch_whose_move_is_refused_leaves_the_failed_set_whole(own_redis):
+    """moveJobsToWait refused inside the quick MULTI/EXEC (here: BullMQ's meta key is not a hash, as it
+    refuses before any write): the failed set is back under its own name, nothing is counted by the quick
+    way, and the staged way then keeps the batch staged and counted; resumed, each job moves once."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=6)
+    before = set(client.zrange("bull:pdf:failed", 0, -1))
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
+    answers = _recording_quick(queue)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    client.rename("bull:pdf:meta", "test:meta")
+    client.set("bull:pdf:meta", "not a hash")
+
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        queue.run_requeue(task.id, owner="t", batch=4)
+    assert answers == ["refused"] and not client.exists(queue.batch_key, queue.claimed_key)
+    staged = set(client.zrange(queue.moving_key, 0, -1))
+    assert len(staged) == 4 and staged | set(client.zrange("bull:pdf:failed", 0, -1)) == before
+    assert int(client.hget(queue.task_key, "moved")) == 4 and client.llen("bull:pdf:wait") == 0
+
+    client.delete("bull:pdf:meta")
+    client.rename("test:meta", "bull:pdf:meta")
+    report = queue.run_requeue(task.id, owner="t", batch=4)
+    assert report.outcome == "done" and report.task.moved == 6
+    waiting = client.lrange("bull:pdf:wait", 0, -1)
+    assert len(waiting) == 6 and set(waiting) == before and _bull_clean(client, queue)
+
+
+def test_bullmq_failed_set_left_under_the_batch_key_is_put_back_first(own_redis):
+    """A failed set split between its own key and the batch key (what a MULTI/EXEC that did not run its
+    last script would leave; Redis never does) is whole again before anything moves, and nothing is lost."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=6)
+    before = client.zrange("bull:pdf:failed", 0, -1, withscores=True)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    client.zadd(queue.batch_key, dict(before[:3]))
+    client.zrem("bull:pdf:failed", *[job_id for job_id, _ in before[:3]])
+
+    report = queue.run_requeue(task.id, owner="t", batch=4)
+
+    assert report.outcome == "done" and report.task.moved == 6
+    assert client.lrange("bull:pdf:wait", 0, -1) == [job_id for job_id, _ in reversed(before)]
+    assert _bull_clean(client, queue) and client.zcard("bull:pdf:failed") == 0
+
+
+def test_bullmq_unfiltered_requeue_killed_between_quick_batches_resumes_exactly(tmp_path, database_url, own_redis):
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url)
+    path = _config(tmp_path, database_url, own_redis.url,
+                   "{name: pdf, backend: bullmq, redis: main, queue: pdf, batch: 1, lease_ttl: 1s}")
+    before = client.zrange("bull:pdf:failed", 0, -1)
+
+    _kill_mid_requeue(path, "dlq requeue pdf --rate 10", client, at_least=3)
+    waiting = client.lrange("bull:pdf:wait", 0, -1)
+    assert 3 <= len(waiting) < 30 and waiting == list(reversed(before[:len(waiting)]))   # oldest first, once each
+    assert set(waiting) | set(client.zrange("bull:pdf:failed", 0, -1)) == set(before)
+    assert int(client.hget("opsbot:dlq:task:pdf", "moved")) == len(waiting)
+    assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:claimed:pdf", "opsbot:dlq:moving:pdf")
+    time.sleep(1.1)
+
+    assert "Requeued" in _run(path, "dlq requeue pdf --rate 10")
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before))
+    bull_burst(own_redis.url)
+    ran = client.lrange(jobfuncs.RAN, 0, -1)
+    assert Counter(ran) == Counter(before) and client.zcard("bull:pdf:completed") == 30

@@ -18,10 +18,13 @@ its own key layout (``QueueKeys``), so BullMQ workers in any language run the jo
 * **unfiltered** (every failure, oldest first, up to ``--limit``): ``moveJobsToWait``, the script
   ``Queue.retryJobs`` runs, with the same effect (``failedReason``/``finishedOn``/``processedOn``
   dropped, attempts kept, LPUSHed to ``wait`` oldest first with the marker and a ``waiting`` event;
-  like ``retryJobs`` it ignores priority and ``lifo``). A batch is one MULTI/EXEC: ``STAGE`` (lease
-  check; the batch's ids still in the failed set with the score they were selected with go to a
-  staging set, counted, dropped from the pending list), then ``moveJobsToWait`` on that staging set.
-  Redis runs it whole or not at all, so no journal is needed.
+  like ``retryJobs`` it ignores priority and ``lifo``). A batch is one MULTI/EXEC, either way whole
+  or not at all, so no journal is needed. Quick (when the failed set's head is the batch, as it is
+  when nothing else touched the failed set): ``CLAIM`` checks that and lends the failed set to
+  ``moveJobsToWait`` under the batch key, ``RETURN`` gives it back and counts (see CLAIM). Staged
+  (otherwise): ``STAGE`` (lease check; the batch's ids still in the failed set with the score they
+  were selected with go to a staging set, counted, dropped from the pending list), then
+  ``moveJobsToWait`` on that staging set.
 * **filtered**: ``reprocessJob`` per job with exactly the arguments ``Job.retry("failed")`` passes
   (priority and ``lifo`` honoured), a pipeline per batch, journaled as :mod:`commands.dlq.jobtask` says.
 
@@ -43,6 +46,7 @@ from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities)
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
+from commands.dlq.redis_list import RequeueReport, Task
 
 __all__ = ["BullQueue"]
 
@@ -55,7 +59,11 @@ FINGERPRINTS = "return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))"
 SELECT = """
 local found = redis.call('ZRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1, 'WITHSCORES')
 local rows = {}
-for i = 1, #found, 2 do rows[#rows + 1] = cjson.encode({found[i], found[i + 1]}) end
+for i = 1, #found, 2 do
+  local id = found[i]
+  if string.find(id, '[%c"\\\\/]') then rows[#rows + 1] = cjson.encode({id, found[i + 1]})
+  else rows[#rows + 1] = '["' .. id .. '","' .. found[i + 1] .. '"]' end  -- what cjson writes, without it
+end
 for i = 1, #rows, 1000 do redis.call('RPUSH', KEYS[2], unpack(rows, i, math.min(i + 999, #rows))) end
 return #rows
 """
@@ -104,6 +112,71 @@ redis.call('HINCRBY', KEYS[2], 'scanned', #ids)
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[3])
 return more()
 """
+# The quick way through a batch of an unfiltered requeue (``_quick``), one MULTI/EXEC of three scripts:
+# CLAIM, BullMQ's own moveJobsToWait, RETURN. moveJobsToWait is given ``batch``, a key that does not exist,
+# as its state key, so it moves nothing unless CLAIM has made it the failed set: CLAIM renames the failed
+# set to ``batch`` (O(1)) only when the next n pending rows are, id for id and score for score, the
+# failed set's first n (what moveJobsToWait takes: ZRANGEBYSCORE 0..every LIMIT 0 n), so exactly the
+# selected jobs move; RETURN renames the rest back before any other client runs and counts the batch
+# only if moveJobsToWait did take them. A CLAIM that finds anything else (lease lost, a job gone, failed
+# again, out of order, an id JSON escapes, a staged or journaled batch) or fails renames nothing: the
+# batch then takes the staged way (STAGE). Redis runs the three whole or not at all.
+#
+# The comparison reads no row as JSON: with no backslash in the rows (no id JSON escapes), the rows
+# joined and '"]["' read as '","' are '["id1","score1","id2",...]' exactly when the failed set's head,
+# joined by '","', is the same ids and scores (each quote is then a separator on both sides).
+# KEYS: lease, task, pending, failed, batch, journal, moving, claimed. ARGV: token, n, every.
+# Returns 'go', or why not ('lease': the lease is lost).
+CLAIM = r"""
+redis.call('DEL', KEYS[8])
+if redis.call('EXISTS', KEYS[5]) == 1 then  -- cannot be (RETURN renames it back), but never lose it
+  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('ZUNIONSTORE', KEYS[4], 2, KEYS[4], KEYS[5]) redis.call('DEL', KEYS[5])
+  else redis.call('RENAME', KEYS[5], KEYS[4]) end
+end
+local function check()
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease' end
+  if redis.call('HGET', KEYS[2], 'bulk') ~= '1' or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
+    return 'task' end
+  if redis.call('EXISTS', KEYS[6], KEYS[7]) > 0 then return 'in flight' end
+  local n = tonumber(ARGV[2])
+  local rows = redis.call('LRANGE', KEYS[3], 0, n - 1)
+  if #rows ~= n then return 'short' end
+  local selected = table.concat(rows)
+  if string.find(selected, '\\', 1, true) then return 'escaped' end
+  local found = redis.call('ZRANGEBYSCORE', KEYS[4], 0, ARGV[3], 'LIMIT', 0, n, 'WITHSCORES')
+  if #found ~= 2 * n then return 'gone' end
+  if string.gsub(selected, '"%]%["', '","') ~= '["' .. table.concat(found, '","') .. '"]' then return 'changed' end
+  return 'go'
+end
+local ok, verdict = pcall(check)
+if ok and verdict == 'go' then
+  redis.call('RENAME', KEYS[4], KEYS[5])
+  redis.call('SET', KEYS[8], ARGV[2])
+  return 'go'
+end
+return ok and verdict or 'error'
+"""
+
+# KEYS: batch, failed, claimed, task, pending. ARGV: now. The failed set's rest back, then (if CLAIM claimed
+# the batch and moveJobsToWait took it: its first job is no longer failed) the batch counted and dropped.
+# Returns 4 claimed but not moved (moveJobsToWait was refused), 3 not claimed, 1 nothing left, 0 more to do.
+RETURN = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[1]) redis.call('DEL', KEYS[1])
+  else redis.call('RENAME', KEYS[1], KEYS[2]) end
+end
+local n = tonumber(redis.call('GET', KEYS[3]))
+if not n then return 3 end
+redis.call('DEL', KEYS[3])
+local first = cjson.decode(redis.call('LINDEX', KEYS[5], 0))[1]
+if redis.call('ZSCORE', KEYS[2], first) then return 4 end
+redis.call('LTRIM', KEYS[5], n, -1)
+redis.call('HINCRBY', KEYS[4], 'moved', n)
+redis.call('HINCRBY', KEYS[4], 'scanned', n)
+redis.call('HSET', KEYS[4], 'updated_at', ARGV[1])
+if redis.call('EXISTS', KEYS[5]) == 0 or redis.call('HGET', KEYS[4], 'status') == 'cancelling' then return 1 end
+return 0
+"""
 EVERY_SCORE = 1.7976931348623157e+308  # moveJobsToWait's timestamp bound, as BullMQ's own promoteJobs passes it
 SELECT_CHUNK = 5000
 FIELDS = ("name", "data", "failedReason", "stacktrace", "atm", "finishedOn", "timestamp")
@@ -131,9 +204,13 @@ class BullQueue(JobRegistryQueue):
         self.failed_key = f"{self.base}:failed"
         self.ready_key = f"{self.base}:wait"
         self.moving_key = f"{prefix}dlq:moving:{self.name}"
+        self.batch_key = f"{prefix}dlq:batch:{self.name}"      # the failed set, for an instant inside a MULTI
+        self.claimed_key = f"{prefix}dlq:claimed:{self.name}"  # CLAIM's answer to RETURN, inside that MULTI
         self.keys = QueueKeys(self.bull_prefix).getKeys(self.queue)
         self._reprocess = self.client.register_script(loadScript(SCRIPT_DEFINITIONS["reprocessJob"]))
-        self._move_jobs = self.client.register_script(loadScript(SCRIPT_DEFINITIONS["moveJobsToWait"]))
+        self._move_jobs_source = loadScript(SCRIPT_DEFINITIONS["moveJobsToWait"])
+        self._move_jobs = self.client.register_script(self._move_jobs_source)
+        self._left: int | None = None  # pending rows left, as this process last counted them
         self._fingerprint = self.client.register_script(FINGERPRINTS)
         self._select_chunk = self.client.register_script(SELECT)
         self._stage = self.client.register_script(STAGE)
@@ -159,9 +236,59 @@ class BullQueue(JobRegistryQueue):
         return selected
 
     def _batch(self, token: str, step: int) -> int:
-        """An unfiltered task's batch: staged and moved by BullMQ's ``moveJobsToWait`` (what ``Queue.retryJobs``
-        runs) in one MULTI/EXEC, so it happens whole or not at all. Any other task's batch (or a batch a crash
-        left journaled) is :meth:`_requeue`'s, through the journal."""
+        """An unfiltered task's batch: moved by BullMQ's ``moveJobsToWait`` (what ``Queue.retryJobs`` runs) in
+        one MULTI/EXEC, so it happens whole or not at all: :meth:`_quick` when the failed set's head is the
+        batch, else staged (:meth:`_staged`). Any other task's batch (or a batch a crash left journaled) is
+        :meth:`_requeue`'s, through the journal."""
+        if self._left is None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hget(self.task_key, "bulk")
+            pipe.llen(self.pending_key)
+            bulk, left = pipe.execute()
+            self._left = left if bulk == b"1" else -1
+        if self._left < 0:                  # a filtered task: through the journal
+            return super()._batch(token, step)
+        n = min(step, self._left)
+        state = self._quick(token, n) if n > 0 else "empty"
+        if isinstance(state, int):
+            self._left -= n
+            return state
+        self._left = None
+        return 2 if state == "lease" else self._staged(token, step)
+
+    def run_requeue(self, task_id: str, **kw: Any) -> RequeueReport:
+        self._left = None
+        return super().run_requeue(task_id, **kw)
+
+    def cancel(self) -> Task | None:
+        self._left = None
+        return super().cancel()
+
+    def _quick(self, token: str, n: int) -> int | str:
+        """CLAIM, moveJobsToWait and RETURN in one MULTI/EXEC (see CLAIM): 0 more to do or 1 nothing left when
+        the batch moved, else why it did not (nothing changed)."""
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.execute_command("EVAL", CLAIM, 8, self.lease_key, self.task_key, self.pending_key, self.failed_key,
+                             self.batch_key, self.journal_key, self.moving_key, self.claimed_key,
+                             token, n, EVERY_SCORE)
+        pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
+                             keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
+                             n, EVERY_SCORE, "failed")
+        pipe.execute_command("EVAL", RETURN, 5, self.batch_key, self.failed_key, self.claimed_key, self.task_key,
+                             self.pending_key, self.clock())
+        claim, _, returned = pipe.execute(raise_on_error=False)
+        if isinstance(returned, Exception):
+            raise returned
+        returned = int(returned)
+        if returned in (0, 1):
+            return returned
+        if returned == 4:
+            return "refused"                # claimed, but moveJobsToWait was refused: nothing moved or counted
+        return claim.decode() if isinstance(claim, bytes) else "error"
+
+    def _staged(self, token: str, step: int) -> int:
+        """A batch through the staging set: STAGE then moveJobsToWait on that set, in one MULTI/EXEC."""
         pipe = self.client.pipeline(transaction=True)
         self._stage(keys=[self.lease_key, self.task_key, self.pending_key, self.failed_key, self.moving_key,
                           self.journal_key], args=[token, step, self.clock()], client=pipe)
