@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the rest is imported where it is used: `opsbot run help` lo
     from bot.core.redact import Redactor
     from bot.runtime.factory import Runtime
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DENIED = 0, 1, 2, 3
 
