@@ -65,6 +65,22 @@ def test_help_loads_no_driver_and_connects_nothing(unreachable, args):
     assert answer["stderr"] == ""
 
 
+# What the groups' commands use when they run, not what they declare: `help` does not load it.
+NOT_FOR_HELP = ("bot.store.logverify", "bot.core.probes", "bot.core.runbooks", "commands.drift.alembic",
+                "commands.drift.prisma", "commands.rollback.plan", "commands.rollback.providers",
+                "commands.rollback.verify", "commands.email.smtp_probe", "commands.alerts.payload")
+
+
+def test_help_loads_the_declarations_not_what_the_commands_run_with(unreachable):
+    probe_text = PROBE.replace(repr(DRIVERS), repr(NOT_FOR_HELP))
+    proc = subprocess.run([sys.executable, "-c", probe_text, "--config", str(unreachable), "run", "help"],
+                          capture_output=True, text=True, timeout=120)
+    answer = json.loads(proc.stdout.splitlines()[-1])
+
+    assert answer["code"] == 0, proc.stderr
+    assert answer["loaded"] == []
+
+
 def test_a_usage_error_is_answered_before_connecting(unreachable):
     answer = probe(unreachable, "run", "dlq requeu jobs")
 
