@@ -1,7 +1,5 @@
 """``python -m bot``: the ``opsbot`` command line."""
 
-import sys
+from bot.runtime.cli import entry
 
-from bot.runtime.cli import main
-
-sys.exit(main())
+entry()

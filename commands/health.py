@@ -9,13 +9,14 @@ from typing import Any
 from bot.core.invocation import BadArgument, CommandError, Invocation
 from bot.core.registry import Arg, Command
 from bot.core.result import Result, Section
-from bot.core.probes import as_dict, check_services, scrape_all
 from bot.core.group import Color, Group, StatusLine
 from pydantic import Field
 
 __all__ = ["COMMANDS", "GROUP"]
 
 def health(inv: Invocation) -> Result:
+    from bot.core.probes import as_dict, check_services, scrape_all  # here: `help` reads only the declarations
+
     services = inv.settings.services
     only = inv.args["service"]
     if only and only not in services:
@@ -87,6 +88,8 @@ def _group_lines(group: Group, inv: Invocation) -> list[StatusLine]:
 
 def status(inv: Invocation) -> Result:
     """Services first, then every group's lines, in the order the groups are installed; read concurrently."""
+    from bot.core.probes import check_services, scrape_all
+
     contributors = [group for group in inv.groups if group.status is not None]
     with ThreadPoolExecutor(max_workers=2 + len(contributors)) as pool:
         checks = pool.submit(check_services, inv.settings.services)

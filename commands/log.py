@@ -6,13 +6,15 @@ next run only hashes what was appended since. ``--full`` hashes every row.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.core.invocation import CommandError, Invocation
-from bot.store.logverify import KINDS, VerifyReport
 from bot.core.registry import Arg, Command
 from bot.core.result import Result, Section
 from bot.core.group import Check, CheckWarning, Color, Group, StatusLine
+
+if TYPE_CHECKING:  # the verifier loads when a check or a command runs: `help` reads only the declarations
+    from bot.store.logverify import VerifyReport
 
 __all__ = ["COMMANDS", "GROUP", "verify_action_log", "summary_line"]
 
@@ -92,6 +94,8 @@ def log_verify(inv: Invocation) -> Result:
         sections.append(Section("Warnings", text="\n".join(f"• {f.text}" for f in warnings[:10])))
     kinds = sorted({f.kind for f in broken + known + warnings if f.kind in _NEXT_STEP})
     if kinds:
+        from bot.store.logverify import KINDS
+
         sections.append(Section("Next steps", text="\n".join(f"• *{k}* ({KINDS[k]}): {_NEXT_STEP[k]}" for k in kinds)))
     head = report.head
     fields = [("rows", f"{report.rows:,}"), ("checked now", f"{report.checked:,} ({report.mode})"),

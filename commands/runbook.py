@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config.settings import Settings
 from bot.core.invocation import BadArgument, CommandError, Invocation
@@ -12,14 +12,18 @@ from bot.core.markup import Mrkdwn, code, escape, link, md
 from bot.core.parser import UsageError, parse
 from bot.core.registry import Arg, Command
 from bot.core.result import Button, Result, Section
-from bot.core.runbooks import RunbookError, RunbookLibrary, UnknownName
 from bot.core.group import Check, Group
+
+if TYPE_CHECKING:  # the library (and its YAML and templates) loads when a runbook is shown: not for `help`
+    from bot.core.runbooks import RunbookLibrary
 
 __all__ = ["COMMANDS", "GROUP", "library_for"]
 
 
 def library_for(settings: Settings) -> RunbookLibrary:
     """The runbook library with app.yaml values available to its templates."""
+    from bot.core.runbooks import RunbookLibrary
+
     context: dict[str, Any] = {
         "incident_channel": settings.slack.incident_channel,
         "command": settings.slack.command,
@@ -32,6 +36,8 @@ def library_for(settings: Settings) -> RunbookLibrary:
 
 
 def show_runbook(inv: Invocation) -> Result:
+    from bot.core.runbooks import RunbookError, UnknownName
+
     library = library_for(inv.settings)
     name = inv.args["name"]
     try:

@@ -65,6 +65,22 @@ def test_help_loads_no_driver_and_connects_nothing(unreachable, args):
     assert answer["stderr"] == ""
 
 
+# What the groups' commands use when they run, not what they declare: `help` does not load it.
+NOT_FOR_HELP = ("bot.store.logverify", "bot.core.probes", "bot.core.runbooks", "commands.drift.alembic",
+                "commands.drift.prisma", "commands.rollback.plan", "commands.rollback.providers",
+                "commands.rollback.verify", "commands.email.smtp_probe", "commands.alerts.payload")
+
+
+def test_help_loads_the_declarations_not_what_the_commands_run_with(unreachable):
+    probe_text = PROBE.replace(repr(DRIVERS), repr(NOT_FOR_HELP))
+    proc = subprocess.run([sys.executable, "-c", probe_text, "--config", str(unreachable), "run", "help"],
+                          capture_output=True, text=True, timeout=120)
+    answer = json.loads(proc.stdout.splitlines()[-1])
+
+    assert answer["code"] == 0, proc.stderr
+    assert answer["loaded"] == []
+
+
 def test_a_usage_error_is_answered_before_connecting(unreachable):
     answer = probe(unreachable, "run", "dlq requeu jobs")
 
@@ -121,3 +137,65 @@ def test_a_redis_url_answered_without_redis_py_is_one_redis_py_parses(url):
 
     assert urls.redis_url_problem(url) is None
     parse_url(url)  # raises if redis-py refuses it
+
+
+# main() in a fresh interpreter: the collector's passes until main() first turns it on again, and its state after.
+GC_PROBE = """
+import contextlib, gc, io, json, sys
+import bot.runtime.cli as cli
+passes = lambda: sum(generation["collections"] for generation in gc.get_stats())
+first = []
+
+
+class Collector:  # the gc module as cli sees it, noting when start-up turns collection back on
+    def __getattr__(self, name):
+        return getattr(gc, name)
+
+    def enable(self):
+        first.append((passes(), sys._getframe(1).f_code.co_name)) if not first else None
+        gc.enable()
+
+
+cli.gc = Collector()
+before = passes()
+with contextlib.redirect_stdout(io.StringIO()):
+    code = cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "passes": first[0][0] - before, "on_in": first[0][1], "enabled": gc.isenabled(),
+                  "frozen": gc.get_freeze_count()}))
+"""
+
+
+def gc_probe(config, *args) -> dict:
+    proc = subprocess.run([sys.executable, "-c", GC_PROBE, "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TEST_SLACK_BOT_TOKEN": BOT_TOKEN})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [["help"], ["--json", "help dlq requeue"], ["dlq requeu jobs"]])
+def test_what_the_declarations_answer_runs_without_collecting_garbage(unreachable, args):
+    """Start-up only makes objects that live on: help and usage errors never collect, and main() gives the
+    collector back as it found it (on, nothing left frozen) to a caller in the same process."""
+    answer = gc_probe(unreachable, "run", *args)
+
+    assert answer["passes"] == 0 and answer["on_in"] == "main"  # on again only as main() returns
+    assert answer["enabled"] and answer["frozen"] == 0
+
+
+def test_a_command_that_runs_collects_garbage_again(config_path):
+    """The collector is back on once start-up is over: a long command (or a server) does not grow unbounded."""
+    answer = gc_probe(config_path, "run", "--json", "dlq status")
+
+    assert answer["code"] == 0 and answer["on_in"] == "_started"  # before the command ran
+    assert answer["enabled"] and answer["frozen"] == 0
+
+
+def test_the_process_entry_exits_with_mains_code(unreachable):
+    """``python -m bot`` (and the console script) go through entry(): main's exit code, its output intact."""
+    ok = subprocess.run([sys.executable, "-m", "bot", "--config", str(unreachable), "run", "help"],
+                        capture_output=True, text=True, timeout=120)
+    usage = subprocess.run([sys.executable, "-m", "bot", "--config", str(unreachable), "run", "dlq requeu jobs"],
+                           capture_output=True, text=True, timeout=120)
+
+    assert ok.returncode == 0 and "/ops:" in ok.stdout and ok.stderr == ""
+    assert usage.returncode == 2 and "'requeu' is not one of them" in usage.stderr

@@ -18,7 +18,6 @@ from bot.core.invocation import BadArgument, Invocation
 from bot.core.markup import md
 from bot.core.registry import Arg, Command, Guard, duration, lazy
 from bot.core.result import Button, Result, Section
-from commands.alerts.payload import malformed
 from commands.alerts.settings import AlertSettings
 from commands.alerts.state import AlertGroups
 
@@ -111,6 +110,13 @@ def validate(settings: Any) -> None:
                              f" ({', '.join(severities)})")
 
 
+def _malformed(body: dict) -> str | None:
+    """:func:`commands.alerts.payload.malformed`, loaded with the first webhook: `help` reads only the declarations."""
+    from commands.alerts.payload import malformed
+
+    return malformed(body)
+
+
 GROUP = Group(
     "alerts",
     commands=COMMANDS,
@@ -119,5 +125,5 @@ GROUP = Group(
     services=_services,
     checks=checks,
     webhooks=(Webhook("/alerts", credentials=credentials, handle=receive,
-                      max_bytes=lambda settings: settings.alerts.max_body, check=malformed),),
+                      max_bytes=lambda settings: settings.alerts.max_body, check=_malformed),),
 )

@@ -77,10 +77,12 @@ class Layout:
     def positions(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(self.names)}
 
-    def text_of(self, name: str) -> sql.Composable:
+    def text_of(self, name: str, value: sql.Composable | None = None) -> sql.Composable:
+        """The text the walk reads for a field: of its column, or of ``value`` (an expression of the column's type)."""
         from psycopg import sql
 
-        column = sql.Identifier(getattr(self.settings.columns, name))
+        column = sql.Identifier(getattr(self.settings.columns, name)) if value is None else \
+            sql.SQL("({})").format(value)
         if name != "created":
             return sql.SQL("{}::text").format(column)
         utc = sql.SQL("({} AT TIME ZONE 'UTC')").format(column) if self.created_has_zone else column

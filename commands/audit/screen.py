@@ -160,17 +160,21 @@ class Screen:
         tenant_col, hash_col, prev_col = (layout.column(name) for name in ("tenant", "hash", "prev_hash"))
         order = sql.SQL("PARTITION BY {t} ORDER BY {c}, {i}").format(
             t=tenant_col, c=sql.Identifier(cols.created), i=sql.Identifier(cols.id))
+        # The head's id and createdAt travel as they are and become text once per tenant, not once per row
+        # (to_char on every row cost this pass a fifth of its time).
+        head_id, head_created = (layout.text_of(name, sql.SQL("(array_agg({}) FILTER (WHERE last))[1]").format(
+            sql.Identifier(name))) for name in ("id", "created"))
         return sql.SQL("""
             SELECT t, count(*), count(*) FILTER (WHERE prev IS DISTINCT FROM before),
-                   max(id) FILTER (WHERE last), max(created) FILTER (WHERE last), max(stored) FILTER (WHERE last)
+                   {head_id}, {head_created}, max(stored) FILTER (WHERE last)
             FROM (SELECT {tenant}::text AS t, {hash}::text AS stored, {prev}::text AS prev,
                          lag({hash}::text) OVER w AS before, lead(true) OVER w IS NULL AS last,
                          {id} AS id, {created} AS created
                   FROM {table} WHERE {where} WINDOW w AS ({order})) AS rows
             GROUP BY t ORDER BY t""").format(
-            tenant=tenant_col, hash=hash_col, prev=prev_col, id=layout.text_of("id"),
-            created=layout.text_of("created"), table=sql.Identifier(self.settings.table), where=self._where(tenant),
-            order=order)
+            head_id=head_id, head_created=head_created, tenant=tenant_col, hash=hash_col, prev=prev_col,
+            id=layout.column("id"), created=layout.column("created"), table=sql.Identifier(self.settings.table),
+            where=self._where(tenant), order=order)
 
 
 def _export_snapshot(conn) -> str | None:

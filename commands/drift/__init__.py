@@ -20,7 +20,6 @@ from bot.core.httpretry import request
 from bot.core.invocation import BadArgument, CommandError, Invocation
 from bot.core.registry import Arg, Command
 from bot.core.result import Result, Section
-from commands.drift import alembic, prisma
 from commands.drift.model import DriftReport, Item
 from bot.core.group import Color, Group, StatusLine
 
@@ -53,11 +52,16 @@ def _folder(settings: Settings, source: MigrationSource) -> Path:
     return folder
 
 
-# Per tool: the expected list from JSON, from a folder; the applied side; the comparison.
-TOOLS = {
-    "prisma": (prisma.expected_from_json, prisma.expected_from_folder, prisma.applied_rows, prisma.compare),
-    "alembic": (alembic.graph_from_json, alembic.graph_from_folder, alembic.current_versions, alembic.compare),
-}
+def _tool(name: str) -> tuple:
+    """Per tool: the expected list from JSON, from a folder; the applied side; the comparison (loaded when a check
+    runs: `help` reads only the declarations)."""
+    if name == "prisma":
+        from commands.drift import prisma
+
+        return prisma.expected_from_json, prisma.expected_from_folder, prisma.applied_rows, prisma.compare
+    from commands.drift import alembic
+
+    return alembic.graph_from_json, alembic.graph_from_folder, alembic.current_versions, alembic.compare
 
 
 def check_database(settings: Settings, targets, name: str) -> DriftReport:
@@ -65,7 +69,7 @@ def check_database(settings: Settings, targets, name: str) -> DriftReport:
 
     source = settings.databases[name].migrations
     assert source is not None
-    from_json, from_folder, applied, compare = TOOLS[source.tool]
+    from_json, from_folder, applied, compare = _tool(source.tool)
     table = source.table or DEFAULT_TABLE[source.tool]
     relation = sql.Identifier(source.db_schema, table) if source.db_schema else sql.Identifier(table)
     try:

@@ -17,7 +17,6 @@ from bot.core.durations import format_duration
 from bot.core.invocation import Invocation
 from bot.core.registry import Arg, Command, Guard, duration, positive_int
 from bot.core.result import Plan, Result, Section
-from commands.email.smtp_probe import probe
 from pydantic import Field
 from bot.core.group import Color, Group, StatusLine
 
@@ -134,7 +133,11 @@ def triage(inv: Invocation) -> Result:
         today = _today_per_tenant(conn, names, tenant)
     now = time.time()
     dry_run, dry_source = _dry_run(email)
-    smtp = probe(email.smtp) if email.smtp.host else None
+    smtp = None
+    if email.smtp.host:
+        from commands.email.smtp_probe import probe  # here: `help` reads only the declarations
+
+        smtp = probe(email.smtp)
 
     stuck_total = sum(row[2] for row in stuck)
     failed_total = sum(row[1] for row in failures)

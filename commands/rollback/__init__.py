@@ -11,18 +11,19 @@ rate and queue depth for ``rollback.verify_window``, posting progress.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from bot.core.durations import format_duration
 from bot.core.invocation import BadArgument, CommandError, Invocation
-from bot.core.probes import check_services, scrape_all
 from bot.core.registry import Arg, Command, Guard
 from bot.core.result import Plan, Result, Section, fingerprint_of
 from commands.drift import check_database
-from commands.rollback.plan import Choice, Trigger, choose_target, rollback_triggers
-from commands.rollback.providers import Deploy, provider_for
-from commands.rollback.verify import follow_deploy, watch
 from bot.core.group import Group
 from commands.rollback.settings import DeploySettings, RollbackSettings
+
+if TYPE_CHECKING:  # the planning, the providers and the watch load when a rollback runs: `help` reads the declarations
+    from commands.rollback.plan import Choice, Trigger
+    from commands.rollback.providers import Deploy
 
 __all__ = ["COMMANDS", "GROUP"]
 
@@ -55,6 +56,10 @@ def _deploy_line(deploy: Deploy) -> str:
 
 
 def plan_rollback(inv: Invocation) -> Plan:
+    from bot.core.probes import check_services, scrape_all
+    from commands.rollback.plan import choose_target, rollback_triggers
+    from commands.rollback.providers import provider_for
+
     name = inv.args["service"]
     service = _service(inv, name)
     provider = provider_for(service.deploy)
@@ -106,6 +111,9 @@ def _plan(inv: Invocation, name: str, choice: Choice, triggers: list[Trigger], s
 
 
 def execute_rollback(inv: Invocation, plan: Plan) -> Result:
+    from commands.rollback.providers import provider_for
+    from commands.rollback.verify import follow_deploy, watch
+
     name = plan.data["service"]
     service = inv.settings.services[name]
     target = plan.data["target"]["id"]
