@@ -285,7 +285,7 @@ class RedisListQueue(Refusing):
         def step(token: str, size: int) -> int:
             if not here:
                 text = self.client.hget(self.task_key, "filter_lua")
-                here.append(self.moves_here and text is not None and self._lua_filter(text.decode()).cheap)
+                here.append(self.moves_here and text is not None and LuaFilter.of(text.decode()).cheap)
             if here[0]:  # decided here, written with MULTI/EXEC; None: the Lua batch's turn
                 state = move_batch(self.client, keys, token, size, decider=self._lua_filter, clock=self.clock)
                 if state is not None:
