@@ -97,23 +97,26 @@ class LuaFilter:
 
     def decide(self, raw: bytes) -> dict[str, Any] | None:
         """The entry decoded (with the queue's fields where they point) if it matches, else None."""
-        document = _decode(raw)
+        document, partial = read_object(raw)
         if document is None:
             return None
+        if partial:
+            document = _exact(raw, document)
+        get = document.get if not self.paths else lambda name: self.field(document, name)
         if self.type is not None:
-            value = self.field(document, "type")
-            if not isinstance(value, str) or (value != self.type_text and _bytes(value) != self.type):
+            value = get("type")
+            if value != self.type_text and (not isinstance(value, str) or _bytes(value) != self.type):
                 return None
         if self.error is not None:
-            value = self.field(document, "error")
+            value = get("error")
             if not isinstance(value, str) or self.error not in _bytes(value).lower():
                 return None
         if self.ids is not None:
-            ident = id_text(self.field(document, "id"))
+            ident = id_text(get("id"))
             if ident is None or _bytes(ident) not in self.ids:
                 return None
         if self.before is not None:
-            seconds = epoch(self.field(document, "failedAt"))
+            seconds = epoch(get("failedAt"))
             if seconds is None or seconds >= self.before:
                 return None
         return document
@@ -145,12 +148,9 @@ def lua_text(value: str, limit: int | None = None) -> str:
     return _bytes(value)[:limit].decode("utf-8", "replace")
 
 
-def _decode(raw: bytes) -> dict[str, Any] | None:
-    """``decode`` of the Lua side: only a JSON object cjson reads (DeadEntry.parse decides which), its
-    strings holding the entry's own bytes even where they are not UTF-8."""
-    document, partial = read_object(raw)
-    if not partial:
-        return document
+def _exact(raw: bytes, document: dict[str, Any]) -> dict[str, Any]:
+    """A partial entry (not UTF-8) as the Lua side decodes it: its strings hold the entry's own bytes
+    (``_bytes`` gives them back), not the replacement characters DeadEntry shows."""
     try:
         exact = json.loads(raw.decode("utf-8", "surrogateescape"), strict=False)
     except (ValueError, RecursionError):
