@@ -125,13 +125,14 @@ def fold_items(summary: ScanSummary, here: LuaFilter, items: list[bytes], sample
     oldest = newest = None
     picked: list[bytes] = []
     for index, document in here.select(items):
-        kind, error = here.field(document, "type"), here.field(document, "error")
+        get = document.get if not here.paths else lambda name: here.field(document, name)
+        kind, error = get("type"), get("error")
         # Group keys as the script's JSON reply gives them: its bytes, the error's first 120 of them.
         key = lua_text(kind) if isinstance(kind, str) else "(none)"
         types[key] = types.get(key, 0) + 1
         key = lua_text(error, GROUP_KEY_CHARS) if isinstance(error, str) else "(none)"
         errors[key] = errors.get(key, 0) + 1
-        seconds = epoch(here.field(document, "failedAt"))
+        seconds = epoch(get("failedAt"))
         if seconds is not None:
             oldest = seconds if oldest is None or seconds < oldest else oldest
             newest = seconds if newest is None or seconds > newest else newest
