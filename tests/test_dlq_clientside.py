@@ -226,22 +226,22 @@ class Killed(BaseException):
 def test_killed_in_a_batch_decided_here_then_resumed_loses_and_duplicates_nothing(redis_client, monkeypatch, where):
     entries = [dead_letter(i, now=NOW) for i in range(3000)]
     (queue, task_id), _ = _twins(redis_client, entries, Filters(type="sync_crm"), None)
-    real_move = listmove.move_batch
+    real_step = listmove.ListMover.step
     calls = {"n": 0}
 
     def dying_decider(text):
         raise Killed(where)
 
-    def move(*args, **kw):
+    def step(mover, token, size):
         calls["n"] += 1
         if where == "between WATCH and EXEC" and calls["n"] == 3:
-            return real_move(*args, **{**kw, "decider": dying_decider})
-        state = real_move(*args, **kw)
+            mover.decider = dying_decider
+        state = real_step(mover, token, size)
         if where == "right after EXEC" and calls["n"] == 3:
             raise Killed(where)
         return state
 
-    monkeypatch.setattr("commands.dlq.redis_list.move_batch", move)
+    monkeypatch.setattr(listmove.ListMover, "step", step)
     with pytest.raises(Killed):
         queue.run_requeue(task_id, owner="a", batch=500)
     task = queue.task()
@@ -250,7 +250,7 @@ def test_killed_in_a_batch_decided_here_then_resumed_loses_and_duplicates_nothin
     assert Counter(redis_client.lrange(queue.settings.dead, 0, -1) + redis_client.lrange(queue.settings.ready, 0, -1)
                    + redis_client.lrange(queue.held_key(task_id), 0, -1)) == Counter(entries)
     redis_client.delete(queue.lease_key)  # the dead process's lease, expired
-    monkeypatch.setattr("commands.dlq.redis_list.move_batch", real_move)
+    monkeypatch.setattr(listmove.ListMover, "step", real_step)
     report = queue.run_requeue(task_id, owner="b", batch=500)
     assert report.outcome == "done"
     matches = [e for e in entries if b'"sync_crm"' in e]

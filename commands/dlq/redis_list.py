@@ -40,7 +40,7 @@ from commands.dlq.clientfilter import LuaFilter
 from commands.dlq.driver import drive_requeue
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
-from commands.dlq.listmove import move_batch
+from commands.dlq.listmove import ListMover
 from commands.dlq.listscan import GROUP_KEY_CHARS, fold_reply, split_scan
 from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
 
@@ -281,20 +281,22 @@ class RedisListQueue(Refusing):
         keys = [self.settings.dead, self.settings.ready, self.held_key(task_id), self.task_key, self.lease_key]
 
         here: list[bool] = []  # whether batches are decided here: asked at the first (the task exists by then)
+        mover = ListMover(self.client, keys, decider=self._lua_filter, clock=self.clock)
 
         def step(token: str, size: int) -> int:
             if not here:
                 text = self.client.hget(self.task_key, "filter_lua")
                 here.append(self.moves_here and text is not None and LuaFilter.of(text.decode()).cheap)
             if here[0]:  # decided here, written with MULTI/EXEC; None: the Lua batch's turn
-                state = move_batch(self.client, keys, token, size, decider=self._lua_filter, clock=self.clock)
+                state = mover.step(token, size)
                 if state is not None:
                     return state
             return self._batch(keys=keys, args=[size, token, self.clock()])[2]
 
-        outcome, seconds, first_moved = drive_requeue(
-            self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl, should_stop=should_stop,
-            before=before, step=step, finish=lambda token: self._finish(task_id))
+        with mover:
+            outcome, seconds, first_moved = drive_requeue(
+                self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl,
+                should_stop=should_stop, before=before, step=step, finish=lambda token: self._finish(task_id))
         return RequeueReport(self.task(), outcome, seconds, first_moved)
 
     def _lua_filter(self, text: str) -> LuaFilter:
