@@ -257,3 +257,15 @@ def test_killed_in_a_batch_decided_here_then_resumed_loses_and_duplicates_nothin
     assert oldest_first(redis_client, queue.settings.ready) == matches
     assert oldest_first(redis_client, queue.settings.dead) == [e for e in entries if e not in matches]
     assert not redis_client.exists(queue.held_key(task_id))
+
+
+@pytest.mark.parametrize("filters,limit", [(Filters(type="send_email"), None), (Filters(error="boom"), 4),
+                                           (Filters(ids=("h", "esc", "job-3", "job-30")), None)])
+def test_a_whole_run_on_one_chained_connection_ends_as_the_lua_run_ends(redis_client, filters, limit):
+    (here, task_id), (there, _) = _twins(redis_client, _entries(), filters, limit)
+    there.moves_here = False
+    for queue in (here, there):
+        report = queue.run_requeue(task_id, owner="t", batch=7)
+        assert report.outcome == "done"
+    assert here.moves_here and _state(redis_client, here, task_id) == _state(redis_client, there, task_id)
+    assert redis_client.llen(here.settings.ready) == (limit or redis_client.llen(there.settings.ready)) > 0
