@@ -1,21 +1,25 @@
-"""One batch of a filtered requeue decided in the bot and written in one transaction: no Lua, no entry in Lua.
+"""The batches of a filtered requeue decided in the bot and written in one transaction each: no entry in Lua.
 
-Usage (a step of ``RedisListQueue.run_requeue``; None means "let REQUEUE_BATCH do this batch")::
+Usage (the steps of ``RedisListQueue.run_requeue``; None means "let REQUEUE_BATCH do this batch")::
 
-    state = move_batch(client, keys, token, size, decider=LuaFilter.of, clock=time.time)
+    with ListMover(client, keys, decider=LuaFilter.of, clock=time.time) as mover:
+        state = mover.step(token, size)          # 0 more to do, 1 finished, None
+    move_batch(client, keys, token, size, decider=LuaFilter.of, clock=time.time)   # one batch, one-off
 
-Under ``WATCH dead task lease`` it reads the lease, the task and the dead list's ``size`` oldest
-entries (``LRANGE``), in one round trip, decides them with :class:`~commands.dlq.clientfilter.LuaFilter` (the Lua filter's
-rules), then ``MULTI``: ``LTRIM`` them off the dead list, ``LPUSH`` the matches to the ready list
-and the rest to the held list (oldest first, as REQUEUE_BATCH pushes them), count them in the task,
-``EXEC``. Redis runs only C commands, and the lists and counters end exactly as REQUEUE_BATCH
-would leave them. Killed before ``EXEC`` nothing was written; ``EXEC`` is atomic.
+Under ``WATCH dead task lease`` a batch reads the lease, the task and the dead list's ``size``
+oldest entries (``LRANGE``), decides them with :class:`~commands.dlq.clientfilter.LuaFilter`
+(the Lua filter's rules), then ``MULTI``: ``LTRIM`` them off the dead list, ``LPUSH`` the matches
+to the ready list and the rest to the held list (oldest first, as REQUEUE_BATCH pushes them),
+count them in the task, ``EXEC``. Redis runs only C commands, and the lists and counters end
+exactly as REQUEUE_BATCH would leave them. Killed before ``EXEC`` nothing was written; ``EXEC``
+is atomic. A mover keeps one connection for the run and sends each ``EXEC`` together with the
+next batch's ``WATCH`` and reads, so a batch costs one round trip.
 
-It returns None, having written nothing, whenever REQUEUE_BATCH should decide instead: the
+A step returns None, having written nothing, whenever REQUEUE_BATCH should decide instead: the
 lease is not the caller's, the task is not running, its limit is reached, the list is empty, the
 filter has no byte pre-check (``LuaFilter.cheap``), a watched key changed before ``EXEC`` (a
-producer pushed a dead letter, someone cancelled), or Redis refused a command. The Lua batch
-that runs then always makes progress and stays the reference.
+producer pushed a dead letter, someone cancelled, the lease was renewed), or Redis refused a
+command. The Lua batch that runs then always makes progress and stays the reference.
 """
 
 from __future__ import annotations
