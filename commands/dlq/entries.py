@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeadEntry", "Filters", "parse_time", "id_text", "safe_text"]
+__all__ = ["DeadEntry", "Filters", "parse_time", "id_text", "safe_text", "read_object"]
 
 EXACT_INTEGERS = 2 ** 53
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if chr(c) not in "\n\t"} | {127: "\\x7f"}
@@ -32,6 +32,7 @@ _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+_JSON = json.JSONDecoder(strict=False)  # control characters in strings, as Lua's cjson
 
 
 def _too_deep(raw: bytes) -> bool:
@@ -74,6 +75,8 @@ def parse_time(value: Any) -> float | None:
 _ISO = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})")
 _FRACTION = re.compile(r"[0-9]+-[0-9]+-[0-9]+[T ][0-9]+:[0-9]+:[0-9]+(\.[0-9]+)")
 _OFFSET = re.compile(r"([+-])([0-9]{2}):?([0-9]{2})\Z")
+# The usual shape (no offset), read in one match: the same seconds as the general reading below.
+_PLAIN = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?Z?\Z")
 
 
 def _days_from_civil(y: int, m: int, d: int) -> int:
@@ -87,6 +90,11 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
 def _iso_seconds(text: str) -> float | None:
     """ISO-8601 read exactly as the Lua filter reads it (to_epoch in commands.dlq.lua), so that
     ``--older-than`` selects the same entries in Redis as here."""
+    plain = _PLAIN.match(text)
+    if plain:
+        y, mo, d, h, mi, sec, fraction = plain.groups()
+        seconds = float(_days_from_civil(int(y), int(mo), int(d)) * 86400 + int(h) * 3600 + int(mi) * 60 + int(sec))
+        return seconds + float("0" + fraction) if fraction else seconds
     found = _ISO.match(text)
     if not found:
         return None
@@ -135,6 +143,23 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+def read_object(raw: bytes) -> tuple[dict[str, Any] | None, bool]:
+    """The JSON object an entry holds (None: opaque), and whether it was decoded with invalid UTF-8 replaced."""
+    if not raw.lstrip()[:1] == b"{" or b"\x00" in raw or _too_deep(raw):  # cjson reads none of these
+        return None, False
+    try:
+        text, partial = raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, partial = raw.decode("utf-8", "replace"), True
+    try:
+        document = _JSON.decode(text)  # json.loads(text, strict=False) without a decoder per entry
+    except (ValueError, RecursionError):
+        return None, False
+    if not isinstance(document, dict) or (_SURROGATE.search(raw) and _lone_surrogate(document)):
+        return None, False
+    return document, partial
+
+
 @dataclass(frozen=True)
 class DeadEntry:
     raw: bytes
@@ -145,17 +170,8 @@ class DeadEntry:
     def parse(cls, raw: bytes, fields: dict[str, str] | None = None) -> "DeadEntry":
         """Never raises: anything that is not a readable JSON object is opaque. ``fields`` maps
         id/type/attempts/error/failedAt to a dotted path in the entry (``{"type": "headers.task"}``)."""
-        if not raw.lstrip()[:1] == b"{" or b"\x00" in raw or _too_deep(raw):  # cjson reads none of these
-            return cls(raw, None)
-        try:
-            text, partial = raw.decode("utf-8"), False
-        except UnicodeDecodeError:
-            text, partial = raw.decode("utf-8", "replace"), True
-        try:
-            document = json.loads(text, strict=False)  # control characters in strings, as Lua's cjson
-        except (ValueError, RecursionError):
-            return cls(raw, None)
-        if not isinstance(document, dict) or (_SURROGATE.search(raw) and _lone_surrogate(document)):
+        document, partial = read_object(raw)
+        if document is None:
             return cls(raw, None)
         if fields:
             document = {**document, **{name: _at(document, path) for name, path in fields.items()}}

@@ -13,9 +13,12 @@ and opsbot's own keys for it carry that tag (:mod:`commands.dlq.keys`); a queue 
 hash to different slots is refused when it is opened.
 
 Producers ``LPUSH`` onto the ready list and workers take from the right; dead letters
-are ``LPUSH``ed onto the dead list, so its oldest entry is at the right end. All moves
-happen in Lua scripts (:mod:`commands.dlq.lua`), a bounded batch per call; the task
-state (status, filter, counters) lives in Redis next to the lists it describes.
+are ``LPUSH``ed onto the dead list, so its oldest entry is at the right end. Moves happen
+a bounded batch per call, each atomic: in Lua scripts (:mod:`commands.dlq.lua`), or, for a
+filter with a byte pre-check (``--type``, ``--error``, ``--id``), decided in the bot and written
+in one MULTI/EXEC (:mod:`commands.dlq.listmove`), falling back to the script. A filtered scan
+is shared the same way (:mod:`commands.dlq.listscan`). The task state (status, filter,
+counters) lives in Redis next to the lists it describes.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from typing import Any, ClassVar, TYPE_CHECKING
 from commands.dlq.keys import QueueKeys
 from commands.dlq.settings import QueueSettings
 from bot.core.invocation import CommandError
-from commands.dlq import lua
+from commands.dlq import listmove, lua
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities, Depth,
                                   Refusing, ScanSummary, spread)
+from commands.dlq.clientfilter import LuaFilter
 from commands.dlq.driver import drive_requeue
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.lease import Holder, LeaseBusy, QueueLease
+from commands.dlq.listmove import ListMover
+from commands.dlq.listscan import GROUP_KEY_CHARS, fold_reply, split_scan
 from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
 
 if TYPE_CHECKING:
@@ -45,7 +51,6 @@ __all__ = ["RedisListQueue", "Depth", "ScanSummary", "Task", "RequeueReport"]
 
 SCAN_CHUNK = 1000
 MERGE_CHUNK = 10000  # held entries put back per call (a few ms of Redis's time)
-GROUP_KEY_CHARS = 120
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,9 @@ class RedisListQueue(Refusing):
         self._restore = client.register_script(lua.RESTORE)
         self._merge = client.register_script(lua.MERGE)
         self.lease = QueueLease(client, self.lease_key, self.name)
+        # A requeue batch decided here needs WATCH/MULTI on a connection of its own: not on a cluster client.
+        self.moves_here = listmove.available(client)
+        self._decider: tuple[str, LuaFilter] | None = None
 
     def held_key(self, task_id: str) -> str:
         return self.keys.held(task_id)
@@ -199,6 +207,10 @@ class RedisListQueue(Refusing):
         self.check_types()
         lua_filter = filters.to_lua(now or self.clock(), self.settings.fields)
         summary = ScanSummary(total=self.client.llen(self.settings.dead))
+        here = LuaFilter.of(lua_filter)
+        if here.cheap and listmove.reads_fast():  # read with LRANGE and counted here, Redis counting part of it
+            return split_scan(self.client, self.settings.dead, lua_filter, here, summary, chunk=chunk,
+                              samples=samples, fields=self.settings.fields)
         offset = 0
         while offset < summary.total:
             scanned = self._scan_run(summary, lua_filter, offset, chunk, samples)
@@ -219,11 +231,7 @@ class RedisListQueue(Refusing):
     def _scan_run(self, summary: ScanSummary, lua_filter: str, offset: int, count: int, samples: int) -> int:
         """Fold the ``count`` entries ``offset`` from the oldest end into ``summary``; how many there were."""
         reply = self._scan(keys=[self.settings.dead], args=[lua_filter, offset, count, samples, GROUP_KEY_CHARS])
-        # Group keys are entry bytes: they need not be UTF-8 (a poisoned entry must not stop the scan).
-        stats = json.loads(reply[0].decode("utf-8", "replace"))
-        if stats["scanned"]:
-            summary.add(stats, reply[1:], samples, self.settings.fields)
-        return stats["scanned"]
+        return fold_reply(summary, reply, samples, self.settings.fields)
 
     def task(self) -> Task | None:
         data = self.client.hgetall(self.task_key)
@@ -271,11 +279,30 @@ class RedisListQueue(Refusing):
         ``before()`` runs once the queue's lease is held, before the task is read: it may
         record the task (``start_requeue``), so that nothing is recorded while a trim runs."""
         keys = [self.settings.dead, self.settings.ready, self.held_key(task_id), self.task_key, self.lease_key]
-        outcome, seconds, first_moved = drive_requeue(
-            self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl, should_stop=should_stop,
-            before=before, step=lambda token, size: self._batch(keys=keys, args=[size, token, self.clock()])[2],
-            finish=lambda token: self._finish(task_id))
+
+        here: list[bool] = []  # whether batches are decided here: asked at the first (the task exists by then)
+        mover = ListMover(self.client, keys, decider=self._lua_filter, clock=self.clock)
+
+        def step(token: str, size: int) -> int:
+            if not here:
+                text = self.client.hget(self.task_key, "filter_lua")
+                here.append(self.moves_here and text is not None and LuaFilter.of(text.decode()).cheap)
+            if here[0]:  # decided here, written with MULTI/EXEC; None: the Lua batch's turn
+                state = mover.step(token, size)
+                if state is not None:
+                    return state
+            return self._batch(keys=keys, args=[size, token, self.clock()])[2]
+
+        with mover:
+            outcome, seconds, first_moved = drive_requeue(
+                self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl,
+                should_stop=should_stop, before=before, step=step, finish=lambda token: self._finish(task_id))
         return RequeueReport(self.task(), outcome, seconds, first_moved)
+
+    def _lua_filter(self, text: str) -> LuaFilter:
+        if self._decider is None or self._decider[0] != text:
+            self._decider = (text, LuaFilter.of(text))
+        return self._decider[1]
 
     def _finish(self, task_id: str) -> str:
         """Put the held entries back in order and close the task; returns done or cancelled."""
