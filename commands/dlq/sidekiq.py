@@ -361,6 +361,6 @@ class SidekiqTrim(QueueTrim):
     def _oldest(self, n: int, skip: int = 0) -> list[bytes]:
         return self.client.zrange(self.queue.set_key, skip, skip + n - 1)
 
-    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], digest: str) -> int:
+    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], ordinal: int) -> int:
         return self.queue._trim_remove(keys=[self.queue.set_key, self.key, self.lease.key],
                                        args=[token, task_id, *oldest_first])

@@ -24,14 +24,11 @@ same time.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any
 
 import redis
@@ -44,6 +41,7 @@ __all__ = ["QueueTrim", "TrimTask", "TrimReport"]
 
 CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
 BATCH_BYTES = 8 * 2 ** 20   # a chunk larger than this makes the next ones smaller (two are in flight)
+PART_BYTES = 4 * 2 ** 20    # one compare-and-remove sends at most this many entry bytes back (or one entry)
 PROGRESS_EVERY = 0.5
 WARM_UP = 5_000             # a trim's first entries go one batch per chunk, at the pace of a small trim
 
@@ -85,12 +83,29 @@ class TrimReport:
     abandoned: str | None = None
 
 
-def _digest(oldest_first: list[bytes]) -> str:
-    """What TRIM_POP compares: sha1 of the entries, oldest first, each as <length>:<bytes>."""
-    return hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
+def _proof(oldest_first: list[bytes]) -> tuple[str, bytes]:
+    """What TRIM_POP compares the oldest entries with: their lengths and their bytes, newest first."""
+    newest_first = oldest_first[::-1]
+    return ",".join(map(str, map(len, newest_first))), b"".join(newest_first)
+
+
+def _parts(oldest_first: list[bytes], batch: int) -> list[list[bytes]]:
+    """Runs of up to ``batch`` entries and PART_BYTES bytes (at least one entry each), in order."""
+    parts, start, size = [], 0, 0
+    for end, entry in enumerate(oldest_first):
+        if end > start and (end - start == batch or size + len(entry) > PART_BYTES):
+            parts.append(oldest_first[start:end])
+            start, size = end, 0
+        size += len(entry)
+    parts.append(oldest_first[start:])
+    return parts
 
 
 class QueueTrim:
+    # Reads are plain LRANGE replies on every server: framing them in Lua (one reply of two strings)
+    # cost Redis more CPU than parsing the reply costs here.
+    _framed = False
+
     def __init__(self, queue: Any, clock: Callable[[], float] = time.time):
         self.queue = queue
         self.client = queue.client
@@ -98,8 +113,6 @@ class QueueTrim:
         self.key = queue.trim_key
         self.lease = queue.lease
         self.clock = clock
-        self._read = self.client.register_script(lua.TRIM_READ)
-        self._framed = True  # False on a server before 7.0 (no script flags): plain LRANGE
         self._pop = self.client.register_script(lua.TRIM_POP)
         self._status = self.client.register_script(lua.TRIM_STATUS)
 
@@ -180,21 +193,17 @@ class QueueTrim:
 
     def _oldest(self, n: int, skip: int = 0) -> list[bytes]:
         """The ``n`` oldest entries after the ``skip`` oldest, oldest first (fewer if the list is shorter)."""
-        if self._framed:
-            try:
-                lengths, joined = self._read(keys=[self.dead], args=[n, skip])
-            except redis.ResponseError as error:
-                if "compiling" not in str(error):
-                    raise
-                self._framed = False
-            else:
-                ends = list(accumulate(struct.unpack(f">{len(lengths) // 4}I", lengths)))
-                return [joined[start:end] for start, end in zip([0] + ends[:-1], ends)]
         return self.client.lrange(self.dead, -(n + skip), -(skip + 1))[::-1]
 
-    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], digest: str) -> int:
-        """1 removed (``dropped`` grew by their number), 0 the oldest end changed, -1 not ours."""
-        return self._pop(keys=[self.dead, self.key, self.lease.key], args=[len(oldest_first), digest, token, task_id])
+    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], ordinal: int) -> int:
+        """1 removed (``dropped`` was ``ordinal`` and grew by their number), 0 the oldest end changed, -1 not ours."""
+        return self._pop(keys=[self.dead, self.key, self.lease.key], args=self._pop_args(oldest_first, token, task_id,
+                                                                                          ordinal))
+
+    @staticmethod
+    def _pop_args(oldest_first: list[bytes], token: str, task_id: str, ordinal: int) -> list:
+        lengths, joined = _proof(oldest_first)
+        return [len(oldest_first), lengths, token, task_id, ordinal, joined]
 
     def _abandon(self, token: str, task_id: str, archive: Any) -> bool:
         """Close an interrupted task: rows of entries it never removed are deleted first."""
@@ -210,23 +219,21 @@ class QueueTrim:
         it, 0 the oldest end changed (the batches before it were removed), -1 not ours."""
         if not renew():
             return -1
-        parts = [oldest_first[start:start + batch] for start in range(0, len(oldest_first), batch)]
-        return self._remove_parts(token, task_id, parts, first)
+        return self._remove_parts(token, task_id, _parts(oldest_first, batch), first)
 
     def _remove_parts(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
         """The first part on its own (which loads the script if needed), the others in one round trip:
         each is removed only if ``dropped`` is still its first ordinal, i.e. every part before it was."""
         if isinstance(self.client, redis.RedisCluster):  # a cluster pipeline runs no scripts
             return self._remove_each(token, task_id, parts, first)
-        removed = self._pop(keys=[self.dead, self.key, self.lease.key],
-                            args=[len(parts[0]), _digest(parts[0]), token, task_id, first])
+        removed = self._remove(token, task_id, parts[0], first)
         if removed != 1 or len(parts) == 1:
             return removed
         pipe = self.client.pipeline(transaction=False)
         ordinal = first + len(parts[0])
         for part in parts[1:]:
-            pipe.evalsha(self._pop.sha, 3, self.dead, self.key, self.lease.key, len(part), _digest(part), token,
-                         task_id, ordinal)
+            pipe.evalsha(self._pop.sha, 3, self.dead, self.key, self.lease.key,
+                         *self._pop_args(part, token, task_id, ordinal))
             ordinal += len(part)
         for result in pipe.execute(raise_on_error=False):
             if result != 1:
@@ -234,11 +241,12 @@ class QueueTrim:
         return 1
 
     def _remove_each(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
-        """One part at a time (a backend whose compare-and-remove does not check ``dropped``)."""
+        """One part at a time (a cluster, or a backend whose compare-and-remove does not check ``dropped``)."""
         for part in parts:
-            removed = self._remove(token, task_id, part, _digest(part))
+            removed = self._remove(token, task_id, part, first)
             if removed != 1:
                 return removed
+            first += len(part)
         return 1
 
     def _drive(self, token: str, task: TrimTask, archive: Any, batch: int, chunk: int, lease_ttl: float,
