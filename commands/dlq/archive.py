@@ -73,13 +73,21 @@ class TrimArchive:
         self.epoch = row[0]
         return self.epoch
 
-    def _fence(self, cur, task_id: str) -> None:
+    def _fence(self, cur, task_id: str, delete_from: int | None = None) -> None:
+        """Go on only while the epoch is still ours; with ``delete_from``, also delete this task's rows
+        at or past that ordinal, in the same statement (one round trip; undone if fenced off)."""
         from psycopg import sql
 
         if self.epoch is None:
             raise Fenced(f"trim task {task_id}: no epoch taken")
-        cur.execute(sql.SQL("UPDATE {} SET updated_at = now() WHERE task_id = %s AND epoch <= %s RETURNING epoch")
-                    .format(self.tasks), (task_id, self.epoch))
+        fence = sql.SQL("UPDATE {} SET updated_at = now() WHERE task_id = %s AND epoch <= %s RETURNING epoch").format(
+            self.tasks)
+        if delete_from is None:
+            cur.execute(fence, (task_id, self.epoch))
+        else:
+            cur.execute(sql.SQL("WITH fence AS ({}), stale AS (DELETE FROM {} WHERE task_id = %s AND ordinal >= %s)"
+                                " SELECT epoch FROM fence").format(fence, self.archive),
+                        (task_id, self.epoch, task_id, delete_from))
         if cur.fetchone() is None:
             raise Fenced(f"trim task {task_id} of {self.queue.name!r} was taken over by another trimmer")
 
@@ -98,9 +106,7 @@ class TrimArchive:
         from psycopg import sql
 
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            self._fence(cur, task_id)
-            cur.execute(sql.SQL("DELETE FROM {} WHERE task_id = %s AND ordinal >= %s").format(self.archive),
-                        (task_id, first))
+            self._fence(cur, task_id, delete_from=first)
             copy = sql.SQL("COPY {} (task_id, queue, dead_key, ordinal, entry) FROM STDIN (FORMAT BINARY)")
             with cur.copy(copy.format(self.archive)) as out:
                 out.write(binary_rows(task_id, self.queue.name, self.queue.dead, first, entries))

@@ -271,13 +271,24 @@ class QueueTrim:
 
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trim-archive")
         current: list[bytes] = []  # read and archived as ordinals `first`.., not removed yet
+        following: list[bytes] = []  # read just behind the chunk being archived, not archived yet
         first = -1
+
+        def size_after(start: int, entries: list[bytes]) -> int:
+            """How many to read next, behind ``entries`` (ordinals ``start``..)."""
+            n = len(entries)
+            if start + n - first_dropped < WARM_UP:
+                return batch
+            return max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, entries)), 1)))
+
         try:
             while True:
                 dropped = int(self.client.hget(self.key, "dropped"))
                 left = min(task.to_drop - dropped, self._size() - task.keep)
                 if first != dropped or len(current) > left:  # read and archive again (its rows get deleted)
                     current = []
+                if not current or len(current) + len(following) > left:
+                    following = []
                 if not current:
                     n = min(size, left)
                     if n <= 0:
@@ -294,17 +305,24 @@ class QueueTrim:
                         continue
                     archive(task.id, first, current)
                 n = len(current)
-                size = batch if first + n - first_dropped < WARM_UP else \
-                    max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, current)), 1)))
-                # The next chunk (just behind this one) is read now and archived while this one is
-                # removed; it is removed only once both are done, so nothing leaves Redis unarchived.
+                size = size_after(first, current)
+                # The next chunk (just behind this one) is archived while this one is removed; it is
+                # removed only once both are done, so nothing leaves Redis unarchived. It was read
+                # during the previous chunk's archiving (or is read now); the one behind it is read
+                # once this one is removed, while the archiving goes on.
                 upcoming, archiving = [], None
                 if min(size, left - n) > 0 and not should_stop():
-                    upcoming = self._oldest(min(size, left - n), skip=n)
-                    if len(upcoming) == min(size, left - n):
+                    upcoming = following or self._oldest(min(size, left - n), skip=n)
+                    if len(upcoming) == min(size, left - n) or upcoming is following:
                         archiving = ahead.submit(archive, task.id, first + n, upcoming)
+                following = []
                 removed = self._remove_chunk(token, task.id, current, first, batch, renew)
                 if archiving is not None:
+                    if removed == 1 and not should_stop():
+                        want = min(size_after(first + n, upcoming), left - n - len(upcoming))
+                        if want > 0:
+                            following = self._oldest(want, skip=len(upcoming))
+                            following = following if len(following) == want else []
                     archiving.result()  # committed (or raised) before anything else happens
                 current, first = (upcoming, first + n) if archiving is not None and removed == 1 else ([], -1)
                 if removed == -1:
