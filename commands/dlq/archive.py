@@ -38,11 +38,15 @@ _ORDINAL_AND_LENGTH = struct.Struct(">iqi").pack  # the bigint ordinal (8 bytes)
 
 def binary_rows(task_id: str, queue: str, dead_key: str, first: int, entries: list[bytes]) -> bytes:
     """The rows (task_id, queue, dead_key, ordinal, entry) of ``entries`` as ordinals first.., COPY binary."""
+    return b"".join((SIGNATURE, _rows(task_id, queue, dead_key, first, entries), TRAILER))
+
+
+def _rows(task_id: str, queue: str, dead_key: str, first: int, entries: list[bytes]) -> bytes:
+    """The rows alone (no signature, no trailer)."""
     fixed = struct.pack(">h", 5) + b"".join(struct.pack(">i", len(v)) + v
                                             for v in (task_id.encode(), queue.encode(), dead_key.encode()))
-    rows = chain.from_iterable((fixed, _ORDINAL_AND_LENGTH(8, ordinal, len(entry)), entry)
-                               for ordinal, entry in enumerate(entries, first))
-    return b"".join(chain((SIGNATURE,), rows, (TRAILER,)))
+    return b"".join(chain.from_iterable((fixed, _ORDINAL_AND_LENGTH(8, ordinal, len(entry)), entry)
+                                        for ordinal, entry in enumerate(entries, first)))
 
 
 class Fenced(CommandError):
@@ -102,14 +106,23 @@ class TrimArchive:
             return cur.rowcount
 
     def __call__(self, task_id: str, first: int, entries: list[bytes]) -> None:
-        """Archive ``entries`` as ordinals first.. (first = Redis's `dropped` now), durably, or raise."""
+        """Archive ``entries`` as ordinals first.. (first = Redis's `dropped` now), durably, or raise.
+
+        ``entries`` may also be read while they are archived: an object with ``pieces()`` (an
+        iterator of lists of entries) is streamed into the COPY piece by piece, so PostgreSQL
+        stores one piece while the next is read (see trimmer.StreamedChunk)."""
         from psycopg import sql
 
+        pieces = entries.pieces() if hasattr(entries, "pieces") else iter((entries,))
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             self._fence(cur, task_id, delete_from=first)
             copy = sql.SQL("COPY {} (task_id, queue, dead_key, ordinal, entry) FROM STDIN (FORMAT BINARY)")
             with cur.copy(copy.format(self.archive)) as out:
-                out.write(binary_rows(task_id, self.queue.name, self.queue.dead, first, entries))
+                out.write(SIGNATURE)
+                for piece in pieces:
+                    out.write(_rows(task_id, self.queue.name, self.queue.dead, first, piece))
+                    first += len(piece)
+                out.write(TRAILER)
 
     def finish(self, task_id: str, status: str) -> None:
         from psycopg import sql

@@ -7,7 +7,7 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "MERGE", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE",
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "MERGE", "TRIM_POP", "TRIM_CUT", "TRIM_STATUS", "LEASE_TAKE",
            "LEASE_RENEW", "LEASE_RELEASE", "LEASE_HOLDER"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
@@ -257,6 +257,24 @@ for i = 1, n do
   at = stop
 end
 if at ~= #bytes + 1 then return 0 end
+redis.call('LTRIM', KEYS[1], 0, -(n + 1))
+redis.call('HINCRBY', KEYS[2], 'dropped', n)
+return 1
+"""
+
+# TRIM_CUT: remove the ARGV[1] oldest entries, unread: it runs only inside MULTI, after WATCH of the
+# dead list and a read of those entries under that watch (EXEC fails if anyone wrote the list since),
+# so they are the archived ones. Checks the lease holder, the task and `dropped` (== ARGV[4]).
+# KEYS: dead, trim task, lease. ARGV: n, lease token, task id, ordinal.
+# Returns 1 removed (`dropped` grew by n in the same step), 0 not removed, -1 not ours.
+TRIM_CUT = r"""
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[3] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
+  return -1
+end
+if tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[4]) then return 0 end
+local n = tonumber(ARGV[1])
+if redis.call('LLEN', KEYS[1]) < n then return 0 end
 redis.call('LTRIM', KEYS[1], 0, -(n + 1))
 redis.call('HINCRBY', KEYS[2], 'dropped', n)
 return 1

@@ -354,6 +354,7 @@ class SidekiqTrim(QueueTrim):
     """QueueTrim over the sorted set: the oldest are the lowest scores; removal checks each exact member."""
 
     _remove_parts = QueueTrim._remove_each  # TRIM_REMOVE does not check `dropped`: one batch at a time
+    optimistic = False  # the dead letters are a sorted set, not the list QueueTrim watches
 
     def _size(self) -> int:
         return self.client.zcard(self.queue.set_key)

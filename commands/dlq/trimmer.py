@@ -41,6 +41,7 @@ __all__ = ["QueueTrim", "TrimTask", "TrimReport"]
 
 CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
 BATCH_BYTES = 8 * 2 ** 20   # a chunk larger than this makes the next ones smaller (two are in flight)
+STREAM_PIECE = 1000         # entries read at a time while a watched chunk streams into the archive
 PART_BYTES = 4 * 2 ** 20    # one compare-and-remove sends at most this many entry bytes back (or one entry)
 PROGRESS_EVERY = 0.5
 WARM_UP = 5_000             # a trim's first entries go one batch per chunk, at the pace of a small trim
@@ -81,12 +82,58 @@ class TrimReport:
     dropped_now: int = 0
     retries: int = 0    # batches read and archived again because the oldest end changed
     abandoned: str | None = None
+    watched: int = 0    # chunks removed unread, their list untouched since they were read (WATCH)
+    fallback: bool = False  # the list was written under a watched chunk: the rest was compared byte for byte
 
 
 def _proof(oldest_first: list[bytes]) -> tuple[str, bytes]:
     """What TRIM_POP compares the oldest entries with: their lengths and their bytes, newest first."""
     newest_first = oldest_first[::-1]
     return ",".join(map(str, map(len, newest_first))), b"".join(newest_first)
+
+
+class ShortRead(Exception):
+    """The list held fewer entries than a StreamedChunk was to read: nothing may be archived."""
+
+
+class StreamedChunk:
+    """The ``n`` oldest entries of a list, read ``piece`` at a time while an archive consumes them.
+
+    ``pieces()`` reads and yields them oldest first (raising ShortRead if the list is shorter);
+    otherwise the object is the list of them (len(), iteration, indexing read them all at once
+    if ``pieces()`` has not). Reading through ``reader`` (a connection under WATCH) keeps every
+    read inside that watch."""
+
+    def __init__(self, reader: Any, key: str, n: int, piece: int):
+        self.reader, self.key, self.n, self.piece = reader, key, n, piece
+        self.entries: list[bytes] = []
+        self.complete = False
+
+    def pieces(self):
+        self.entries, self.complete = [], False
+        for skip in range(0, self.n, self.piece):
+            want = min(self.piece, self.n - skip)
+            got = self.reader.lrange(self.key, -(skip + want), -(skip + 1))[::-1]
+            if len(got) < want:
+                raise ShortRead(f"{self.key}: {skip + len(got)} of {self.n} oldest entries")
+            self.entries += got
+            yield got
+        self.complete = True
+
+    def _all(self) -> list[bytes]:
+        if not self.complete:
+            for _ in self.pieces():
+                pass
+        return self.entries
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __getitem__(self, index):
+        return self._all()[index]
 
 
 def _parts(oldest_first: list[bytes], batch: int) -> list[list[bytes]]:
@@ -105,6 +152,9 @@ class QueueTrim:
     # Reads are plain LRANGE replies on every server: framing them in Lua (one reply of two strings)
     # cost Redis more CPU than parsing the reply costs here.
     _framed = False
+    # Read, archive and remove each chunk under WATCH of the dead list while nobody writes it (see
+    # _cut_watched); a subclass whose dead letters are not that list turns it off.
+    optimistic = True
 
     def __init__(self, queue: Any, clock: Callable[[], float] = time.time):
         self.queue = queue
@@ -114,6 +164,7 @@ class QueueTrim:
         self.lease = queue.lease
         self.clock = clock
         self._pop = self.client.register_script(lua.TRIM_POP)
+        self._cut = self.client.register_script(lua.TRIM_CUT)
         self._status = self.client.register_script(lua.TRIM_STATUS)
 
     def task(self) -> TrimTask | None:
@@ -213,6 +264,32 @@ class QueueTrim:
             archive.finish(task_id, "abandoned")
         return bool(self._status(keys=[self.key, self.lease.key], args=[token, task_id, "abandoned"]))
 
+    def _cut_watched(self, token: str, task_id: str, n: int, first: int,
+                     archive: Callable[[str, int, list[bytes]], None]) -> tuple[int | None, list[bytes]]:
+        """Read the ``n`` oldest under WATCH of the dead list, archive them as ordinals ``first``.., then
+        remove them unread (TRIM_CUT in MULTI) unless someone wrote the list since the WATCH.
+
+        Returns (1, entries) archived and removed; (None, entries) archived, not removed: the list
+        was written meanwhile (a producer's push is enough), so they must be compared; (0, []) the
+        list is shorter than ``n`` or ``dropped`` moved (nothing archived); (-1, ...) not ours."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.dead)
+            chunk = StreamedChunk(pipe, self.dead, n, STREAM_PIECE)
+            try:
+                archive(task_id, first, chunk)
+            except ShortRead:
+                return 0, []
+            if not chunk.complete:  # an archive that read them otherwise, or not all (never TrimArchive)
+                return 0, []
+            entries = chunk.entries
+            pipe.multi()
+            self._cut(keys=[self.dead, self.key, self.lease.key], args=[n, token, task_id, first], client=pipe)
+            try:
+                (removed,) = pipe.execute()
+            except redis.WatchError:
+                return None, entries
+        return removed, entries
+
     def _remove_chunk(self, token: str, task_id: str, oldest_first: list[bytes], first: int, batch: int,
                       renew: Callable[[], bool]) -> int:
         """Remove an archived chunk (ordinals ``first``..) ``batch`` at a time, oldest first: 1 all of
@@ -258,6 +335,8 @@ class QueueTrim:
             archive.begin(task.id, keep=task.keep, to_drop=task.to_drop)
             archive.settle(task.id, int(self.client.hget(self.key, "dropped")))
         outcome, changes, retries, size = "done", 0, 0, batch
+        optimistic = self.optimistic and not isinstance(self.client, redis.RedisCluster)
+        watched, fallback = 0, False
         renewed = reported = self.clock()
         dropped = task.dropped
 
@@ -299,6 +378,30 @@ class QueueTrim:
                     if not renew():
                         outcome = "lost"
                         break
+                    if optimistic:  # one chunk at a time: read, archive, remove unless the list was written
+                        removed, current = self._cut_watched(token, task.id, n, dropped, archive)
+                        first = dropped
+                        if removed is None:  # archived, not removed: from here on, compare (and overlap)
+                            optimistic, fallback = False, True
+                            continue
+                        if removed == 1:
+                            size = size_after(first, current)
+                        current = []
+                        if removed == -1:
+                            outcome = "lost"
+                            break
+                        if removed == 0:  # shorter than it was (someone took entries): read again
+                            changes = changes + 1
+                            if changes > CHANGE_RETRIES:
+                                outcome = "changed"
+                                break
+                            continue
+                        changes, watched = 0, watched + 1
+                        now = self.clock()
+                        if now - reported >= PROGRESS_EVERY:
+                            progress(self.task(), (dropped + n - first_dropped) / max(now - started, 1e-6))
+                            reported = now
+                        continue
                     current, first = self._oldest(n), dropped
                     if len(current) < n:  # the list shrank between LLEN and the read: read again
                         current = []
@@ -352,4 +455,4 @@ class QueueTrim:
         finally:
             ahead.shutdown(wait=True)
         return TrimReport(task.id, dropped, task.to_drop, outcome, self.clock() - started, dropped - first_dropped,
-                          retries)
+                          retries, watched=watched, fallback=fallback)
