@@ -9,13 +9,17 @@ Usage::
     report = trim.run(archive=..., keep=100, replaces=task_id)    # abandon it cleanly, trim anew
 
 The invariant: an entry leaves Redis only if those exact bytes are durably archived. Each
-chunk (``chunk`` entries, default ``batch``) is read from the oldest end, archived in one
+chunk (``chunk`` entries, default ``batch``) is read from the oldest end and archived in one
 PostgreSQL transaction (which first deletes this task's rows at or past Redis's ``dropped``
-counter: those entries were never removed), then removed ``batch`` at a time, in order, by a
-compare-and-remove script that checks the lease token and the bytes, and raises ``dropped``
-in the same atomic step. Redis is blocked for one batch (or one read of a chunk) at most;
-PostgreSQL commits once per chunk. While a chunk is removed, the next one (read just behind
-it) is archived in a worker thread; it is removed only after both are done, and its rows,
+counter: those entries were never removed). While nobody else writes the dead list, a chunk
+is read under WATCH of the list, streamed into its COPY as it is read, and removed unread
+(TRIM_CUT inside MULTI, which also checks the lease and ``dropped``): EXEC fails if anything
+wrote the list since the read. From the first such write on, chunks are removed ``batch`` at
+a time, in order, by a compare-and-remove script that checks the lease token and every
+entry's bytes, and raises ``dropped`` in the same atomic step. Redis is blocked for one batch,
+one read of a chunk or one LTRIM of a chunk at most; PostgreSQL commits once per
+chunk. In that mode, while a chunk is removed, the next one (read just behind it) is
+archived in a worker thread; it is removed only after both are done, and its rows,
 like any row at or past ``dropped``, are deleted if the removal before it stops short. A
 changed oldest end is detected and the rest is read and archived again (bounded retries).
 The trim holds the queue's lease, the same one a requeue takes, so the two never run at the
