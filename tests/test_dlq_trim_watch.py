@@ -188,3 +188,57 @@ def test_trim_cut_removes_only_for_the_lease_holder_task_and_ordinal(runtime, re
     assert oldest_first(q.client, q.dead) == [b"a", b"b", b"c"]
     assert cut(keys=keys, args=[2, token, "t1", 0]) == 1
     assert oldest_first(q.client, q.dead) == [b"c"] and int(q.client.hget(trim.key, "dropped")) == 2
+
+
+@pytest.mark.parametrize("write", ["pop the oldest", "push a new one", "put one back"])
+@pytest.mark.parametrize("call", [1, 2, 101])
+def test_a_write_between_two_pieces_of_a_streamed_chunk_leaves_every_entry_exactly_once(
+        runtime, redis_client, database_url, monkeypatch, write, call):
+    """The chunk's later pieces are read after the write (shifted, or not): the EXEC fails, and what was
+    archived is compared (and read and archived again where it differs)."""
+    from commands.dlq import trimmer
+
+    monkeypatch.setattr(trimmer, "STREAM_PIECE", 10)
+    q = QueueLayout.server(redis_client, "")
+    entries = [dead_letter(i) for i in range(6000)]
+    kill(q.client, entries, q.dead)
+    taken, added = [], []
+
+    class WritesMidStream:
+        def __init__(self, archive):
+            self.archive, self.calls = archive, 0
+
+        def __getattr__(self, name):
+            return getattr(self.archive, name)
+
+        def __call__(self, task_id, first, chunk):
+            self.calls += 1
+            if self.calls == call:
+                assert hasattr(chunk, "pieces")            # the watched path streams
+                read = chunk.pieces
+
+                def pieces():
+                    for number, piece in enumerate(read()):
+                        yield piece
+                        if number == 1:
+                            if write == "pop the oldest":
+                                taken.append(q.client.rpop(q.dead))
+                            elif write == "push a new one":
+                                added.append(b"new")
+                                q.client.lpush(q.dead, added[-1])
+                            else:
+                                added.append(b"put back")
+                                q.client.rpush(q.dead, added[-1])
+
+                chunk.pieces = pieces
+            self.archive(task_id, first, chunk)
+
+    report = _queue(runtime, q.client).run_trim(keep=5, archive=WritesMidStream(trim_archive(runtime)), batch=50,
+                                                chunk=400, max_drop=len(entries) - 5)
+    assert report.outcome == "done" and report.fallback and report.watched == call - 1, report
+    in_redis = Counter(oldest_first(q.client, q.dead))
+    archived = Counter(r[2] for r in archive_rows(database_url))
+    assert in_redis + archived + Counter(taken) == Counter(entries) + Counter(added)
+    assert not set(in_redis) & set(archived) and not set(taken) & set(archived)
+    assert max(archived.values()) == 1
+    assert [r[1] for r in archive_rows(database_url)] == list(range(sum(archived.values())))
