@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from commands.dlq import trimmer
+from commands.dlq import trimpieces
 from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import find_queue
 from commands.dlq.trimmer import QueueTrim
@@ -140,7 +140,7 @@ def test_batches_cut_by_bytes_are_removed_in_order_and_a_consumer_mid_chunk_lose
         runtime, redis_client, database_url, monkeypatch, call):
     from tests.test_dlq_trim_chunks import TakesTheOldest
 
-    monkeypatch.setattr(trimmer, "PART_BYTES", 1000)   # a few entries per compare-and-remove
+    monkeypatch.setattr(trimpieces, "PART_BYTES", 1000)   # a few entries per compare-and-remove
     q = QueueLayout.server(redis_client, "")
     entries = [dead_letter(i) for i in range(5000)] + [b"y" * 3000, b"", BINARY] + [dead_letter(i) for i in
                                                                                      range(5000, 6000)]
@@ -156,8 +156,8 @@ def test_batches_cut_by_bytes_are_removed_in_order_and_a_consumer_mid_chunk_lose
 
 
 def test_parts_hold_at_most_a_batch_and_part_bytes_and_at_least_one_entry(monkeypatch):
-    monkeypatch.setattr(trimmer, "PART_BYTES", 10)
+    monkeypatch.setattr(trimpieces, "PART_BYTES", 10)
     entries = [b"a" * 4, b"b" * 4, b"c" * 30, b"d", b"e", b"f", b"g" * 10, b""]
-    parts = trimmer._parts(entries, 3)
+    parts = trimpieces.parts(entries, 3)
     assert [e for part in parts for e in part] == entries
     assert parts == [[b"a" * 4, b"b" * 4], [b"c" * 30], [b"d", b"e", b"f"], [b"g" * 10, b""]]

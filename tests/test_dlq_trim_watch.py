@@ -196,9 +196,9 @@ def test_a_write_between_two_pieces_of_a_streamed_chunk_leaves_every_entry_exact
         runtime, redis_client, database_url, monkeypatch, write, call):
     """The chunk's later pieces are read after the write (shifted, or not): the EXEC fails, and what was
     archived is compared (and read and archived again where it differs)."""
-    from commands.dlq import trimmer
+    from commands.dlq import trimpieces
 
-    monkeypatch.setattr(trimmer, "STREAM_PIECE", 10)
+    monkeypatch.setattr(trimpieces, "STREAM_PIECE", 10)
     q = QueueLayout.server(redis_client, "")
     entries = [dead_letter(i) for i in range(6000)]
     kill(q.client, entries, q.dead)

@@ -110,7 +110,7 @@ class TrimArchive:
 
         ``entries`` may also be read while they are archived: an object with ``pieces()`` (an
         iterator of lists of entries) is streamed into the COPY piece by piece, so PostgreSQL
-        stores one piece while the next is read (see trimmer.StreamedChunk)."""
+        stores one piece while the next is read (see trimpieces.StreamedChunk)."""
         from psycopg import sql
 
         pieces = entries.pieces() if hasattr(entries, "pieces") else iter((entries,))

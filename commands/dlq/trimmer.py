@@ -40,13 +40,12 @@ import redis
 from bot.core.invocation import CommandError
 from commands.dlq import lua
 from commands.dlq.archive import Fenced
+from commands.dlq.trimpieces import ShortRead, StreamedChunk, parts, proof
 
 __all__ = ["QueueTrim", "TrimTask", "TrimReport"]
 
 CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
 BATCH_BYTES = 8 * 2 ** 20   # a chunk larger than this makes the next ones smaller (two are in flight)
-STREAM_PIECE = 1000         # entries read at a time while a watched chunk streams into the archive
-PART_BYTES = 4 * 2 ** 20    # one compare-and-remove sends at most this many entry bytes back (or one entry)
 PROGRESS_EVERY = 0.5
 WARM_UP = 5_000             # a trim's first entries go one batch per chunk, at the pace of a small trim
 
@@ -88,68 +87,6 @@ class TrimReport:
     abandoned: str | None = None
     watched: int = 0    # chunks removed unread, their list untouched since they were read (WATCH)
     fallback: bool = False  # the list was written under a watched chunk: the rest was compared byte for byte
-
-
-def _proof(oldest_first: list[bytes]) -> tuple[str, bytes]:
-    """What TRIM_POP compares the oldest entries with: their lengths and their bytes, newest first."""
-    newest_first = oldest_first[::-1]
-    return ",".join(map(str, map(len, newest_first))), b"".join(newest_first)
-
-
-class ShortRead(Exception):
-    """The list held fewer entries than a StreamedChunk was to read: nothing may be archived."""
-
-
-class StreamedChunk:
-    """The ``n`` oldest entries of a list, read ``piece`` at a time while an archive consumes them.
-
-    ``pieces()`` reads and yields them oldest first (raising ShortRead if the list is shorter);
-    otherwise the object is the list of them (len(), iteration, indexing read them all at once
-    if ``pieces()`` has not). Reading through ``reader`` (a connection under WATCH) keeps every
-    read inside that watch."""
-
-    def __init__(self, reader: Any, key: str, n: int, piece: int):
-        self.reader, self.key, self.n, self.piece = reader, key, n, piece
-        self.entries: list[bytes] = []
-        self.complete = False
-
-    def pieces(self):
-        self.entries, self.complete = [], False
-        for skip in range(0, self.n, self.piece):
-            want = min(self.piece, self.n - skip)
-            got = self.reader.lrange(self.key, -(skip + want), -(skip + 1))[::-1]
-            if len(got) < want:
-                raise ShortRead(f"{self.key}: {skip + len(got)} of {self.n} oldest entries")
-            self.entries += got
-            yield got
-        self.complete = True
-
-    def _all(self) -> list[bytes]:
-        if not self.complete:
-            for _ in self.pieces():
-                pass
-        return self.entries
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-    def __iter__(self):
-        return iter(self._all())
-
-    def __getitem__(self, index):
-        return self._all()[index]
-
-
-def _parts(oldest_first: list[bytes], batch: int) -> list[list[bytes]]:
-    """Runs of up to ``batch`` entries and PART_BYTES bytes (at least one entry each), in order."""
-    parts, start, size = [], 0, 0
-    for end, entry in enumerate(oldest_first):
-        if end > start and (end - start == batch or size + len(entry) > PART_BYTES):
-            parts.append(oldest_first[start:end])
-            start, size = end, 0
-        size += len(entry)
-    parts.append(oldest_first[start:])
-    return parts
 
 
 class QueueTrim:
@@ -257,7 +194,7 @@ class QueueTrim:
 
     @staticmethod
     def _pop_args(oldest_first: list[bytes], token: str, task_id: str, ordinal: int) -> list:
-        lengths, joined = _proof(oldest_first)
+        lengths, joined = proof(oldest_first)
         return [len(oldest_first), lengths, token, task_id, ordinal, joined]
 
     def _abandon(self, token: str, task_id: str, archive: Any) -> bool:
@@ -278,7 +215,7 @@ class QueueTrim:
         list is shorter than ``n`` or ``dropped`` moved (nothing archived); (-1, ...) not ours."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(self.dead)
-            chunk = StreamedChunk(pipe, self.dead, n, STREAM_PIECE)
+            chunk = StreamedChunk(pipe, self.dead, n)
             try:
                 archive(task_id, first, chunk)
             except ShortRead:
@@ -300,7 +237,7 @@ class QueueTrim:
         it, 0 the oldest end changed (the batches before it were removed), -1 not ours."""
         if not renew():
             return -1
-        return self._remove_parts(token, task_id, _parts(oldest_first, batch), first)
+        return self._remove_parts(token, task_id, parts(oldest_first, batch), first)
 
     def _remove_parts(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
         """The first part on its own (which loads the script if needed), the others in one round trip:
