@@ -32,6 +32,7 @@ class ProcessRun:
     exit_code: int
     body: Any  # the parsed JSON it printed (``--json``), or its stdout as text
     stderr: str  # what it said there (progress lines, errors), for a failure's message
+    cpu: float = 0.0  # the child's own CPU seconds, user + system (all its threads)
 
 
 def opsbot(config: Path, *args: str, env: dict[str, str] | None = None, tree: Path | None = None) -> ProcessRun:
@@ -69,4 +70,5 @@ def opsbot(config: Path, *args: str, env: dict[str, str] | None = None, tree: Pa
     errors.seek(0)
     said = errors.read().decode("utf-8", "replace")
     errors.close()
-    return ProcessRun(seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), body, said)
+    return ProcessRun(seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), body, said,
+                      usage.ru_utime + usage.ru_stime)

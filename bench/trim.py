@@ -1,6 +1,7 @@
 """Whole-process ``dlq trim`` (archive included) against COPY of the same rows into the archive table.
 
     REDIS_URL=redis://127.0.0.1:6379/14 .venv/bin/python bench/trim.py [--entries 1000000] [--rounds 3]
+        [--before /tmp/before]
 
 The trim is timed as a user runs it: ``opsbot run --yes --json "dlq trim jobs --keep 0"``
 as a process, on a scratch app.yaml (bench/scratch.py: a database, a Redis key prefix on
@@ -21,7 +22,10 @@ the archive holds every entry exactly once, then runs both COPYs; the order of t
 COPY alternates between rounds. Also timed each round: the same command once the list is
 empty ("Nothing to trim": start-up, config, connections and the preview, no work), which
 says how much of the trim's time is start-up. Prints medians of the rounds, the peak RSS of
-the trim process and the ratio (target: trim <= 1.5x the COPY).
+the trim process and the ratio (target: trim <= 1.5x the COPY). ``--before PATH`` also runs
+another checkout's trim (``git worktree add /tmp/before <commit>``) in the same rounds. Each trim
+also reports the CPU seconds of the opsbot process and, when Redis runs on this machine, of the
+Redis server (its /proc/<pid>/stat, pid from INFO).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import statistics
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -96,34 +101,48 @@ def copy_baseline(url: str, rows: Path, fmt: str, count: int) -> float:
     return seconds
 
 
-def run_opsbot(config: Path, text: str) -> tuple[float, float, dict]:
-    """Wall seconds, peak RSS (MB) and the JSON result of ``opsbot run --yes --json TEXT`` as a process."""
-    run = opsbot(config, "run", "--yes", "--json", text, env={"RUN_MIGRATIONS": "true"})
+def run_opsbot(config: Path, text: str, tree: Path | None = None) -> tuple[float, float, dict, float]:
+    """Wall seconds, peak RSS (MB), the JSON result and the CPU seconds of ``opsbot run --yes --json TEXT``."""
+    run = opsbot(config, "run", "--yes", "--json", text, env={"RUN_MIGRATIONS": "true"}, tree=tree)
     if run.exit_code != 0 or not isinstance(run.body, dict):
         raise SystemExit(f"opsbot run {text!r} exited {run.exit_code}: {run.body!r:.500} {run.stderr[-2000:]}")
-    return run.seconds, run.rss_mb, run.body
+    return run.seconds, run.rss_mb, run.body, run.cpu
 
 
-def trim_round(config: Path, place: Scratch, client: redis.Redis, dead: str, count: int) -> dict:
+def redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (all its threads), or nan when it is not on this machine."""
+    try:
+        stat = Path(f"/proc/{client.info('server')['process_id']}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def trim_round(config: Path, place: Scratch, client: redis.Redis, dead: str, count: int,
+               tree: Path | None = None) -> dict:
     fill(client, dead, count)
     with psycopg.connect(place.url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {TABLE}")
         conn.execute("CHECKPOINT")
-    seconds, rss, result = run_opsbot(config, "dlq trim jobs --keep 0")
+    server = redis_cpu(client)
+    seconds, rss, result, cpu = run_opsbot(config, "dlq trim jobs --keep 0", tree)
+    server = redis_cpu(client) - server
     assert result["status"] == "ok" and result["data"]["dropped_now"] == count, result
     assert client.llen(dead) == 0
     with psycopg.connect(place.url) as conn:
         rows, distinct = conn.execute(f"SELECT count(*), count(DISTINCT entry) FROM {TABLE}").fetchone()
     assert rows == distinct == count, (rows, distinct)
-    idle, _, nothing = run_opsbot(config, "dlq trim jobs --keep 0")
+    idle, _, nothing, _ = run_opsbot(config, "dlq trim jobs --keep 0", tree)
     assert nothing["data"]["to_drop"] == 0, nothing
-    return {"seconds": seconds, "rss_mb": rss, "idle": idle}
+    return {"seconds": seconds, "rss_mb": rss, "idle": idle, "cpu": cpu, "redis_cpu": server}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", help="another checkout whose trim to time in the same rounds")
     args = parser.parse_args()
     with scratch("trim") as place:
         return run(args, place)
@@ -134,38 +153,50 @@ def run(args: argparse.Namespace, place: Scratch) -> int:
     client = redis.Redis.from_url(REDIS_URL)
     dead = f"{place.prefix}jobs:dead"
     config = write_config(place)
-    run_opsbot(config, "dlq status jobs")  # migrates the scratch database
+    trees = {"trim": None, **({"before": Path(args.before)} if args.before else {})}
+    for tree in trees.values():  # migrates the scratch database; each tree's bytecode once
+        run_opsbot(config, "dlq status jobs", tree)
     files = produce_rows(place.folder, n, dead)
     print(f"{n:,} entries of {len(entry(0))} bytes; Redis {REDIS_URL}; load {os.getloadavg()[0]:.2f}")
-    trims: list[dict] = []
+    trims: dict[str, list[dict]] = {label: [] for label in trees}
     copies: dict[str, list[float]] = {"text": [], "binary": []}
     for number in range(args.rounds):
         def baseline() -> None:
             for fmt, rows in files.items():
                 copies[fmt].append(copy_baseline(place.url, rows, fmt, n))
 
-        steps = [lambda: trims.append(trim_round(config, place, client, dead, n)), baseline]
+        def trimmer(label: str) -> Callable[[], None]:
+            return lambda: trims[label].append(trim_round(config, place, client, dead, n, trees[label]))
+
+        steps = [*(trimmer(label) for label in trees), baseline]
         for step in steps if number % 2 == 0 else steps[::-1]:
             step()
-        t = trims[-1]
-        print(f"round {number + 1}: trim {t['seconds']:.2f}s (peak RSS {t['rss_mb']:.0f} MB, nothing-to-trim run "
-              f"{t['idle']:.2f}s), COPY text {copies['text'][-1]:.2f}s, binary {copies['binary'][-1]:.2f}s; "
-              f"load {os.getloadavg()[0]:.2f}")
-    trim = statistics.median(t["seconds"] for t in trims)
-    idle = statistics.median(t["idle"] for t in trims)
-    rss = max(t["rss_mb"] for t in trims)
+        said = "; ".join(f"{label} {t['seconds']:.2f}s (CPU {t['cpu']:.2f}s, Redis CPU {t['redis_cpu']:.2f}s, "
+                         f"peak RSS {t['rss_mb']:.0f} MB, nothing-to-trim run {t['idle']:.2f}s)"
+                         for label, t in ((label, runs[-1]) for label, runs in trims.items()))
+        print(f"round {number + 1}: {said}; COPY text {copies['text'][-1]:.2f}s, binary {copies['binary'][-1]:.2f}s;"
+              f" load {os.getloadavg()[0]:.2f}", flush=True)
     medians = {fmt: statistics.median(times) for fmt, times in copies.items()}
     fastest = min(medians, key=medians.get)
-    rows = [("opsbot run dlq trim --keep 0", trim, f"peak RSS {rss:.0f} MB"),
-            ("  of which start-up (nothing to trim)", idle, f"{idle / trim:.0%} of the trim"),
-            ("COPY FROM STDIN, text", medians["text"], ""),
-            ("COPY FROM STDIN, binary", medians["binary"], "")]
+    rows = []
+    for label, runs in trims.items():
+        trim = statistics.median(t["seconds"] for t in runs)
+        idle = statistics.median(t["idle"] for t in runs)
+        rows += [(f"{label}: opsbot run dlq trim --keep 0", trim,
+                  f"{trim / medians[fastest]:.2f}x; peak RSS {max(t['rss_mb'] for t in runs):.0f} MB, "
+                  f"CPU {statistics.median(t['cpu'] for t in runs):.2f}s, "
+                  f"Redis CPU {statistics.median(t['redis_cpu'] for t in runs):.2f}s"),
+                 ("  of which start-up (nothing to trim)", idle, f"{idle / trim:.0%} of the trim")]
+    rows += [("COPY FROM STDIN, text", medians["text"], ""),
+             ("COPY FROM STDIN, binary", medians["binary"], "")]
     print(f"medians of {args.rounds} rounds:")
     for name, seconds, note in rows:
         print(f"  {name:<40}{seconds:>7.2f}s {n / seconds:>12,.0f} entries/s  {note}")
+    trim = statistics.median(t["seconds"] for t in trims["trim"])
+    idle = statistics.median(t["idle"] for t in trims["trim"])
     ratio = trim / medians[fastest]
     print(f"trim / COPY ({fastest}): {ratio:.2f}x (target <= 1.5x); without start-up: "
-          f"{(trim - idle) / medians[fastest]:.2f}x")
+          f"{(trim - idle) / medians[fastest]:.2f}x; text COPY: {trim / medians['text']:.2f}x")
     return 0 if ratio <= 1.5 else 1
 
 

@@ -38,11 +38,15 @@ _ORDINAL_AND_LENGTH = struct.Struct(">iqi").pack  # the bigint ordinal (8 bytes)
 
 def binary_rows(task_id: str, queue: str, dead_key: str, first: int, entries: list[bytes]) -> bytes:
     """The rows (task_id, queue, dead_key, ordinal, entry) of ``entries`` as ordinals first.., COPY binary."""
+    return b"".join((SIGNATURE, _rows(task_id, queue, dead_key, first, entries), TRAILER))
+
+
+def _rows(task_id: str, queue: str, dead_key: str, first: int, entries: list[bytes]) -> bytes:
+    """The rows alone (no signature, no trailer)."""
     fixed = struct.pack(">h", 5) + b"".join(struct.pack(">i", len(v)) + v
                                             for v in (task_id.encode(), queue.encode(), dead_key.encode()))
-    rows = chain.from_iterable((fixed, _ORDINAL_AND_LENGTH(8, ordinal, len(entry)), entry)
-                               for ordinal, entry in enumerate(entries, first))
-    return b"".join(chain((SIGNATURE,), rows, (TRAILER,)))
+    return b"".join(chain.from_iterable((fixed, _ORDINAL_AND_LENGTH(8, ordinal, len(entry)), entry)
+                                        for ordinal, entry in enumerate(entries, first)))
 
 
 class Fenced(CommandError):
@@ -73,13 +77,21 @@ class TrimArchive:
         self.epoch = row[0]
         return self.epoch
 
-    def _fence(self, cur, task_id: str) -> None:
+    def _fence(self, cur, task_id: str, delete_from: int | None = None) -> None:
+        """Go on only while the epoch is still ours; with ``delete_from``, also delete this task's rows
+        at or past that ordinal, in the same statement (one round trip; undone if fenced off)."""
         from psycopg import sql
 
         if self.epoch is None:
             raise Fenced(f"trim task {task_id}: no epoch taken")
-        cur.execute(sql.SQL("UPDATE {} SET updated_at = now() WHERE task_id = %s AND epoch <= %s RETURNING epoch")
-                    .format(self.tasks), (task_id, self.epoch))
+        fence = sql.SQL("UPDATE {} SET updated_at = now() WHERE task_id = %s AND epoch <= %s RETURNING epoch").format(
+            self.tasks)
+        if delete_from is None:
+            cur.execute(fence, (task_id, self.epoch))
+        else:
+            cur.execute(sql.SQL("WITH fence AS ({}), stale AS (DELETE FROM {} WHERE task_id = %s AND ordinal >= %s)"
+                                " SELECT epoch FROM fence").format(fence, self.archive),
+                        (task_id, self.epoch, task_id, delete_from))
         if cur.fetchone() is None:
             raise Fenced(f"trim task {task_id} of {self.queue.name!r} was taken over by another trimmer")
 
@@ -94,16 +106,23 @@ class TrimArchive:
             return cur.rowcount
 
     def __call__(self, task_id: str, first: int, entries: list[bytes]) -> None:
-        """Archive ``entries`` as ordinals first.. (first = Redis's `dropped` now), durably, or raise."""
+        """Archive ``entries`` as ordinals first.. (first = Redis's `dropped` now), durably, or raise.
+
+        ``entries`` may also be read while they are archived: an object with ``pieces()`` (an
+        iterator of lists of entries) is streamed into the COPY piece by piece, so PostgreSQL
+        stores one piece while the next is read (see trimpieces.StreamedChunk)."""
         from psycopg import sql
 
+        pieces = entries.pieces() if hasattr(entries, "pieces") else iter((entries,))
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            self._fence(cur, task_id)
-            cur.execute(sql.SQL("DELETE FROM {} WHERE task_id = %s AND ordinal >= %s").format(self.archive),
-                        (task_id, first))
+            self._fence(cur, task_id, delete_from=first)
             copy = sql.SQL("COPY {} (task_id, queue, dead_key, ordinal, entry) FROM STDIN (FORMAT BINARY)")
             with cur.copy(copy.format(self.archive)) as out:
-                out.write(binary_rows(task_id, self.queue.name, self.queue.dead, first, entries))
+                out.write(SIGNATURE)
+                for piece in pieces:
+                    out.write(_rows(task_id, self.queue.name, self.queue.dead, first, piece))
+                    first += len(piece)
+                out.write(TRAILER)
 
     def finish(self, task_id: str, status: str) -> None:
         from psycopg import sql

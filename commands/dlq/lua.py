@@ -7,7 +7,7 @@ Redis always agree, whatever instant the bot dies at.
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "MERGE", "TRIM_READ", "TRIM_POP", "TRIM_STATUS", "LEASE_TAKE",
+__all__ = ["SCAN", "REQUEUE_BATCH", "RESTORE", "MERGE", "TRIM_POP", "TRIM_CUT", "TRIM_STATUS", "LEASE_TAKE",
            "LEASE_RENEW", "LEASE_RELEASE", "LEASE_HOLDER"]
 
 # Shared: does one raw entry match filter f (decoded from JSON)? f.any short-circuits.
@@ -227,28 +227,15 @@ end
 return #items
 """
 
-# TRIM_READ: the ARGV[1] oldest entries of KEYS[1] (a dead list) after its ARGV[2] oldest,
-# oldest first, as two strings: their lengths (4 bytes each, big-endian) and their bytes end to
-# end. One reply of two strings instead of one per entry, which the client splits without
-# parsing a reply per entry. Flagged no-writes (Redis 7.0+; older servers refuse to compile it):
-# it runs while writes are paused, like the LRANGE it stands for.
-TRIM_READ = r"""#!lua flags=no-writes
-local skip = tonumber(ARGV[2])
-local items = redis.call('LRANGE', KEYS[1], -(tonumber(ARGV[1]) + skip), -(skip + 1))
-local lengths, bodies = {}, {}
-for i = #items, 1, -1 do
-  lengths[#lengths + 1] = struct.pack('>I4', string.len(items[i]))
-  bodies[#bodies + 1] = items[i]
-end
-return {table.concat(lengths), table.concat(bodies)}
-"""
-
 # TRIM_POP: remove the ARGV[1] oldest entries only if they are still exactly the archived ones,
-# and only for the holder of the queue's lease, driving this trim task.
-# KEYS: dead, trim task, lease. ARGV: n, sha1 hex of the entries as archived (oldest first,
-# each as <length>:<bytes>), lease token, task id, and (optional) the ordinal they were
-# archived as, which `dropped` must equal: batches sent together are removed in order, and
-# none after one that was not.
+# and only for the holder of the queue's lease, driving this trim task, and only if `dropped`
+# equals ARGV[5], the ordinal they were archived as: batches sent together are removed in
+# order, and none after one that was not.
+# KEYS: dead, trim task, lease. ARGV: n, the entries' lengths in decimal, comma-separated, and
+# (ARGV[6]) their bytes end to end, both newest first (the order LRANGE gives); lease token,
+# task id, ordinal. Every entry is compared byte for byte with its slice of ARGV[6] (no hash:
+# string.sub of an equal string finds Lua's interned copy, so each comparison costs one
+# memcmp and allocates nothing).
 # Returns 1 removed (and `dropped` grew by n in the same step), 0 the oldest end changed
 # (nothing removed), -1 not ours (lease lost or another task).
 TRIM_POP = r"""
@@ -256,13 +243,38 @@ if redis.call('GET', KEYS[3]) ~= ARGV[3] then return -1 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[4] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
   return -1
 end
-if ARGV[5] and tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[5]) then return 0 end
+if tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[5]) then return 0 end
 local n = tonumber(ARGV[1])
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
 if #items ~= n then return 0 end
-local joined = {}
-for i = #items, 1, -1 do joined[#joined + 1] = string.len(items[i]) .. ':' .. items[i] end
-if redis.sha1hex(table.concat(joined)) ~= ARGV[2] then return 0 end
+local lengths = {}
+for i = 1, n do lengths[i] = #items[i] end
+if table.concat(lengths, ',') ~= ARGV[2] then return 0 end
+local bytes, at = ARGV[6], 1
+for i = 1, n do
+  local stop = at + lengths[i]
+  if string.sub(bytes, at, stop - 1) ~= items[i] then return 0 end
+  at = stop
+end
+if at ~= #bytes + 1 then return 0 end
+redis.call('LTRIM', KEYS[1], 0, -(n + 1))
+redis.call('HINCRBY', KEYS[2], 'dropped', n)
+return 1
+"""
+
+# TRIM_CUT: remove the ARGV[1] oldest entries, unread: it runs only inside MULTI, after WATCH of the
+# dead list and a read of those entries under that watch (EXEC fails if anyone wrote the list since),
+# so they are the archived ones. Checks the lease holder, the task and `dropped` (== ARGV[4]).
+# KEYS: dead, trim task, lease. ARGV: n, lease token, task id, ordinal.
+# Returns 1 removed (`dropped` grew by n in the same step), 0 not removed, -1 not ours.
+TRIM_CUT = r"""
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[3] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
+  return -1
+end
+if tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[4]) then return 0 end
+local n = tonumber(ARGV[1])
+if redis.call('LLEN', KEYS[1]) < n then return 0 end
 redis.call('LTRIM', KEYS[1], 0, -(n + 1))
 redis.call('HINCRBY', KEYS[2], 'dropped', n)
 return 1

@@ -354,6 +354,7 @@ class SidekiqTrim(QueueTrim):
     """QueueTrim over the sorted set: the oldest are the lowest scores; removal checks each exact member."""
 
     _remove_parts = QueueTrim._remove_each  # TRIM_REMOVE does not check `dropped`: one batch at a time
+    optimistic = False  # the dead letters are a sorted set, not the list QueueTrim watches
 
     def _size(self) -> int:
         return self.client.zcard(self.queue.set_key)
@@ -361,6 +362,6 @@ class SidekiqTrim(QueueTrim):
     def _oldest(self, n: int, skip: int = 0) -> list[bytes]:
         return self.client.zrange(self.queue.set_key, skip, skip + n - 1)
 
-    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], digest: str) -> int:
+    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], ordinal: int) -> int:
         return self.queue._trim_remove(keys=[self.queue.set_key, self.key, self.lease.key],
                                        args=[token, task_id, *oldest_first])

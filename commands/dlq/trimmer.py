@@ -9,13 +9,17 @@ Usage::
     report = trim.run(archive=..., keep=100, replaces=task_id)    # abandon it cleanly, trim anew
 
 The invariant: an entry leaves Redis only if those exact bytes are durably archived. Each
-chunk (``chunk`` entries, default ``batch``) is read from the oldest end, archived in one
+chunk (``chunk`` entries, default ``batch``) is read from the oldest end and archived in one
 PostgreSQL transaction (which first deletes this task's rows at or past Redis's ``dropped``
-counter: those entries were never removed), then removed ``batch`` at a time, in order, by a
-compare-and-remove script that checks the lease token and the bytes, and raises ``dropped``
-in the same atomic step. Redis is blocked for one batch (or one read of a chunk) at most;
-PostgreSQL commits once per chunk. While a chunk is removed, the next one (read just behind
-it) is archived in a worker thread; it is removed only after both are done, and its rows,
+counter: those entries were never removed). While nobody else writes the dead list, a chunk
+is read under WATCH of the list, streamed into its COPY as it is read, and removed unread
+(TRIM_CUT inside MULTI, which also checks the lease and ``dropped``): EXEC fails if anything
+wrote the list since the read. From the first such write on, chunks are removed ``batch`` at
+a time, in order, by a compare-and-remove script that checks the lease token and every
+entry's bytes, and raises ``dropped`` in the same atomic step. Redis is blocked for one batch,
+one read of a chunk or one LTRIM of a chunk at most; PostgreSQL commits once per
+chunk. In that mode, while a chunk is removed, the next one (read just behind it) is
+archived in a worker thread; it is removed only after both are done, and its rows,
 like any row at or past ``dropped``, are deleted if the removal before it stops short. A
 changed oldest end is detected and the rest is read and archived again (bounded retries).
 The trim holds the queue's lease, the same one a requeue takes, so the two never run at the
@@ -24,14 +28,11 @@ same time.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any
 
 import redis
@@ -39,6 +40,7 @@ import redis
 from bot.core.invocation import CommandError
 from commands.dlq import lua
 from commands.dlq.archive import Fenced
+from commands.dlq.trimpieces import ShortRead, StreamedChunk, parts, proof
 
 __all__ = ["QueueTrim", "TrimTask", "TrimReport"]
 
@@ -83,14 +85,18 @@ class TrimReport:
     dropped_now: int = 0
     retries: int = 0    # batches read and archived again because the oldest end changed
     abandoned: str | None = None
-
-
-def _digest(oldest_first: list[bytes]) -> str:
-    """What TRIM_POP compares: sha1 of the entries, oldest first, each as <length>:<bytes>."""
-    return hashlib.sha1(b"".join(b"%d:%s" % (len(e), e) for e in oldest_first)).hexdigest()
+    watched: int = 0    # chunks removed unread, their list untouched since they were read (WATCH)
+    fallback: bool = False  # the list was written under a watched chunk: the rest was compared byte for byte
 
 
 class QueueTrim:
+    # Reads are plain LRANGE replies on every server: framing them in Lua (one reply of two strings)
+    # cost Redis more CPU than parsing the reply costs here.
+    _framed = False
+    # Read, archive and remove each chunk under WATCH of the dead list while nobody writes it (see
+    # _cut_watched); a subclass whose dead letters are not that list turns it off.
+    optimistic = True
+
     def __init__(self, queue: Any, clock: Callable[[], float] = time.time):
         self.queue = queue
         self.client = queue.client
@@ -98,9 +104,8 @@ class QueueTrim:
         self.key = queue.trim_key
         self.lease = queue.lease
         self.clock = clock
-        self._read = self.client.register_script(lua.TRIM_READ)
-        self._framed = True  # False on a server before 7.0 (no script flags): plain LRANGE
         self._pop = self.client.register_script(lua.TRIM_POP)
+        self._cut = self.client.register_script(lua.TRIM_CUT)
         self._status = self.client.register_script(lua.TRIM_STATUS)
 
     def task(self) -> TrimTask | None:
@@ -180,21 +185,17 @@ class QueueTrim:
 
     def _oldest(self, n: int, skip: int = 0) -> list[bytes]:
         """The ``n`` oldest entries after the ``skip`` oldest, oldest first (fewer if the list is shorter)."""
-        if self._framed:
-            try:
-                lengths, joined = self._read(keys=[self.dead], args=[n, skip])
-            except redis.ResponseError as error:
-                if "compiling" not in str(error):
-                    raise
-                self._framed = False
-            else:
-                ends = list(accumulate(struct.unpack(f">{len(lengths) // 4}I", lengths)))
-                return [joined[start:end] for start, end in zip([0] + ends[:-1], ends)]
         return self.client.lrange(self.dead, -(n + skip), -(skip + 1))[::-1]
 
-    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], digest: str) -> int:
-        """1 removed (``dropped`` grew by their number), 0 the oldest end changed, -1 not ours."""
-        return self._pop(keys=[self.dead, self.key, self.lease.key], args=[len(oldest_first), digest, token, task_id])
+    def _remove(self, token: str, task_id: str, oldest_first: list[bytes], ordinal: int) -> int:
+        """1 removed (``dropped`` was ``ordinal`` and grew by their number), 0 the oldest end changed, -1 not ours."""
+        return self._pop(keys=[self.dead, self.key, self.lease.key], args=self._pop_args(oldest_first, token, task_id,
+                                                                                          ordinal))
+
+    @staticmethod
+    def _pop_args(oldest_first: list[bytes], token: str, task_id: str, ordinal: int) -> list:
+        lengths, joined = proof(oldest_first)
+        return [len(oldest_first), lengths, token, task_id, ordinal, joined]
 
     def _abandon(self, token: str, task_id: str, archive: Any) -> bool:
         """Close an interrupted task: rows of entries it never removed are deleted first."""
@@ -204,29 +205,53 @@ class QueueTrim:
             archive.finish(task_id, "abandoned")
         return bool(self._status(keys=[self.key, self.lease.key], args=[token, task_id, "abandoned"]))
 
+    def _cut_watched(self, token: str, task_id: str, n: int, first: int,
+                     archive: Callable[[str, int, list[bytes]], None]) -> tuple[int | None, list[bytes]]:
+        """Read the ``n`` oldest under WATCH of the dead list, archive them as ordinals ``first``.., then
+        remove them unread (TRIM_CUT in MULTI) unless someone wrote the list since the WATCH.
+
+        Returns (1, entries) archived and removed; (None, entries) archived, not removed: the list
+        was written meanwhile (a producer's push is enough), so they must be compared; (0, []) the
+        list is shorter than ``n`` or ``dropped`` moved (nothing archived); (-1, ...) not ours."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.dead)
+            chunk = StreamedChunk(pipe, self.dead, n)
+            try:
+                archive(task_id, first, chunk)
+            except ShortRead:
+                return 0, []
+            if not chunk.complete:  # an archive that read them otherwise, or not all (never TrimArchive)
+                return 0, []
+            entries = chunk.entries
+            pipe.multi()
+            self._cut(keys=[self.dead, self.key, self.lease.key], args=[n, token, task_id, first], client=pipe)
+            try:
+                (removed,) = pipe.execute()
+            except redis.WatchError:
+                return None, entries
+        return removed, entries
+
     def _remove_chunk(self, token: str, task_id: str, oldest_first: list[bytes], first: int, batch: int,
                       renew: Callable[[], bool]) -> int:
         """Remove an archived chunk (ordinals ``first``..) ``batch`` at a time, oldest first: 1 all of
         it, 0 the oldest end changed (the batches before it were removed), -1 not ours."""
         if not renew():
             return -1
-        parts = [oldest_first[start:start + batch] for start in range(0, len(oldest_first), batch)]
-        return self._remove_parts(token, task_id, parts, first)
+        return self._remove_parts(token, task_id, parts(oldest_first, batch), first)
 
     def _remove_parts(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
         """The first part on its own (which loads the script if needed), the others in one round trip:
         each is removed only if ``dropped`` is still its first ordinal, i.e. every part before it was."""
         if isinstance(self.client, redis.RedisCluster):  # a cluster pipeline runs no scripts
             return self._remove_each(token, task_id, parts, first)
-        removed = self._pop(keys=[self.dead, self.key, self.lease.key],
-                            args=[len(parts[0]), _digest(parts[0]), token, task_id, first])
+        removed = self._remove(token, task_id, parts[0], first)
         if removed != 1 or len(parts) == 1:
             return removed
         pipe = self.client.pipeline(transaction=False)
         ordinal = first + len(parts[0])
         for part in parts[1:]:
-            pipe.evalsha(self._pop.sha, 3, self.dead, self.key, self.lease.key, len(part), _digest(part), token,
-                         task_id, ordinal)
+            pipe.evalsha(self._pop.sha, 3, self.dead, self.key, self.lease.key,
+                         *self._pop_args(part, token, task_id, ordinal))
             ordinal += len(part)
         for result in pipe.execute(raise_on_error=False):
             if result != 1:
@@ -234,11 +259,12 @@ class QueueTrim:
         return 1
 
     def _remove_each(self, token: str, task_id: str, parts: list[list[bytes]], first: int) -> int:
-        """One part at a time (a backend whose compare-and-remove does not check ``dropped``)."""
+        """One part at a time (a cluster, or a backend whose compare-and-remove does not check ``dropped``)."""
         for part in parts:
-            removed = self._remove(token, task_id, part, _digest(part))
+            removed = self._remove(token, task_id, part, first)
             if removed != 1:
                 return removed
+            first += len(part)
         return 1
 
     def _drive(self, token: str, task: TrimTask, archive: Any, batch: int, chunk: int, lease_ttl: float,
@@ -250,6 +276,8 @@ class QueueTrim:
             archive.begin(task.id, keep=task.keep, to_drop=task.to_drop)
             archive.settle(task.id, int(self.client.hget(self.key, "dropped")))
         outcome, changes, retries, size = "done", 0, 0, batch
+        optimistic = self.optimistic and not isinstance(self.client, redis.RedisCluster)
+        watched, fallback = 0, False
         renewed = reported = self.clock()
         dropped = task.dropped
 
@@ -263,13 +291,24 @@ class QueueTrim:
 
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trim-archive")
         current: list[bytes] = []  # read and archived as ordinals `first`.., not removed yet
+        following: list[bytes] = []  # read just behind the chunk being archived, not archived yet
         first = -1
+
+        def size_after(start: int, entries: list[bytes]) -> int:
+            """How many to read next, behind ``entries`` (ordinals ``start``..)."""
+            n = len(entries)
+            if start + n - first_dropped < WARM_UP:
+                return batch
+            return max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, entries)), 1)))
+
         try:
             while True:
                 dropped = int(self.client.hget(self.key, "dropped"))
                 left = min(task.to_drop - dropped, self._size() - task.keep)
                 if first != dropped or len(current) > left:  # read and archive again (its rows get deleted)
                     current = []
+                if not current or len(current) + len(following) > left:
+                    following = []
                 if not current:
                     n = min(size, left)
                     if n <= 0:
@@ -280,23 +319,54 @@ class QueueTrim:
                     if not renew():
                         outcome = "lost"
                         break
+                    if optimistic:  # one chunk at a time: read, archive, remove unless the list was written
+                        removed, current = self._cut_watched(token, task.id, n, dropped, archive)
+                        first = dropped
+                        if removed is None:  # archived, not removed: from here on, compare (and overlap)
+                            optimistic, fallback = False, True
+                            continue
+                        if removed == 1:
+                            size = size_after(first, current)
+                        current = []
+                        if removed == -1:
+                            outcome = "lost"
+                            break
+                        if removed == 0:  # shorter than it was (someone took entries): read again
+                            changes = changes + 1
+                            if changes > CHANGE_RETRIES:
+                                outcome = "changed"
+                                break
+                            continue
+                        changes, watched = 0, watched + 1
+                        now = self.clock()
+                        if now - reported >= PROGRESS_EVERY:
+                            progress(self.task(), (dropped + n - first_dropped) / max(now - started, 1e-6))
+                            reported = now
+                        continue
                     current, first = self._oldest(n), dropped
                     if len(current) < n:  # the list shrank between LLEN and the read: read again
                         current = []
                         continue
                     archive(task.id, first, current)
                 n = len(current)
-                size = batch if first + n - first_dropped < WARM_UP else \
-                    max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, current)), 1)))
-                # The next chunk (just behind this one) is read now and archived while this one is
-                # removed; it is removed only once both are done, so nothing leaves Redis unarchived.
+                size = size_after(first, current)
+                # The next chunk (just behind this one) is archived while this one is removed; it is
+                # removed only once both are done, so nothing leaves Redis unarchived. It was read
+                # during the previous chunk's archiving (or is read now); the one behind it is read
+                # once this one is removed, while the archiving goes on.
                 upcoming, archiving = [], None
                 if min(size, left - n) > 0 and not should_stop():
-                    upcoming = self._oldest(min(size, left - n), skip=n)
-                    if len(upcoming) == min(size, left - n):
+                    upcoming = following or self._oldest(min(size, left - n), skip=n)
+                    if len(upcoming) == min(size, left - n) or upcoming is following:
                         archiving = ahead.submit(archive, task.id, first + n, upcoming)
+                following = []
                 removed = self._remove_chunk(token, task.id, current, first, batch, renew)
                 if archiving is not None:
+                    if removed == 1 and not should_stop():
+                        want = min(size_after(first + n, upcoming), left - n - len(upcoming))
+                        if want > 0:
+                            following = self._oldest(want, skip=len(upcoming))
+                            following = following if len(following) == want else []
                     archiving.result()  # committed (or raised) before anything else happens
                 current, first = (upcoming, first + n) if archiving is not None and removed == 1 else ([], -1)
                 if removed == -1:
@@ -326,4 +396,4 @@ class QueueTrim:
         finally:
             ahead.shutdown(wait=True)
         return TrimReport(task.id, dropped, task.to_drop, outcome, self.clock() - started, dropped - first_dropped,
-                          retries)
+                          retries, watched=watched, fallback=fallback)
