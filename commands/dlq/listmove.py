@@ -130,7 +130,9 @@ class ListMover:
                    ("HSET", task_key, "updated_at", repr(self.clock())), ("EXEC",)]
         more = scanned + len(items) < total and (limit < 0 or moved + len(go) < limit)
         # After EXEC (which ends this WATCH, done or not), the next batch's WATCH and reads.
-        conn.send_packed_command(_pack(writes + (self._reads(size) if more else [])))
+        # Never a health-check PING first: one that found the connection dead would reconnect (with retries
+        # configured) and send MULTI/EXEC on a connection that never WATCHed, deciding on stale reads.
+        conn.send_packed_command(_pack(writes + (self._reads(size) if more else [])), check_health=False)
         replies = [conn.read_response() for _ in writes]
         if replies[-1] is None:  # a watched key changed before EXEC: nothing was written
             return None, more
