@@ -361,3 +361,77 @@ def test_a_real_opsbot_run_killed_mid_move_resumes_exactly(tmp_path, database_ur
         assert oldest_first(client, q.ready) == timeouts
         assert oldest_first(client, q.dead) == [e for e in entries if e not in set(timeouts)]
         assert q.held_keys() == [] and client.hget(q.task, "status") == b"done"
+
+
+def test_cancelled_mid_run_stops_after_the_batch_and_puts_the_held_entries_back(redis_client):
+    entries = [dead_letter(i, now=NOW) for i in range(1000)]
+    filters = Filters(type="send_email")
+    (queue, task_id), _ = _twins(redis_client, entries, filters, None)
+    real, calls = queue._lua_filter, []
+
+    def decider(text):  # between WATCH and EXEC: the cancel touches the watched task, so EXEC is refused
+        calls.append(1)
+        if len(calls) == 3:
+            redis_client.hset(queue.task_key, "status", "cancelling")  # what `dlq requeue cancel` writes
+        return real(text)
+
+    queue._lua_filter = decider
+    assert queue.run_requeue(task_id, owner="t", batch=100).outcome == "cancelled"
+    task = queue.task()
+    assert task.status == "cancelled" and task.scanned == 200
+    emails = [e for e in entries[:200] if b'"send_email"' in e]
+    assert oldest_first(redis_client, queue.settings.ready) == emails and task.moved == len(emails)
+    assert oldest_first(redis_client, queue.settings.dead) == [e for e in entries if e not in emails]
+    assert not redis_client.exists(queue.held_key(task_id))
+
+
+def test_a_lease_taken_over_mid_batch_refuses_that_batch_and_the_run_stops(redis_client):
+    entries = [dead_letter(i, now=NOW) for i in range(1000)]
+    filters = Filters(error="rate limit")
+    (queue, task_id), _ = _twins(redis_client, entries, filters, None)
+    real, calls = queue._lua_filter, []
+
+    def decider(text):  # the holder stalls past its lease; a second replica takes the task over
+        calls.append(1)
+        if len(calls) == 2:
+            redis_client.delete(queue.lease_key)
+            queue.lease.take("requeue", task_id, owner="other", ttl=60)
+        return real(text)
+
+    queue._lua_filter = decider
+    assert queue.run_requeue(task_id, owner="t", batch=100).outcome == "lost"
+    assert queue.task().scanned == 100 and queue.task().status == "running"
+    redis_client.delete(queue.lease_key)
+    queue._lua_filter = real
+    assert queue.run_requeue(task_id, owner="other", batch=100).outcome == "done"
+    _check_end(redis_client, queue, task_id, entries, [], filters)
+
+
+def test_one_mover_asked_batches_of_changing_sizes_leaves_what_the_lua_batches_leave(redis_client):
+    """A rate change (or the last, short batch) asks a size other than the reads sent ahead: those are
+    read and dropped, their WATCH ended, and the batch read again."""
+    from commands.dlq.listmove import ListMover
+
+    entries = _hostile()
+    filters = Filters(type="send_email")
+    (here, task_id), (there, _) = _twins(redis_client, entries, filters, None)
+    keys = {q.name: [q.settings.dead, q.settings.ready, q.held_key(task_id), q.task_key, q.lease_key]
+            for q in (here, there)}
+    token = here.lease.take("requeue", task_id, owner="t", ttl=60)
+    other = there.lease.take("requeue", task_id, owner="t", ttl=60)
+    sizes, decided = [7, 3, 3, 11, 1, 1, 20, 5], 0
+    with ListMover(redis_client, keys["a"], decider=LuaFilter.of, clock=lambda: NOW) as mover:
+        for step in range(200):
+            size = sizes[step % len(sizes)]
+            state = mover.step(token, size)
+            decided += state is not None
+            if state is None:
+                state = here._batch(keys=keys["a"], args=[size, token, NOW])[2]
+            assert state == there._batch(keys=keys["b"], args=[size, other, NOW])[2]
+            assert _state(redis_client, here, task_id) == _state(redis_client, there, task_id), step
+            if state == 1:
+                break
+    assert decided > 5
+    with redis_client.pipeline() as pipe:  # the connection went back unwatched
+        redis_client.lpush(here.settings.dead, b"later")
+        assert pipe.set("x", 1).execute() == [True]
