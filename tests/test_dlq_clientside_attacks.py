@@ -435,3 +435,19 @@ def test_one_mover_asked_batches_of_changing_sizes_leaves_what_the_lua_batches_l
     with redis_client.pipeline() as pipe:  # the connection went back unwatched
         redis_client.lpush(here.settings.dead, b"later")
         assert pipe.set("x", 1).execute() == [True]
+
+
+def test_interrupted_between_chained_batches_then_resumed(redis_client):
+    """Stopped with the next batch's WATCH and reads already sent: they are read and unwatched, the
+    connection goes back clean, and a second run finishes the task."""
+    entries = [dead_letter(i, now=NOW) for i in range(2000)]
+    filters = Filters(type="render_pdf")
+    (queue, task_id), _ = _twins(redis_client, entries, filters, None)
+    asked = []
+    report = queue.run_requeue(task_id, owner="t", batch=100, should_stop=lambda: asked.append(1) or len(asked) > 3)
+    assert report.outcome == "interrupted" and queue.task().scanned == 300 and queue.task().status == "running"
+    redis_client.lpush(queue.settings.dead, b"arrived")  # would abort a transaction on a still-watching connection
+    with redis_client.pipeline() as pipe:
+        assert pipe.set("x", 1).execute() == [True]
+    assert queue.run_requeue(task_id, owner="t", batch=100).outcome == "done"
+    _check_end(redis_client, queue, task_id, entries + [b"arrived"], [], filters)
