@@ -27,9 +27,15 @@ from typing import Any
 
 from commands.dlq.entries import id_text, parse_time, read_object
 
-__all__ = ["LuaFilter", "epoch", "lua_number", "lua_text"]
+__all__ = ["LuaFilter", "Undecided", "epoch", "lua_number", "lua_text"]
 
 _INTEGER = re.compile(r"-?[0-9]+\Z")
+_LUA_SPACE = b" \t\n\r\x0b\x0c"  # %s of Lua's patterns (C locale)
+
+
+class Undecided(ValueError):
+    """An entry Python's JSON reader refuses but Lua's cjson may read (it takes hex, leading zeros, ``+1``,
+    ``inf``, ``nan``, ``1.``, integers of any length, 1000 levels deep): only the Lua filter decides it."""
 
 
 def _bytes(value: str) -> bytes:
@@ -87,7 +93,8 @@ class LuaFilter:
         return sorted(found)
 
     def select(self, items: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
-        """The entries that match, as (index in ``items``, the entry decoded), in order."""
+        """The entries that match, as (index in ``items``, the entry decoded), in order. Raises Undecided
+        when a candidate is one only the Lua side can read."""
         chosen = []
         for index in self.candidates(items):
             document = self.decide(items[index])
@@ -96,9 +103,12 @@ class LuaFilter:
         return chosen
 
     def decide(self, raw: bytes) -> dict[str, Any] | None:
-        """The entry decoded (with the queue's fields where they point) if it matches, else None."""
+        """The entry decoded (with the queue's fields where they point) if it matches, else None; Undecided
+        for an entry that looks like an object Python cannot read (cjson may)."""
         document, partial = read_object(raw)
         if document is None:
+            if raw.lstrip(_LUA_SPACE)[:1] == b"{":  # the Lua side's decode() tries cjson on it
+                raise Undecided(raw[:40])
             return None
         if partial:
             document = _exact(raw, document)

@@ -17,7 +17,8 @@ next batch's ``WATCH`` and reads, so a batch costs one round trip.
 
 A step returns None, having written nothing, whenever REQUEUE_BATCH should decide instead: the
 lease is not the caller's, the task is not running, its limit is reached, the list is empty, the
-filter has no byte pre-check (``LuaFilter.cheap``), a watched key changed before ``EXEC`` (a
+filter has no byte pre-check (``LuaFilter.cheap``), a candidate entry is one only cjson reads
+(``Undecided``), a watched key changed before ``EXEC`` (a
 producer pushed a dead letter, someone cancelled, the lease was renewed), or Redis refused a
 command. The Lua batch that runs then always makes progress and stays the reference.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TYPE_CHECKING
 
-from commands.dlq.clientfilter import LuaFilter
+from commands.dlq.clientfilter import LuaFilter, Undecided
 
 if TYPE_CHECKING:
     import redis
@@ -114,7 +115,11 @@ class ListMover:
             self._unwatch()
             return None, False
         items = items[::-1][:want]  # the oldest `want`, oldest first, as RPOP gives them
-        chosen = [index for index, _ in here.select(items)[: limit - moved if limit >= 0 else None]]
+        try:
+            chosen = [index for index, _ in here.select(items)[: limit - moved if limit >= 0 else None]]
+        except Undecided:  # an entry only cjson can read: the Lua batch decides this one
+            self._unwatch()
+            return None, False
         go, stay = _split(items, chosen)
         writes: list[tuple[Any, ...]] = [("MULTI",), ("LTRIM", dead, 0, -(len(items) + 1))]
         if go:
@@ -125,7 +130,9 @@ class ListMover:
                    ("HSET", task_key, "updated_at", repr(self.clock())), ("EXEC",)]
         more = scanned + len(items) < total and (limit < 0 or moved + len(go) < limit)
         # After EXEC (which ends this WATCH, done or not), the next batch's WATCH and reads.
-        conn.send_packed_command(_pack(writes + (self._reads(size) if more else [])))
+        # Never a health-check PING first: one that found the connection dead would reconnect (with retries
+        # configured) and send MULTI/EXEC on a connection that never WATCHed, deciding on stale reads.
+        conn.send_packed_command(_pack(writes + (self._reads(size) if more else [])), check_health=False)
         replies = [conn.read_response() for _ in writes]
         if replies[-1] is None:  # a watched key changed before EXEC: nothing was written
             return None, more

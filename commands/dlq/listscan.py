@@ -23,13 +23,14 @@ from typing import Any, TYPE_CHECKING
 
 from commands.dlq import lua
 from commands.dlq.backend import ScanSummary
-from commands.dlq.clientfilter import LuaFilter, epoch, lua_number, lua_text
+from commands.dlq.clientfilter import LuaFilter, Undecided, epoch, lua_number, lua_text
 from commands.dlq.listmove import own_connection
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["GROUP_KEY_CHARS", "WINDOW", "LUA_CHUNKS", "LUA_MOST", "split_scan", "fold_reply", "fold_items"]
+__all__ = ["GROUP_KEY_CHARS", "WINDOW", "LUA_CHUNKS", "LUA_MOST", "split_scan", "fold_chunk", "fold_reply",
+           "fold_items"]
 
 GROUP_KEY_CHARS = 120
 WINDOW = 10      # chunks per round trip
@@ -43,7 +44,7 @@ def split_scan(client: redis.Redis, dead: str, lua_filter: str, here: LuaFilter,
     from redis.cluster import RedisCluster
 
     if isinstance(client, RedisCluster):
-        return _scan_here(client, dead, here, summary, chunk=chunk, samples=samples, fields=fields)
+        return _scan_here(client, dead, lua_filter, here, summary, chunk=chunk, samples=samples, fields=fields)
     span = chunk * WINDOW
 
     def requests(window: int, scripted: int) -> list[tuple[Any, ...]]:
@@ -79,7 +80,8 @@ def split_scan(client: redis.Redis, dead: str, lua_filter: str, here: LuaFilter,
             for start in range(0, len(items), chunk):
                 if ended or base + mine + start >= summary.total:
                     break
-                fold_items(summary, here, items[start:start + chunk], samples, fields)
+                fold_chunk(client, dead, lua_filter, summary, here, items[start:start + chunk], base + mine + start,
+                           samples, fields)
             if not more:
                 break
             window, scripted = window + 1, nxt
@@ -91,7 +93,7 @@ def split_scan(client: redis.Redis, dead: str, lua_filter: str, here: LuaFilter,
     return summary
 
 
-def _scan_here(client: Any, dead: str, here: LuaFilter, summary: ScanSummary, *, chunk: int, samples: int,
+def _scan_here(client: Any, dead: str, lua_filter: str, here: LuaFilter, summary: ScanSummary, *, chunk: int, samples: int,
                fields: dict[str, str] | None) -> ScanSummary:
     """Every chunk counted here, read with plain LRANGEs of ``WINDOW`` chunks."""
     offset, span = 0, chunk * WINDOW
@@ -101,11 +103,23 @@ def _scan_here(client: Any, dead: str, here: LuaFilter, summary: ScanSummary, *,
         for start in range(0, len(items), chunk):
             if offset + start >= summary.total:
                 break
-            fold_items(summary, here, items[start:start + chunk], samples, fields)
+            fold_chunk(client, dead, lua_filter, summary, here, items[start:start + chunk], offset + start, samples,
+                       fields)
         if len(items) < span:
             break
         offset += span
     return summary
+
+
+def fold_chunk(client: Any, dead: str, lua_filter: str, summary: ScanSummary, here: LuaFilter, items: list[bytes],
+               offset: int, samples: int, fields: dict[str, str] | None) -> None:
+    """Fold one chunk read ``offset`` entries from the oldest: counted here, or by the scan script when
+    it holds an entry only cjson reads (``Undecided``)."""
+    try:
+        fold_items(summary, here, items, samples, fields)
+    except Undecided:
+        reply = client.eval(lua.SCAN, 1, dead, lua_filter, offset, len(items), samples, GROUP_KEY_CHARS)
+        fold_reply(summary, reply, samples, fields)
 
 
 def fold_reply(summary: ScanSummary, reply: list[bytes], samples: int, fields: dict[str, str] | None) -> int:
