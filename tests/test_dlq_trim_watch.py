@@ -242,3 +242,42 @@ def test_a_write_between_two_pieces_of_a_streamed_chunk_leaves_every_entry_exact
     assert not set(in_redis) & set(archived) and not set(taken) & set(archived)
     assert max(archived.values()) == 1
     assert [r[1] for r in archive_rows(database_url)] == list(range(sum(archived.values())))
+
+
+def test_a_connection_dropped_under_a_watched_chunk_never_removes_it_unwatched(runtime, database_url):
+    """With health checks and retries configured (``health_check_interval`` in the queue's Redis URL),
+    redis-py PINGs before sending MULTI/EXEC, finds the connection dead and silently reconnects: the
+    removal then ran with no WATCH, after a consumer had taken the oldest entry, and dropped an entry
+    that was never archived. The watched window runs with no health check: the EXEC fails as a watched
+    one does, and the chunk is compared instead."""
+    import time
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tests.support.servers import RedisServer
+
+    with RedisServer() as server:  # its own: the test kills connections
+        side = server.client()
+        client = redis.Redis.from_url(server.url, health_check_interval=1, retry=Retry(NoBackoff(), 3))
+        queue = _queue(runtime, client)
+        dead = queue.settings.dead
+        entries = [dead_letter(i) for i in range(1000)]
+        kill(side, entries, dead)
+        taken = []
+
+        def then(_client, _dead):  # after the first chunk's commit, before its removal
+            for info in side.client_list():
+                if int(info["id"]) != side.client_id():
+                    side.client_kill_filter(_id=info["id"])
+            time.sleep(1.1)  # the health check is due
+            taken.append(side.rpop(dead))  # a consumer takes the oldest
+
+        archive = AfterCommit(trim_archive(runtime), side, dead, 1, then)
+        report = queue.run_trim(keep=5, archive=archive, batch=50, chunk=400, max_drop=len(entries) - 5)
+        assert report.outcome == "done" and report.fallback and report.watched == 0, report
+        in_redis = Counter(oldest_first(side, dead))
+        archived = Counter(r[2] for r in archive_rows(database_url))
+        assert in_redis + archived + Counter(taken) == Counter(entries)
+        assert not set(in_redis) & set(archived) and not set(taken) & set(archived)

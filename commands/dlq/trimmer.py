@@ -40,7 +40,7 @@ import redis
 from bot.core.invocation import CommandError
 from commands.dlq import lua
 from commands.dlq.archive import Fenced
-from commands.dlq.trimpieces import ShortRead, StreamedChunk, parts, proof
+from commands.dlq.trimpieces import ShortRead, StreamedChunk, parts, proof, unchecked
 
 __all__ = ["QueueTrim", "TrimTask", "TrimReport"]
 
@@ -215,20 +215,21 @@ class QueueTrim:
         list is shorter than ``n`` or ``dropped`` moved (nothing archived); (-1, ...) not ours."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(self.dead)
-            chunk = StreamedChunk(pipe, self.dead, n)
-            try:
-                archive(task_id, first, chunk)
-            except ShortRead:
-                return 0, []
-            if not chunk.complete:  # an archive that read them otherwise, or not all (never TrimArchive)
-                return 0, []
-            entries = chunk.entries
-            pipe.multi()
-            self._cut(keys=[self.dead, self.key, self.lease.key], args=[n, token, task_id, first], client=pipe)
-            try:
-                (removed,) = pipe.execute()
-            except redis.WatchError:
-                return None, entries
+            with unchecked(pipe.connection):
+                chunk = StreamedChunk(pipe, self.dead, n)
+                try:
+                    archive(task_id, first, chunk)
+                except ShortRead:
+                    return 0, []
+                if not chunk.complete:  # an archive that read them otherwise, or not all (never TrimArchive)
+                    return 0, []
+                entries = chunk.entries
+                pipe.multi()
+                self._cut(keys=[self.dead, self.key, self.lease.key], args=[n, token, task_id, first], client=pipe)
+                try:
+                    (removed,) = pipe.execute()
+                except redis.WatchError:
+                    return None, entries
         return removed, entries
 
     def _remove_chunk(self, token: str, task_id: str, oldest_first: list[bytes], first: int, batch: int,

@@ -10,9 +10,11 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["STREAM_PIECE", "PART_BYTES", "ShortRead", "StreamedChunk", "parts", "proof"]
+__all__ = ["STREAM_PIECE", "PART_BYTES", "ShortRead", "StreamedChunk", "parts", "proof", "unchecked"]
 
 STREAM_PIECE = 1000         # entries read at a time while a watched chunk streams into the archive
 PART_BYTES = 4 * 2 ** 20    # one compare-and-remove sends at most this many entry bytes back (or one entry)
@@ -22,6 +24,21 @@ def proof(oldest_first: list[bytes]) -> tuple[str, bytes]:
     """What TRIM_POP compares the oldest entries with: their lengths and their bytes, newest first."""
     newest_first = oldest_first[::-1]
     return ",".join(map(str, map(len, newest_first))), b"".join(newest_first)
+
+
+@contextmanager
+def unchecked(connection: Any) -> Iterator[None]:
+    """No health-check PING on ``connection`` while it WATCHes. redis-py PINGs before a command once
+    the client's ``health_check_interval`` has passed, and a PING that finds the connection dead
+    reconnects silently: what followed (the reads, MULTI/EXEC) ran on a connection that never
+    watched, and EXEC could not fail. Without the PING a dead connection fails the next command,
+    which a pipeline that watches turns into a WatchError."""
+    interval = connection.health_check_interval
+    connection.health_check_interval = 0
+    try:
+        yield
+    finally:
+        connection.health_check_interval = interval
 
 
 class ShortRead(Exception):
