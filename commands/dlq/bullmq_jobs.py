@@ -71,7 +71,9 @@ return #rows
 # One batch of an unfiltered requeue, staged for BullMQ's own moveJobsToWait (run next, in the same
 # MULTI/EXEC). KEYS: lease, task, pending, failed, moving, journal. ARGV: token, n, now.
 # Each of the next n pending ids still in the failed set with the fingerprint it was selected with goes
-# from the failed set to ``moving`` (same score, so BullMQ moves them oldest first); the batch is counted
+# from the failed set to ``moving``, scored by its place in the batch (1, 2, ...), so BullMQ moves them in the
+# selection's order (oldest first, ties as ZRANGE orders them) whatever their scores (moveJobsToWait takes
+# only scores 0..max double: a job staged with a negative or infinite score would never move); the batch is counted
 # and dropped from the pending list; while ``moving`` still holds a batch (its move was refused), nothing
 # new is staged. Returns 2 lost lease, 3 not a bulk task or a journaled batch to finish (stages
 # nothing), 1 nothing left or cancelling, 0 more to do.
@@ -96,7 +98,7 @@ if #ids > 0 then
   for i, id in ipairs(ids) do
     if now[i] and now[i] == selected[i] then
       moved[#moved + 1] = id
-      scored[#scored + 1] = now[i]
+      scored[#scored + 1] = #moved
       scored[#scored + 1] = id
     end
   end
@@ -112,6 +114,22 @@ redis.call('HINCRBY', KEYS[2], 'scanned', #ids)
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[3])
 return more()
 """
+# A Lua function: the sorted set ``from`` given back to ``to``: renamed when ``to`` does not exist, else each
+# member ``to`` does not hold added with its score (ZADD NX: a member in both keeps ``to``'s score, its
+# fingerprint; ZUNIONSTORE would sum the two), then ``from`` deleted.
+GIVE_BACK = r"""
+local function give_back(from, to)
+  if redis.call('EXISTS', to) == 0 then redis.call('RENAME', from, to) return end
+  local all = redis.call('ZRANGE', from, 0, -1, 'WITHSCORES')
+  for i = 1, #all, 2000 do
+    local args = {}
+    for j = i, math.min(i + 1999, #all), 2 do args[#args + 1] = all[j + 1] args[#args + 1] = all[j] end
+    redis.call('ZADD', to, 'NX', unpack(args))
+  end
+  redis.call('DEL', from)
+end
+"""
+
 # The quick way through a batch of an unfiltered requeue (``_quick``), one MULTI/EXEC of three scripts:
 # CLAIM, BullMQ's own moveJobsToWait, RETURN. moveJobsToWait is given ``batch``, a key that does not exist,
 # as its state key, so it moves nothing unless CLAIM has made it the failed set: CLAIM renames the failed
@@ -127,12 +145,9 @@ return more()
 # joined by '","', is the same ids and scores (each quote is then a separator on both sides).
 # KEYS: lease, task, pending, failed, batch, journal, moving, claimed. ARGV: token, n, every.
 # Returns 'go', or why not ('lease': the lease is lost).
-CLAIM = r"""
+CLAIM = GIVE_BACK + r"""
 redis.call('DEL', KEYS[8])
-if redis.call('EXISTS', KEYS[5]) == 1 then  -- cannot be (RETURN renames it back), but never lose it
-  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('ZUNIONSTORE', KEYS[4], 2, KEYS[4], KEYS[5]) redis.call('DEL', KEYS[5])
-  else redis.call('RENAME', KEYS[5], KEYS[4]) end
-end
+if redis.call('EXISTS', KEYS[5]) == 1 then give_back(KEYS[5], KEYS[4]) end  -- cannot be (RETURN gives it back), but never lose it
 local function check()
   if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease' end
   if redis.call('HGET', KEYS[2], 'bulk') ~= '1' or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
@@ -160,11 +175,8 @@ return ok and verdict or 'error'
 # KEYS: batch, failed, claimed, task, pending. ARGV: now. The failed set's rest back, then (if CLAIM claimed
 # the batch and moveJobsToWait took it: its first job is no longer failed) the batch counted and dropped.
 # Returns 4 claimed but not moved (moveJobsToWait was refused), 3 not claimed, 1 nothing left, 0 more to do.
-RETURN = r"""
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[1]) redis.call('DEL', KEYS[1])
-  else redis.call('RENAME', KEYS[1], KEYS[2]) end
-end
+RETURN = GIVE_BACK + r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then give_back(KEYS[1], KEYS[2]) end
 local n = tonumber(redis.call('GET', KEYS[3]))
 if not n then return 3 end
 redis.call('DEL', KEYS[3])
