@@ -6,6 +6,8 @@ job is left in opsbot's batch or staging keys; the task's counters are true; the
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +24,8 @@ from commands.dlq.lease import LeaseBusy
 from commands.dlq.settings import QueueSettings
 from tests.support import jobfuncs
 from tests.support.servers import RedisServer
-from tests.test_dlq_jobsystems import ENV, REPO, _bull_clean, _bull_failures, _recording_quick, bull_burst
+from tests.support.dlq import opsbot
+from tests.test_dlq_jobsystems import ENV, REPO, _bull_clean, _config, _bull_failures, _recording_quick, bull_burst
 
 FAILED = "bull:pdf:failed"
 
@@ -299,3 +302,180 @@ def test_a_bullmq_worker_failing_jobs_during_the_requeue_never_gets_one_moved_tw
     assert set(events) == set(before[:20]) and set(events.values()) == {1}
     assert set(client.zrange(FAILED, 0, -1)) == set(before)             # all failed again, none lost
     assert all(client.hget(f"bull:pdf:{job_id.decode()}", "atm") == b"2" for job_id in before[:20])
+
+
+# -- the process and the server under attack -------------------------------------------------------
+
+
+def _path(tmp_path, database_url, url, batch, lease="1s"):
+    return _config(tmp_path, database_url, url,
+                   f"{{name: pdf, backend: bullmq, redis: main, queue: pdf, batch: {batch}, lease_ttl: {lease}}}")
+
+
+def _settled(client, before, selected):
+    """Each selected job in wait once, oldest first; every other job still failed; the counters true."""
+    waiting = client.lrange("bull:pdf:wait", 0, -1)
+    assert waiting == list(reversed(before[:len(waiting)])) and len(waiting) <= selected
+    assert client.zrange(FAILED, 0, -1) == before[len(waiting):]
+    assert int(client.hget("opsbot:dlq:task:pdf", "moved") or 0) == len(waiting)
+    assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:claimed:pdf", "opsbot:dlq:moving:pdf")
+    return waiting
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_opsbot_sigkilled_again_and_again_then_resumed_moves_each_job_once(tmp_path, database_url, own_redis, batch):
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=30)
+    before = client.zrange(FAILED, 0, -1)
+    path = _path(tmp_path, database_url, own_redis.url, batch)
+    text = "dlq requeue pdf --limit 25 --rate 20"
+    kills = 0
+    for at_least in (1, 4, 9, 13, 17):
+        proc = subprocess.Popen(opsbot(path, text), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while int(client.hget("opsbot:dlq:task:pdf", "moved") or 0) < at_least and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.003)
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.communicate()
+        _settled(client, before, 25)
+        time.sleep(1.1)                                                  # the dead process's lease runs out
+    assert kills >= 3
+    done = subprocess.run(opsbot(path, text), env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Requeued" in done.stdout, done.stdout + done.stderr
+    waiting = _settled(client, before, 25)
+    assert len(waiting) == 25 and client.hget("opsbot:dlq:task:pdf", "status") == b"done"
+    _ran_once(client, own_redis.url, before[:25])
+
+
+def test_redis_killed_and_restarted_mid_run_then_resumed_moves_each_job_once(tmp_path, database_url):
+    server = RedisServer(persist=True).start()
+    try:
+        client = server.client()
+        _bull_failures(client, server.url, count=20)
+        before = client.zrange(FAILED, 0, -1)
+        path = _path(tmp_path, database_url, server.url, 2)
+        text = "dlq requeue pdf --rate 15"
+        proc = subprocess.Popen(opsbot(path, text), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while int(client.hget("opsbot:dlq:task:pdf", "moved") or 0) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.003)
+        server.kill()                                                   # SIGKILL, AOF fsynced always
+        proc.communicate(timeout=120)                                   # opsbot stops (or fails) by itself
+        server.start()
+        _settled(client, before, 20)
+        time.sleep(1.1)
+        done = subprocess.run(opsbot(path, text), env=ENV, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Requeued" in done.stdout, done.stdout + done.stderr
+        assert len(_settled(client, before, 20)) == 20
+        _ran_once(client, server.url, before)
+    finally:
+        server.close()
+
+
+def test_redis_stopped_longer_than_the_lease_mid_run_then_continued_moves_each_job_once(tmp_path, database_url,
+                                                                                        own_redis):
+    """SIGSTOP of redis-server mid-run for longer than the lease (a frozen server, a failover pause), then
+    SIGCONT: whatever the running opsbot then does (carries on, or sees its lease gone), each job moves once."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=20)
+    before = client.zrange(FAILED, 0, -1)
+    path = _path(tmp_path, database_url, own_redis.url, 2)
+    text = "dlq requeue pdf --rate 15"
+    proc = subprocess.Popen(opsbot(path, text), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while int(client.hget("opsbot:dlq:task:pdf", "moved") or 0) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.003)
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.5)
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    proc.communicate(timeout=120)
+    _settled(client, before, 20)
+    if client.hget("opsbot:dlq:task:pdf", "status") != b"done":
+        time.sleep(1.1)
+        done = subprocess.run(opsbot(path, text), env=ENV, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Requeued" in done.stdout, done.stdout + done.stderr
+    assert len(_settled(client, before, 20)) == 20
+    _ran_once(client, own_redis.url, before)
+
+
+def test_a_wait_key_of_the_wrong_type_mid_run_loses_no_job(own_redis):
+    """BullMQ's wait key turned into something else than a list after the selection: moveJobsToWait would
+    remove the batch from the failed (or staging) set and then fail to push it to wait, and Redis does not undo
+    a script's writes; the jobs would be in no BullMQ state, counted as moved. Nothing may move instead."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=6)
+    before = client.zrange(FAILED, 0, -1, withscores=True)
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    client.set("bull:pdf:wait", "not a list")
+
+    with pytest.raises(Exception, match="wait"):
+        _run(queue, task, batch=4)
+    assert client.zrange(FAILED, 0, -1, withscores=True) == before and _bull_clean(client, queue)
+    assert int(client.hget(queue.task_key, "moved")) == 0 and client.llen(queue.pending_key) == 6
+
+    client.delete("bull:pdf:wait")
+    report = _run(queue, task, batch=4)
+    assert report.outcome == "done" and report.task.moved == 6 and _bull_clean(client, queue)
+    assert client.lrange("bull:pdf:wait", 0, -1) == [job_id for job_id, _ in reversed(before)]
+    _ran_once(client, own_redis.url, [job_id for job_id, _ in before])
+
+
+def test_an_events_key_of_the_wrong_type_mid_run_leaves_the_failed_jobs_untouched(own_redis):
+    """BullMQ's events key no longer a stream: moveJobsToWait would strip the batch's jobs of their failure
+    (failedReason, finishedOn) and then fail at its first XADD, leaving them failed without a reason. Nothing
+    may be touched instead; once the key is fixed, each job moves once."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=5)
+    before = client.zrange(FAILED, 0, -1, withscores=True)
+    hashes = {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before}
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=5, requested_by="t")
+    client.rename("bull:pdf:events", "test:events")
+    client.set("bull:pdf:events", "not a stream")
+
+    with pytest.raises(Exception, match="events"):
+        _run(queue, task, batch=2)
+    assert client.zrange(FAILED, 0, -1, withscores=True) == before and _bull_clean(client, queue)
+    assert {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before} == hashes
+    assert int(client.hget(queue.task_key, "moved")) == 0
+
+    client.delete("bull:pdf:events")
+    client.rename("test:events", "bull:pdf:events")
+    report = _run(queue, task, batch=2)
+    assert report.outcome == "done" and report.task.moved == 5 and _bull_clean(client, queue)
+    _ran_once(client, own_redis.url, [job_id for job_id, _ in before])
+
+
+def test_cancel_while_bullmq_refuses_the_move_keeps_the_staged_batch_until_it_can_move_it(own_redis):
+    """meta not a hash: BullMQ refuses every move (before any write). The staged batch stays staged (counted,
+    as the existing refusal test shows); a cancel then cannot finish it and says so, losing nothing; once
+    BullMQ's meta is a hash again, cancel moves that batch once and leaves the rest failed."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=6)
+    before = client.zrange(FAILED, 0, -1)
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    client.rename("bull:pdf:meta", "test:meta")
+    client.set("bull:pdf:meta", "not a hash")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        _run(queue, task, batch=4)
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        queue.cancel()
+    staged = client.zrange(queue.moving_key, 0, -1)
+    assert staged == before[:4] and client.zrange(FAILED, 0, -1) == before[4:]
+    assert not client.exists(queue.batch_key, queue.claimed_key) and client.llen("bull:pdf:wait") == 0
+
+    client.delete("bull:pdf:meta")
+    client.rename("test:meta", "bull:pdf:meta")
+    assert queue.cancel().status == "cancelled"
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before[:4])) and _bull_clean(client, queue)
+    assert client.zrange(FAILED, 0, -1) == before[4:] and int(client.hget(queue.task_key, "moved")) == 4
+    _ran_once(client, own_redis.url, before[:4])

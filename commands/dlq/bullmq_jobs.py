@@ -24,7 +24,9 @@ its own key layout (``QueueKeys``), so BullMQ workers in any language run the jo
   ``moveJobsToWait`` under the batch key, ``RETURN`` gives it back and counts (see CLAIM). Staged
   (otherwise): ``STAGE`` (lease check; the batch's ids still in the failed set with the score they
   were selected with go to a staging set, counted, dropped from the pending list), then
-  ``moveJobsToWait`` on that staging set.
+  ``moveJobsToWait`` on that staging set (handed over under the batch key, what it did not move
+  staged again by ``UNSTAGE``). Neither way moves anything while BullMQ's wait key is not a list
+  or its events key not a stream (see STAGE).
 * **filtered**: ``reprocessJob`` per job with exactly the arguments ``Job.retry("failed")`` passes
   (priority and ``lifo`` honoured), a pipeline per batch, journaled as :mod:`commands.dlq.jobtask` says.
 
@@ -43,6 +45,7 @@ from bullmq.job import optsFromJSON
 from bullmq.queue_keys import QueueKeys
 from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
 
+from bot.core.invocation import CommandError
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities)
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
@@ -68,19 +71,37 @@ for i = 1, #rows, 1000 do redis.call('RPUSH', KEYS[2], unpack(rows, i, math.min(
 return #rows
 """
 
+# A Lua function: true when BullMQ's wait key is a list and its events key a stream (or either does not exist).
+TYPES = """
+local function types_ok(wait, events)
+  local kind = redis.call('TYPE', wait)['ok']
+  if kind ~= 'list' and kind ~= 'none' then return false end
+  kind = redis.call('TYPE', events)['ok']
+  return kind == 'stream' or kind == 'none'
+end
+"""
+
 # One batch of an unfiltered requeue, staged for BullMQ's own moveJobsToWait (run next, in the same
-# MULTI/EXEC). KEYS: lease, task, pending, failed, moving, journal. ARGV: token, n, now.
+# MULTI/EXEC, on ``batch``; then UNSTAGE). KEYS: lease, task, pending, failed, moving, journal, batch, wait,
+# events. ARGV: token, n, now.
 # Each of the next n pending ids still in the failed set with the fingerprint it was selected with goes
 # from the failed set to ``moving``, scored by its place in the batch (1, 2, ...), so BullMQ moves them in the
 # selection's order (oldest first, ties as ZRANGE orders them) whatever their scores (moveJobsToWait takes
 # only scores 0..max double: a job staged with a negative or infinite score would never move); the batch is counted
 # and dropped from the pending list; while ``moving`` still holds a batch (its move was refused), nothing
-# new is staged. Returns 2 lost lease, 3 not a bulk task or a journaled batch to finish (stages
-# nothing), 1 nothing left or cancelling, 0 more to do.
-STAGE = """
+# new is staged. The staged batch is handed to moveJobsToWait by renaming ``moving`` to ``batch`` (UNSTAGE renames
+# what it did not move back), and only when BullMQ's wait key is a list and its events key a stream (or
+# none): moveJobsToWait writes to the jobs before its first XADD and removes them from its state key before
+# it pushes them to wait, and Redis does not undo a script's writes, so either key of another type would
+# leave the batch stripped of its failure or in no BullMQ state (TYPES). Returns 2 lost lease, 3 not a bulk
+# task or a journaled batch to finish (stages nothing), 5 a key of the wrong type (stages nothing, hands
+# nothing over), 1 nothing left or cancelling, 0 more to do.
+STAGE = TYPES + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 2 end
 if redis.call('HGET', KEYS[2], 'bulk') ~= '1' or redis.call('EXISTS', KEYS[6]) == 1 then return 3 end
+if not types_ok(KEYS[8], KEYS[9]) then return 5 end
 local function more()
+  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('RENAME', KEYS[5], KEYS[7]) end  -- to moveJobsToWait
   if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('HGET', KEYS[2], 'status') == 'cancelling' then return 1 end
   return 0
 end
@@ -114,6 +135,8 @@ redis.call('HINCRBY', KEYS[2], 'scanned', #ids)
 redis.call('HSET', KEYS[2], 'updated_at', ARGV[3])
 return more()
 """
+# After a staged batch's moveJobsToWait: what it did not move (it was refused) is staged again. KEYS: batch, moving.
+UNSTAGE = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end return 0"
 # A Lua function: the sorted set ``from`` given back to ``to``: renamed when ``to`` does not exist, else each
 # member ``to`` does not hold added with its score (ZADD NX: a member in both keeps ``to``'s score, its
 # fingerprint; ZUNIONSTORE would sum the two), then ``from`` deleted.
@@ -143,9 +166,10 @@ end
 # The comparison reads no row as JSON: with no backslash in the rows (no id JSON escapes), the rows
 # joined and '"]["' read as '","' are '["id1","score1","id2",...]' exactly when the failed set's head,
 # joined by '","', is the same ids and scores (each quote is then a separator on both sides).
-# KEYS: lease, task, pending, failed, batch, journal, moving, claimed. ARGV: token, n, every.
-# Returns 'go', or why not ('lease': the lease is lost).
-CLAIM = GIVE_BACK + r"""
+# KEYS: lease, task, pending, failed, batch, journal, moving, claimed, wait, events. ARGV: token, n, every.
+# Returns 'go', or why not ('lease': the lease is lost; 'types': BullMQ's wait or events key is of the wrong
+# type, see STAGE).
+CLAIM = GIVE_BACK + TYPES + r"""
 redis.call('DEL', KEYS[8])
 if redis.call('EXISTS', KEYS[5]) == 1 then give_back(KEYS[5], KEYS[4]) end  -- cannot be (RETURN gives it back), but never lose it
 local function check()
@@ -153,6 +177,7 @@ local function check()
   if redis.call('HGET', KEYS[2], 'bulk') ~= '1' or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
     return 'task' end
   if redis.call('EXISTS', KEYS[6], KEYS[7]) > 0 then return 'in flight' end
+  if not types_ok(KEYS[9], KEYS[10]) then return 'types' end
   local n = tonumber(ARGV[2])
   local rows = redis.call('LRANGE', KEYS[3], 0, n - 1)
   if #rows ~= n then return 'short' end
@@ -190,6 +215,7 @@ if redis.call('EXISTS', KEYS[5]) == 0 or redis.call('HGET', KEYS[4], 'status') =
 return 0
 """
 EVERY_SCORE = 1.7976931348623157e+308  # moveJobsToWait's timestamp bound, as BullMQ's own promoteJobs passes it
+STAGED_ALL = 2 ** 31 - 1  # moveJobsToWait's count for a staged batch: all of it, whatever batch size staged it
 SELECT_CHUNK = 5000
 FIELDS = ("name", "data", "failedReason", "stacktrace", "atm", "finishedOn", "timestamp")
 
@@ -281,9 +307,9 @@ class BullQueue(JobRegistryQueue):
         the batch moved, else why it did not (nothing changed)."""
         keys = self.keys
         pipe = self.client.pipeline(transaction=True)
-        pipe.execute_command("EVAL", CLAIM, 8, self.lease_key, self.task_key, self.pending_key, self.failed_key,
-                             self.batch_key, self.journal_key, self.moving_key, self.claimed_key,
-                             token, n, EVERY_SCORE)
+        pipe.execute_command("EVAL", CLAIM, 10, self.lease_key, self.task_key, self.pending_key, self.failed_key,
+                             self.batch_key, self.journal_key, self.moving_key, self.claimed_key, keys["wait"],
+                             keys["events"], token, n, EVERY_SCORE)
         pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
                              keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
                              n, EVERY_SCORE, "failed")
@@ -300,19 +326,28 @@ class BullQueue(JobRegistryQueue):
         return claim.decode() if isinstance(claim, bytes) else "error"
 
     def _staged(self, token: str, step: int) -> int:
-        """A batch through the staging set: STAGE then moveJobsToWait on that set, in one MULTI/EXEC."""
+        """A batch through the staging set: STAGE, moveJobsToWait on the staged batch, UNSTAGE, in one MULTI/EXEC."""
+        keys = self.keys
         pipe = self.client.pipeline(transaction=True)
         self._stage(keys=[self.lease_key, self.task_key, self.pending_key, self.failed_key, self.moving_key,
-                          self.journal_key], args=[token, step, self.clock()], client=pipe)
-        keys = self.keys
-        self._move_jobs(keys=[keys[""], keys["events"], self.moving_key, keys["wait"], keys["paused"],
+                          self.journal_key, self.batch_key, keys["wait"], keys["events"]],
+                    args=[token, step, self.clock()], client=pipe)
+        self._move_jobs(keys=[keys[""], keys["events"], self.batch_key, keys["wait"], keys["paused"],
                               keys["meta"], keys["active"], keys["marker"]],
-                        args=[2 * step, EVERY_SCORE, "failed"], client=pipe)
-        state, moved = pipe.execute(raise_on_error=False)
-        if isinstance(state, Exception):
-            raise state
+                        args=[STAGED_ALL, EVERY_SCORE, "failed"], client=pipe)
+        pipe.execute_command("EVAL", UNSTAGE, 2, self.batch_key, self.moving_key)
+        state, moved, unstaged = pipe.execute(raise_on_error=False)
+        for reply in (state, unstaged):
+            if isinstance(reply, Exception):
+                raise reply
         if isinstance(moved, Exception):
             raise moved  # staged, counted, not moved (Redis refused a write): the next batch moves them
+        if int(state) == 5:
+            kinds = {keys["wait"]: "list", keys["events"]: "stream"}
+            wrong = ", ".join(f"{key!r} is a Redis {self.client.type(key).decode()}, not a {want}"
+                              for key, want in kinds.items() if self.client.type(key).decode() not in (want, "none"))
+            raise CommandError(f"BullMQ's keys of queue {self.name!r} are not what BullMQ writes ({wrong}): "
+                               "nothing was moved")
         return super()._batch(token, step) if int(state) == 3 else int(state)
 
     def _in_flight(self) -> list[str]:
