@@ -108,7 +108,7 @@ def test_equal_scores_move_in_the_selection_order_the_quick_way(own_redis):
     assert client.zrange(FAILED, 0, -1) == before[7:] and _bull_clean(client, queue)
 
 
-@pytest.mark.parametrize("scores", [[1e21, 1e21 + 2 ** 20, 2.5, 3.25], [-5, -1.5, 0, 7], [float("inf"), 1, 2, 3],
+@pytest.mark.parametrize("scores", [[0.1, 1 / 3, 1e21, 1e21 + 2 ** 20, 2.5e-300, 3.25], [-5, -1.5, 0, 7], [float("inf"), 1, 2, 3],
                                     [float("-inf"), 1, 2, float("inf")]], ids=["huge-fractional", "negative",
                                                                                    "inf", "both-infs"])
 def test_odd_scores_are_each_requeued_once_and_nothing_is_stranded(own_redis, scores):
@@ -119,6 +119,7 @@ def test_odd_scores_are_each_requeued_once_and_nothing_is_stranded(own_redis, sc
     _bull_failures(client, own_redis.url, count=len(scores))
     client.zadd(FAILED, dict(zip(client.zrange(FAILED, 0, -1), scores)))
     before = client.zrange(FAILED, 0, -1)
+    assert len(before) == len(scores)
     queue = _queue(client)
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=len(before), requested_by="t")
     report = _run(queue, task, batch=2, seconds=15)
@@ -479,3 +480,34 @@ def test_cancel_while_bullmq_refuses_the_move_keeps_the_staged_batch_until_it_ca
     assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before[:4])) and _bull_clean(client, queue)
     assert client.zrange(FAILED, 0, -1) == before[4:] and int(client.hget(queue.task_key, "moved")) == 4
     _ran_once(client, own_redis.url, before[:4])
+
+
+def test_a_job_put_before_the_head_with_a_negative_score_after_the_selection_is_never_moved(own_redis):
+    """moveJobsToWait takes scores from 0 only, so CLAIM's check (which reads what it takes) passes and the
+    quick way moves exactly the selected jobs; the newcomer stays failed."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=7)
+    before = client.zrange(FAILED, 0, -1)
+    queue = _queue(client)
+    answers = _recording_quick(queue)
+    task = queue.start_requeue(Filters(), limit=6, rate=None, matching=6, requested_by="t")
+    client.zadd(FAILED, {before[-1]: -1})                                 # the unselected one, now first
+    report = _run(queue, task, batch=4)
+    assert answers == [0, 1] and report.task.moved == 6 and _bull_clean(client, queue)
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before[:6]))
+    assert client.zrange(FAILED, 0, -1) == [before[-1]]
+
+
+def test_a_prefix_with_a_hash_tag_and_colons(own_redis):
+    client = own_redis.client()
+    prefix = "{tenant-7}:bull"
+    _bull_failures(client, own_redis.url, count=5, prefix=prefix)
+    before = client.zrange(f"{prefix}:pdf:failed", 0, -1)
+    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf", prefix=prefix), client)
+    answers = _recording_quick(queue)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=5, requested_by="t")
+    report = _run(queue, task, batch=2)
+    assert answers == [0, 0, 1] and report.task.moved == 5 and _bull_clean(client, queue)
+    assert client.lrange(f"{prefix}:pdf:wait", 0, -1) == list(reversed(before)) and not client.exists("bull:pdf:wait")
+    bull_burst(own_redis.url, prefix=prefix)
+    assert Counter(client.lrange(jobfuncs.RAN, 0, -1)) == Counter(before)
