@@ -7,8 +7,6 @@ that is, when it goes, among the newest ``keep``; the task closes or can be resu
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 
 import pytest
@@ -20,7 +18,7 @@ from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import find_queue
 from commands.dlq.trimmer import QueueTrim
 from tests.conftest import REDIS_URL
-from tests.support.dlq import archive_rows, assert_exactly_once, dead_letter, kill, oldest_first, two_queues_runtime
+from tests.support.dlq import archive_rows, dead_letter, kill, oldest_first, two_queues_runtime
 from tests.support.dlqlayout import QueueLayout
 from tests.test_dlq import BINARY
 from tests.test_dlq_trim import trim_archive
@@ -81,3 +79,83 @@ def test_a_consumer_popping_between_the_size_and_the_read_never_makes_the_trim_c
     assert oldest_first(q.client, q.dead) == entries[10:]
     assert [r[2] for r in archive_rows(database_url)] == entries[5:10] and trim.taken == entries[:5]
     _accounted(q.client, database_url, entries, q.dead, taken=trim.taken)
+
+
+# -- the trimmer's connection killed, or Redis paused, inside the watched window ---------------
+
+def _trimmer_client(url: str, name: str, **options) -> redis.Redis:
+    """A client like a careful deployment configures: health checks and retries on connection errors."""
+    return redis.Redis.from_url(url, client_name=name, health_check_interval=1,
+                                retry=Retry(ConstantBackoff(0.01), 3), retry_on_error=[redis.ConnectionError],
+                                **options)
+
+
+def _kill_connections(admin: redis.Redis, name: str) -> int:
+    """CLIENT KILL every connection named ``name`` (only the trimmer's: others share this Redis)."""
+    killed = 0
+    for client in admin.client_list():
+        if client.get("name") == name:
+            killed += admin.client_kill_filter(_id=client["id"])
+    return killed
+
+
+class DuringRead:
+    """The real archive; on call ``call``, after ``piece`` pieces of a streamed chunk were read
+    (or after the commit, with ``piece`` None), ``then()`` runs."""
+
+    def __init__(self, archive, call: int, piece: int | None, then):
+        self.archive, self.call, self.piece, self.then, self.calls = archive, call, piece, then, 0
+
+    def __getattr__(self, name):
+        return getattr(self.archive, name)
+
+    def __call__(self, task_id, first, entries):
+        self.calls += 1
+        if self.calls == self.call and self.piece is not None and hasattr(entries, "pieces"):
+            entries = _Interrupted(entries, self.piece, self.then)
+        self.archive(task_id, first, entries)
+        if self.calls == self.call and self.piece is None:
+            self.then()
+
+
+class _Interrupted:
+    def __init__(self, chunk, after: int, then):
+        self.chunk, self.after, self.then = chunk, after, then
+
+    def pieces(self):
+        for index, piece in enumerate(self.chunk.pieces(), 1):
+            yield piece
+            if index == self.after:
+                self.then()
+
+
+def _finish(queue, archive, task_id: str, keep: int):
+    """What an on-call does after a failed run: run it again, resuming the task."""
+    report = queue.run_trim(keep=keep, archive=archive, batch=50, chunk=400, resume=task_id)
+    assert report.outcome == "done", report
+    return report
+
+
+@pytest.mark.parametrize("call,piece", [(1, 1), (1, 3), (2, 2), (103, 5), (2, None), (103, None)])
+def test_the_trimmers_connection_killed_inside_a_watched_chunk_loses_nothing(
+        runtime, redis_client, database_url, monkeypatch, call, piece):
+    from commands.dlq import trimpieces
+
+    monkeypatch.setattr(trimpieces, "STREAM_PIECE", 10)
+    name = f"trim-attack-{call}-{piece}"
+    client = _trimmer_client(REDIS_URL, name)
+    dead = "jobs:dead"
+    entries = [dead_letter(i) for i in range(6000)] + [BINARY, b""] + [dead_letter(i) for i in range(6000, 6100)]
+    kill(redis_client, entries, dead)
+    killed = []
+    archive = DuringRead(trim_archive(runtime), call, piece, lambda: killed.append(_kill_connections(redis_client,
+                                                                                                        name)))
+    report = _queue(runtime, client).run_trim(keep=5, archive=archive, batch=50, chunk=400)
+    # A dead connection under a watched read fails it (the COPY rolls back) and the chunk is read again;
+    # after the commit it fails the EXEC and the rest is compared: the run goes on either way.
+    assert report.outcome == "done" and report.fallback == (piece is None), report
+    assert killed and killed[0] >= 1
+    assert oldest_first(redis_client, dead) == entries[-5:]
+    assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
+    _accounted(redis_client, database_url, entries, dead)
+    client.close()

@@ -122,10 +122,9 @@ class QueueTrim:
         ``archive(task_id, first_ordinal, entries)`` must commit durably or raise; it is called with
         up to ``chunk`` entries (default ``batch``), removed from Redis ``batch`` at a time. The first
         chunks are one batch (for WARM_UP entries); then each is a batch larger, up to ``chunk``, while
-        under BATCH_BYTES. When it also has
-        ``begin(task_id)`` and ``settle(task_id, dropped)`` (:class:`~commands.dlq.archive.TrimArchive`),
-        the run is fenced against stale trimmers and leaves no row of an entry still in Redis.
-        """
+        under BATCH_BYTES. When it also has ``begin(task_id)`` and ``settle(task_id, dropped)``
+        (:class:`~commands.dlq.archive.TrimArchive`), the run is fenced against stale trimmers and
+        leaves no row of an entry still in Redis."""
         self.queue.check_types()
         started = self.clock()
         task_id = resume or secrets.token_hex(6)
@@ -212,14 +211,15 @@ class QueueTrim:
 
         Returns (1, entries) archived and removed; (None, entries) archived, not removed: the list
         was written meanwhile (a producer's push is enough), so they must be compared; (0, []) the
-        list is shorter than ``n`` or ``dropped`` moved (nothing archived); (-1, ...) not ours."""
+        list is shorter than ``n``, ``dropped`` moved or the connection died mid-read (redis-py's
+        WatchError; nothing archived, read again); (-1, ...) not ours."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(self.dead)
             with unchecked(pipe.connection):
                 chunk = StreamedChunk(pipe, self.dead, n)
                 try:
                     archive(task_id, first, chunk)
-                except ShortRead:
+                except (ShortRead, redis.WatchError):  # the COPY rolled back: nothing archived
                     return 0, []
                 if not chunk.complete:  # an archive that read them otherwise, or not all (never TrimArchive)
                     return 0, []
