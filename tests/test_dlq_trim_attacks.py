@@ -7,6 +7,10 @@ that is, when it goes, among the newest ``keep``; the task closes or can be resu
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -14,12 +18,14 @@ import redis
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 
+from commands.dlq.lease import LeaseBusy
 from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import find_queue
 from commands.dlq.trimmer import QueueTrim
 from tests.conftest import REDIS_URL
 from tests.support.dlq import archive_rows, dead_letter, kill, oldest_first, two_queues_runtime
 from tests.support.dlqlayout import QueueLayout
+from tests.support.servers import RedisServer
 from tests.test_dlq import BINARY
 from tests.test_dlq_trim import trim_archive
 
@@ -130,9 +136,30 @@ class _Interrupted:
 
 
 def _finish(queue, archive, task_id: str, keep: int):
-    """What an on-call does after a failed run: run it again, resuming the task."""
-    report = queue.run_trim(keep=keep, archive=archive, batch=50, chunk=400, resume=task_id)
+    """What an on-call does after a failed run: run it again (once the failed run's lease ran out), resuming."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            report = queue.run_trim(keep=keep, archive=archive, batch=50, chunk=400, resume=task_id)
+            break
+        except LeaseBusy:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
     assert report.outcome == "done", report
+    return report
+
+
+def _run_or_resume(runtime, queue, archive, keep: int, **options):
+    """Run a trim; if Redis failed it (an error, not a report), resume it as an on-call would."""
+    try:
+        report = queue.run_trim(keep=keep, archive=archive, batch=50, chunk=400, lease_ttl=1.0, **options)
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        print("the run failed:", type(error).__name__, error)
+        report = None
+    if report is None or report.outcome != "done":
+        task = QueueTrim(queue).task()
+        assert task is not None and task.unfinished
+        report = _finish(queue, trim_archive(runtime), task.id, keep=keep)
     return report
 
 
@@ -159,3 +186,44 @@ def test_the_trimmers_connection_killed_inside_a_watched_chunk_loses_nothing(
     assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
     _accounted(redis_client, database_url, entries, dead)
     client.close()
+
+
+@pytest.mark.parametrize("piece", [2, None], ids=["mid-read", "after-commit"])
+def test_redis_paused_inside_a_watched_chunk_times_the_trimmer_out_and_loses_nothing(
+        runtime, database_url, monkeypatch, piece):
+    from commands.dlq import trimpieces
+
+    monkeypatch.setattr(trimpieces, "STREAM_PIECE", 10)
+    with RedisServer() as server:
+        client = _trimmer_client(server.url, "trimmer", socket_timeout=0.3)
+        entries = [dead_letter(i) for i in range(600)] + [BINARY]
+        kill(server.client(), entries)
+
+        def pause():  # SIGSTOP for a second: the next read or the EXEC times out
+            os.kill(server.pid, signal.SIGSTOP)
+            threading.Timer(1.0, os.kill, (server.pid, signal.SIGCONT)).start()
+
+        archive = DuringRead(trim_archive(runtime), 3, piece, pause)
+        _run_or_resume(runtime, _queue(runtime, client), archive, keep=5)
+        assert oldest_first(server.client(), "jobs:dead") == entries[-5:]
+        assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
+        _accounted(server.client(), database_url, entries, "jobs:dead")
+        client.close()
+
+
+@pytest.mark.parametrize("piece", [2, None], ids=["mid-read", "after-commit"])
+def test_redis_killed_and_restarted_inside_a_watched_chunk_then_resumed_loses_nothing(
+        runtime, database_url, monkeypatch, piece):
+    from commands.dlq import trimpieces
+
+    monkeypatch.setattr(trimpieces, "STREAM_PIECE", 10)
+    with RedisServer(persist=True) as server:
+        client = _trimmer_client(server.url, "trimmer")
+        entries = [dead_letter(i) for i in range(600)] + [BINARY, b""]
+        kill(server.client(), entries)
+        archive = DuringRead(trim_archive(runtime), 3, piece, server.restart)
+        _run_or_resume(runtime, _queue(runtime, client), archive, keep=5)
+        assert oldest_first(server.client(), "jobs:dead") == entries[-5:]
+        assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
+        _accounted(server.client(), database_url, entries, "jobs:dead")
+        client.close()
