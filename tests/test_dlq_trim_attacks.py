@@ -227,3 +227,76 @@ def test_redis_killed_and_restarted_inside_a_watched_chunk_then_resumed_loses_no
         assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
         _accounted(server.client(), database_url, entries, "jobs:dead")
         client.close()
+
+
+# -- others writing the dead list all along ----------------------------------------------------
+
+REPLACE_OLDEST = """
+local old = redis.call('LINDEX', KEYS[1], tonumber(ARGV[1]))
+if not old then return false end
+redis.call('LSET', KEYS[1], tonumber(ARGV[1]), ARGV[2])
+return old
+"""
+
+
+class Churn(threading.Thread):
+    """Another client writing the dead list in a loop: push new, pop oldest, LSET/LREM/LINSERT near the
+    oldest end; it records what it took and what it added (LSET's swap is atomic, in Lua)."""
+
+    def __init__(self, url: str, dead: str, kinds: tuple[str, ...]):
+        super().__init__(daemon=True)
+        self.client, self.dead, self.kinds = redis.Redis.from_url(url), dead, kinds
+        self.replace = self.client.register_script(REPLACE_OLDEST)
+        self.taken, self.added, self.stop, self.writes = [], [], threading.Event(), 0
+
+    def run(self):
+        step = 0
+        while not self.stop.is_set():
+            step += 1
+            kind = self.kinds[step % len(self.kinds)]
+            new = b"churn %d" % step
+            if kind == "push":
+                self.client.lpush(self.dead, new)
+                self.added.append(new)
+            elif kind == "pop":
+                old = self.client.rpop(self.dead)
+                if old is not None:
+                    self.taken.append(old)
+            elif kind == "lset":
+                old = self.replace(keys=[self.dead], args=[-1 - step % 3, new])
+                if old is not None:
+                    self.taken.append(old)
+                    self.added.append(new)
+            elif kind == "lrem":
+                old = self.client.lindex(self.dead, -2)
+                if old is not None and self.client.lrem(self.dead, -1, old) == 1:
+                    self.taken.append(old)
+            elif kind == "linsert":
+                pivot = self.client.lindex(self.dead, -2)
+                if pivot is not None and self.client.linsert(self.dead, "AFTER", pivot, new) > 0:
+                    self.added.append(new)
+            self.writes += 1
+            time.sleep(0.002)
+
+
+@pytest.mark.parametrize("kinds", [("push",), ("pop",), ("push", "pop"), ("lset",), ("lrem",), ("linsert",),
+                                   ("push", "pop", "lset", "lrem", "linsert")])
+def test_others_writing_the_oldest_end_all_along_leave_every_entry_exactly_once(
+        runtime, redis_client, database_url, kinds):
+    dead = "jobs:dead"
+    entries = [dead_letter(i) for i in range(8000)] + [BINARY, b""] + [dead_letter(i) for i in range(8000, 9000)]
+    kill(redis_client, entries, dead)
+    churn = Churn(REDIS_URL, dead, kinds)
+    churn.start()
+    while churn.writes < 3:
+        time.sleep(0.001)
+    try:
+        report = _queue(runtime, redis_client).run_trim(keep=100, archive=trim_archive(runtime), batch=50,
+                                                        chunk=400)
+    finally:
+        churn.stop.set()
+        churn.join()
+    assert report.outcome in ("done", "changed"), (churn.writes, report)
+    if report.outcome == "done" and "pop" not in kinds and "lrem" not in kinds:
+        assert redis_client.llen(dead) >= 100
+    _accounted(redis_client, database_url, entries, dead, taken=churn.taken, added=churn.added)
