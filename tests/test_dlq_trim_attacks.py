@@ -300,3 +300,54 @@ def test_others_writing_the_oldest_end_all_along_leave_every_entry_exactly_once(
     if report.outcome == "done" and "pop" not in kinds and "lrem" not in kinds:
         assert redis_client.llen(dead) >= 100
     _accounted(redis_client, database_url, entries, dead, taken=churn.taken, added=churn.added)
+
+
+# -- the dead key itself replaced under a chunk -------------------------------------------------
+
+@pytest.mark.parametrize("piece", [2, None], ids=["mid-read", "after-commit"])
+@pytest.mark.parametrize("how", ["deleted", "renamed over", "retyped", "newest taken"])
+def test_the_dead_key_deleted_renamed_over_or_retyped_under_a_chunk_loses_nothing(
+        runtime, redis_client, database_url, monkeypatch, how, piece):
+    from commands.dlq import trimpieces
+
+    monkeypatch.setattr(trimpieces, "STREAM_PIECE", 10)
+    dead = "jobs:dead"
+    entries = [dead_letter(i) for i in range(600)]
+    other = [b"other %d" % i for i in range(300)]
+    kill(redis_client, entries, dead)
+    kill(redis_client, other, "elsewhere")
+    taken = []
+
+    def then():
+        if how == "deleted":
+            taken.extend(redis_client.lrange(dead, 0, -1))
+            redis_client.delete(dead)
+        elif how == "renamed over":
+            taken.extend(redis_client.lrange(dead, 0, -1))
+            redis_client.rename("elsewhere", dead)
+        elif how == "newest taken":  # a client takes the newest: what is left is just `keep`
+            taken.extend(redis_client.lpop(dead, redis_client.llen(dead) - 100))
+        else:
+            taken.extend(redis_client.lrange(dead, 0, -1))
+            redis_client.delete(dead)
+            redis_client.set(dead, b"not a list")
+
+    archive = DuringRead(trim_archive(runtime), 3, piece, then)
+    queue = _queue(runtime, redis_client)
+    if how == "retyped":  # the run fails (WRONGTYPE), the task stays resumable, refused until the key is fixed
+        with pytest.raises(redis.ResponseError):
+            queue.run_trim(keep=100, archive=archive, batch=50, chunk=400)
+        task = QueueTrim(queue).task()
+        assert task is not None and task.unfinished
+        redis_client.delete(dead)
+        _finish(queue, trim_archive(runtime), task.id, keep=100)
+        _accounted(redis_client, database_url, entries, dead, taken=taken)
+        return
+    report = queue.run_trim(keep=100, archive=archive, batch=50, chunk=400)
+    assert report.outcome == "done", report
+    added = other if how == "renamed over" else []
+    if how == "renamed over":
+        assert oldest_first(redis_client, dead) == other[-100:]
+    if how == "newest taken":
+        assert oldest_first(redis_client, dead) == entries[100:200]
+    _accounted(redis_client, database_url, entries, dead, taken=taken, added=added)

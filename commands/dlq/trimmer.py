@@ -385,8 +385,8 @@ class QueueTrim:
                     progress(self.task(), (dropped + n - first_dropped) / max(now - started, 1e-6))
                     reported = now
             dropped = int(self.client.hget(self.key, "dropped"))
-            if outcome == "changed" and fenced:  # the last chunk was archived but not (all) removed
-                archive.settle(task.id, dropped)
+            if outcome in ("changed", "done") and fenced:  # a chunk archived, not removed, then nothing left
+                archive.settle(task.id, dropped)  # to drop (others took the list down to keep): its rows go
             if outcome == "done":
                 if fenced:
                     archive.finish(task.id, "done")
