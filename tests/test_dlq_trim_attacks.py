@@ -351,3 +351,144 @@ def test_the_dead_key_deleted_renamed_over_or_retyped_under_a_chunk_loses_nothin
     if how == "newest taken":
         assert oldest_first(redis_client, dead) == entries[100:200]
     _accounted(redis_client, database_url, entries, dead, taken=taken, added=added)
+
+
+# -- the lease running out under a chunk; two trimmers at once -----------------------------------
+
+@pytest.mark.parametrize("piece", [2, None], ids=["mid-read", "after-commit"])
+def test_the_lease_running_out_under_a_watched_chunk_stops_the_trim_and_a_resume_loses_nothing(
+        runtime, redis_client, database_url, monkeypatch, piece):
+    from commands.dlq import trimpieces
+
+    monkeypatch.setattr(trimpieces, "STREAM_PIECE", 10)
+    dead = "jobs:dead"
+    entries = [dead_letter(i) for i in range(600)] + [BINARY]
+    kill(redis_client, entries, dead)
+    archive = DuringRead(trim_archive(runtime), 3, piece, lambda: time.sleep(0.5))
+    queue = _queue(runtime, redis_client)
+    report = queue.run_trim(keep=5, archive=archive, batch=50, chunk=400, lease_ttl=0.3)
+    assert report.outcome == "lost" and report.dropped == 100, report
+    _finish(queue, trim_archive(runtime), report.task_id, keep=5)
+    assert oldest_first(redis_client, dead) == entries[-5:]
+    assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
+    _accounted(redis_client, database_url, entries, dead)
+
+
+def test_two_trimmers_started_together_never_overlap_and_lose_nothing(runtime, redis_client, database_url):
+    dead = "jobs:dead"
+    entries = [dead_letter(i) for i in range(6000)] + [BINARY, b""]
+    kill(redis_client, entries, dead)
+    outcomes, start = [], threading.Barrier(2)
+
+    def trim(keep):
+        client = redis.Redis.from_url(REDIS_URL)
+        start.wait()
+        try:
+            outcomes.append(_queue(runtime, client).run_trim(keep=keep, archive=trim_archive(runtime), batch=50,
+                                                             chunk=400))
+        except LeaseBusy as busy:
+            outcomes.append(busy)
+
+    threads = [threading.Thread(target=trim, args=(keep,)) for keep in (10, 3000)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done = [o for o in outcomes if not isinstance(o, LeaseBusy)]
+    assert len(done) == 1 and len(outcomes) == 2 and done[0].outcome == "done", outcomes
+    keep = 10 if done[0].to_drop == len(entries) - 10 else 3000
+    assert oldest_first(redis_client, dead) == entries[-keep:]
+    _accounted(redis_client, database_url, entries, dead)
+
+
+# -- entries and sizes at the edges ----------------------------------------------------------------
+
+def test_huge_empty_and_binary_entries_are_archived_byte_for_byte(runtime, redis_client, database_url):
+    dead = "jobs:dead"
+    huge = [bytes([i]) * (8 * 2 ** 20) for i in range(3)]
+    entries = [b"", huge[0], BINARY, b"", huge[1], bytes(range(256)), huge[2], b"\r\n", b"", dead_letter(1)]
+    kill(redis_client, entries, dead)
+    report = _queue(runtime, redis_client).run_trim(keep=2, archive=trim_archive(runtime), batch=4)
+    assert report.outcome == "done" and report.dropped == len(entries) - 2, report
+    assert [r[2] for r in archive_rows(database_url)] == entries[:-2]
+    assert oldest_first(redis_client, dead) == entries[-2:]
+
+
+@pytest.mark.parametrize("optimistic", [True, False], ids=["watched", "compared"])
+def test_huge_entries_under_a_producer_are_compared_part_by_part(runtime, redis_client, database_url, optimistic):
+    dead = "jobs:dead"
+    entries = [bytes([i % 251]) * (3 * 2 ** 20 + i) for i in range(6)] + [b"", BINARY]
+    kill(redis_client, entries, dead)
+    trim = QueueTrim(_queue(runtime, redis_client))
+    trim.optimistic = optimistic
+    archive = DuringRead(trim_archive(runtime), 1, None, lambda: redis_client.lpush(dead, b"new"))
+    report = trim.run(archive=archive, keep=1, owner="t", batch=500)
+    assert report.outcome == "done" and report.fallback == optimistic, report
+    assert [r[2] for r in archive_rows(database_url)] == entries[:-1]
+    assert oldest_first(redis_client, dead) == entries[-1:] + [b"new"]
+
+
+@pytest.mark.parametrize("keep,max_drop,dropped", [(20, None, 0), (10, None, 0), (9, None, 1), (0, 4, 4),
+                                                   (0, 0, 0), (3, 100, 7)])
+def test_keep_and_max_drop_at_their_edges(runtime, redis_client, database_url, keep, max_drop, dropped):
+    dead = "jobs:dead"
+    entries = [dead_letter(i) for i in range(9)] + [b""]
+    kill(redis_client, entries, dead)
+    report = _queue(runtime, redis_client).run_trim(keep=keep, archive=trim_archive(runtime), batch=3,
+                                                    max_drop=max_drop)
+    assert report.outcome == "done" and report.dropped == report.to_drop == dropped, report
+    assert [r[2] for r in archive_rows(database_url)] == entries[:dropped]
+    assert oldest_first(redis_client, dead) == entries[dropped:]
+    assert QueueTrim(_queue(runtime, redis_client)).task().status == "done"
+
+
+# -- a real `opsbot run --yes "dlq trim --keep N"` SIGKILLed at many points ----------------------
+
+def test_a_real_trim_sigkilled_at_many_points_with_others_writing_then_resumed_loses_nothing(tmp_path, database_url):
+    import subprocess
+
+    from tests.conftest import write_config
+    from tests.support.dlq import opsbot, reset_schema
+
+    reset_schema(database_url)
+    with RedisServer(persist=True) as server:
+        client = server.client()
+        q = QueueLayout.server(client, server.url, server=server)
+        path = q.configure(write_config(tmp_path / "app.yaml", database_url), "batch: 50, lease_ttl: 1s")
+        entries = [dead_letter(i) for i in range(60000)] + [BINARY, b""] + [dead_letter(i) for i in range(60000, 61000)]
+        kill(client, entries, q.dead)
+        env = {"RUN_MIGRATIONS": "true", **{k: v for k, v in os.environ.items() if k != "RUN_MIGRATIONS"}}
+        churn = Churn(server.url, q.dead, ("push",))
+        kills = []
+        # Kill at once, a little later, and once `dropped` grew by some (deep in watched or compared chunks).
+        for how, at in [("time", 0.0), ("time", 0.15), ("dropped", 2000), ("churn", 0), ("dropped", 3000),
+                        ("time", 0.4), ("dropped", 5000)]:
+            if how == "churn":
+                churn.start()   # from here on the list is written all along: chunks are compared
+                continue
+            proc = subprocess.Popen(opsbot(path, "dlq trim --keep 7"), env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            deadline = time.monotonic() + 60
+            while not client.exists(q.lease) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if how == "time":
+                time.sleep(at)
+            else:   # `at` more than when the process started
+                mark = at + (kills[-1] if kills else 0)
+                while int(client.hget(q.trim, "dropped") or 0) < mark and proc.poll() is None:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.002)
+            assert proc.poll() is None, proc.communicate()[0]   # still under way when killed
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            kills.append(int(client.hget(q.trim, "dropped") or 0))
+            time.sleep(1.1)  # the killed trimmer's lease runs out
+        churn.stop.set()
+        churn.join()
+        again = subprocess.run(opsbot(path, "dlq trim --keep 7"), env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert len(set(kills)) >= 4, kills      # killed at different points
+        assert client.hget(q.trim, "status") == b"done"     # the confirmed size dropped; pushes since are kept
+        assert oldest_first(client, q.dead) == entries[-7:] + churn.added and len(churn.added) > 10
+        _accounted(client, database_url, entries, q.dead, taken=churn.taken, added=churn.added)
