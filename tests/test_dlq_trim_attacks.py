@@ -492,3 +492,49 @@ def test_a_real_trim_sigkilled_at_many_points_with_others_writing_then_resumed_l
         assert client.hget(q.trim, "status") == b"done"     # the confirmed size dropped; pushes since are kept
         assert oldest_first(client, q.dead) == entries[-7:] + churn.added and len(churn.added) > 10
         _accounted(client, database_url, entries, q.dead, taken=churn.taken, added=churn.added)
+
+
+# -- PostgreSQL killed or restarted in the middle of a chunk's COPY (a cluster of the test's own) --
+
+@pytest.mark.parametrize("restart", [False, True], ids=["killed", "restarted"])
+def test_postgresql_dying_mid_copy_of_a_watched_chunk_archives_nothing_of_it_and_a_resume_loses_nothing(
+        tmp_path, make_runtime, redis_client, monkeypatch, restart):
+    import psycopg
+
+    from commands.dlq import trimpieces
+    from commands.dlq.archive import TrimArchive
+    from tests.conftest import write_config
+    from tests.support.servers import PostgresCluster
+
+    monkeypatch.setattr(trimpieces, "STREAM_PIECE", 10)
+    pg = PostgresCluster().open()
+    try:
+        path = write_config(tmp_path / "app.yaml", pg.url)
+        runtime = make_runtime(path)
+        entries = [dead_letter(i) for i in range(400)] + [BINARY, b""]
+        kill(redis_client, entries)
+        queue = RedisListQueue(find_queue(runtime.settings, "jobs"), redis_client)
+
+        def die():
+            pg.stop(signal.SIGQUIT)   # every backend dies at once, mid-COPY
+            if restart:
+                pg.start()
+
+        archive = DuringRead(TrimArchive(runtime.state.pool, "opsbot", find_queue(runtime.settings, "jobs")), 3, 2,
+                             die)
+        with pytest.raises(psycopg.OperationalError):
+            queue.run_trim(keep=10, archive=archive, batch=50, chunk=400)
+        assert redis_client.llen("jobs:dead") == len(entries) - 100   # two chunks removed, the third not
+        if restart:     # the COPY under way rolled back: only the two chunks removed are archived
+            assert [r[1] for r in archive_rows(pg.url)] == list(range(100))
+        if not restart:
+            pg.start()
+        again = make_runtime(path)
+        task = QueueTrim(queue).task()
+        assert task.unfinished and task.dropped == 100
+        _finish(queue, TrimArchive(again.state.pool, "opsbot", find_queue(again.settings, "jobs")), task.id, keep=10)
+        assert oldest_first(redis_client, "jobs:dead") == entries[-10:]
+        assert [r[2] for r in archive_rows(pg.url)] == entries[:-10]
+        _accounted(redis_client, pg.url, entries, "jobs:dead")
+    finally:
+        pg.close()
