@@ -538,3 +538,33 @@ def test_postgresql_dying_mid_copy_of_a_watched_chunk_archives_nothing_of_it_and
         _accounted(redis_client, pg.url, entries, "jobs:dead")
     finally:
         pg.close()
+
+
+def test_sidekiq_pruning_between_the_trims_size_and_its_read_never_makes_it_cut_into_keep(tmp_path):
+    from commands.dlq.sidekiq import SidekiqSet, SidekiqTrim
+    from tests.test_dlq_sidekiq import _job, _settings_with
+
+    class PrunedAfterMeasuring(SidekiqTrim):
+        calls, taken = 0, []
+
+        def _size(self) -> int:
+            size = super()._size()
+            self.calls += 1
+            if self.calls == 2:   # Sidekiq prunes (or retries) the 5 oldest right then
+                self.taken = [member for member, _ in self.client.zpopmin(self.queue.set_key, 5)]
+            return size
+
+    with RedisServer() as server:
+        client = server.client()
+        now = time.time()
+        members = [_job(i, failed_at=now - 600 + i).encode() for i in range(100)]
+        client.zadd("dead", {m: now - 600 + i for i, m in enumerate(members)})
+        queue = SidekiqSet(find_queue(_settings_with(tmp_path, server.url, "batch: 50"), "mail"), client)
+        archived: list[bytes] = []
+        trim = PrunedAfterMeasuring(queue)
+        report = trim.run(archive=lambda task_id, first, entries: archived.extend(entries), keep=90, owner="t",
+                          batch=50)
+        assert report.outcome == "done", report
+        assert client.zcard("dead") == 90, "the trim removed jobs that were among the newest 90"
+        assert client.zrange("dead", 0, -1) == members[10:] and trim.taken == members[:5]
+        assert report.dropped == 5 and set(archived) >= set(members[5:10])
