@@ -163,14 +163,22 @@ def _run_or_resume(runtime, queue, archive, keep: int, **options):
     return report
 
 
+CLIENTS = {
+    "careful": lambda url, name: _trimmer_client(url, name),
+    "plain": lambda url, name: redis.Redis.from_url(url, client_name=name),
+    "no retries": lambda url, name: redis.Redis.from_url(url, client_name=name, retry=Retry(ConstantBackoff(0), 0)),
+}
+
+
+@pytest.mark.parametrize("kind", list(CLIENTS))
 @pytest.mark.parametrize("call,piece", [(1, 1), (1, 3), (2, 2), (103, 5), (2, None), (103, None)])
 def test_the_trimmers_connection_killed_inside_a_watched_chunk_loses_nothing(
-        runtime, redis_client, database_url, monkeypatch, call, piece):
+        runtime, redis_client, database_url, monkeypatch, call, piece, kind):
     from commands.dlq import trimpieces
 
     monkeypatch.setattr(trimpieces, "STREAM_PIECE", 10)
     name = f"trim-attack-{call}-{piece}"
-    client = _trimmer_client(REDIS_URL, name)
+    client = CLIENTS[kind](REDIS_URL, name)
     dead = "jobs:dead"
     entries = [dead_letter(i) for i in range(6000)] + [BINARY, b""] + [dead_letter(i) for i in range(6000, 6100)]
     kill(redis_client, entries, dead)
@@ -568,3 +576,47 @@ def test_sidekiq_pruning_between_the_trims_size_and_its_read_never_makes_it_cut_
         assert client.zcard("dead") == 90, "the trim removed jobs that were among the newest 90"
         assert client.zrange("dead", 0, -1) == members[10:] and trim.taken == members[:5]
         assert report.dropped == 5 and set(archived) >= set(members[5:10])
+
+
+class EachCommit:
+    """The real archive; after its n-th commit, ``actions[n]()`` runs."""
+
+    def __init__(self, archive, actions):
+        self.archive, self.actions, self.calls = archive, actions, 0
+
+    def __getattr__(self, name):
+        return getattr(self.archive, name)
+
+    def __call__(self, *args):
+        self.archive(*args)
+        self.calls += 1
+        self.actions.get(self.calls, lambda: None)()
+
+
+@pytest.mark.parametrize("kind", list(CLIENTS))
+@pytest.mark.parametrize("call", [3, 4, 9])
+def test_the_trimmers_connection_killed_while_comparing_loses_nothing(runtime, redis_client, database_url, kind,
+                                                                     call):
+    name = f"trim-compare-{call}"
+    client = CLIENTS[kind](REDIS_URL, name)
+    dead = "jobs:dead"
+    entries = [dead_letter(i) for i in range(3000)] + [BINARY, b""]
+    kill(redis_client, entries, dead)
+    killed = []
+    archive = EachCommit(trim_archive(runtime), {
+        1: lambda: redis_client.lpush(dead, b"pushed"),      # the first EXEC fails: the rest is compared
+        call: lambda: killed.append(_kill_connections(redis_client, name))})
+    queue = _queue(runtime, client)
+    try:
+        report = queue.run_trim(keep=5, archive=archive, batch=50, chunk=400, lease_ttl=1.0)
+        assert report.fallback, report
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        print("the run failed:", type(error).__name__, error)
+        report = None
+    if report is None or report.outcome != "done":
+        _finish(queue, trim_archive(runtime), QueueTrim(queue).task().id, keep=5)
+    assert killed and killed[0] >= 1
+    assert oldest_first(redis_client, dead) == entries[-5:] + [b"pushed"]
+    assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
+    _accounted(redis_client, database_url, entries, dead, added=[b"pushed"])
+    client.close()
