@@ -620,3 +620,32 @@ def test_the_trimmers_connection_killed_while_comparing_loses_nothing(runtime, r
     assert [r[2] for r in archive_rows(database_url)] == entries[:-5]
     _accounted(redis_client, database_url, entries, dead, added=[b"pushed"])
     client.close()
+
+
+@pytest.mark.parametrize("optimistic", [True, False], ids=["watched", "compared"])
+def test_chunks_of_huge_entries_stay_under_batch_bytes_from_the_second_one_on(runtime, redis_client, database_url,
+                                                                             optimistic):
+    from commands.dlq.trimmer import BATCH_BYTES
+
+    dead = "jobs:dead"
+    entries = [bytes([i % 251]) * 2 ** 20 for i in range(70)] + [b""]
+    kill(redis_client, entries, dead)
+    sizes = []
+
+    class Measured:
+        def __init__(self, archive):
+            self.archive = archive
+
+        def __getattr__(self, name):
+            return getattr(self.archive, name)
+
+        def __call__(self, task_id, first, chunk):
+            self.archive(task_id, first, chunk)
+            sizes.append(sum(map(len, chunk)))
+
+    trim = QueueTrim(_queue(runtime, redis_client))
+    trim.optimistic = optimistic
+    report = trim.run(archive=Measured(trim_archive(runtime)), keep=1, owner="t", batch=50)
+    assert report.outcome == "done", report
+    assert sizes[0] == 50 * 2 ** 20 and max(sizes[1:]) <= BATCH_BYTES, sizes   # the first is one batch, unseen
+    assert [r[2] for r in archive_rows(database_url)] == entries[:-1]

@@ -44,7 +44,7 @@ from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["SidekiqSet", "sidekiq_view", "retried_job"]
+__all__ = ["SidekiqSet", "SidekiqTrim", "sidekiq_view", "retried_job"]
 
 CHUNK = 1000
 DEFAULT_OPTIONS = {"retry": True, "queue": "default"}  # Sidekiq::DEFAULT_WORKER_OPTIONS (6.x, 7.x)

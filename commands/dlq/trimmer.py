@@ -42,7 +42,7 @@ from commands.dlq import lua
 from commands.dlq.archive import Fenced
 from commands.dlq.trimpieces import ShortRead, StreamedChunk, parts, proof, unchecked
 
-__all__ = ["QueueTrim", "TrimTask", "TrimReport"]
+__all__ = ["QueueTrim", "TrimTask", "TrimReport", "BATCH_BYTES"]
 
 CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
 BATCH_BYTES = 8 * 2 ** 20   # a chunk larger than this makes the next ones smaller (two are in flight)
@@ -298,9 +298,8 @@ class QueueTrim:
         def size_after(start: int, entries: list[bytes]) -> int:
             """How many to read next, behind ``entries`` (ordinals ``start``..)."""
             n = len(entries)
-            if start + n - first_dropped < WARM_UP:
-                return batch
-            return max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, entries)), 1)))
+            fits = n * BATCH_BYTES // max(sum(map(len, entries)), 1)  # huge entries: fewer, warming up too
+            return max(1, min(batch if start + n - first_dropped < WARM_UP else min(chunk, n + batch), fits))
 
         try:
             while True:
