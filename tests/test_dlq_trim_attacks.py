@@ -313,7 +313,7 @@ def test_others_writing_the_oldest_end_all_along_leave_every_entry_exactly_once(
 # -- the dead key itself replaced under a chunk -------------------------------------------------
 
 @pytest.mark.parametrize("piece", [2, None], ids=["mid-read", "after-commit"])
-@pytest.mark.parametrize("how", ["deleted", "renamed over", "retyped", "newest taken"])
+@pytest.mark.parametrize("how", ["deleted", "renamed over", "retyped", "newest taken", "expired"])
 def test_the_dead_key_deleted_renamed_over_or_retyped_under_a_chunk_loses_nothing(
         runtime, redis_client, database_url, monkeypatch, how, piece):
     from commands.dlq import trimpieces
@@ -333,6 +333,10 @@ def test_the_dead_key_deleted_renamed_over_or_retyped_under_a_chunk_loses_nothin
         elif how == "renamed over":
             taken.extend(redis_client.lrange(dead, 0, -1))
             redis_client.rename("elsewhere", dead)
+        elif how == "expired":  # someone set a TTL on the dead list and it ran out under the chunk
+            taken.extend(redis_client.lrange(dead, 0, -1))
+            redis_client.pexpire(dead, 1)
+            time.sleep(0.01)
         elif how == "newest taken":  # a client takes the newest: what is left is just `keep`
             taken.extend(redis_client.lpop(dead, redis_client.llen(dead) - 100))
         else:
