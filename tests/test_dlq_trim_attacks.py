@@ -653,3 +653,29 @@ def test_chunks_of_huge_entries_stay_under_batch_bytes_from_the_second_one_on(ru
     assert report.outcome == "done", report
     assert sizes[0] == 50 * 2 ** 20 and max(sizes[1:]) <= BATCH_BYTES, sizes   # the first is one batch, unseen
     assert [r[2] for r in archive_rows(database_url)] == entries[:-1]
+
+
+def test_two_real_trims_started_at_once_from_two_processes_never_overlap(tmp_path, database_url, redis_client):
+    import subprocess
+
+    from tests.conftest import write_config
+    from tests.support.dlq import opsbot, reset_schema
+
+    reset_schema(database_url)
+    q = QueueLayout.server(redis_client, REDIS_URL)
+    path = q.configure(write_config(tmp_path / "app.yaml", database_url), "batch: 50, lease_ttl: 1s")
+    entries = [dead_letter(i) for i in range(40000)] + [BINARY, b""]
+    kill(redis_client, entries, q.dead)
+    env = {"RUN_MIGRATIONS": "true", **{k: v for k, v in os.environ.items() if k != "RUN_MIGRATIONS"}}
+    procs = [subprocess.Popen(opsbot(path, f"dlq trim --keep {keep}"), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for keep in (10, 20000)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    codes = [proc.returncode for proc in procs]
+    assert 0 in codes, outputs
+    survivors = redis_client.llen(q.dead)
+    if codes.count(0) == 2:   # one after the other (the second saw the first's result)
+        assert survivors == 10, outputs
+    else:
+        assert survivors in (10, 20000) and "already running" in outputs[codes.index(next(c for c in codes if c))]
+    assert oldest_first(redis_client, q.dead) == entries[-survivors:]
+    _accounted(redis_client, database_url, entries, q.dead)
