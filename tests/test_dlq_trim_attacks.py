@@ -679,3 +679,21 @@ def test_two_real_trims_started_at_once_from_two_processes_never_overlap(tmp_pat
         assert survivors in (10, 20000) and "already running" in outputs[codes.index(next(c for c in codes if c))]
     assert oldest_first(redis_client, q.dead) == entries[-survivors:]
     _accounted(redis_client, database_url, entries, q.dead)
+
+
+@pytest.mark.parametrize("optimistic", [True, False], ids=["watched", "compared"])
+@pytest.mark.parametrize("stop_after", [1, 2, 5])
+def test_a_trim_stopped_midway_leaves_no_archive_row_of_an_entry_still_in_redis(runtime, redis_client, database_url,
+                                                                                optimistic, stop_after):
+    dead = "jobs:dead"
+    entries = [dead_letter(i) for i in range(3000)]
+    kill(redis_client, entries, dead)
+    archive = EachCommit(trim_archive(runtime), {})
+    trim = QueueTrim(_queue(runtime, redis_client))
+    trim.optimistic = optimistic
+    report = trim.run(archive=archive, keep=5, owner="t", batch=50, should_stop=lambda: archive.calls >= stop_after)
+    assert report.outcome == "interrupted" and report.dropped < len(entries) - 5, report
+    _accounted(redis_client, database_url, entries, dead)     # at rest: no row of an entry still in Redis
+    _finish(_queue(runtime, redis_client), trim_archive(runtime), report.task_id, keep=5)
+    assert oldest_first(redis_client, dead) == entries[-5:]
+    _accounted(redis_client, database_url, entries, dead)
