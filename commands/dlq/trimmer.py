@@ -384,8 +384,8 @@ class QueueTrim:
                     progress(self.task(), (dropped + n - first_dropped) / max(now - started, 1e-6))
                     reported = now
             dropped = int(self.client.hget(self.key, "dropped"))
-            if outcome in ("changed", "done") and fenced:  # a chunk archived, not removed, then nothing left
-                archive.settle(task.id, dropped)  # to drop (others took the list down to keep): its rows go
+            if fenced:  # rows of a chunk archived, never removed (EXEC failed, lease lost, list emptied by
+                archive.settle(task.id, dropped)  # others) go now; fenced off if another trimmer took over
             if outcome == "done":
                 if fenced:
                     archive.finish(task.id, "done")
