@@ -384,8 +384,8 @@ class QueueTrim:
                     progress(self.task(), (dropped + n - first_dropped) / max(now - started, 1e-6))
                     reported = now
             dropped = int(self.client.hget(self.key, "dropped"))
-            if fenced:  # rows of a chunk archived, never removed (EXEC failed, lease lost, list emptied by
-                archive.settle(task.id, dropped)  # others) go now; fenced off if another trimmer took over
+            if fenced and outcome != "lost":  # rows of a chunk archived, never removed (its EXEC failed, then
+                archive.settle(task.id, dropped)  # others emptied the list down to keep) go now
             if outcome == "done":
                 if fenced:
                     archive.finish(task.id, "done")
