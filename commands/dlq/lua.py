@@ -236,8 +236,9 @@ return #items
 # task id, ordinal. Every entry is compared byte for byte with its slice of ARGV[6] (no hash:
 # string.sub of an equal string finds Lua's interned copy, so each comparison costs one
 # memcmp and allocates nothing).
-# Returns 1 removed (and `dropped` grew by n in the same step), 0 the oldest end changed
-# (nothing removed), -1 not ours (lease lost or another task).
+# Returns 1 removed (and `dropped` grew by n in the same step), 0 the oldest end changed or
+# removing them would leave fewer than the task's `keep` (a consumer took some since the trim
+# measured the list; nothing removed), -1 not ours (lease lost or another task).
 TRIM_POP = r"""
 if redis.call('GET', KEYS[3]) ~= ARGV[3] then return -1 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[4] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
@@ -245,6 +246,7 @@ if redis.call('HGET', KEYS[2], 'id') ~= ARGV[4] or redis.call('HGET', KEYS[2], '
 end
 if tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[5]) then return 0 end
 local n = tonumber(ARGV[1])
+if redis.call('LLEN', KEYS[1]) - n < tonumber(redis.call('HGET', KEYS[2], 'keep') or 0) then return 0 end
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
 if #items ~= n then return 0 end
 local lengths = {}
@@ -264,7 +266,8 @@ return 1
 
 # TRIM_CUT: remove the ARGV[1] oldest entries, unread: it runs only inside MULTI, after WATCH of the
 # dead list and a read of those entries under that watch (EXEC fails if anyone wrote the list since),
-# so they are the archived ones. Checks the lease holder, the task and `dropped` (== ARGV[4]).
+# so they are the archived ones. Checks the lease holder, the task, `dropped` (== ARGV[4]) and that
+# the task's `keep` newest stay (a pop between the trim's LLEN and its WATCH is not seen by EXEC).
 # KEYS: dead, trim task, lease. ARGV: n, lease token, task id, ordinal.
 # Returns 1 removed (`dropped` grew by n in the same step), 0 not removed, -1 not ours.
 TRIM_CUT = r"""
@@ -274,7 +277,7 @@ if redis.call('HGET', KEYS[2], 'id') ~= ARGV[3] or redis.call('HGET', KEYS[2], '
 end
 if tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[4]) then return 0 end
 local n = tonumber(ARGV[1])
-if redis.call('LLEN', KEYS[1]) < n then return 0 end
+if redis.call('LLEN', KEYS[1]) - n < tonumber(redis.call('HGET', KEYS[2], 'keep') or 0) then return 0 end
 redis.call('LTRIM', KEYS[1], 0, -(n + 1))
 redis.call('HINCRBY', KEYS[2], 'dropped', n)
 return 1

@@ -44,7 +44,7 @@ from commands.dlq.trimmer import QueueTrim, TrimReport, TrimTask
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["SidekiqSet", "sidekiq_view", "retried_job"]
+__all__ = ["SidekiqSet", "SidekiqTrim", "sidekiq_view", "retried_job"]
 
 CHUNK = 1000
 DEFAULT_OPTIONS = {"retry": True, "queue": "default"}  # Sidekiq::DEFAULT_WORKER_OPTIONS (6.x, 7.x)
@@ -74,12 +74,14 @@ return {tonumber(ARGV[3]), now, 0}
 """
 
 # KEYS: set, trim task, lease. ARGV: lease token, task id, members (oldest first, as archived).
-# 1 removed them all (`dropped` grew in the same step), 0 one is gone (nothing removed), -1 not ours.
+# 1 removed them all (`dropped` grew in the same step), 0 one is gone or removing them would leave fewer
+# than the task's `keep` (Sidekiq pruned some since the trim measured the set; nothing removed), -1 not ours.
 TRIM_REMOVE = r"""
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
 if redis.call('HGET', KEYS[2], 'id') ~= ARGV[2] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
   return -1
 end
+if redis.call('ZCARD', KEYS[1]) - (#ARGV - 2) < tonumber(redis.call('HGET', KEYS[2], 'keep') or 0) then return 0 end
 for i = 3, #ARGV do
   if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then return 0 end
 end

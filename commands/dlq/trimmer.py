@@ -42,7 +42,7 @@ from commands.dlq import lua
 from commands.dlq.archive import Fenced
 from commands.dlq.trimpieces import ShortRead, StreamedChunk, parts, proof, unchecked
 
-__all__ = ["QueueTrim", "TrimTask", "TrimReport"]
+__all__ = ["QueueTrim", "TrimTask", "TrimReport", "BATCH_BYTES"]
 
 CHANGE_RETRIES = 5          # consecutive batches whose oldest end changed before giving up
 BATCH_BYTES = 8 * 2 ** 20   # a chunk larger than this makes the next ones smaller (two are in flight)
@@ -122,10 +122,9 @@ class QueueTrim:
         ``archive(task_id, first_ordinal, entries)`` must commit durably or raise; it is called with
         up to ``chunk`` entries (default ``batch``), removed from Redis ``batch`` at a time. The first
         chunks are one batch (for WARM_UP entries); then each is a batch larger, up to ``chunk``, while
-        under BATCH_BYTES. When it also has
-        ``begin(task_id)`` and ``settle(task_id, dropped)`` (:class:`~commands.dlq.archive.TrimArchive`),
-        the run is fenced against stale trimmers and leaves no row of an entry still in Redis.
-        """
+        under BATCH_BYTES. When it also has ``begin(task_id)`` and ``settle(task_id, dropped)``
+        (:class:`~commands.dlq.archive.TrimArchive`), the run is fenced against stale trimmers and
+        leaves no row of an entry still in Redis."""
         self.queue.check_types()
         started = self.clock()
         task_id = resume or secrets.token_hex(6)
@@ -212,14 +211,15 @@ class QueueTrim:
 
         Returns (1, entries) archived and removed; (None, entries) archived, not removed: the list
         was written meanwhile (a producer's push is enough), so they must be compared; (0, []) the
-        list is shorter than ``n`` or ``dropped`` moved (nothing archived); (-1, ...) not ours."""
+        list is shorter than ``n``, ``dropped`` moved or the connection died mid-read (redis-py's
+        WatchError; nothing archived, read again); (-1, ...) not ours."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(self.dead)
             with unchecked(pipe.connection):
                 chunk = StreamedChunk(pipe, self.dead, n)
                 try:
                     archive(task_id, first, chunk)
-                except ShortRead:
+                except (ShortRead, redis.WatchError):  # the COPY rolled back: nothing archived
                     return 0, []
                 if not chunk.complete:  # an archive that read them otherwise, or not all (never TrimArchive)
                     return 0, []
@@ -298,9 +298,8 @@ class QueueTrim:
         def size_after(start: int, entries: list[bytes]) -> int:
             """How many to read next, behind ``entries`` (ordinals ``start``..)."""
             n = len(entries)
-            if start + n - first_dropped < WARM_UP:
-                return batch
-            return max(1, min(chunk, n + batch, n * BATCH_BYTES // max(sum(map(len, entries)), 1)))
+            fits = n * BATCH_BYTES // max(sum(map(len, entries)), 1)  # huge entries: fewer, warming up too
+            return max(1, min(batch if start + n - first_dropped < WARM_UP else min(chunk, n + batch), fits))
 
         try:
             while True:
@@ -385,8 +384,8 @@ class QueueTrim:
                     progress(self.task(), (dropped + n - first_dropped) / max(now - started, 1e-6))
                     reported = now
             dropped = int(self.client.hget(self.key, "dropped"))
-            if outcome == "changed" and fenced:  # the last chunk was archived but not (all) removed
-                archive.settle(task.id, dropped)
+            if fenced and outcome != "lost":  # rows of a chunk archived, never removed (its EXEC failed, then
+                archive.settle(task.id, dropped)  # others emptied the list down to keep) go now
             if outcome == "done":
                 if fenced:
                     archive.finish(task.id, "done")
