@@ -90,6 +90,19 @@ def redis_client():
     client.close()
 
 
+@pytest.fixture
+def own_redis():
+    """A redis-server of the test's own on a free port (tests.support.servers), killed at the end: for
+    tests that kill, stop or restart it, or that need a whole server to themselves."""
+    from tests.support.servers import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
     """A 3-node Redis Cluster of the session's own (tests/support/redisplus.py), stopped by PID at the end.

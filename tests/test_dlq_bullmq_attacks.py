@@ -25,18 +25,10 @@ from commands.dlq.settings import QueueSettings
 from tests.support import jobfuncs
 from tests.support.servers import RedisServer
 from tests.support.dlq import opsbot
-from tests.test_dlq_jobsystems import ENV, REPO, _bull_clean, _config, _bull_failures, _recording_quick, bull_burst
+from tests.test_dlq_jobsystems import (ENV, REPO, _bull_clean, _config, _bull_failures, _recording_quick, bull_burst,
+                                      running_requeue)
 
 FAILED = "bull:pdf:failed"
-
-
-@pytest.fixture
-def own_redis():
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _queue(client):
@@ -359,11 +351,7 @@ def test_redis_killed_and_restarted_mid_run_then_resumed_moves_each_job_once(tmp
         before = client.zrange(FAILED, 0, -1)
         path = _path(tmp_path, database_url, server.url, 2)
         text = "dlq requeue pdf --rate 15"
-        proc = subprocess.Popen(opsbot(path, text), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while int(client.hget("opsbot:dlq:task:pdf", "moved") or 0) < 4:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.003)
+        proc = running_requeue(path, text, client, 4, pause=0.003)
         server.kill()                                                   # SIGKILL, AOF fsynced always
         proc.communicate(timeout=120)                                   # opsbot stops (or fails) by itself
         server.start()
@@ -386,11 +374,7 @@ def test_redis_stopped_longer_than_the_lease_mid_run_then_continued_moves_each_j
     before = client.zrange(FAILED, 0, -1)
     path = _path(tmp_path, database_url, own_redis.url, 2)
     text = "dlq requeue pdf --rate 15"
-    proc = subprocess.Popen(opsbot(path, text), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while int(client.hget("opsbot:dlq:task:pdf", "moved") or 0) < 4:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.003)
+    proc = running_requeue(path, text, client, 4, pause=0.003)
     os.kill(own_redis.pid, signal.SIGSTOP)
     try:
         time.sleep(2.5)

@@ -11,7 +11,6 @@ import subprocess
 import time
 from collections import Counter
 
-import pytest
 from slack_sdk import WebClient
 
 from bot.core.invocation import Actor, Where
@@ -19,7 +18,6 @@ from bot.render.blocks import to_message
 from tests.conftest import ALICE, BOT_TOKEN, write_config
 from tests.support.celeryworker import CeleryWorker, send
 from tests.support.dlq import opsbot, reset_schema
-from tests.support.servers import RedisServer
 from tests.support.sidekiq import wait_until
 
 OPS = Where("C-ops", channel_name="ops")
@@ -32,13 +30,6 @@ def _config(tmp_path, database_url, redis_url, extra="", api_url="https://slack.
         f'  - {{name: celery, redis: main, ready: celery, dead: celery.dead{extra},\n'
         '     fields: {id: headers.id, type: headers.task, attempts: headers.retries}}'))
     return path
-
-
-@pytest.fixture
-def own_redis():
-    server = RedisServer().start()
-    yield server
-    server.close()
 
 
 def dead_ids(client, task="", error=""):

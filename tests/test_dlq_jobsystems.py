@@ -62,24 +62,21 @@ def bull_burst(url: str, queue: str = "pdf", prefix: str = "bull") -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def _kill_mid_requeue(path, text, client, at_least: int) -> None:
+def running_requeue(path, text, client, at_least: int, pause: float = 0.005) -> subprocess.Popen:
+    """``opsbot run --yes TEXT`` started, once its task has moved ``at_least`` jobs (it must still run)."""
     proc = subprocess.Popen(opsbot(path, text), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while int(client.hget("opsbot:dlq:task:mail" if "mail" in text else "opsbot:dlq:task:pdf", "moved") or 0) \
             < at_least:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.005)
+        time.sleep(pause)
+    return proc
+
+
+def _kill_mid_requeue(path, text, client, at_least: int) -> None:
+    proc = running_requeue(path, text, client, at_least)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-
-
-@pytest.fixture
-def own_redis():
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 # -- RQ ------------------------------------------------------------------------------------------

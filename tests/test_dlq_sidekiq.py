@@ -36,13 +36,6 @@ def _config(tmp_path, database_url, redis_url, extra="", api_url="https://slack.
 
 
 @pytest.fixture
-def own_redis():
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def world(tmp_path, own_redis, database_url, make_runtime, fake_slack):
     """Real dead jobs: 12 FlakyJob (4 IOError, 8 ArgumentError) and 4 OtherJob, killed by a real Sidekiq."""
     client = own_redis.client()
