@@ -227,6 +227,28 @@ end
 return #items
 """
 
+# Shared by TRIM_POP and TRIM_CUT (KEYS: dead, trim task, lease). refusal(): -1 not ours (the lease is
+# not `token`'s, or the task is not `task_id` running), 0 not now (`dropped` is not `ordinal`, or removing
+# n would leave fewer than the task's `keep` newest), nil go on. drop(n): remove the n oldest and count
+# them in `dropped`, in the same step.
+_TRIM = r"""
+local function refusal(token, task_id, ordinal, n)
+  if redis.call('GET', KEYS[3]) ~= token then return -1 end
+  if redis.call('HGET', KEYS[2], 'id') ~= task_id or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
+    return -1
+  end
+  if tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ordinal) then return 0 end
+  if redis.call('LLEN', KEYS[1]) - n < tonumber(redis.call('HGET', KEYS[2], 'keep') or 0) then return 0 end
+  return nil
+end
+
+local function drop(n)
+  redis.call('LTRIM', KEYS[1], 0, -(n + 1))
+  redis.call('HINCRBY', KEYS[2], 'dropped', n)
+  return 1
+end
+"""
+
 # TRIM_POP: remove the ARGV[1] oldest entries only if they are still exactly the archived ones,
 # and only for the holder of the queue's lease, driving this trim task, and only if `dropped`
 # equals ARGV[5], the ordinal they were archived as: batches sent together are removed in
@@ -239,14 +261,10 @@ return #items
 # Returns 1 removed (and `dropped` grew by n in the same step), 0 the oldest end changed or
 # removing them would leave fewer than the task's `keep` (a consumer took some since the trim
 # measured the list; nothing removed), -1 not ours (lease lost or another task).
-TRIM_POP = r"""
-if redis.call('GET', KEYS[3]) ~= ARGV[3] then return -1 end
-if redis.call('HGET', KEYS[2], 'id') ~= ARGV[4] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
-  return -1
-end
-if tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[5]) then return 0 end
+TRIM_POP = _TRIM + r"""
 local n = tonumber(ARGV[1])
-if redis.call('LLEN', KEYS[1]) - n < tonumber(redis.call('HGET', KEYS[2], 'keep') or 0) then return 0 end
+local refused = refusal(ARGV[3], ARGV[4], ARGV[5], n)
+if refused then return refused end
 local items = redis.call('LRANGE', KEYS[1], -n, -1)
 if #items ~= n then return 0 end
 local lengths = {}
@@ -259,9 +277,7 @@ for i = 1, n do
   at = stop
 end
 if at ~= #bytes + 1 then return 0 end
-redis.call('LTRIM', KEYS[1], 0, -(n + 1))
-redis.call('HINCRBY', KEYS[2], 'dropped', n)
-return 1
+return drop(n)
 """
 
 # TRIM_CUT: remove the ARGV[1] oldest entries, unread: it runs only inside MULTI, after WATCH of the
@@ -270,17 +286,11 @@ return 1
 # the task's `keep` newest stay (a pop between the trim's LLEN and its WATCH is not seen by EXEC).
 # KEYS: dead, trim task, lease. ARGV: n, lease token, task id, ordinal.
 # Returns 1 removed (`dropped` grew by n in the same step), 0 not removed, -1 not ours.
-TRIM_CUT = r"""
-if redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
-if redis.call('HGET', KEYS[2], 'id') ~= ARGV[3] or redis.call('HGET', KEYS[2], 'status') ~= 'running' then
-  return -1
-end
-if tonumber(redis.call('HGET', KEYS[2], 'dropped')) ~= tonumber(ARGV[4]) then return 0 end
+TRIM_CUT = _TRIM + r"""
 local n = tonumber(ARGV[1])
-if redis.call('LLEN', KEYS[1]) - n < tonumber(redis.call('HGET', KEYS[2], 'keep') or 0) then return 0 end
-redis.call('LTRIM', KEYS[1], 0, -(n + 1))
-redis.call('HINCRBY', KEYS[2], 'dropped', n)
-return 1
+local refused = refusal(ARGV[2], ARGV[3], ARGV[4], n)
+if refused then return refused end
+return drop(n)
 """
 
 # The one-task-per-queue lease (requeue and trim alike). Its value is "<token>|<run_id>":
