@@ -1,7 +1,8 @@
-"""Attacks on the BullMQ unfiltered requeue (the quick CLAIM/moveJobsToWait/RETURN batch and the staged one),
-with real BullMQ jobs, a real BullMQ worker and a real redis-server. The guarantee under attack: each selected
-job is requeued exactly once (waiting, then run once by BullMQ's worker) or left failed; nothing else moves; no
-job is left in opsbot's batch or staging keys; the task's counters are true; the task finishes or resumes."""
+"""Attacks on the BullMQ unfiltered requeue (each batch LEND, moveJobsToWait on the lent failed set, SETTLE, in
+one MULTI/EXEC), with real BullMQ jobs, a real BullMQ worker and a real redis-server. The guarantee under attack:
+each selected job (the oldest failures up to the task's head) is requeued exactly once (waiting, then run once
+by BullMQ's worker) or left failed; nothing else moves; no job is left under opsbot's batch key; the task's
+counters are true; the task finishes or resumes."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from commands.dlq.settings import QueueSettings
 from tests.support import jobfuncs
 from tests.support.servers import RedisServer
 from tests.support.dlq import opsbot
-from tests.test_dlq_jobsystems import (ENV, REPO, _bull_clean, _config, _bull_failures, _recording_quick, bull_burst,
+from tests.test_dlq_jobsystems import (ENV, REPO, _bull_clean, _config, _bull_failures, _recording_batches, bull_burst,
                                       running_requeue)
 
 FAILED = "bull:pdf:failed"
@@ -86,13 +87,13 @@ def test_awkward_job_ids_are_each_requeued_once(own_redis):
     _ran_once(client, own_redis.url, before)
 
 
-def test_equal_scores_move_in_the_selection_order_the_quick_way(own_redis):
+def test_equal_scores_move_in_the_failed_sets_order(own_redis):
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=10)
     client.zadd(FAILED, {job_id: 1700000000000 for job_id in client.zrange(FAILED, 0, -1)})  # ten-way tie
     before = client.zrange(FAILED, 0, -1)
     queue = _queue(client)
-    answers = _recording_quick(queue)
+    answers = _recording_batches(queue)
     task = queue.start_requeue(Filters(), limit=7, rate=None, matching=7, requested_by="t")
     report = _run(queue, task, batch=3)
     assert answers == [0, 0, 1] and report.task.moved == 7
@@ -103,25 +104,25 @@ def test_equal_scores_move_in_the_selection_order_the_quick_way(own_redis):
 @pytest.mark.parametrize("scores", [[0.1, 1 / 3, 1e21, 1e21 + 2 ** 20, 2.5e-300, 3.25], [-5, -1.5, 0, 7], [float("inf"), 1, 2, 3],
                                     [float("-inf"), 1, 2, float("inf")]], ids=["huge-fractional", "negative",
                                                                                    "inf", "both-infs"])
-def test_odd_scores_are_each_requeued_once_and_nothing_is_stranded(own_redis, scores):
+def test_odd_scores_are_each_requeued_once_or_left_failed_as_retryjobs_leaves_them(own_redis, scores):
     """Scores BullMQ would never write but a failed set can hold: moveJobsToWait only takes scores 0..max
-    double, so a job outside that range must not be staged where it would never move (a batch stuck forever,
-    counted as moved, in neither failed nor wait)."""
+    double, so, as with Queue.retryJobs, a job outside that range stays failed; every other one moves once,
+    oldest first; the task ends (no loop), and nothing is stranded outside the failed set and wait."""
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=len(scores))
     client.zadd(FAILED, dict(zip(client.zrange(FAILED, 0, -1), scores)))
-    before = client.zrange(FAILED, 0, -1)
-    assert len(before) == len(scores)
+    before = client.zrange(FAILED, 0, -1, withscores=True)
+    takeable = [job_id for job_id, score in before if 0 <= score < float("inf")]
     queue = _queue(client)
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=len(before), requested_by="t")
+    assert task.total == len(takeable)
     report = _run(queue, task, batch=2, seconds=15)
     assert report.outcome == "done" and _bull_clean(client, queue)
-    waiting = client.lrange("bull:pdf:wait", 0, -1)
-    failed = client.zrange(FAILED, 0, -1)
-    assert set(waiting) | set(failed) == set(before) and not set(waiting) & set(failed)
-    assert report.task.moved == len(waiting) and report.task.scanned == len(before)
-    assert waiting == list(reversed(before))                           # every one moved, oldest first
-    _ran_once(client, own_redis.url, waiting)
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(takeable))
+    assert client.zrange(FAILED, 0, -1, withscores=True) == [(job_id, score) for job_id, score in before
+                                                                if job_id not in takeable]
+    assert report.task.moved == report.task.scanned == len(takeable)
+    _ran_once(client, own_redis.url, takeable)
 
 
 def test_jobs_removed_or_retried_by_bullmq_after_the_selection_are_not_moved(own_redis):
@@ -201,15 +202,15 @@ def test_the_failed_set_deleted_mid_run_moves_nothing_more_and_strands_nothing(o
         batches.append(task.moved)
 
     steps = {"n": 0}
-    real = queue._quick
+    real = queue._batch
 
-    def quick(token, n):
+    def batch(token, n):
         steps["n"] += 1
         if steps["n"] == 2:
             client.delete(FAILED)
         return real(token, n)
 
-    queue._quick = quick
+    queue._batch = batch
     report = _run(queue, task, batch=3, progress=progress)
     assert report.outcome == "done" and report.task.moved == 3 and report.task.scanned == 8
     assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before[:3])) and _bull_clean(client, queue)
@@ -222,7 +223,7 @@ def test_limits_smaller_than_or_not_a_multiple_of_the_batch(own_redis, limit, ba
     _bull_failures(client, own_redis.url, count=8)
     before = client.zrange(FAILED, 0, -1)
     queue = _queue(client)
-    answers = _recording_quick(queue)
+    answers = _recording_batches(queue)
     task = queue.start_requeue(Filters(), limit=limit, rate=None, matching=limit, requested_by="t")
     report = _run(queue, task, batch=batch)
     assert report.outcome == "done" and report.task.moved == report.task.scanned == limit
@@ -311,7 +312,7 @@ def _settled(client, before, selected):
     assert waiting == list(reversed(before[:len(waiting)])) and len(waiting) <= selected
     assert client.zrange(FAILED, 0, -1) == before[len(waiting):]
     assert int(client.hget("opsbot:dlq:task:pdf", "moved") or 0) == len(waiting)
-    assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:claimed:pdf", "opsbot:dlq:moving:pdf")
+    assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:lent:pdf")
     return waiting
 
 
@@ -404,7 +405,7 @@ def test_a_wait_key_of_the_wrong_type_mid_run_loses_no_job(own_redis):
     with pytest.raises(Exception, match="wait"):
         _run(queue, task, batch=4)
     assert client.zrange(FAILED, 0, -1, withscores=True) == before and _bull_clean(client, queue)
-    assert int(client.hget(queue.task_key, "moved")) == 0 and client.llen(queue.pending_key) == 6
+    assert int(client.hget(queue.task_key, "moved")) == 0 and int(client.hget(queue.task_key, "left")) == 6
 
     client.delete("bull:pdf:wait")
     report = _run(queue, task, batch=4)
@@ -439,41 +440,39 @@ def test_an_events_key_of_the_wrong_type_mid_run_leaves_the_failed_jobs_untouche
     _ran_once(client, own_redis.url, [job_id for job_id, _ in before])
 
 
-def test_cancel_while_bullmq_refuses_the_move_keeps_the_staged_batch_until_it_can_move_it(own_redis):
-    """meta not a hash: BullMQ refuses every move (before any write). The staged batch stays staged (counted,
-    as the existing refusal test shows); a cancel then cannot finish it and says so, losing nothing; once
-    BullMQ's meta is a hash again, cancel moves that batch once and leaves the rest failed."""
+def test_cancel_while_bullmq_refuses_the_move_closes_the_task_with_every_job_failed(own_redis):
+    """meta not a hash: BullMQ refuses every move (before any write). Nothing is taken out of the failed set, so a
+    cancel closes the task at once, losing nothing; a new requeue, once BullMQ's meta is a hash again, moves each
+    job once."""
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=6)
-    before = client.zrange(FAILED, 0, -1)
+    before = client.zrange(FAILED, 0, -1, withscores=True)
     queue = _queue(client)
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
     client.rename("bull:pdf:meta", "test:meta")
     client.set("bull:pdf:meta", "not a hash")
     with pytest.raises(Exception, match="WRONGTYPE"):
         _run(queue, task, batch=4)
-    with pytest.raises(Exception, match="WRONGTYPE"):
-        queue.cancel()
-    staged = client.zrange(queue.moving_key, 0, -1)
-    assert staged == before[:4] and client.zrange(FAILED, 0, -1) == before[4:]
-    assert not client.exists(queue.batch_key, queue.claimed_key) and client.llen("bull:pdf:wait") == 0
+    assert queue.cancel().status == "cancelled" and queue.task().moved == 0
+    assert client.zrange(FAILED, 0, -1, withscores=True) == before and _bull_clean(client, queue)
+    assert client.llen("bull:pdf:wait") == 0
 
     client.delete("bull:pdf:meta")
     client.rename("test:meta", "bull:pdf:meta")
-    assert queue.cancel().status == "cancelled"
-    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before[:4])) and _bull_clean(client, queue)
-    assert client.zrange(FAILED, 0, -1) == before[4:] and int(client.hget(queue.task_key, "moved")) == 4
-    _ran_once(client, own_redis.url, before[:4])
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    assert _run(queue, task, batch=4).task.moved == 6
+    assert client.lrange("bull:pdf:wait", 0, -1) == [job_id for job_id, _ in reversed(before)]
+    _ran_once(client, own_redis.url, [job_id for job_id, _ in before])
 
 
 def test_a_job_put_before_the_head_with_a_negative_score_after_the_selection_is_never_moved(own_redis):
-    """moveJobsToWait takes scores from 0 only, so CLAIM's check (which reads what it takes) passes and the
-    quick way moves exactly the selected jobs; the newcomer stays failed."""
+    """moveJobsToWait takes scores from 0 only (the task's head is the upper bound): exactly the selected jobs
+    move; the newcomer stays failed."""
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=7)
     before = client.zrange(FAILED, 0, -1)
     queue = _queue(client)
-    answers = _recording_quick(queue)
+    answers = _recording_batches(queue)
     task = queue.start_requeue(Filters(), limit=6, rate=None, matching=6, requested_by="t")
     client.zadd(FAILED, {before[-1]: -1})                                 # the unselected one, now first
     report = _run(queue, task, batch=4)
@@ -488,7 +487,7 @@ def test_a_prefix_with_a_hash_tag_and_colons(own_redis):
     _bull_failures(client, own_redis.url, count=5, prefix=prefix)
     before = client.zrange(f"{prefix}:pdf:failed", 0, -1)
     queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf", prefix=prefix), client)
-    answers = _recording_quick(queue)
+    answers = _recording_batches(queue)
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=5, requested_by="t")
     report = _run(queue, task, batch=2)
     assert answers == [0, 0, 1] and report.task.moved == 5 and _bull_clean(client, queue)

@@ -282,9 +282,9 @@ def test_bullmq_peek_requeue_killed_resumed_and_bullmqs_worker_runs_exactly_thos
 
 def test_bullmq_journaled_batch_is_finished_once_after_a_crash(own_redis):
     client = own_redis.client()
-    _bull_failures(client, own_redis.url, count=4)
+    _bull_failures(client, own_redis.url, count=6)                     # four 'render' jobs
     queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
-    task = queue.start_requeue(Filters(), limit=3, rate=None, matching=4, requested_by="t")
+    task = queue.start_requeue(Filters(type="render"), limit=3, rate=None, matching=4, requested_by="t")
     ids = [json.loads(raw)[0] for raw in client.lrange(queue.pending_key, 0, -1)]
     client.hset(queue.journal_key, mapping={"\x00n": 3, **{job_id: "1" for job_id in ids}})
     assert queue._requeue(ids[:2]) == set(ids[:2])  # BullMQ moved two, then the bot died before counting
@@ -318,7 +318,7 @@ def test_cancelling_an_interrupted_bullmq_requeue_finishes_its_journaled_batch_o
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=6)
     queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
-    queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    queue.start_requeue(Filters(type="render"), limit=None, rate=None, matching=4, requested_by="t")
     ids = [json.loads(raw)[0] for raw in client.lrange(queue.pending_key, 0, 1)]
     client.hset(queue.journal_key, mapping={"\x00n": 2, **{job_id: "1" for job_id in ids}})
     queue._requeue(ids[:1])                      # the bot died with one of its batch moved
@@ -407,7 +407,7 @@ def test_bullmq_unfiltered_requeue_leaves_exactly_what_queue_retryjobs_leaves(ow
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=12, requested_by="t")
     report = queue.run_requeue(task.id, owner="t", batch=5)
     assert report.outcome == "done" and report.task.moved == 12
-    assert not client.exists(queue.moving_key, queue.pending_key, queue.journal_key)
+    assert _bull_clean(client, queue) and not client.exists(queue.pending_key, queue.journal_key)
     ours = _bull_state(client)
 
     for key in client.scan_iter("bull:*"):
@@ -442,7 +442,7 @@ def test_bullmq_unfiltered_limited_requeue_killed_resumed_runs_exactly_those(tmp
     waiting = client.lrange("bull:pdf:wait", 0, -1)
     assert 2 <= len(waiting) < 11 and len(set(waiting)) == len(waiting) and set(waiting) <= oldest
     assert set(waiting) | set(client.zrange("bull:pdf:failed", 0, -1)) == set(before)   # each in one place
-    assert not client.exists("opsbot:dlq:moving:pdf")                                # never half-moved
+    assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:lent:pdf")          # never half-moved
     assert int(client.hget("opsbot:dlq:task:pdf", "moved")) == len(waiting)
     time.sleep(1.1)
 
@@ -487,141 +487,105 @@ def test_bullmq_unfiltered_requeue_skips_a_job_that_failed_again_since_the_selec
     assert client.zrange("bull:pdf:failed", 0, -1) == [ids[0].encode()]
 
 
-@pytest.mark.parametrize("then", ["resume", "cancel"])
-def test_bullmq_staged_batch_whose_move_was_refused_is_moved_once_before_anything_else(own_redis, then):
-    """The state a MULTI/EXEC leaves when Redis ran the staging script but refused moveJobsToWait's writes
-    (out of memory): two jobs staged and counted, in neither failed nor wait. Resuming moves them first
-    and then the rest; cancelling moves them and leaves the rest failed."""
-    client = own_redis.client()
-    _bull_failures(client, own_redis.url, count=6)
-    queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
-    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
-    staged = [json.loads(raw) for raw in client.lrange(queue.pending_key, 0, 1)]
-    for job_id, score in staged:
-        client.zrem("bull:pdf:failed", job_id)
-        client.zadd(queue.moving_key, {job_id: float(score)})
-    client.ltrim(queue.pending_key, 2, -1)
-    client.hincrby(queue.task_key, "moved", 2)
-    client.hincrby(queue.task_key, "scanned", 2)
+# -- an unfiltered batch: LEND, moveJobsToWait on the failed set, SETTLE, in one MULTI/EXEC -------------
 
-    if then == "resume":
-        report = queue.run_requeue(task.id, owner="t", batch=3)
-        assert report.outcome == "done" and report.task.moved == 6
-        assert client.lrange("bull:pdf:wait", -2, -1) == [job_id.encode() for job_id, _ in reversed(staged)]
-        assert client.llen("bull:pdf:wait") == 6 and client.zcard("bull:pdf:failed") == 0
-    else:
-        assert queue.cancel().moved == 2
-        assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(job_id.encode() for job_id, _ in staged)
-        assert client.zcard("bull:pdf:failed") == 4
-    assert not client.exists(queue.moving_key)
-    bull_burst(own_redis.url)
-    ran = client.lrange(jobfuncs.RAN, 0, -1)
-    assert len(ran) == len(set(ran)) == client.zcard("bull:pdf:completed")
-
-
-# -- the quick way through an unfiltered batch (CLAIM, moveJobsToWait on the failed set, RETURN) ----------
-
-def _recording_quick(queue):
-    """The answers of the queue's quick path, batch by batch (the real scripts run; only their answers are noted)."""
+def _recording_batches(queue):
+    """The answers of the queue's batches (0 more, 1 nothing left, 2 not ours), batch by batch."""
     answers = []
-    real = queue._quick
+    real = queue._batch
 
-    def quick(token, n):
-        answers.append(real(token, n))
+    def batch(token, step):
+        answers.append(real(token, step))
         return answers[-1]
 
-    queue._quick = quick
+    queue._batch = batch
     return answers
 
 
 def _bull_clean(client, queue):
-    """None of the keys that exist only inside a batch's MULTI/EXEC, nor a staged batch, is left."""
-    return not client.exists(queue.batch_key, queue.claimed_key, queue.moving_key)
+    """Neither of the keys that exist only inside a batch's MULTI/EXEC is left."""
+    return not client.exists(queue.batch_key, queue.lent_key)
 
 
-def test_bullmq_unfiltered_batches_move_straight_from_the_failed_set_when_nothing_changed(own_redis):
+def test_bullmq_unfiltered_batches_move_straight_from_the_failed_set(own_redis):
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=12)
     before = client.zrange("bull:pdf:failed", 0, -1)
     queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
-    answers = _recording_quick(queue)
+    answers = _recording_batches(queue)
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=12, requested_by="t")
+    assert not client.exists(queue.pending_key)                        # nothing copied: the head is enough
 
     report = queue.run_requeue(task.id, owner="t", batch=5)
 
-    assert answers == [0, 0, 1]                                        # three batches, none staged
-    assert report.outcome == "done" and report.task.moved == report.task.scanned == 12
+    assert answers == [0, 0, 1]                                        # three batches
+    assert report.outcome == "done" and report.task.moved == report.task.scanned == report.task.total == 12
     assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before)) and _bull_clean(client, queue)
     bull_burst(own_redis.url)
     assert Counter(client.lrange(jobfuncs.RAN, 0, -1)) == Counter(before)
 
 
-def test_bullmq_quick_batch_refuses_ids_json_escapes_and_a_head_that_changed(own_redis):
-    """Ids with a slash or a quote (JSON escapes them) and a job put at the failed set's head after the
-    selection: the quick way refuses those batches, the staged way moves exactly what was selected."""
+def test_bullmq_jobs_failing_after_the_requeue_started_are_not_moved(own_redis):
+    """The requeue moves the failures there were when it started (its head: the last one's finish time):
+    jobs that fail while it runs, with ids JSON escapes among them, finish later and stay failed."""
     client = own_redis.client()
     client.set(jobfuncs.BROKEN, 1)
 
-    async def add():
+    async def add(names):
         library = BullMQQueue("pdf", {"connection": own_redis.url})
-        for index in range(8):
-            job_id = {2: "pdf/2", 3: 'pdf"3'}.get(index, f"plain-{index}")
-            await library.add("render", {"to": f"user{index}@example.com"}, {"jobId": job_id})
+        for job_id in names:
+            await library.add("render", {"to": f"{job_id}@example.com"}, {"jobId": job_id})
         await library.close()
 
-    asyncio.run(add())
+    asyncio.run(add(["plain-0", "pdf/1", 'pdf"2', "plain-3", "plain-4", "plain-5", "plain-6", "plain-7"]))
     bull_burst(own_redis.url)
-    client.delete(jobfuncs.BROKEN)
     selected = client.zrange("bull:pdf:failed", 0, 6)                   # the oldest 7 of 8
     newest = client.zrange("bull:pdf:failed", 7, 7)[0]
     queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
-    answers = _recording_quick(queue)
     task = queue.start_requeue(Filters(), limit=7, rate=None, matching=7, requested_by="t")
-    oldest = client.zrange("bull:pdf:failed", 0, 0, withscores=True)[0][1]
-
+    queue.run_requeue(task.id, owner="t", batch=2, should_stop=lambda: client.llen("bull:pdf:wait") >= 2)
+    asyncio.run(add(["late/8", 'late"9']))
+    bull_burst(own_redis.url)                                           # runs the two waiting (they fail again) and the new
+    client.delete(jobfuncs.BROKEN)
     report = queue.run_requeue(task.id, owner="t", batch=2)
-    assert report.outcome == "done" and report.task.moved == 7 and "escaped" in answers
-    assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(selected) and _bull_clean(client, queue)
 
-    # Again, with the one left failed moved to the head after the selection: never moved, every batch staged.
-    for job_id in selected:
-        client.lrem("bull:pdf:wait", 0, job_id)
-        client.zadd("bull:pdf:failed", {job_id: oldest})
-    answers.clear()
-    task = queue.start_requeue(Filters(), limit=7, rate=None, matching=7, requested_by="t")
-    client.zadd("bull:pdf:failed", {newest: oldest - 1})
-    report = queue.run_requeue(task.id, owner="t", batch=2)
-    assert report.task.moved == 7 and answers and all(answer in ("changed", "escaped") for answer in answers)
-    assert client.zrange("bull:pdf:failed", 0, -1) == [newest] and _bull_clean(client, queue)
-    assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(selected)
+    assert report.outcome == "done" and report.task.moved == 7 and report.task.scanned == 7
+    waiting = client.lrange("bull:pdf:wait", 0, -1)
+    assert sorted(waiting) == sorted(selected[2:]) and _bull_clean(client, queue)
+    assert set(client.zrange("bull:pdf:failed", 0, -1)) == {*selected[:2], newest, b"late/8", b'late"9'}
 
 
-def test_bullmq_quick_batch_whose_move_is_refused_leaves_the_failed_set_whole(own_redis):
-    """moveJobsToWait refused inside the quick MULTI/EXEC (here: BullMQ's meta key is not a hash, as it
-    refuses before any write): the failed set is back under its own name, nothing is counted by the quick
-    way, and the staged way then keeps the batch staged and counted; resumed, each job moves once."""
+@pytest.mark.parametrize("then", ["resume", "cancel"])
+def test_bullmq_batch_whose_move_is_refused_leaves_every_job_failed(own_redis, then):
+    """moveJobsToWait refused inside the batch's MULTI/EXEC (here: BullMQ's meta key is not a hash, as it
+    refuses before any write): the failed set is whole under its own name with its scores, nothing counted.
+    Resumed once BullMQ's keys are right, each job moves once; cancelled, every job stays failed."""
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=6)
-    before = set(client.zrange("bull:pdf:failed", 0, -1))
+    before = client.zrange("bull:pdf:failed", 0, -1, withscores=True)
     queue = BullQueue(QueueSettings(name="pdf", backend="bullmq", queue="pdf"), client)
-    answers = _recording_quick(queue)
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
     client.rename("bull:pdf:meta", "test:meta")
     client.set("bull:pdf:meta", "not a hash")
 
     with pytest.raises(Exception, match="WRONGTYPE"):
         queue.run_requeue(task.id, owner="t", batch=4)
-    assert answers == ["refused"] and not client.exists(queue.batch_key, queue.claimed_key)
-    staged = set(client.zrange(queue.moving_key, 0, -1))
-    assert len(staged) == 4 and staged | set(client.zrange("bull:pdf:failed", 0, -1)) == before
-    assert int(client.hget(queue.task_key, "moved")) == 4 and client.llen("bull:pdf:wait") == 0
+    assert client.zrange("bull:pdf:failed", 0, -1, withscores=True) == before and _bull_clean(client, queue)
+    assert int(client.hget(queue.task_key, "moved")) == 0 and client.llen("bull:pdf:wait") == 0
 
     client.delete("bull:pdf:meta")
     client.rename("test:meta", "bull:pdf:meta")
-    report = queue.run_requeue(task.id, owner="t", batch=4)
-    assert report.outcome == "done" and report.task.moved == 6
-    waiting = client.lrange("bull:pdf:wait", 0, -1)
-    assert len(waiting) == 6 and set(waiting) == before and _bull_clean(client, queue)
+    if then == "resume":
+        report = queue.run_requeue(task.id, owner="t", batch=4)
+        assert report.outcome == "done" and report.task.moved == 6
+        assert client.lrange("bull:pdf:wait", 0, -1) == [job_id for job_id, _ in reversed(before)]
+    else:
+        assert queue.cancel().status == "cancelled" and queue.task().moved == 0
+        assert client.zrange("bull:pdf:failed", 0, -1, withscores=True) == before
+    assert _bull_clean(client, queue)
+    bull_burst(own_redis.url)
+    ran = client.lrange(jobfuncs.RAN, 0, -1)
+    assert len(ran) == len(set(ran)) == client.zcard("bull:pdf:completed") == (6 if then == "resume" else 0)
 
 
 def test_bullmq_failed_set_left_under_the_batch_key_is_put_back_first(own_redis):
@@ -642,7 +606,7 @@ def test_bullmq_failed_set_left_under_the_batch_key_is_put_back_first(own_redis)
     assert _bull_clean(client, queue) and client.zcard("bull:pdf:failed") == 0
 
 
-def test_bullmq_unfiltered_requeue_killed_between_quick_batches_resumes_exactly(tmp_path, database_url, own_redis):
+def test_bullmq_unfiltered_requeue_killed_between_batches_resumes_exactly(tmp_path, database_url, own_redis):
     client = own_redis.client()
     _bull_failures(client, own_redis.url)
     path = _config(tmp_path, database_url, own_redis.url,
@@ -654,7 +618,7 @@ def test_bullmq_unfiltered_requeue_killed_between_quick_batches_resumes_exactly(
     assert 3 <= len(waiting) < 30 and waiting == list(reversed(before[:len(waiting)]))   # oldest first, once each
     assert set(waiting) | set(client.zrange("bull:pdf:failed", 0, -1)) == set(before)
     assert int(client.hget("opsbot:dlq:task:pdf", "moved")) == len(waiting)
-    assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:claimed:pdf", "opsbot:dlq:moving:pdf")
+    assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:lent:pdf")
     time.sleep(1.1)
 
     assert "Requeued" in _run(path, "dlq requeue pdf --rate 10")

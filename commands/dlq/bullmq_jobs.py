@@ -18,15 +18,12 @@ its own key layout (``QueueKeys``), so BullMQ workers in any language run the jo
 * **unfiltered** (every failure, oldest first, up to ``--limit``): ``moveJobsToWait``, the script
   ``Queue.retryJobs`` runs, with the same effect (``failedReason``/``finishedOn``/``processedOn``
   dropped, attempts kept, LPUSHed to ``wait`` oldest first with the marker and a ``waiting`` event;
-  like ``retryJobs`` it ignores priority and ``lifo``). A batch is one MULTI/EXEC, either way whole
-  or not at all, so no journal is needed. Quick (when the failed set's head is the batch, as it is
-  when nothing else touched the failed set): ``CLAIM`` checks that and lends the failed set to
-  ``moveJobsToWait`` under the batch key, ``RETURN`` gives it back and counts (see CLAIM). Staged
-  (otherwise): ``STAGE`` (lease check; the batch's ids still in the failed set with the score they
-  were selected with go to a staging set, counted, dropped from the pending list), then
-  ``moveJobsToWait`` on that staging set (handed over under the batch key, what it did not move
-  staged again by ``UNSTAGE``). Neither way moves anything while BullMQ's wait key is not a list
-  or its events key not a stream (see STAGE).
+  like ``retryJobs`` it ignores priority and ``lifo``). When the task starts, HEAD reads how many
+  jobs it moves (the oldest that ``moveJobsToWait`` takes, up to the limit) and the score of the
+  last of them, the *head*; nothing is copied. Each batch is one MULTI/EXEC (LEND, ``moveJobsToWait``
+  on the failed set lent under the batch key with the head as its bound, SETTLE), whole or not at
+  all, so no journal is needed; a job that failed again since has a later score and is not taken.
+  Nothing moves while BullMQ's wait key is not a list or its events key not a stream (see LEND).
 * **filtered**: ``reprocessJob`` per job with exactly the arguments ``Job.retry("failed")`` passes
   (priority and ``lifo`` honoured), a pipeline per batch, journaled as :mod:`commands.dlq.jobtask` says.
 
@@ -46,7 +43,7 @@ from bullmq.queue_keys import QueueKeys
 from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
 
 from bot.core.invocation import CommandError
-from commands.dlq.bullmq_lua import CLAIM, FINGERPRINTS, RETURN, SELECT, STAGE, UNSTAGE
+from commands.dlq.bullmq_lua import FINGERPRINTS, HEAD, LEND, SETTLE
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities)
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
@@ -55,8 +52,6 @@ from commands.dlq.redis_list import RequeueReport, Task
 __all__ = ["BullQueue"]
 
 EVERY_SCORE = 1.7976931348623157e+308  # moveJobsToWait's timestamp bound, as BullMQ's own promoteJobs passes it
-STAGED_ALL = 2 ** 31 - 1  # moveJobsToWait's count for a staged batch: all of it, whatever batch size staged it
-SELECT_CHUNK = 5000
 FIELDS = ("name", "data", "failedReason", "stacktrace", "atm", "finishedOn", "timestamp")
 
 
@@ -81,17 +76,15 @@ class BullQueue(JobRegistryQueue):
         self.base = f"{self.bull_prefix}:{self.queue}"
         self.failed_key = f"{self.base}:failed"
         self.ready_key = f"{self.base}:wait"
-        self.moving_key = f"{prefix}dlq:moving:{self.name}"
-        self.batch_key = f"{prefix}dlq:batch:{self.name}"      # the failed set, for an instant inside a MULTI
-        self.claimed_key = f"{prefix}dlq:claimed:{self.name}"  # CLAIM's answer to RETURN, inside that MULTI
+        self.batch_key = f"{prefix}dlq:batch:{self.name}"  # the failed set, for an instant inside a MULTI
+        self.lent_key = f"{prefix}dlq:lent:{self.name}"    # LEND's word to SETTLE, inside that MULTI
         self.keys = QueueKeys(self.bull_prefix).getKeys(self.queue)
         self._reprocess = self.client.register_script(loadScript(SCRIPT_DEFINITIONS["reprocessJob"]))
         self._move_jobs_source = loadScript(SCRIPT_DEFINITIONS["moveJobsToWait"])
-        self._move_jobs = self.client.register_script(self._move_jobs_source)
-        self._left: int | None = None  # pending rows left, as this process last counted them
+        self._left: int | None = None  # an unfiltered task's jobs left to move (-1: filtered), as last counted
+        self._bound: str | None = None  # and its head score
         self._fingerprint = self.client.register_script(FINGERPRINTS)
-        self._select_chunk = self.client.register_script(SELECT)
-        self._stage = self.client.register_script(STAGE)
+        self._head_script = self.client.register_script(HEAD)
 
     def _fingerprints(self, ids: list[str]) -> list[str | None]:
         """The failed set's score of each id, as Redis writes it (see FINGERPRINTS); one script call per batch."""
@@ -100,39 +93,64 @@ class BullQueue(JobRegistryQueue):
         return [None if score is None else _text(score)
                 for score in self._fingerprint(keys=[self.failed_key], args=ids)]
 
-    def _select(self, staging: str, filters: Filters, limit: int | None, now: float) -> int:
-        """Unfiltered: the ids and fingerprints are copied server-side, a chunk at a time."""
+    def _head(self, filters: Filters, limit: int | None) -> dict[str, Any] | None:
+        """Unfiltered: nothing is copied; the task moves the failed set's oldest ``left`` jobs scored up to
+        ``head`` (see HEAD), as ``retryJobs`` would take them."""
         if not filters.empty:
-            return super()._select(staging, filters, limit, now)
-        selected = 0
-        while limit is None or selected < limit:
-            count = SELECT_CHUNK if limit is None else min(SELECT_CHUNK, limit - selected)
-            found = int(self._select_chunk(keys=[self.failed_key, staging], args=[selected, count]))
-            selected += found
-            if found < count:
-                break
-        return selected
+            return None
+        count, head = self._head_script(keys=[self.failed_key], args=[-1 if limit is None else limit, EVERY_SCORE])
+        return {"left": int(count), "head": _text(head) or ""}
+
+    def _finished(self) -> bool:
+        head, left = self.client.hmget(self.task_key, "head", "left")
+        return (head is None or int(left) <= 0) and super()._finished()
 
     def _batch(self, token: str, step: int) -> int:
-        """An unfiltered task's batch: moved by BullMQ's ``moveJobsToWait`` (what ``Queue.retryJobs`` runs) in
-        one MULTI/EXEC, so it happens whole or not at all: :meth:`_quick` when the failed set's head is the
-        batch, else staged (:meth:`_staged`). Any other task's batch (or a batch a crash left journaled) is
+        """An unfiltered task's batch: LEND, BullMQ's ``moveJobsToWait`` (what ``Queue.retryJobs`` runs) and
+        SETTLE in one MULTI/EXEC, so it happens whole or not at all (see LEND). Any other task's batch is
         :meth:`_requeue`'s, through the journal."""
         if self._left is None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hget(self.task_key, "bulk")
-            pipe.llen(self.pending_key)
-            bulk, left = pipe.execute()
-            self._left = left if bulk == b"1" else -1
+            head, left = self.client.hmget(self.task_key, "head", "left")
+            self._left, self._bound = (-1, None) if head is None else (int(left), head.decode())
         if self._left < 0:                  # a filtered task: through the journal
             return super()._batch(token, step)
         n = min(step, self._left)
-        state = self._quick(token, n) if n > 0 else "empty"
-        if isinstance(state, int):
-            self._left -= n
+        if n <= 0:
+            return 1
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.execute_command("EVAL", LEND, 7, self.lease_key, self.task_key, self.failed_key, self.batch_key,
+                             self.lent_key, keys["wait"], keys["events"], token, n, self._bound)
+        pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
+                             keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
+                             n, self._bound, "failed")
+        pipe.execute_command("EVAL", SETTLE, 4, self.batch_key, self.failed_key, self.lent_key, self.task_key,
+                             n, self._bound, self.clock())
+        lent, moved, settled = pipe.execute(raise_on_error=False)
+        if isinstance(settled, Exception):
+            raise settled
+        state, self._left = int(settled[0]), int(settled[1])
+        if state == 4:                      # BullMQ refused the move: nothing it did not move was touched
+            raise moved if isinstance(moved, Exception) else CommandError(
+                f"BullMQ did not move the failed jobs of queue {self.name!r}; the rest stays failed")
+        if state in (0, 1):
             return state
         self._left = None
-        return 2 if state == "lease" else self._staged(token, step)
+        if isinstance(lent, Exception):
+            raise lent
+        lent = lent.decode()
+        if lent == "cancelling":
+            return 1
+        if lent == "types":
+            kinds = {keys["wait"]: "list", keys["events"]: "stream"}
+            wrong = ", ".join(f"{key!r} is a Redis {self.client.type(key).decode()}, not a {want}"
+                              for key, want in kinds.items() if self.client.type(key).decode() not in (want, "none"))
+            raise CommandError(f"BullMQ's keys of queue {self.name!r} are not what BullMQ writes ({wrong}): "
+                               "nothing was moved")
+        if lent == "error":
+            raise CommandError(f"opsbot's lease or task key of queue {self.name!r} is not what opsbot writes: "
+                               "nothing was moved")
+        return 2                            # the lease or the task is not ours any more
 
     def run_requeue(self, task_id: str, **kw: Any) -> RequeueReport:
         self._left = None
@@ -141,57 +159,6 @@ class BullQueue(JobRegistryQueue):
     def cancel(self) -> Task | None:
         self._left = None
         return super().cancel()
-
-    def _quick(self, token: str, n: int) -> int | str:
-        """CLAIM, moveJobsToWait and RETURN in one MULTI/EXEC (see CLAIM): 0 more to do or 1 nothing left when
-        the batch moved, else why it did not (nothing changed)."""
-        keys = self.keys
-        pipe = self.client.pipeline(transaction=True)
-        pipe.execute_command("EVAL", CLAIM, 10, self.lease_key, self.task_key, self.pending_key, self.failed_key,
-                             self.batch_key, self.journal_key, self.moving_key, self.claimed_key, keys["wait"],
-                             keys["events"], token, n, EVERY_SCORE)
-        pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
-                             keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
-                             n, EVERY_SCORE, "failed")
-        pipe.execute_command("EVAL", RETURN, 5, self.batch_key, self.failed_key, self.claimed_key, self.task_key,
-                             self.pending_key, self.clock())
-        claim, _, returned = pipe.execute(raise_on_error=False)
-        if isinstance(returned, Exception):
-            raise returned
-        returned = int(returned)
-        if returned in (0, 1):
-            return returned
-        if returned == 4:
-            return "refused"                # claimed, but moveJobsToWait was refused: nothing moved or counted
-        return claim.decode() if isinstance(claim, bytes) else "error"
-
-    def _staged(self, token: str, step: int) -> int:
-        """A batch through the staging set: STAGE, moveJobsToWait on the staged batch, UNSTAGE, in one MULTI/EXEC."""
-        keys = self.keys
-        pipe = self.client.pipeline(transaction=True)
-        self._stage(keys=[self.lease_key, self.task_key, self.pending_key, self.failed_key, self.moving_key,
-                          self.journal_key, self.batch_key, keys["wait"], keys["events"]],
-                    args=[token, step, self.clock()], client=pipe)
-        self._move_jobs(keys=[keys[""], keys["events"], self.batch_key, keys["wait"], keys["paused"],
-                              keys["meta"], keys["active"], keys["marker"]],
-                        args=[STAGED_ALL, EVERY_SCORE, "failed"], client=pipe)
-        pipe.execute_command("EVAL", UNSTAGE, 2, self.batch_key, self.moving_key)
-        state, moved, unstaged = pipe.execute(raise_on_error=False)
-        for reply in (state, unstaged):
-            if isinstance(reply, Exception):
-                raise reply
-        if isinstance(moved, Exception):
-            raise moved  # staged, counted, not moved (Redis refused a write): the next batch moves them
-        if int(state) == 5:
-            kinds = {keys["wait"]: "list", keys["events"]: "stream"}
-            wrong = ", ".join(f"{key!r} is a Redis {self.client.type(key).decode()}, not a {want}"
-                              for key, want in kinds.items() if self.client.type(key).decode() not in (want, "none"))
-            raise CommandError(f"BullMQ's keys of queue {self.name!r} are not what BullMQ writes ({wrong}): "
-                               "nothing was moved")
-        return super()._batch(token, step) if int(state) == 3 else int(state)
-
-    def _in_flight(self) -> list[str]:
-        return [self.journal_key, self.moving_key]
 
     def _read(self, ids: list[str]) -> list[DeadEntry]:
         pipe = self.client.pipeline(transaction=False)

@@ -10,9 +10,10 @@ Usage (a backend module)::
         def _requeue(self, ids): ...        # the library's own requeue; returns the ids it moved
         def _recover(self, job_id, fingerprint): ...  # requeued half-way by a crash? put it back first
 
-    A backend may also replace ``_select`` (fill the pending list) and ``_batch`` (one step), and name
-    in ``_in_flight`` the keys that hold a batch a crash left unfinished (the bullmq backend's
-    unfiltered requeue moves a batch in one MULTI/EXEC instead of journaling it).
+    A backend may also replace ``_select`` (fill the pending list), ``_head`` (no pending list: the
+    task moves the failed set's oldest jobs up to a score) and ``_batch`` (one step), and name in
+    ``_in_flight`` the keys that hold a batch a crash left unfinished (the bullmq backend's unfiltered
+    requeue moves the failed set's head in one MULTI/EXEC a batch instead of journaling it).
 
 The library keeps failed jobs as ids in a sorted set (oldest first by score) and each job in
 its own key; only the library's own code moves a job back to work. So a requeue task is:
@@ -224,19 +225,25 @@ class JobRegistryQueue(Refusing):
         now = self.clock()
         staging = f"{self.pending_key}:staging"
         self.client.delete(staging)
-        selected = self._select(staging, filters, limit, now)
+        head = self._head(filters, limit)
+        selected = head["left"] if head else self._select(staging, filters, limit, now)
         task_id = task_id or secrets.token_hex(6)
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(self.task_key, self.pending_key, self.journal_key)
-        if selected:
+        if selected and not head:
             pipe.rename(staging, self.pending_key)
         pipe.hset(self.task_key, mapping={
             "id": task_id, "status": "running", "filters": json.dumps(filters.to_dict()),
             "limit": -1 if limit is None else limit, "rate": rate or 0, "total": selected, "matching": matching,
             "scanned": 0, "moved": 0, "started_at": now, "updated_at": now, "requested_by": requested_by,
-            "bulk": int(filters.empty)})
+            **(head or {})})
         pipe.execute()
         return self.task()
+
+    def _head(self, filters: Filters, limit: int | None) -> dict[str, Any] | None:
+        """None, or (a backend whose task moves the failed set's oldest jobs instead of a selection) the task
+        hash's fields saying which: ``left`` (how many), ``head`` (up to which score); nothing is staged."""
+        return None
 
     def _select(self, staging: str, filters: Filters, limit: int | None, now: float) -> int:
         """Append ``[id, fingerprint]`` rows of the matching failures, oldest first, up to ``limit``, to the
@@ -264,8 +271,12 @@ class JobRegistryQueue(Refusing):
         outcome, seconds, first_moved = drive_requeue(
             self, task_id, owner=owner, progress=progress, batch=batch, lease_ttl=lease_ttl, should_stop=should_stop,
             before=before, step=self._batch, finish=lambda token: self._finish(),
-            finished=lambda: not self.client.exists(self.pending_key, *self._in_flight()))
+            finished=self._finished)
         return RequeueReport(self.task(), outcome, seconds, first_moved)
+
+    def _finished(self) -> bool:
+        """Nothing left to do: no pending row, no batch a crash left unfinished."""
+        return not self.client.exists(self.pending_key, *self._in_flight())
 
     def _batch(self, token: str, step: int) -> int:
         journal = {k.decode(): v.decode() for k, v in self.client.hgetall(self.journal_key).items()}
