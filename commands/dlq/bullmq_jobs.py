@@ -119,8 +119,8 @@ class BullQueue(JobRegistryQueue):
             return 1
         keys = self.keys
         pipe = self.client.pipeline(transaction=True)
-        pipe.execute_command("EVAL", LEND, 7, self.lease_key, self.task_key, self.failed_key, self.batch_key,
-                             self.lent_key, keys["wait"], keys["events"], token, n, self._bound)
+        pipe.execute_command("EVAL", LEND, 8, self.lease_key, self.task_key, self.failed_key, self.batch_key,
+                             self.lent_key, keys["wait"], keys["events"], keys["marker"], token, n, self._bound)
         pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
                              keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
                              n, self._bound, "failed")
@@ -142,7 +142,8 @@ class BullQueue(JobRegistryQueue):
         if lent == "cancelling":
             return 1
         if lent == "types":
-            kinds = {keys["wait"]: "list", keys["events"]: "stream"}
+            kinds = {keys["wait"]: "list", keys["events"]: "stream", keys["marker"]: "zset",
+                     self.failed_key: "zset"}
             wrong = ", ".join(f"{key!r} is a Redis {self.client.type(key).decode()}, not a {want}"
                               for key, want in kinds.items() if self.client.type(key).decode() not in (want, "none"))
             raise CommandError(f"BullMQ's keys of queue {self.name!r} are not what BullMQ writes ({wrong}): "

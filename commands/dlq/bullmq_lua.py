@@ -27,13 +27,16 @@ if n == 0 then return {0, false} end
 return {n, redis.call('ZRANGEBYSCORE', KEYS[1], 0, ARGV[2], 'WITHSCORES', 'LIMIT', n - 1, 1)[2]}
 """
 
-# A Lua function: true when BullMQ's wait key is a list and its events key a stream (or either does not exist).
+# A Lua function: true when each key given is of the type given after it, or does not exist (``types_ok(wait,
+# 'list', events, 'stream')``).
 TYPES = """
-local function types_ok(wait, events)
-  local kind = redis.call('TYPE', wait)['ok']
-  if kind ~= 'list' and kind ~= 'none' then return false end
-  kind = redis.call('TYPE', events)['ok']
-  return kind == 'stream' or kind == 'none'
+local function types_ok(...)
+  local wanted = {...}
+  for i = 1, #wanted, 2 do
+    local kind = redis.call('TYPE', wanted[i])['ok']
+    if kind ~= wanted[i + 1] and kind ~= 'none' then return false end
+  end
+  return true
 end
 """
 
@@ -62,8 +65,10 @@ end
 # from the failed set before it pushes them to wait, and Redis does not undo a script's writes, so either
 # key of another type would leave jobs stripped of their failure or in no BullMQ state. moveJobsToWait then
 # takes the failed set's first n jobs scored 0..head, oldest first; SETTLE renames the set back before any
-# other client runs and counts what left it. Redis runs the three whole or not at all.
-# KEYS: lease, task, failed, batch, lent, wait, events. ARGV: token, n, head.
+# other client runs and counts what left it. Redis runs the three whole or not at all. The failed set must be
+# a sorted set and BullMQ's marker one too: moveJobsToWait adds to the marker after it has pushed the jobs to
+# wait, so a marker of another type would fail the script with the jobs moved but no worker woken.
+# KEYS: lease, task, failed, batch, lent, wait, events, marker. ARGV: token, n, head.
 # Returns 'go', or why not: 'lease' (not the caller's), 'cancelling', 'task' (another task or head, fewer
 # than n left, not running), 'types' (see above), 'error' (a key of the wrong type).
 LEND = GIVE_BACK + TYPES + r"""
@@ -74,7 +79,7 @@ local function check()
   local task = redis.call('HMGET', KEYS[2], 'head', 'status', 'left')
   if task[2] == 'cancelling' then return 'cancelling' end
   if task[1] ~= ARGV[3] or task[2] ~= 'running' or tonumber(task[3]) < tonumber(ARGV[2]) then return 'task' end
-  if not types_ok(KEYS[6], KEYS[7]) then return 'types' end
+  if not types_ok(KEYS[6], 'list', KEYS[7], 'stream', KEYS[8], 'zset', KEYS[3], 'zset') then return 'types' end
   return 'go'
 end
 local ok, verdict = pcall(check)
