@@ -6,10 +6,13 @@ moves, nothing is left under opsbot's keys, the counters are true, the task fini
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from bullmq import Queue as BullMQQueue
 
 from commands.dlq.entries import Filters
-from tests.test_dlq_bullmq_attacks import FAILED, _queue, _ran_once, _run
+from tests.test_dlq_bullmq_attacks import AWKWARD, FAILED, _custom_failures, _queue, _ran_once, _run
 from tests.test_dlq_jobsystems import _bull_clean, _bull_failures
 
 
@@ -41,3 +44,51 @@ def test_a_marker_or_failed_set_of_the_wrong_type_mid_run_moves_nothing_and_says
     assert report.outcome == "done" and report.task.moved == 6 and _bull_clean(client, queue)
     assert client.lrange("bull:pdf:wait", 0, -1) == [job_id for job_id, _ in reversed(before)]
     _ran_once(client, own_redis.url, [job_id for job_id, _ in before])
+
+
+@pytest.mark.parametrize("removed", [[0, 1], [4], [0, 4], [2, 3, 4]], ids=["oldest-two", "last-selected",
+                                                                          "first-and-last", "last-three"])
+def test_selected_jobs_removed_at_a_tied_head_are_not_replaced_by_unselected_ones(own_redis, removed):
+    """Ten jobs failed in the same millisecond (a burst), five selected (--limit 5): Redis orders them by id.
+    Some of the five are removed with BullMQ's own Queue.remove before the batches run: the rest of the five
+    move, and none of the five after them, though they share the head's score."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=10)
+    client.zadd(FAILED, {job_id: 1700000000000 for job_id in client.zrange(FAILED, 0, -1)})
+    ids = client.zrange(FAILED, 0, -1)
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=5, rate=None, matching=5, requested_by="t")
+
+    async def remove():
+        library = BullMQQueue("pdf", {"connection": own_redis.url})
+        for index in removed:
+            await library.remove(ids[index].decode())
+        await library.close()
+
+    asyncio.run(remove())
+    kept = [job_id for index, job_id in enumerate(ids[:5]) if index not in removed]
+    report = _run(queue, task, batch=2)
+    assert report.outcome == "done" and _bull_clean(client, queue)
+    assert report.task.moved == len(kept) and report.task.scanned == report.task.total == 5
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(kept))
+    assert client.zrange(FAILED, 0, -1) == ids[5:]
+    _ran_once(client, own_redis.url, kept)
+
+
+def test_a_tied_head_of_awkward_ids_is_cut_in_redis_own_order(own_redis):
+    """Ids Redis orders byte by byte (multi-byte UTF-8, DEL, a 3,000-byte id, prefixes of one another) all in
+    one millisecond: the last selected one and another are removed, so the task finds where the removed head
+    was among the ties by itself; exactly the remaining selected ones move."""
+    client = own_redis.client()
+    ids = AWKWARD + ["00", "007a", "ü", "L" * 2999]
+    _custom_failures(client, own_redis.url, ids)
+    client.zadd(FAILED, {job_id: 1700000000000 for job_id in ids})
+    ordered = client.zrange(FAILED, 0, -1)
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=11, rate=None, matching=11, requested_by="t")
+    client.zrem(FAILED, ordered[10], ordered[3])                        # the head's own id, and one before it
+    kept = [job_id for job_id in ordered[:10] if job_id != ordered[3]]
+    report = _run(queue, task, batch=4)
+    assert report.outcome == "done" and report.task.moved == 9 and report.task.scanned == 11
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(kept)) and _bull_clean(client, queue)
+    assert client.zrange(FAILED, 0, -1) == ordered[11:]

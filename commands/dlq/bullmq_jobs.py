@@ -95,11 +95,14 @@ class BullQueue(JobRegistryQueue):
 
     def _head(self, filters: Filters, limit: int | None) -> dict[str, Any] | None:
         """Unfiltered: nothing is copied; the task moves the failed set's oldest ``left`` jobs scored up to
-        ``head`` (see HEAD), as ``retryJobs`` would take them."""
+        ``head`` (see HEAD), as ``retryJobs`` would take them; ``head_id``, the last of them, tells which jobs at
+        the head score were selected (see ROOM)."""
         if not filters.empty:
             return None
-        count, head = self._head_script(keys=[self.failed_key], args=[-1 if limit is None else limit, EVERY_SCORE])
-        return {"left": int(count), "head": _text(head) or ""}
+        count, *last = self._head_script(keys=[self.failed_key], args=[-1 if limit is None else limit, EVERY_SCORE])
+        if not last:
+            return {"left": 0, "head": ""}
+        return {"left": int(count), "head": _text(last[0]), "head_id": last[1]}
 
     def _finished(self) -> bool:
         head, left = self.client.hmget(self.task_key, "head", "left")
@@ -125,7 +128,7 @@ class BullQueue(JobRegistryQueue):
                              keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
                              n, self._bound, "failed")
         pipe.execute_command("EVAL", SETTLE, 4, self.batch_key, self.failed_key, self.lent_key, self.task_key,
-                             n, self._bound, self.clock())
+                             n, self.clock())
         lent, moved, settled = pipe.execute(raise_on_error=False)
         if isinstance(settled, Exception):
             raise settled
@@ -141,6 +144,8 @@ class BullQueue(JobRegistryQueue):
         lent = lent.decode()
         if lent == "cancelling":
             return 1
+        if lent == "short":                 # fewer selected jobs left than this batch: LEND lowered ``left``
+            return 0
         if lent == "types":
             kinds = {keys["wait"]: "list", keys["events"]: "stream", keys["marker"]: "zset",
                      self.failed_key: "zset"}
