@@ -92,3 +92,27 @@ def test_a_tied_head_of_awkward_ids_is_cut_in_redis_own_order(own_redis):
     assert report.outcome == "done" and report.task.moved == 9 and report.task.scanned == 11
     assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(kept)) and _bull_clean(client, queue)
     assert client.zrange(FAILED, 0, -1) == ordered[11:]
+
+
+@pytest.mark.parametrize("tamper", [{"left": "many"}, {"left": None}, {"head": None}, {"left": ""}],
+                         ids=["left-not-a-number", "left-gone", "head-gone", "left-empty"])
+def test_a_tampered_task_hash_is_refused_saying_so_and_can_be_cancelled(own_redis, tamper):
+    """The task hash of an unfiltered requeue edited by hand (or by something else): it is not read as a filtered
+    task with nothing pending (a 'done' that moved nothing) nor crashes on a number; the requeue stops saying what
+    is wrong, nothing moved, and a cancel closes it with every job failed."""
+    from bot.core.invocation import CommandError
+
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=5)
+    before = client.zrange(FAILED, 0, -1, withscores=True)
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=5, requested_by="t")
+    for field, value in tamper.items():
+        client.hdel(queue.task_key, field) if value is None else client.hset(queue.task_key, field, value)
+
+    with pytest.raises(CommandError, match="task of 'pdf' is not what opsbot writes"):
+        _run(queue, task, batch=2)
+    assert client.zrange(FAILED, 0, -1, withscores=True) == before and client.llen("bull:pdf:wait") == 0
+    assert queue.task().status == "running" and not client.exists(queue.lease_key) and _bull_clean(client, queue)
+    assert queue.cancel().status == "cancelled" and queue.task().moved == 0
+    assert client.zrange(FAILED, 0, -1, withscores=True) == before

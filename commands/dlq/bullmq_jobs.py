@@ -104,17 +104,27 @@ class BullQueue(JobRegistryQueue):
             return {"left": 0, "head": ""}
         return {"left": int(count), "head": _text(last[0]), "head_id": last[1]}
 
-    def _finished(self) -> bool:
+    def _unfiltered(self) -> tuple[int, str | None]:
+        """An unfiltered task's jobs left to move and head, from its hash; (-1, None) for any other task (no head,
+        no ``left``: filtered, or written by an older opsbot, with a pending list)."""
         head, left = self.client.hmget(self.task_key, "head", "left")
-        return (head is None or int(left) <= 0) and super()._finished()
+        if head is None and left is None:
+            return -1, None
+        try:
+            return int(left), head.decode()
+        except (TypeError, ValueError, AttributeError):
+            raise CommandError(f"the requeue task of {self.name!r} is not what opsbot writes (head {head!r}, left "
+                               f"{left!r}): nothing was moved; `dlq cancel {self.name}` closes it") from None
+
+    def _finished(self) -> bool:
+        return self._unfiltered()[0] <= 0 and super()._finished()
 
     def _batch(self, token: str, step: int) -> int:
         """An unfiltered task's batch: LEND, BullMQ's ``moveJobsToWait`` (what ``Queue.retryJobs`` runs) and
         SETTLE in one MULTI/EXEC, so it happens whole or not at all (see LEND). Any other task's batch is
         :meth:`_requeue`'s, through the journal."""
         if self._left is None:
-            head, left = self.client.hmget(self.task_key, "head", "left")
-            self._left, self._bound = (-1, None) if head is None else (int(left), head.decode())
+            self._left, self._bound = self._unfiltered()
         if self._left < 0:                  # a filtered task: through the journal
             return super()._batch(token, step)
         n = min(step, self._left)
