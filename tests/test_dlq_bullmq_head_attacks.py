@@ -7,6 +7,7 @@ moves, nothing is left under opsbot's keys, the counters are true, the task fini
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from bullmq import Queue as BullMQQueue
@@ -116,3 +117,54 @@ def test_a_tampered_task_hash_is_refused_saying_so_and_can_be_cancelled(own_redi
     assert queue.task().status == "running" and not client.exists(queue.lease_key) and _bull_clean(client, queue)
     assert queue.cancel().status == "cancelled" and queue.task().moved == 0
     assert client.zrange(FAILED, 0, -1, withscores=True) == before
+
+
+def _previous_versions_task(client, queue, staged):
+    """An unfinished unfiltered task as the previous opsbot left it: ``bulk`` 1, a pending list of [id, score]
+    rows as its SELECT wrote them (the score as Redis writes it), no head; ``staged`` jobs in its staging key
+    ``moving`` (scored by place, taken out of the failed set, counted, their rows dropped), where a batch whose
+    move BullMQ refused stayed until the next batch moved it."""
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=client.zcard(FAILED), requested_by="t")
+    rows = client.eval("return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')", 1, FAILED)
+    client.hdel(queue.task_key, "head", "head_id", "left")
+    client.hset(queue.task_key, mapping={"bulk": 1, "moved": staged, "scanned": staged})
+    client.rpush(queue.pending_key, *[json.dumps([rows[i].decode(), rows[i + 1].decode()])
+                                      for i in range(2 * staged, len(rows), 2)])
+    if staged:
+        client.zadd(f"opsbot:dlq:moving:{queue.name}", {rows[i]: i // 2 + 1 for i in range(0, 2 * staged, 2)})
+        client.zrem(FAILED, *[rows[i] for i in range(0, 2 * staged, 2)])
+    return task
+
+
+@pytest.mark.parametrize("staged", [0, 3])
+def test_an_unfinished_task_of_the_previous_version_finishes_moving_each_job_once(own_redis, staged):
+    """Resumed after an upgrade, interrupted once more, resumed again: every job moves exactly once (the pending
+    rows through the journaled per-job path, a staged batch first), the counters end true, nothing is left
+    under opsbot's keys."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=9)
+    before = client.zrange(FAILED, 0, -1)
+    queue = _queue(client)
+    task = _previous_versions_task(client, queue, staged)
+    assert queue.run_requeue(task.id, owner="t", batch=2,
+                             should_stop=lambda: client.llen("bull:pdf:wait") >= 3).outcome == "interrupted"
+    report = _run(queue, task, batch=2)
+    assert report.outcome == "done" and report.task.moved == report.task.scanned == 9
+    assert sorted(client.lrange("bull:pdf:wait", 0, -1)) == sorted(before) and client.zcard(FAILED) == 0
+    assert client.keys("opsbot:dlq:*") == [queue.task_key.encode()]
+    _ran_once(client, own_redis.url, before)
+
+
+def test_cancelling_an_interrupted_task_of_the_previous_version_moves_its_staged_batch_only(own_redis):
+    """The staged batch was confirmed, taken out of the failed set and counted: a cancel moves it (as a cancel
+    finishes a journaled batch); every pending job stays failed."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=7)
+    before = client.zrange(FAILED, 0, -1)
+    queue = _queue(client)
+    _previous_versions_task(client, queue, staged=2)
+    assert queue.cancel().status == "cancelled" and queue.task().moved == 2
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before[:2]))
+    assert client.zrange(FAILED, 0, -1) == before[2:]
+    assert client.keys("opsbot:dlq:*") == [queue.task_key.encode()]
+    _ran_once(client, own_redis.url, before[:2])

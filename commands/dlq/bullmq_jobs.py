@@ -23,7 +23,9 @@ its own key layout (``QueueKeys``), so BullMQ workers in any language run the jo
   last of them, the *head*; nothing is copied. Each batch is one MULTI/EXEC (LEND, ``moveJobsToWait``
   on the failed set lent under the batch key with the head as its bound, SETTLE), whole or not at
   all, so no journal is needed; a job that failed again since has a later score and is not taken.
-  Nothing moves while BullMQ's wait key is not a list or its events key not a stream (see LEND).
+  Nothing moves while BullMQ's wait key is not a list, its events key not a stream, or its marker or the failed
+  set not a sorted set (see LEND). An unfinished task of the previous version (a pending list, no head) is
+  finished through the journal, a batch it staged (``moving``) moved first (see STAGED).
 * **filtered**: ``reprocessJob`` per job with exactly the arguments ``Job.retry("failed")`` passes
   (priority and ``lifo`` honoured), a pipeline per batch, journaled as :mod:`commands.dlq.jobtask` says.
 
@@ -43,7 +45,7 @@ from bullmq.queue_keys import QueueKeys
 from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
 
 from bot.core.invocation import CommandError
-from commands.dlq.bullmq_lua import FINGERPRINTS, HEAD, LEND, SETTLE
+from commands.dlq.bullmq_lua import FINGERPRINTS, HEAD, LEND, SETTLE, STAGED, UNSTAGE
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities)
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
@@ -52,6 +54,7 @@ from commands.dlq.redis_list import RequeueReport, Task
 __all__ = ["BullQueue"]
 
 EVERY_SCORE = 1.7976931348623157e+308  # moveJobsToWait's timestamp bound, as BullMQ's own promoteJobs passes it
+STAGED_ALL = 2 ** 31 - 1  # moveJobsToWait's count for a batch the previous version staged: all of it
 FIELDS = ("name", "data", "failedReason", "stacktrace", "atm", "finishedOn", "timestamp")
 
 
@@ -78,6 +81,7 @@ class BullQueue(JobRegistryQueue):
         self.ready_key = f"{self.base}:wait"
         self.batch_key = f"{prefix}dlq:batch:{self.name}"  # the failed set, for an instant inside a MULTI
         self.lent_key = f"{prefix}dlq:lent:{self.name}"    # LEND's word to SETTLE, inside that MULTI
+        self.moving_key = f"{prefix}dlq:moving:{self.name}"  # a batch the previous version staged (see STAGED)
         self.keys = QueueKeys(self.bull_prefix).getKeys(self.queue)
         self._reprocess = self.client.register_script(loadScript(SCRIPT_DEFINITIONS["reprocessJob"]))
         self._move_jobs_source = loadScript(SCRIPT_DEFINITIONS["moveJobsToWait"])
@@ -125,8 +129,8 @@ class BullQueue(JobRegistryQueue):
         :meth:`_requeue`'s, through the journal."""
         if self._left is None:
             self._left, self._bound = self._unfiltered()
-        if self._left < 0:                  # a filtered task: through the journal
-            return super()._batch(token, step)
+        if self._left < 0:                  # a filtered task (or the previous version's): through the journal
+            return self._staged(token) if self.client.exists(self.moving_key) else super()._batch(token, step)
         n = min(step, self._left)
         if n <= 0:
             return 1
@@ -157,16 +161,40 @@ class BullQueue(JobRegistryQueue):
         if lent == "short":                 # fewer selected jobs left than this batch: LEND lowered ``left``
             return 0
         if lent == "types":
-            kinds = {keys["wait"]: "list", keys["events"]: "stream", keys["marker"]: "zset",
-                     self.failed_key: "zset"}
-            wrong = ", ".join(f"{key!r} is a Redis {self.client.type(key).decode()}, not a {want}"
-                              for key, want in kinds.items() if self.client.type(key).decode() not in (want, "none"))
-            raise CommandError(f"BullMQ's keys of queue {self.name!r} are not what BullMQ writes ({wrong}): "
-                               "nothing was moved")
+            self._wrong_types()
         if lent == "error":
             raise CommandError(f"opsbot's lease or task key of queue {self.name!r} is not what opsbot writes: "
                                "nothing was moved")
         return 2                            # the lease or the task is not ours any more
+
+    def _wrong_types(self) -> None:
+        kinds = {self.keys["wait"]: "list", self.keys["events"]: "stream", self.keys["marker"]: "zset",
+                 self.failed_key: "zset"}
+        wrong = ", ".join(f"{key!r} is a Redis {self.client.type(key).decode()}, not a {want}"
+                          for key, want in kinds.items() if self.client.type(key).decode() not in (want, "none"))
+        raise CommandError(f"BullMQ's keys of queue {self.name!r} are not what BullMQ writes ({wrong}): "
+                           "nothing was moved")
+
+    def _staged(self, token: str) -> int:
+        """The batch an unfinished task of the previous version staged (see STAGED), moved whole first."""
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.execute_command("EVAL", STAGED, 6, self.lease_key, self.moving_key, self.batch_key, keys["wait"],
+                             keys["events"], keys["marker"], token)
+        pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
+                             keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
+                             STAGED_ALL, EVERY_SCORE, "failed")
+        pipe.execute_command("EVAL", UNSTAGE, 2, self.batch_key, self.moving_key)
+        staged, moved, unstaged = pipe.execute(raise_on_error=False)
+        for reply in (staged, moved, unstaged):
+            if isinstance(reply, Exception):
+                raise reply
+        if staged == b"types":
+            self._wrong_types()
+        return 2 if staged == b"lease" else 0
+
+    def _in_flight(self) -> list[str]:
+        return [self.journal_key, self.moving_key]
 
     def run_requeue(self, task_id: str, **kw: Any) -> RequeueReport:
         self._left = None

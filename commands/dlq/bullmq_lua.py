@@ -10,7 +10,7 @@ said above it.
 
 from __future__ import annotations
 
-__all__ = ["FINGERPRINTS", "HEAD", "TYPES", "GIVE_BACK", "ROOM", "LEND", "SETTLE"]
+__all__ = ["FINGERPRINTS", "HEAD", "TYPES", "GIVE_BACK", "ROOM", "LEND", "SETTLE", "STAGED", "UNSTAGE"]
 
 # A job's fingerprint is its score in the failed set as Redis writes it: the time it finished (ms); a
 # job that ran again and failed again has another one. KEYS failed set; ARGV ids. False: not there.
@@ -147,3 +147,17 @@ redis.call('HSET', KEYS[4], 'left', left, 'updated_at', ARGV[2])
 if state == 0 and (left <= 0 or redis.call('HGET', KEYS[4], 'status') == 'cancelling') then state = 1 end
 return {state, left}
 """
+
+# A batch the previous version staged and BullMQ refused to move: its jobs are out of the failed set, in
+# ``moving`` (scored by place), already counted. An unfinished task of that version moves it first, as that
+# version did: STAGED, moveJobsToWait on ``batch`` (all of it, every score), UNSTAGE, in one MULTI/EXEC.
+# STAGED: KEYS lease, moving, batch, wait, events, marker; ARGV token. Renames ``moving`` to ``batch`` when the
+# lease is the caller's and BullMQ's keys are of the types moveJobsToWait writes (see LEND). Returns 'go',
+# 'lease' or 'types'. UNSTAGE: KEYS batch, moving: what moveJobsToWait did not move (refused) staged again.
+STAGED = TYPES + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease' end
+if not types_ok(KEYS[4], 'list', KEYS[5], 'stream', KEYS[6], 'zset') then return 'types' end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[3]) end
+return 'go'
+"""
+UNSTAGE = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end return 0"
