@@ -17,12 +17,14 @@ from tests.test_dlq_bullmq_attacks import AWKWARD, FAILED, _custom_failures, _qu
 from tests.test_dlq_jobsystems import _bull_clean, _bull_failures
 
 
-@pytest.mark.parametrize("key", ["bull:pdf:marker", FAILED])
-def test_a_marker_or_failed_set_of_the_wrong_type_mid_run_moves_nothing_and_says_which(own_redis, key):
-    """BullMQ's marker turned into a string after the start: moveJobsToWait adds to it only after it has pushed
-    the batch to wait, so its script fails with the jobs moved and no worker woken, and each later batch would do
-    the same. The failed set turned into a string: nothing to lend. Either way nothing may move, and the error names
-    the key; once the key is right again, each job moves once."""
+@pytest.mark.parametrize("key,want", [("bull:pdf:events", "stream"), ("bull:pdf:marker", "zset"), (FAILED, "zset")])
+def test_an_events_marker_or_failed_key_of_the_wrong_type_mid_run_moves_nothing_and_says_which(own_redis, key, want):
+    """BullMQ's events key no longer a stream: moveJobsToWait would strip the batch's jobs of their failure
+    (failedReason, finishedOn) and then fail at its first XADD, leaving them failed without a reason. Its marker
+    turned into a string: moveJobsToWait adds to it only after it has pushed the batch to wait, so its script
+    fails with the jobs moved and no worker woken, and each later batch would do the same. The failed set turned
+    into a string: nothing to lend. Each time nothing may be touched, and the error names the key; once the key is
+    right again, each job moves once."""
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=6)
     before = client.zrange(FAILED, 0, -1, withscores=True)
@@ -30,9 +32,9 @@ def test_a_marker_or_failed_set_of_the_wrong_type_mid_run_moves_nothing_and_says
     queue = _queue(client)
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
     kept = client.dump(key)                                             # None: the worker left no marker
-    client.set(key, "not a sorted set")
+    client.set(key, f"not a {want}")
 
-    with pytest.raises(Exception, match=f"'{key}' is a Redis string, not a zset"):
+    with pytest.raises(Exception, match=f"'{key}' is a Redis string, not a {want}"):
         _run(queue, task, batch=4)
     assert client.llen("bull:pdf:wait") == 0 and _bull_clean(client, queue)
     assert {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before} == hashes
