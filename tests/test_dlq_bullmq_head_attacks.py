@@ -170,3 +170,22 @@ def test_cancelling_an_interrupted_task_of_the_previous_version_moves_its_staged
     assert client.zrange(FAILED, 0, -1) == before[2:]
     assert client.keys("opsbot:dlq:*") == [queue.task_key.encode()]
     _ran_once(client, own_redis.url, before[:2])
+
+
+def test_a_head_job_id_that_is_not_utf8_is_kept_as_bytes_and_the_task_still_reads(own_redis):
+    """A job id Redis holds as raw bytes (written by hand, not by BullMQ) is the task's head: the task hash keeps
+    it, and the task is still read (status, progress, cancel) and moves each job once."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=4)
+    before = client.zrange(FAILED, 0, -1, withscores=True)
+    odd = b"job-\xff\xfe"
+    last, score = before[-1]
+    client.rename(f"bull:pdf:{last.decode()}".encode(), b"bull:pdf:" + odd)
+    client.zrem(FAILED, last)
+    client.zadd(FAILED, {odd: score})
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=4, requested_by="t")
+    assert task.total == 4 and client.hget(queue.task_key, "head_id") == odd
+    report = _run(queue, task, batch=3)
+    assert report.outcome == "done" and report.task.moved == 4 and _bull_clean(client, queue)
+    assert client.lrange("bull:pdf:wait", 0, -1) == [odd, *[job_id for job_id, _ in reversed(before[:-1])]]
