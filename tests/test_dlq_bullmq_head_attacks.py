@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 from bullmq import Queue as BullMQQueue
 
 from commands.dlq.entries import Filters
 from tests.test_dlq_bullmq_attacks import AWKWARD, FAILED, _custom_failures, _queue, _ran_once, _run
-from tests.test_dlq_jobsystems import _bull_clean, _bull_failures
+from tests.support.dlq import opsbot
+from tests.test_dlq_jobsystems import ENV, _bull_clean, _bull_failures, _config, running_requeue
 
 
 @pytest.mark.parametrize("key,want", [("bull:pdf:events", "stream"), ("bull:pdf:marker", "zset"), (FAILED, "zset")])
@@ -189,3 +194,40 @@ def test_a_head_job_id_that_is_not_utf8_is_kept_as_bytes_and_the_task_still_read
     report = _run(queue, task, batch=3)
     assert report.outcome == "done" and report.task.moved == 4 and _bull_clean(client, queue)
     assert client.lrange("bull:pdf:wait", 0, -1) == [odd, *[job_id for job_id, _ in reversed(before[:-1])]]
+
+
+def test_opsbot_killed_again_and_again_with_a_tied_head_and_jobs_removed_between_runs(tmp_path, database_url,
+                                                                                      own_redis):
+    """`opsbot run` of a --limit cutting through thirty jobs failed in one millisecond, SIGKILLed mid-run three
+    times; between runs an on-call removes selected jobs (the last selected one among them) with BullMQ's own
+    Queue.remove. In the end exactly the selected jobs not removed moved, each once; the others stay failed."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=30)
+    client.zadd(FAILED, {job_id: 1700000000000 for job_id in client.zrange(FAILED, 0, -1)})
+    ordered = client.zrange(FAILED, 0, -1)
+    path = _config(tmp_path, database_url, own_redis.url,
+                   "{name: pdf, backend: bullmq, redis: main, queue: pdf, batch: 2, lease_ttl: 1s}")
+    text = "dlq requeue pdf --limit 20 --rate 15"
+    removed = []
+    for at_least, remove in ((2, 19), (6, 17), (10, 3)):
+        proc = running_requeue(path, text, client, at_least, pause=0.003)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if client.zscore(FAILED, ordered[remove]) is not None:
+            asyncio.run(_remove(own_redis.url, ordered[remove]))
+            removed.append(ordered[remove])
+        time.sleep(1.1)                                                  # the dead process's lease runs out
+    done = subprocess.run(opsbot(path, text), env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Requeued" in done.stdout, done.stdout + done.stderr
+    kept = [job_id for job_id in ordered[:20] if job_id not in removed]
+    assert removed and client.lrange("bull:pdf:wait", 0, -1) == list(reversed(kept))
+    assert client.zrange(FAILED, 0, -1) == ordered[20:]
+    task = client.hgetall("opsbot:dlq:task:pdf")
+    assert task[b"status"] == b"done" and int(task[b"moved"]) == len(kept) and int(task[b"scanned"]) == 20
+    _ran_once(client, own_redis.url, kept)
+
+
+async def _remove(url, job_id):
+    library = BullMQQueue("pdf", {"connection": url})
+    await library.remove(job_id.decode())
+    await library.close()
