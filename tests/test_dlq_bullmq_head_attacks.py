@@ -231,3 +231,26 @@ async def _remove(url, job_id):
     library = BullMQQueue("pdf", {"connection": url})
     await library.remove(job_id.decode())
     await library.close()
+
+
+@pytest.mark.parametrize("tamper", ["deleted", "left-not-a-number"])
+def test_the_task_hash_deleted_or_spoiled_mid_run_stops_the_run_as_not_ours(own_redis, tamper):
+    """Between two batches the task hash is deleted (or its ``left`` overwritten): the next batch lends nothing,
+    and the run stops as a task that is no longer its own ('lost'), every job either waiting once or failed."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=8)
+    before = client.zrange(FAILED, 0, -1)
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=8, requested_by="t")
+    real, steps = queue._batch, []
+
+    def batch(token, n):
+        steps.append(n)
+        if len(steps) == 2:
+            client.delete(queue.task_key) if tamper == "deleted" else client.hset(queue.task_key, "left", "x")
+        return real(token, n)
+
+    queue._batch = batch
+    assert queue.run_requeue(task.id, owner="t", batch=3).outcome == "lost"
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before[:3])) and _bull_clean(client, queue)
+    assert client.zrange(FAILED, 0, -1) == before[3:] and not client.exists(queue.lease_key)

@@ -146,13 +146,14 @@ class BullQueue(JobRegistryQueue):
         lent, moved, settled = pipe.execute(raise_on_error=False)
         if isinstance(settled, Exception):
             raise settled
-        state, self._left = int(settled[0]), int(settled[1])
+        state = int(settled[0])
         if state == 4:                      # BullMQ refused the move: nothing it did not move was touched
             raise moved if isinstance(moved, Exception) else CommandError(
                 f"BullMQ did not move the failed jobs of queue {self.name!r}; the rest stays failed")
         if state in (0, 1):
+            self._left = int(settled[1])
             return state
-        self._left = None
+        self._left = None                   # nothing lent (the task hash may even be gone: no left to read)
         if isinstance(lent, Exception):
             raise lent
         lent = lent.decode()

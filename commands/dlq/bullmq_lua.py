@@ -131,7 +131,8 @@ return 'go'
 # first n that moveJobsToWait takes, so fewer moved means it was refused (a write Redis refused, a key of the
 # wrong type): what it did move is counted, the rest stays for the next batch.
 # KEYS: batch, failed, lent, task. ARGV: n, now.
-# Returns {state, jobs left}: state 3 not lent (nothing ran), 4 refused, 1 nothing left or cancelling, 0 more.
+# Returns {state, jobs left}: state 3 not lent (nothing ran; left nil when the task hash has none), 4 refused,
+# 1 nothing left or cancelling, 0 more.
 SETTLE = GIVE_BACK + r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then give_back(KEYS[1], KEYS[2]) end
 local before = tonumber(redis.call('GET', KEYS[3]))
