@@ -254,3 +254,31 @@ def test_the_task_hash_deleted_or_spoiled_mid_run_stops_the_run_as_not_ours(own_
     assert queue.run_requeue(task.id, owner="t", batch=3).outcome == "lost"
     assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before[:3])) and _bull_clean(client, queue)
     assert client.zrange(FAILED, 0, -1) == before[3:] and not client.exists(queue.lease_key)
+
+
+def test_opsbot_stopped_longer_than_its_lease_while_another_takes_over_moves_each_job_once(tmp_path, database_url,
+                                                                                          own_redis):
+    """SIGSTOP of a running `opsbot run` for longer than its lease; a second one resumes the task meanwhile; the
+    first is continued: it finds its lease gone and stops, the second finishes. Each job in wait once."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=30)
+    before = client.zrange(FAILED, 0, -1)
+    path = _config(tmp_path, database_url, own_redis.url,
+                   "{name: pdf, backend: bullmq, redis: main, queue: pdf, batch: 2, lease_ttl: 1s}")
+    text = "dlq requeue pdf --rate 15"
+    first = running_requeue(path, text, client, 4, pause=0.003)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)
+        second = subprocess.Popen(opsbot(path, text), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        time.sleep(1.0)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out, _ = first.communicate(timeout=120)
+    assert "lost its lease" in out.decode()
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0 and "Requeued 30" in out, out + err
+    assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before)) and client.zcard(FAILED) == 0
+    assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:lent:pdf")
+    _ran_once(client, own_redis.url, before)
