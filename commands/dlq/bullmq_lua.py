@@ -89,15 +89,15 @@ end
 # moveJobsToWait with count n and the task's head score as its timestamp bound, SETTLE. moveJobsToWait is
 # given ``batch``, a key that does not exist, as its state key, so it moves nothing unless LEND has made it
 # the failed set: LEND renames the failed set to ``batch`` (O(1)) only when the lease is the caller's, the
-# task is running with at least n jobs left to move under that head (fewer selected jobs left in the failed set
-# than the task's ``left``, see ROOM: the rest are counted as scanned and ``left`` lowered to what is there;
-# fewer than n: 'short', nothing lent), and BullMQ's wait key is a list and its events key a stream (or none): moveJobsToWait writes to the jobs before its first XADD and removes them
-# from the failed set before it pushes them to wait, and Redis does not undo a script's writes, so either
-# key of another type would leave jobs stripped of their failure or in no BullMQ state. moveJobsToWait then
-# takes the failed set's first n jobs scored 0..head, oldest first; SETTLE renames the set back before any
-# other client runs and counts what left it. Redis runs the three whole or not at all. The failed set must be
-# a sorted set and BullMQ's marker one too: moveJobsToWait adds to the marker after it has pushed the jobs to
-# wait, so a marker of another type would fail the script with the jobs moved but no worker woken.
+# task is running with at least n selected jobs left in the failed set (fewer than its ``left``, see ROOM: the
+# others are counted as scanned and ``left`` lowered to what is there; fewer than n: 'short', nothing lent),
+# and BullMQ's keys are of the types moveJobsToWait writes (or do not exist): wait a list, events a stream,
+# the marker and the failed set sorted sets. moveJobsToWait writes to the jobs before its first XADD, removes
+# them from the failed set before it pushes them to wait and adds to the marker last, and Redis does not undo
+# a script's writes, so a key of another type would leave jobs stripped of their failure, in no BullMQ state,
+# or waiting with no worker woken. moveJobsToWait then takes the failed set's first n jobs scored 0..head,
+# oldest first; SETTLE renames the set back before any other client runs and counts what left it. Redis runs
+# the three whole or not at all.
 # KEYS: lease, task, failed, batch, lent, wait, events, marker. ARGV: token, n, head.
 # Returns 'go', or why not: 'lease' (not the caller's), 'cancelling', 'task' (another task or head, not
 # running), 'short' (fewer than n left), 'types' (see above), 'error' (a key of the wrong type).
