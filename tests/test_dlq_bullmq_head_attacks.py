@@ -282,3 +282,27 @@ def test_opsbot_stopped_longer_than_its_lease_while_another_takes_over_moves_eac
     assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before)) and client.zcard(FAILED) == 0
     assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:lent:pdf")
     _ran_once(client, own_redis.url, before)
+
+
+def test_an_events_cap_that_is_not_a_number_leaves_the_failed_jobs_untouched(own_redis):
+    """BullMQ's meta key says opts.maxLenEvents 'lots': moveJobsToWait would strip the batch's jobs of their
+    failure and then fail at its first XADD (MAXLEN must be a number), leaving them failed without a reason or an
+    age. Nothing may be touched; once the cap is a number again, each job moves once."""
+    client = own_redis.client()
+    _bull_failures(client, own_redis.url, count=5)
+    before = client.zrange(FAILED, 0, -1, withscores=True)
+    hashes = {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before}
+    queue = _queue(client)
+    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=5, requested_by="t")
+    client.hset("bull:pdf:meta", "opts.maxLenEvents", "lots")
+
+    with pytest.raises(Exception, match="opts.maxLenEvents 'lots'"):
+        _run(queue, task, batch=2)
+    assert {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before} == hashes
+    assert client.zrange(FAILED, 0, -1, withscores=True) == before and _bull_clean(client, queue)
+    assert int(client.hget(queue.task_key, "moved")) == 0
+
+    client.hset("bull:pdf:meta", "opts.maxLenEvents", 10000)
+    report = _run(queue, task, batch=2)
+    assert report.outcome == "done" and report.task.moved == 5 and _bull_clean(client, queue)
+    _ran_once(client, own_redis.url, [job_id for job_id, _ in before])

@@ -136,8 +136,9 @@ class BullQueue(JobRegistryQueue):
             return 1
         keys = self.keys
         pipe = self.client.pipeline(transaction=True)
-        pipe.execute_command("EVAL", LEND, 8, self.lease_key, self.task_key, self.failed_key, self.batch_key,
-                             self.lent_key, keys["wait"], keys["events"], keys["marker"], token, n, self._bound)
+        pipe.execute_command("EVAL", LEND, 9, self.lease_key, self.task_key, self.failed_key, self.batch_key,
+                             self.lent_key, keys["wait"], keys["events"], keys["marker"], keys["meta"], token, n,
+                             self._bound)
         pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
                              keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
                              n, self._bound, "failed")
@@ -163,6 +164,10 @@ class BullQueue(JobRegistryQueue):
             return 0
         if lent == "types":
             self._wrong_types()
+        if lent == "cap":
+            cap = _text(self.client.hget(keys["meta"], "opts.maxLenEvents"))
+            raise CommandError(f"BullMQ's key {keys['meta']!r} says opts.maxLenEvents {cap!r}, not a whole number: "
+                               "BullMQ would strip the jobs of their failure and then fail; nothing was moved")
         if lent == "error":
             raise CommandError(f"opsbot's lease or task key of queue {self.name!r} is not what opsbot writes: "
                                "nothing was moved")

@@ -95,12 +95,13 @@ end
 # the marker and the failed set sorted sets. moveJobsToWait writes to the jobs before its first XADD, removes
 # them from the failed set before it pushes them to wait and adds to the marker last, and Redis does not undo
 # a script's writes, so a key of another type would leave jobs stripped of their failure, in no BullMQ state,
-# or waiting with no worker woken. moveJobsToWait then takes the failed set's first n jobs scored 0..head,
+# or waiting with no worker woken; so would a cap on the events stream (meta's opts.maxLenEvents, XADD's MAXLEN)
+# that is not a whole number ('cap'). moveJobsToWait then takes the failed set's first n jobs scored 0..head,
 # oldest first; SETTLE renames the set back before any other client runs and counts what left it. Redis runs
 # the three whole or not at all.
-# KEYS: lease, task, failed, batch, lent, wait, events, marker. ARGV: token, n, head.
+# KEYS: lease, task, failed, batch, lent, wait, events, marker, meta. ARGV: token, n, head.
 # Returns 'go', or why not: 'lease' (not the caller's), 'cancelling', 'task' (another task or head, not
-# running), 'short' (fewer than n left), 'types' (see above), 'error' (a key of the wrong type).
+# running), 'short' (fewer than n left), 'types', 'cap' (see above), 'error' (a key of the wrong type).
 LEND = GIVE_BACK + TYPES + ROOM + r"""
 redis.call('DEL', KEYS[5])
 if redis.call('EXISTS', KEYS[4]) == 1 then give_back(KEYS[4], KEYS[3]) end  -- cannot be (SETTLE gives it back), but never lose it
@@ -110,6 +111,10 @@ local function check()
   if task[2] == 'cancelling' then return 'cancelling' end
   if task[1] ~= ARGV[3] or task[2] ~= 'running' or not tonumber(task[3]) then return 'task' end
   if not types_ok(KEYS[6], 'list', KEYS[7], 'stream', KEYS[8], 'zset', KEYS[3], 'zset') then return 'types' end
+  if redis.call('TYPE', KEYS[9])['ok'] == 'hash' then  -- another type: moveJobsToWait refuses before any write
+    local cap = redis.call('HGET', KEYS[9], 'opts.maxLenEvents')
+    if cap and not string.match(cap, '^%d+$') then return 'cap' end
+  end
   return 'go', tonumber(task[3]), room(KEYS[3], ARGV[3], task[4])
 end
 local ok, verdict, left, there = pcall(check)
