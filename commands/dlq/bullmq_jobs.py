@@ -23,8 +23,8 @@ its own key layout (``QueueKeys``), so BullMQ workers in any language run the jo
   last of them, the *head*; nothing is copied. Each batch is one MULTI/EXEC (LEND, ``moveJobsToWait``
   on the failed set lent under the batch key with the head as its bound, SETTLE), whole or not at
   all, so no journal is needed; a job that failed again since has a later score and is not taken.
-  Nothing moves while BullMQ's wait key is not a list, its events key not a stream, or its marker or the failed
-  set not a sorted set (see LEND). An unfinished task of the previous version (a pending list, no head) is
+  Nothing moves while BullMQ's wait key is not a list, its events key not a stream, its marker or the failed set
+  not a sorted set, or its events cap not a number (see LEND). An unfinished task of the previous version (a pending list, no head) is
   finished through the journal, a batch it staged (``moving``) moved first (see STAGED).
 * **filtered**: ``reprocessJob`` per job with exactly the arguments ``Job.retry("failed")`` passes
   (priority and ``lifo`` honoured), a pipeline per batch, journaled as :mod:`commands.dlq.jobtask` says.
