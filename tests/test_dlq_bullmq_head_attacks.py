@@ -22,27 +22,36 @@ from tests.support.dlq import opsbot
 from tests.test_dlq_jobsystems import ENV, _bull_clean, _bull_failures, _config, running_requeue
 
 
-@pytest.mark.parametrize("key,want", [("bull:pdf:events", "stream"), ("bull:pdf:marker", "zset"), (FAILED, "zset")])
-def test_an_events_marker_or_failed_key_of_the_wrong_type_mid_run_moves_nothing_and_says_which(own_redis, key, want):
-    """BullMQ's events key no longer a stream: moveJobsToWait would strip the batch's jobs of their failure
-    (failedReason, finishedOn) and then fail at its first XADD, leaving them failed without a reason. Its marker
-    turned into a string: moveJobsToWait adds to it only after it has pushed the batch to wait, so its script
-    fails with the jobs moved and no worker woken, and each later batch would do the same. The failed set turned
-    into a string: nothing to lend. Each time nothing may be touched, and the error names the key; once the key is
-    right again, each job moves once."""
+META = "bull:pdf:meta"
+SPOILED = {"events": ("bull:pdf:events", "'bull:pdf:events' is a Redis string, not a stream"),
+           "marker": ("bull:pdf:marker", "'bull:pdf:marker' is a Redis string, not a zset"),
+           "failed": (FAILED, "'bull:pdf:failed' is a Redis string, not a zset"),
+           "events-cap": (META, "opts.maxLenEvents 'lots', not a whole number")}
+
+
+@pytest.mark.parametrize("spoiled", list(SPOILED))
+def test_bullmq_keys_spoiled_mid_run_move_nothing_and_the_error_says_which(own_redis, spoiled):
+    """BullMQ's events key no longer a stream, or its events cap (meta opts.maxLenEvents) not a number:
+    moveJobsToWait would strip the batch's jobs of their failure (failedReason, finishedOn) and then fail at its
+    first XADD, leaving them failed without a reason. Its marker turned into a string: moveJobsToWait adds to it
+    only after it has pushed the batch to wait, so its script fails with the jobs moved and no worker woken, and
+    each later batch would do the same. The failed set turned into a string: nothing to lend. Each time nothing
+    may be touched, and the error says what is wrong; once it is right again, each job moves once."""
     client = own_redis.client()
     _bull_failures(client, own_redis.url, count=6)
     before = client.zrange(FAILED, 0, -1, withscores=True)
     hashes = {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before}
     queue = _queue(client)
     task = queue.start_requeue(Filters(), limit=None, rate=None, matching=6, requested_by="t")
+    key, message = SPOILED[spoiled]
     kept = client.dump(key)                                             # None: the worker left no marker
-    client.set(key, f"not a {want}")
+    client.hset(META, "opts.maxLenEvents", "lots") if key == META else client.set(key, "spoiled")
 
-    with pytest.raises(Exception, match=f"'{key}' is a Redis string, not a {want}"):
+    with pytest.raises(Exception, match=message):
         _run(queue, task, batch=4)
     assert client.llen("bull:pdf:wait") == 0 and _bull_clean(client, queue)
     assert {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before} == hashes
+    assert key == FAILED or client.zrange(FAILED, 0, -1, withscores=True) == before
     assert int(client.hget(queue.task_key, "moved")) == 0 and int(client.hget(queue.task_key, "left")) == 6
 
     client.delete(key)
@@ -282,27 +291,3 @@ def test_opsbot_stopped_longer_than_its_lease_while_another_takes_over_moves_eac
     assert client.lrange("bull:pdf:wait", 0, -1) == list(reversed(before)) and client.zcard(FAILED) == 0
     assert not client.exists("opsbot:dlq:batch:pdf", "opsbot:dlq:lent:pdf")
     _ran_once(client, own_redis.url, before)
-
-
-def test_an_events_cap_that_is_not_a_number_leaves_the_failed_jobs_untouched(own_redis):
-    """BullMQ's meta key says opts.maxLenEvents 'lots': moveJobsToWait would strip the batch's jobs of their
-    failure and then fail at its first XADD (MAXLEN must be a number), leaving them failed without a reason or an
-    age. Nothing may be touched; once the cap is a number again, each job moves once."""
-    client = own_redis.client()
-    _bull_failures(client, own_redis.url, count=5)
-    before = client.zrange(FAILED, 0, -1, withscores=True)
-    hashes = {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before}
-    queue = _queue(client)
-    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=5, requested_by="t")
-    client.hset("bull:pdf:meta", "opts.maxLenEvents", "lots")
-
-    with pytest.raises(Exception, match="opts.maxLenEvents 'lots'"):
-        _run(queue, task, batch=2)
-    assert {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before} == hashes
-    assert client.zrange(FAILED, 0, -1, withscores=True) == before and _bull_clean(client, queue)
-    assert int(client.hget(queue.task_key, "moved")) == 0
-
-    client.hset("bull:pdf:meta", "opts.maxLenEvents", 10000)
-    report = _run(queue, task, batch=2)
-    assert report.outcome == "done" and report.task.moved == 5 and _bull_clean(client, queue)
-    _ran_once(client, own_redis.url, [job_id for job_id, _ in before])
