@@ -414,32 +414,6 @@ def test_a_wait_key_of_the_wrong_type_mid_run_loses_no_job(own_redis):
     _ran_once(client, own_redis.url, [job_id for job_id, _ in before])
 
 
-def test_an_events_key_of_the_wrong_type_mid_run_leaves_the_failed_jobs_untouched(own_redis):
-    """BullMQ's events key no longer a stream: moveJobsToWait would strip the batch's jobs of their failure
-    (failedReason, finishedOn) and then fail at its first XADD, leaving them failed without a reason. Nothing
-    may be touched instead; once the key is fixed, each job moves once."""
-    client = own_redis.client()
-    _bull_failures(client, own_redis.url, count=5)
-    before = client.zrange(FAILED, 0, -1, withscores=True)
-    hashes = {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before}
-    queue = _queue(client)
-    task = queue.start_requeue(Filters(), limit=None, rate=None, matching=5, requested_by="t")
-    client.rename("bull:pdf:events", "test:events")
-    client.set("bull:pdf:events", "not a stream")
-
-    with pytest.raises(Exception, match="events"):
-        _run(queue, task, batch=2)
-    assert client.zrange(FAILED, 0, -1, withscores=True) == before and _bull_clean(client, queue)
-    assert {job_id: client.hgetall(f"bull:pdf:{job_id.decode()}") for job_id, _ in before} == hashes
-    assert int(client.hget(queue.task_key, "moved")) == 0
-
-    client.delete("bull:pdf:events")
-    client.rename("test:events", "bull:pdf:events")
-    report = _run(queue, task, batch=2)
-    assert report.outcome == "done" and report.task.moved == 5 and _bull_clean(client, queue)
-    _ran_once(client, own_redis.url, [job_id for job_id, _ in before])
-
-
 def test_cancel_while_bullmq_refuses_the_move_closes_the_task_with_every_job_failed(own_redis):
     """meta not a hash: BullMQ refuses every move (before any write). Nothing is taken out of the failed set, so a
     cancel closes the task at once, losing nothing; a new requeue, once BullMQ's meta is a hash again, moves each

@@ -23,7 +23,9 @@ its own key layout (``QueueKeys``), so BullMQ workers in any language run the jo
   last of them, the *head*; nothing is copied. Each batch is one MULTI/EXEC (LEND, ``moveJobsToWait``
   on the failed set lent under the batch key with the head as its bound, SETTLE), whole or not at
   all, so no journal is needed; a job that failed again since has a later score and is not taken.
-  Nothing moves while BullMQ's wait key is not a list or its events key not a stream (see LEND).
+  Nothing moves while BullMQ's wait key is not a list, its events key not a stream, its marker or the failed set
+  not a sorted set, or its events cap not a number (see LEND). An unfinished task of the previous version (a pending list, no head) is
+  finished through the journal, a batch it staged (``moving``) moved first (see STAGED).
 * **filtered**: ``reprocessJob`` per job with exactly the arguments ``Job.retry("failed")`` passes
   (priority and ``lifo`` honoured), a pipeline per batch, journaled as :mod:`commands.dlq.jobtask` says.
 
@@ -43,7 +45,7 @@ from bullmq.queue_keys import QueueKeys
 from bullmq.redis_connection import SCRIPT_DEFINITIONS, loadScript
 
 from bot.core.invocation import CommandError
-from commands.dlq.bullmq_lua import FINGERPRINTS, HEAD, LEND, SETTLE
+from commands.dlq.bullmq_lua import FINGERPRINTS, HEAD, LEND, SETTLE, STAGED, UNSTAGE
 from commands.dlq.backend import (CANCEL, RATE, READY_DEPTH, REPLAY, REQUEUE, RESUME, TRIM, Capabilities)
 from commands.dlq.entries import DeadEntry, Filters
 from commands.dlq.jobtask import JobRegistryQueue, entry_of, last_line
@@ -52,6 +54,7 @@ from commands.dlq.redis_list import RequeueReport, Task
 __all__ = ["BullQueue"]
 
 EVERY_SCORE = 1.7976931348623157e+308  # moveJobsToWait's timestamp bound, as BullMQ's own promoteJobs passes it
+STAGED_ALL = 2 ** 31 - 1  # moveJobsToWait's count for a batch the previous version staged: all of it
 FIELDS = ("name", "data", "failedReason", "stacktrace", "atm", "finishedOn", "timestamp")
 
 
@@ -78,6 +81,7 @@ class BullQueue(JobRegistryQueue):
         self.ready_key = f"{self.base}:wait"
         self.batch_key = f"{prefix}dlq:batch:{self.name}"  # the failed set, for an instant inside a MULTI
         self.lent_key = f"{prefix}dlq:lent:{self.name}"    # LEND's word to SETTLE, inside that MULTI
+        self.moving_key = f"{prefix}dlq:moving:{self.name}"  # a batch the previous version staged (see STAGED)
         self.keys = QueueKeys(self.bull_prefix).getKeys(self.queue)
         self._reprocess = self.client.register_script(loadScript(SCRIPT_DEFINITIONS["reprocessJob"]))
         self._move_jobs_source = loadScript(SCRIPT_DEFINITIONS["moveJobsToWait"])
@@ -95,62 +99,108 @@ class BullQueue(JobRegistryQueue):
 
     def _head(self, filters: Filters, limit: int | None) -> dict[str, Any] | None:
         """Unfiltered: nothing is copied; the task moves the failed set's oldest ``left`` jobs scored up to
-        ``head`` (see HEAD), as ``retryJobs`` would take them."""
+        ``head`` (see HEAD), as ``retryJobs`` would take them; ``head_id``, the last of them, tells which jobs at
+        the head score were selected (see ROOM)."""
         if not filters.empty:
             return None
-        count, head = self._head_script(keys=[self.failed_key], args=[-1 if limit is None else limit, EVERY_SCORE])
-        return {"left": int(count), "head": _text(head) or ""}
+        count, *last = self._head_script(keys=[self.failed_key], args=[-1 if limit is None else limit, EVERY_SCORE])
+        if not last:
+            return {"left": 0, "head": ""}
+        return {"left": int(count), "head": _text(last[0]), "head_id": last[1]}
+
+    def _unfiltered(self) -> tuple[int, str | None]:
+        """An unfiltered task's jobs left to move and head, from its hash; (-1, None) for any other task (no head,
+        no ``left``: filtered, or written by an older opsbot, with a pending list)."""
+        head, left = self.client.hmget(self.task_key, "head", "left")
+        if head is None and left is None:
+            return -1, None
+        try:
+            return int(left), head.decode()
+        except (TypeError, ValueError, AttributeError):
+            raise CommandError(f"the requeue task of {self.name!r} is not what opsbot writes (head {head!r}, left "
+                               f"{left!r}): nothing was moved; `dlq cancel {self.name}` closes it") from None
 
     def _finished(self) -> bool:
-        head, left = self.client.hmget(self.task_key, "head", "left")
-        return (head is None or int(left) <= 0) and super()._finished()
+        return self._unfiltered()[0] <= 0 and super()._finished()
 
     def _batch(self, token: str, step: int) -> int:
         """An unfiltered task's batch: LEND, BullMQ's ``moveJobsToWait`` (what ``Queue.retryJobs`` runs) and
         SETTLE in one MULTI/EXEC, so it happens whole or not at all (see LEND). Any other task's batch is
         :meth:`_requeue`'s, through the journal."""
         if self._left is None:
-            head, left = self.client.hmget(self.task_key, "head", "left")
-            self._left, self._bound = (-1, None) if head is None else (int(left), head.decode())
-        if self._left < 0:                  # a filtered task: through the journal
-            return super()._batch(token, step)
+            self._left, self._bound = self._unfiltered()
+        if self._left < 0:                  # a filtered task (or the previous version's): through the journal
+            return self._staged(token) if self.client.exists(self.moving_key) else super()._batch(token, step)
         n = min(step, self._left)
         if n <= 0:
             return 1
         keys = self.keys
         pipe = self.client.pipeline(transaction=True)
-        pipe.execute_command("EVAL", LEND, 7, self.lease_key, self.task_key, self.failed_key, self.batch_key,
-                             self.lent_key, keys["wait"], keys["events"], token, n, self._bound)
+        pipe.execute_command("EVAL", LEND, 9, self.lease_key, self.task_key, self.failed_key, self.batch_key,
+                             self.lent_key, keys["wait"], keys["events"], keys["marker"], keys["meta"], token, n,
+                             self._bound)
         pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
                              keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
                              n, self._bound, "failed")
         pipe.execute_command("EVAL", SETTLE, 4, self.batch_key, self.failed_key, self.lent_key, self.task_key,
-                             n, self._bound, self.clock())
+                             n, self.clock())
         lent, moved, settled = pipe.execute(raise_on_error=False)
         if isinstance(settled, Exception):
             raise settled
-        state, self._left = int(settled[0]), int(settled[1])
+        state = int(settled[0])
         if state == 4:                      # BullMQ refused the move: nothing it did not move was touched
             raise moved if isinstance(moved, Exception) else CommandError(
                 f"BullMQ did not move the failed jobs of queue {self.name!r}; the rest stays failed")
         if state in (0, 1):
+            self._left = int(settled[1])
             return state
-        self._left = None
+        self._left = None                   # nothing lent (the task hash may even be gone: no left to read)
         if isinstance(lent, Exception):
             raise lent
         lent = lent.decode()
         if lent == "cancelling":
             return 1
+        if lent == "short":                 # fewer selected jobs left than this batch: LEND lowered ``left``
+            return 0
         if lent == "types":
-            kinds = {keys["wait"]: "list", keys["events"]: "stream"}
-            wrong = ", ".join(f"{key!r} is a Redis {self.client.type(key).decode()}, not a {want}"
-                              for key, want in kinds.items() if self.client.type(key).decode() not in (want, "none"))
-            raise CommandError(f"BullMQ's keys of queue {self.name!r} are not what BullMQ writes ({wrong}): "
-                               "nothing was moved")
+            self._wrong_types()
+        if lent == "cap":
+            cap = _text(self.client.hget(keys["meta"], "opts.maxLenEvents"))
+            raise CommandError(f"BullMQ's key {keys['meta']!r} says opts.maxLenEvents {cap!r}, not a whole number: "
+                               "BullMQ would strip the jobs of their failure and then fail; nothing was moved")
         if lent == "error":
             raise CommandError(f"opsbot's lease or task key of queue {self.name!r} is not what opsbot writes: "
                                "nothing was moved")
         return 2                            # the lease or the task is not ours any more
+
+    def _wrong_types(self) -> None:
+        kinds = {self.keys["wait"]: "list", self.keys["events"]: "stream", self.keys["marker"]: "zset",
+                 self.failed_key: "zset"}
+        wrong = ", ".join(f"{key!r} is a Redis {self.client.type(key).decode()}, not a {want}"
+                          for key, want in kinds.items() if self.client.type(key).decode() not in (want, "none"))
+        raise CommandError(f"BullMQ's keys of queue {self.name!r} are not what BullMQ writes ({wrong}): "
+                           "nothing was moved")
+
+    def _staged(self, token: str) -> int:
+        """The batch an unfinished task of the previous version staged (see STAGED), moved whole first."""
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.execute_command("EVAL", STAGED, 6, self.lease_key, self.moving_key, self.batch_key, keys["wait"],
+                             keys["events"], keys["marker"], token)
+        pipe.execute_command("EVAL", self._move_jobs_source, 8, keys[""], keys["events"], self.batch_key,
+                             keys["wait"], keys["paused"], keys["meta"], keys["active"], keys["marker"],
+                             STAGED_ALL, EVERY_SCORE, "failed")
+        pipe.execute_command("EVAL", UNSTAGE, 2, self.batch_key, self.moving_key)
+        staged, moved, unstaged = pipe.execute(raise_on_error=False)
+        for reply in (staged, moved, unstaged):
+            if isinstance(reply, Exception):
+                raise reply
+        if staged == b"types":
+            self._wrong_types()
+        return 2 if staged == b"lease" else 0
+
+    def _in_flight(self) -> list[str]:
+        return [self.journal_key, self.moving_key]
 
     def run_requeue(self, task_id: str, **kw: Any) -> RequeueReport:
         self._left = None

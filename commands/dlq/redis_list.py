@@ -70,7 +70,7 @@ class Task:
 
     @classmethod
     def from_hash(cls, data: dict[bytes, bytes]) -> "Task":
-        get = {k.decode(): v.decode() for k, v in data.items()}
+        get = {k.decode(): v.decode("utf-8", "replace") for k, v in data.items()}  # a head id may be any bytes
         limit = int(get["limit"])
         return cls(
             id=get["id"], status=get["status"], filters=Filters.from_dict(json.loads(get["filters"])),
