@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ack.py [--requests 500] [--concurrency 20]
     .venv/bin/python bench/ack.py --replicas 2 --requests 2000 --concurrency 50   # the load run
+    .venv/bin/python bench/ack.py --rounds 0 --cpu 1000     # CPU per request of each process only
 
 Both servers run as separate processes on loopback, each behind the same WSGI server
 (waitress, same thread count), signed with the same secret. The bare app acks `/ops`
@@ -10,6 +11,9 @@ and does nothing else. opsbot acks, then does the real work after the ack: it ru
 PostgreSQL. Each server gets a warm-up, then N signed `/ops help` requests at the
 given concurrency, in interleaved rounds. The script prints p50/p99 ack latency per round
 and the median p99 ratio (target: <= 1.2), and checks every result was delivered.
+``--cpu N`` then sends N more to each server and prints the CPU time (user + system, from
+/proc) each process spent per request: the servers, opsbot's workers, the fake Slack, the
+PostgreSQL backends of the action log's database and the Redis server (shared: others' load counts).
 
 Needs Redis (database 5 is flushed and used; $BENCH_REDIS_URL to change) and PostgreSQL
 ($DATABASE_URL) on loopback.
@@ -134,6 +138,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker-nice", type=int, default=10, help="opsbot serve --worker-nice")
     parser.add_argument("--replicas", type=int, default=1, help="processes of each server, behind round-robin")
+    parser.add_argument("--cpu", type=int, default=0, metavar="N",
+                        help="then N requests to each server, and the CPU each process spent per request")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--api-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,6 +196,10 @@ def main() -> int:
                 time.sleep(0.2)
             delivered = slack.count("response/opsbot-serve-")
             drained = time.monotonic() - started
+            if args.cpu:
+                cpu = {name: cpu_per_request(name, targets, servers[name], fake.pid, slack, args.cpu,
+                                             args.concurrency, env["REDIS_URL"])
+                       for name, targets in urls.items()}
         finally:
             for proc in [*everything, fake]:
                 proc.terminate()
@@ -199,6 +209,10 @@ def main() -> int:
     print(f"{args.rounds} rounds of {args.requests} signed `/ops help` requests at concurrency {args.concurrency}, "
           f"{args.replicas} replica(s) of each server, {THREADS} server threads, "
           f"opsbot workers at nice {args.worker_nice}")
+    if args.cpu:
+        show_cpu(cpu, args.cpu)
+    if not rounds:
+        return 0
     print(f"{'round':<7}{'server':<16}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'p99 ratio':>11}")
     ratios = []
     for index, figures in enumerate(rounds, 1):
@@ -213,6 +227,70 @@ def main() -> int:
     print(f"opsbot results delivered to response_url: {delivered}/{expected} "
           f"(all work done {drained:.1f}s after the last ack)")
     return 0 if ratio <= 1.2 and errors == 0 and delivered == expected else 1
+
+
+def cpu_per_request(name: str, targets: list[str], procs: list[subprocess.Popen], fake: int, slack: "_Remote",
+                    requests: int, concurrency: int, redis_url: str) -> dict[str, float]:
+    """CPU seconds per request of each process taking part, over ``requests`` more (and their work, drained)."""
+    import redis
+
+    key = f"cpu-{name.replace(' ', '-')}"
+    server = redis.Redis.from_url(redis_url)
+
+    def snapshot() -> dict[str, dict[int, float]]:
+        pids = {proc.pid for proc in procs}
+        info = server.info("cpu")
+        return {"server": {pid: cpu_seconds(pid) for pid in pids},
+                "workers": {pid: cpu_seconds(pid) for pid in children(pids)},
+                "fake Slack": {fake: cpu_seconds(fake)},
+                "PostgreSQL": {pid: cpu_seconds(pid) for pid in pg_backends()},
+                "Redis (shared)": {0: info["used_cpu_user"] + info["used_cpu_sys"]}}
+
+    before = snapshot()
+    load(targets, slack.response_url(key), requests, concurrency)
+    if name == "opsbot serve":
+        started = time.monotonic()
+        while slack.count(f"response/{key}") < requests and time.monotonic() - started < 120:
+            time.sleep(0.1)
+    after = snapshot()
+    return {part: sum(value - before[part].get(pid, 0.0) for pid, value in after[part].items()) / requests
+            for part in after}
+
+
+def show_cpu(cpu: dict[str, dict[str, float]], requests: int) -> None:
+    print(f"CPU per request (user + system), over {requests} more `/ops help` to each server and their work:")
+    print(f"{'process':<16}" + "".join(f"{name:>16}" for name in cpu))
+    for part in next(iter(cpu.values())):
+        print(f"{part:<16}" + "".join(f"{figures[part] * 1000:>13.3f} ms" for figures in cpu.values()))
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(parents: set[int]) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) in parents:
+                found.add(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def pg_backends() -> set[int]:
+    """The PostgreSQL backends connected to the action log's database (not this one)."""
+    import psycopg
+
+    with psycopg.connect(os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")) as conn:
+        return {row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                                               " AND pid <> pg_backend_pid()")}
 
 
 class _Remote:

@@ -28,10 +28,15 @@ __all__ = ["RateLimiter"]
 
 log = logging.getLogger("opsbot.ratelimit")
 
+# Every rule's window in one round trip, in order: each counts the command until one is over its limit
+# (that one answers; the rules after it do not count it).
 _HIT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {n, redis.call('PTTL', KEYS[1])}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, ARGV[2 * i - 1]) end
+  if n > tonumber(ARGV[2 * i]) then return {i, redis.call('PTTL', key)} end
+end
+return {0, 0}
 """
 
 
@@ -52,18 +57,23 @@ class RateLimiter:
         if command.guarded:
             rules.insert(1, ("guarded_per_user", f"guarded:{actor.user_id}", "your guarded commands"))
         now = self.clock()
+        keys, args, limited = [], [], []
         for rule, scope, what in rules:
             count, period = self.limits.parsed(rule)
             if count == 0:
                 continue
-            key = f"{self.prefix}rate:{rule}:{scope}:{int(now // period)}"
-            try:
-                hits, ttl_ms = self._hit(keys=[key], args=[int(period * 1000)])
-            except redis.RedisError as exc:  # counting is down: do not block on-call for it
-                log.warning("rate limits unavailable: %s", exc)
-                return None
-            if hits > count:
-                wait = max(math.ceil(ttl_ms / 1000), 1)
-                return (f"Slow down: {what} are limited to {count} per {format_duration(period)}. "
-                        f"Try again in {wait}s.")
-        return None
+            keys.append(f"{self.prefix}rate:{rule}:{scope}:{int(now // period)}")
+            args += [int(period * 1000), count]
+            limited.append((what, count, period))
+        if not keys:
+            return None
+        try:
+            over, ttl_ms = self._hit(keys=keys, args=args)
+        except redis.RedisError as exc:  # counting is down: do not block on-call for it
+            log.warning("rate limits unavailable: %s", exc)
+            return None
+        if not over:
+            return None
+        what, count, period = limited[over - 1]
+        wait = max(math.ceil(ttl_ms / 1000), 1)
+        return f"Slow down: {what} are limited to {count} per {format_duration(period)}. Try again in {wait}s."

@@ -40,6 +40,9 @@ _PATTERNS = [
     ),
 ]
 
+# Every pattern above needs one of these in the text; without any, none can match (checked once, not five times).
+_ANY = re.compile(r"://|xox[abposre]-|xapp-|bearer\s|[=:]", re.I)
+
 
 def _secretish(key: str, value: str) -> bool:
     """``token=...`` always is; after ``password: `` in prose, a plain word ("set", "the") is not."""
@@ -57,8 +60,9 @@ class Redactor:
         out = str(value)
         for secret in self.known:
             out = out.replace(secret, MASK)
-        for pattern, replacement in _PATTERNS:
-            out = pattern.sub(replacement, out)
+        if _ANY.search(out):
+            for pattern, replacement in _PATTERNS:
+                out = pattern.sub(replacement, out)
         return Mrkdwn(out) if isinstance(value, Mrkdwn) else out
 
     def data(self, value: Any) -> Any:
@@ -73,11 +77,12 @@ class Redactor:
             return self.text(value)
         return value
 
-    def result(self, result: Result) -> Result:
+    def result(self, result: Result, *, data: bool = True) -> Result:
+        """``result`` with secrets masked; ``data=False``: its data left as is, for a rendering that shows none."""
         return replace(
             result,
             summary=self.text(result.summary),
-            data=self.data(result.data),
+            data=self.data(result.data) if data else result.data,
             sections=tuple(self._section(section) for section in result.sections),
             buttons=tuple(self._button(button) for button in result.buttons),
         )

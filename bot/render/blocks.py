@@ -1,4 +1,4 @@
-"""Block Kit rendering of a result, built with ``slack_sdk.models.blocks``.
+"""Block Kit rendering of a result, as the dicts ``slack_sdk.models.blocks`` would make.
 
 Usage::
 
@@ -10,20 +10,16 @@ section, 25 buttons a row); what does not fit is cut with a note saying so.
 Every text is mrkdwn built by :mod:`bot.core.markup`: a plain ``str`` is a value and is
 escaped (``&``, ``<``, ``>``), :class:`~bot.core.markup.Mrkdwn` is the bot's markup and
 kept. That holds for the fallback ``text`` too, where Slack also expands mentions.
+
+The blocks are built as plain dicts, key for key what slack_sdk's block models give
+(their ``to_dict()`` validates each object by reflection, which cost more than the rest of
+a reply); every limit those models check is kept here by construction, and the tests run
+each rendered block through slack_sdk's own parsing and validation.
 """
 
 from __future__ import annotations
 
-from slack_sdk.models.blocks import (
-    ActionsBlock,
-    Block,
-    ButtonElement,
-    ConfirmObject,
-    ContextBlock,
-    DividerBlock,
-    MarkdownTextObject,
-    SectionBlock,
-)
+from typing import Any
 
 from bot.core.markup import Mrkdwn, bold, code, md
 from bot.core.redact import Redactor
@@ -45,18 +41,15 @@ _CUT = "\n… _(cut to fit Slack; run it with `opsbot run --json` for everything
 
 
 def to_message(result: Result, redactor: Redactor | None = None) -> dict:
-    result = (redactor or Redactor()).result(result)
+    result = (redactor or Redactor()).result(result, data=False)  # a message shows no data
     head = md("{} *{}*", Mrkdwn(STATUS_EMOJI[result.status]), result.summary)
-    blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(text=_fit(head, MAX_SECTION)))]
+    head_dicts = [_section(text=_mrkdwn(_fit(head, MAX_SECTION)))]
     if result.command:
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_fit(code(f"/ops {result.command}"),
-                                                                          MAX_FIELD))]))
-    body: list[Block] = []
+        head_dicts.append(_context(_fit(code(f"/ops {result.command}"), MAX_FIELD)))
+    body_dicts: list[dict] = []
     for section in result.sections:
-        body.extend(_section_blocks(section, len(body)))
-    # Each block is validated and turned into its dict once; its size is read from that dict.
-    head_dicts, body_dicts = [block.to_dict() for block in blocks], [block.to_dict() for block in body]
-    room = MAX_BLOCKS - len(blocks) - (1 if result.buttons else 0) - 1
+        body_dicts.extend(_section_blocks(section, len(body_dicts)))
+    room = MAX_BLOCKS - len(head_dicts) - (1 if result.buttons else 0) - 1
     shown, spent = 0, sum(_chars(data) for data in head_dicts)
     while shown < len(body_dicts) and spent + (size := _chars(body_dicts[shown])) <= MAX_TOTAL:
         spent += size
@@ -65,19 +58,18 @@ def to_message(result: Result, redactor: Redactor | None = None) -> dict:
         shown = min(shown, room - 1)
         hidden = len(body_dicts) - shown
         note = _note(f"{hidden} more blocks not shown; run it with `opsbot run --json` for everything.")
-        body_dicts = body_dicts[:shown] + [note.to_dict()]
+        body_dicts = body_dicts[:shown] + [note]
     dicts = head_dicts + body_dicts
     buttons = [b for b in result.buttons[:MAX_BUTTONS] if len(b.value) <= MAX_VALUE]
     if buttons:
-        dicts.append(ActionsBlock(elements=[_button(b, i) for i, b in enumerate(buttons)]).to_dict())
+        dicts.append(_obj(elements=[_button(b, i) for i, b in enumerate(buttons)], type="actions"))
     if len(buttons) < len(result.buttons[:MAX_BUTTONS]):
-        dicts.append(_note("A button whose command is too long for Slack was left out; run it with `opsbot run`.")
-                     .to_dict())
+        dicts.append(_note("A button whose command is too long for Slack was left out; run it with `opsbot run`."))
     return {"text": _fit(md("{}: {}", result.status.upper(), result.summary), MAX_FALLBACK), "blocks": dicts}
 
 
-def _section_blocks(section: Section, offset: int) -> list[Block]:
-    blocks: list[Block] = []
+def _section_blocks(section: Section, offset: int) -> list[dict]:
+    blocks: list[dict] = []
     title = bold(section.title) if section.title else ""
     text = Mrkdwn("\n").join(part for part in (title, Mrkdwn.of(section.text)) if part)
     if section.code is not None:
@@ -88,33 +80,54 @@ def _section_blocks(section: Section, offset: int) -> list[Block]:
     accessory = _button(section.button, offset) if section.button and len(section.button.value) <= MAX_VALUE \
         else None  # a longer command would be cut by Slack and run as something else: no button then
     if text or accessory:
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=_fit(text or " ", MAX_SECTION)), accessory=accessory))
+        blocks.append(_section(text=_mrkdwn(_fit(text or " ", MAX_SECTION)), accessory=accessory))
     fields = list(section.fields)
     for start in range(0, len(fields), MAX_FIELDS):
         chunk = fields[start : start + MAX_FIELDS]
-        blocks.append(
-            SectionBlock(
-                fields=[MarkdownTextObject(text=_fit(md("{}\n{}", bold(k), v), MAX_FIELD)) for k, v in chunk]
-            )
-        )
+        blocks.append(_section(fields=[_mrkdwn(_fit(md("{}\n{}", bold(k), v), MAX_FIELD)) for k, v in chunk]))
     if section.title and blocks:
-        blocks.insert(0, DividerBlock())
+        blocks.insert(0, {"type": "divider"})
     return blocks
 
 
-def _button(button: Button, index: int) -> ButtonElement:
+def _button(button: Button, index: int) -> dict:
     confirm = None
-    if button.confirm:
-        confirm = ConfirmObject(title="Are you sure?", text=MarkdownTextObject(text=_fit(Mrkdwn.of(button.confirm), 300)),
-                                confirm=button.label[:30], deny="Back")
-    return ButtonElement(
-        text=button.label[:75],
+    if button.confirm:  # in slack_sdk's ConfirmObject's order, not sorted
+        parts = {"title": _plain("Are you sure?"), "text": _mrkdwn(_fit(Mrkdwn.of(button.confirm), 300)),
+                 "confirm": _plain(button.label[:30]), "deny": _plain("Back")}
+        confirm = {key: value for key, value in parts.items() if value is not None}
+    return _obj(
+        text=_plain(button.label[:75]),
         action_id=f"{ACTION_PREFIX}{button.action}:{button.form}:{index}" if button.form
         else f"{ACTION_PREFIX}{button.action}:{index}",
         value=button.value,
         style=button.style,
         confirm=confirm,
+        type="button",
     )
+
+
+def _obj(**attributes: Any) -> dict:
+    """A Block Kit object as slack_sdk writes one: its attributes in name order, without empty ones."""
+    return {key: attributes[key] for key in sorted(attributes)
+            if attributes[key] is not None and (not hasattr(attributes[key], "__len__") or len(attributes[key]))}
+
+
+def _section(*, text: dict | None = None, fields: list[dict] | None = None, accessory: dict | None = None) -> dict:
+    return _obj(text=text, fields=fields, accessory=accessory, type="section")
+
+
+def _context(text: Mrkdwn) -> dict:
+    return {"elements": [_mrkdwn(text)], "type": "context"}
+
+
+def _mrkdwn(text: Mrkdwn) -> dict:
+    return _obj(text=text, type="mrkdwn")
+
+
+def _plain(text: str) -> dict | None:
+    """Plain text where slack_sdk takes a string (none for an empty one, as slack_sdk leaves it out)."""
+    return {"emoji": True, "text": text, "type": "plain_text"} if text else None
 
 
 def _chars(data: dict) -> int:
@@ -124,8 +137,8 @@ def _chars(data: dict) -> int:
     return sum(len(t) for t in texts)
 
 
-def _note(text: str) -> ContextBlock:
-    return ContextBlock(elements=[MarkdownTextObject(text=_fit(Mrkdwn.of(text), MAX_FIELD))])
+def _note(text: str) -> dict:
+    return _context(_fit(Mrkdwn.of(text), MAX_FIELD))
 
 
 def _fit(text: Mrkdwn, limit: int) -> Mrkdwn:

@@ -17,11 +17,10 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
-from slack_sdk.webhook import WebhookClient
-
 from bot.config.settings import Settings
 from bot.runtime.metrics import Metrics
 from bot.core.result import Attachment
+from bot.slack.keepalive import KeepAliveWebhookClient
 
 __all__ = ["retry_handlers", "upload_attachment", "web_client", "webhook"]
 
@@ -65,8 +64,9 @@ def web_client(settings: Settings, metrics: Metrics | None = None, timeout: int 
     return WebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=retry_handlers(metrics))
 
 
-def webhook(url: str, metrics: Metrics | None = None, timeout: int = 10) -> WebhookClient:
-    return WebhookClient(url, timeout=timeout, retry_handlers=retry_handlers(metrics))
+def webhook(url: str, metrics: Metrics | None = None, timeout: int = 10) -> KeepAliveWebhookClient:
+    """A response_url client whose connection stays open for the thread's next reply (:mod:`bot.slack.keepalive`)."""
+    return KeepAliveWebhookClient(url, timeout=timeout, retry_handlers=retry_handlers(metrics))
 
 
 def upload_attachment(client: WebClient, attachment: Attachment, *, channel: str, thread_ts: str | None = None,

@@ -82,6 +82,9 @@ class FakeSlack:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes: without this, a client that keeps the connection open
+            # waits for its own delayed ACK (40 ms) before the body comes; Slack's servers do not do that.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass

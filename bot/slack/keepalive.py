@@ -1,0 +1,106 @@
+"""Replies to Slack's response_urls over kept-alive connections, one set per thread.
+
+Usage::
+
+    KeepAliveWebhookClient(url, timeout=10, retry_handlers=[...]).send_dict(message)
+
+slack_sdk's ``WebhookClient`` posts with ``urllib``, which opens a new connection (a new
+TLS handshake on hooks.slack.com) for every reply and closes it after. This client posts
+the same request over a connection kept open in the calling thread for the next reply to
+the same host, and answers as ``urllib`` does: a non-2xx status is an ``HTTPError`` (so
+slack_sdk's retry handlers see 429s and 5xxs as before), a failure to send is a
+``URLError``. A connection the server has closed meanwhile is not reused. Anything
+unusual (a proxy from the environment, a redirect) goes through ``urllib`` as before.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import select
+import threading
+import urllib.request
+from collections import OrderedDict
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
+
+from slack_sdk.webhook import WebhookClient, WebhookResponse
+
+__all__ = ["KeepAliveWebhookClient"]
+
+KEEP = 4  # connections kept per thread (response_urls all go to hooks.slack.com)
+
+_local = threading.local()
+_proxies: dict[str, str] | None = None
+
+
+class KeepAliveWebhookClient(WebhookClient):
+    def _perform_http_request_internal(self, url: str, req: urllib.request.Request):
+        parts = urlsplit(url)
+        if self.proxy is not None or parts.scheme not in ("http", "https") or _proxied(parts):
+            return super()._perform_http_request_internal(url, req)
+        key = (parts.scheme, parts.hostname, parts.port)
+        conn = _take(key)
+        if conn is None:
+            conn = (http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=self.ssl)
+                    if parts.scheme == "https" else http.client.HTTPConnection(parts.netloc, timeout=self.timeout))
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        headers = {name.title(): value for name, value in req.header_items()}
+        try:
+            conn.request("POST", path, body=req.data, headers=headers)
+        except OSError as exc:  # as urllib: a request that could not be sent is a URLError
+            conn.close()
+            raise URLError(exc) from exc
+        try:
+            response = conn.getresponse()
+            body = response.read()
+        except BaseException:
+            conn.close()
+            raise
+        if 300 <= response.status < 400:  # a redirect: urllib follows it as it always did
+            conn.close()
+            return super()._perform_http_request_internal(url, req)
+        if response.will_close:
+            conn.close()
+        else:
+            _keep(key, conn)
+        if not 200 <= response.status < 300:
+            raise HTTPError(url, response.status, response.reason, response.headers, io.BytesIO(body))
+        charset = response.headers.get_content_charset() or "utf-8"
+        return WebhookResponse(url=url, status_code=response.status, body=body.decode(charset),
+                               headers=response.headers)
+
+
+def _proxied(parts) -> bool:
+    """Whether urllib would go through a proxy from the environment (read once, as urllib's own opener does)."""
+    global _proxies
+    if _proxies is None:
+        _proxies = urllib.request.getproxies()
+    return parts.scheme in _proxies and not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+def _take(key: tuple) -> http.client.HTTPConnection | None:
+    """This thread's open connection to ``key``'s host, unless the server closed it meanwhile."""
+    kept: OrderedDict = getattr(_local, "conns", None) or OrderedDict()
+    _local.conns = kept
+    conn = kept.pop(key, None)
+    if conn is None:
+        return None
+    sock = conn.sock
+    try:
+        readable = sock is None or bool(select.select([sock], [], [], 0)[0])  # EOF (or stray bytes): not reusable
+    except (OSError, ValueError):
+        readable = True
+    if readable:
+        conn.close()
+        return None
+    return conn
+
+
+def _keep(key: tuple, conn: http.client.HTTPConnection) -> None:
+    kept: OrderedDict = _local.conns
+    kept[key] = conn
+    while len(kept) > KEEP:
+        kept.popitem(last=False)[1].close()

@@ -1,0 +1,89 @@
+"""Replies to response_urls reuse one connection per thread, and still go when Slack closed it meanwhile."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.error import URLError
+
+import pytest
+
+from bot.slack.client import webhook
+
+
+class CountingSlack:
+    """A response_url endpoint on loopback that counts the connections it accepts and the replies it takes."""
+
+    def __init__(self, answers: list[int] | None = None, close_after_each: bool = False):
+        self.connections = 0
+        self.replies: list[bytes] = []
+        self.answers = list(answers or [])
+        slack = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def setup(self):
+                slack.connections += 1
+                super().setup()
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                slack.replies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                status = slack.answers.pop(0) if slack.answers else 200
+                payload = b"ok" if status == 200 else b"invalid_blocks"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                if close_after_each:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/response/T1/1/abc"
+
+    def __enter__(self) -> CountingSlack:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_replies_from_one_worker_thread_share_one_connection():
+    with CountingSlack() as slack:
+        for n in range(5):
+            assert webhook(slack.url).send_dict({"text": f"reply {n}"}).status_code == 200
+    assert slack.connections == 1
+    assert [b'{"text": "reply %d"}' % n for n in range(5)] == slack.replies
+
+
+def test_a_connection_slack_closed_is_not_reused_and_the_reply_still_goes():
+    with CountingSlack(close_after_each=True) as slack:
+        for n in range(3):
+            assert webhook(slack.url).send_dict({"text": f"reply {n}"}).status_code == 200
+    assert slack.connections == 3
+    assert len(slack.replies) == 3
+
+
+def test_a_429_is_retried_and_a_refusal_answers_with_slacks_status_and_body():
+    with CountingSlack(answers=[429, 200, 400]) as slack:
+        assert webhook(slack.url).send_dict({"text": "once"}).status_code == 200  # retried after Retry-After
+        refused = webhook(slack.url).send_dict({"text": "bad blocks"})
+    assert (refused.status_code, refused.body) == (400, "invalid_blocks")
+    assert len(slack.replies) == 3
+    assert slack.connections == 1
+
+
+def test_a_reply_to_a_server_that_is_gone_fails_as_before():
+    with CountingSlack() as slack:
+        url = slack.url
+    with pytest.raises((URLError, ConnectionError)):  # as urllib raised it, so SafeRespond keeps the reply for later
+        webhook(url, timeout=2).send_dict({"text": "lost"})
