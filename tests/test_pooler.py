@@ -191,7 +191,10 @@ def test_check_tells_a_session_mode_pooler_from_a_transaction_mode_one(database_
                                                                        fake_slack, redis_client):
     from bot.runtime.checks import run_checks
 
-    with PgBouncer(database_url, pool_mode="session", pool_size=4) as session:
+    # In session mode each client connection holds a server session for its life: the checks run at once, each
+    # pooler probe needs two connections together, and the runtime's pools keep theirs open, so `opsbot check`
+    # needs about six (with 4, checks waited for PgBouncer's query_wait_timeout, 120 s, depending on timing).
+    with PgBouncer(database_url, pool_mode="session", pool_size=12) as session:
         runtime = pooled_runtime(tmp_path, session.url, make_runtime, fake_slack)
         found = {c["target"]: c for c in run_checks(runtime).data["checks"]}
     detail = found["database main"]["detail"]
