@@ -9,8 +9,9 @@ TLS handshake on hooks.slack.com) for every reply and closes it after. This clie
 the same request over a connection kept open in the calling thread for the next reply to
 the same host, and answers as ``urllib`` does: a non-2xx status is an ``HTTPError`` (so
 slack_sdk's retry handlers see 429s and 5xxs as before), a failure to send is a
-``URLError``. A connection the server has closed meanwhile is not reused. Anything
-unusual (a proxy from the environment, a redirect) goes through ``urllib`` as before.
+``URLError``. A connection the server has closed meanwhile is not reused, nor one opened
+with another timeout or TLS context. A proxy from the environment goes through ``urllib``
+as before, and so does a redirect, from the answer received (the reply is not posted twice).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class KeepAliveWebhookClient(WebhookClient):
         parts = urlsplit(url)
         if self.proxy is not None or parts.scheme not in ("http", "https") or _proxied(parts):
             return super()._perform_http_request_internal(url, req)
-        key = (parts.scheme, parts.hostname, parts.port)
+        # Reused only by a client that would have opened the same connection (its timeout, its TLS context).
+        key = (parts.scheme, parts.hostname, parts.port, self.timeout, self.ssl)
         conn = _take(key)
         if conn is None:
             conn = (http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=self.ssl)
@@ -59,18 +61,24 @@ class KeepAliveWebhookClient(WebhookClient):
         except BaseException:
             conn.close()
             raise
-        if 300 <= response.status < 400:  # a redirect: urllib follows it as it always did
+        if 300 <= response.status < 400:  # a redirect: urllib follows it from this answer (posting again would repeat it)
             conn.close()
-            return super()._perform_http_request_internal(url, req)
+            req.timeout = self.timeout  # as urllib's open() sets it; its redirect handler reads it
+            opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=self.ssl))
+            followed = opener.error("http", req, io.BytesIO(body), response.status, response.reason, response.headers)
+            return _answer(url, followed.status, followed.headers, followed.read())
         if response.will_close:
             conn.close()
         else:
             _keep(key, conn)
         if not 200 <= response.status < 300:
             raise HTTPError(url, response.status, response.reason, response.headers, io.BytesIO(body))
-        charset = response.headers.get_content_charset() or "utf-8"
-        return WebhookResponse(url=url, status_code=response.status, body=body.decode(charset),
-                               headers=response.headers)
+        return _answer(url, response.status, response.headers, body)
+
+
+def _answer(url: str, status: int, headers, body: bytes) -> WebhookResponse:
+    charset = headers.get_content_charset() or "utf-8"
+    return WebhookResponse(url=url, status_code=status, body=body.decode(charset), headers=headers)
 
 
 def _proxied(parts) -> bool:
