@@ -10,6 +10,7 @@ from urllib.error import URLError
 import pytest
 
 from bot.slack.client import webhook
+from bot.slack.keepalive import KeepAliveWebhookClient
 
 
 class CountingSlack:
@@ -39,6 +40,9 @@ class CountingSlack:
                 slack.replies.append(self.rfile.read(int(self.headers["Content-Length"])))
                 time.sleep(slack.delays.pop(0) if slack.delays else 0)
                 status = slack.answers.pop(0) if slack.answers else 200
+                if status == 0:  # hang up without answering, as a server closing an idle connection just then
+                    self.close_connection = True
+                    return
                 payload = b"ok" if status == 200 else b"invalid_blocks"
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(payload)))
@@ -118,3 +122,12 @@ def test_a_reply_answered_with_a_redirect_is_posted_once_and_followed_as_urllib_
     assert (response.status_code, response.body) == (200, "ok")
     assert slack.replies == [b'{"text": "once"}']  # a server that acts on the POST and then redirects acts once
     assert slack.followed == ["/response/done"]
+
+
+def test_a_kept_connection_slack_hangs_up_on_as_the_next_reply_goes_is_replaced_at_once():
+    with CountingSlack(answers=[200, 0]) as slack:
+        client = KeepAliveWebhookClient(slack.url, retry_handlers=[])  # not slack_sdk's retry: it waits 0.5-1.5 s first
+        assert client.send_dict({"text": "first"}).status_code == 200
+        assert client.send_dict({"text": "second"}).status_code == 200
+    assert slack.connections == 2
+    assert slack.replies[-1] == b'{"text": "second"}'
