@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +12,7 @@ import pytest
 
 from bot.slack.client import webhook
 from bot.slack.keepalive import KeepAliveWebhookClient
+from tests.support.redisplus import TestCertificates
 
 
 class CountingSlack:
@@ -131,3 +133,18 @@ def test_a_kept_connection_slack_hangs_up_on_as_the_next_reply_goes_is_replaced_
         assert client.send_dict({"text": "second"}).status_code == 200
     assert slack.connections == 2
     assert slack.replies[-1] == b'{"text": "second"}'
+
+
+def test_a_kept_tls_connection_is_not_reused_by_a_client_that_does_not_trust_the_server(tmp_path):
+    certs = TestCertificates(tmp_path)
+    slack = CountingSlack()
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(certs.server, certs.server_key)
+    slack.server.socket = served.wrap_socket(slack.server.socket, server_side=True)
+    url = slack.url.replace("http:", "https:")
+    with slack:
+        trusting = ssl.create_default_context(cafile=certs.ca)
+        assert KeepAliveWebhookClient(url, ssl=trusting).send_dict({"text": "first"}).status_code == 200
+        with pytest.raises(URLError, match="CERTIFICATE_VERIFY_FAILED"):  # the system's CAs do not know this one
+            KeepAliveWebhookClient(url, retry_handlers=[]).send_dict({"text": "second"})
+    assert slack.replies == [b'{"text": "first"}']
