@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.error import URLError
 
 import pytest
 
 from bot.slack.client import webhook
+from bot.slack.keepalive import KeepAliveWebhookClient
+from tests.support.redisplus import TestCertificates
 
 
 class CountingSlack:
     """A response_url endpoint on loopback that counts the connections it accepts and the replies it takes."""
 
-    def __init__(self, answers: list[int] | None = None, close_after_each: bool = False):
+    def __init__(self, answers: list[int] | None = None, close_after_each: bool = False,
+                 delays: list[float] | None = None):
         self.connections = 0
         self.replies: list[bytes] = []
+        self.followed: list[str] = []  # GETs of where a 303 sent the reply
         self.answers = list(answers or [])
+        self.delays = list(delays or [])  # seconds to think before answering each reply
         slack = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,16 +40,29 @@ class CountingSlack:
 
             def do_POST(self):
                 slack.replies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(slack.delays.pop(0) if slack.delays else 0)
                 status = slack.answers.pop(0) if slack.answers else 200
+                if status == 0:  # hang up without answering, as a server closing an idle connection just then
+                    self.close_connection = True
+                    return
                 payload = b"ok" if status == 200 else b"invalid_blocks"
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(payload)))
                 if status == 429:
                     self.send_header("Retry-After", "0")
+                if status == 303:
+                    self.send_header("Location", "/response/done")
                 if close_after_each:
                     self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def do_GET(self):
+                slack.followed.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -87,3 +107,44 @@ def test_a_reply_to_a_server_that_is_gone_fails_as_before():
         url = slack.url
     with pytest.raises((URLError, ConnectionError)):  # as urllib raised it, so SafeRespond keeps the reply for later
         webhook(url, timeout=2).send_dict({"text": "lost"})
+
+
+def test_a_reply_with_a_short_timeout_gives_up_in_time_after_one_with_a_longer_timeout():
+    with CountingSlack(delays=[0, 3]) as slack:
+        assert webhook(slack.url, timeout=10).send_dict({"text": "first"}).status_code == 200
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):  # not 3 s later, on the first reply's connection and its 10 s timeout
+            webhook(slack.url, timeout=1).send_dict({"text": "stuck"})
+        assert time.monotonic() - started < 2.5
+
+
+def test_a_reply_answered_with_a_redirect_is_posted_once_and_followed_as_urllib_does():
+    with CountingSlack(answers=[303]) as slack:
+        response = webhook(slack.url).send_dict({"text": "once"})
+    assert (response.status_code, response.body) == (200, "ok")
+    assert slack.replies == [b'{"text": "once"}']  # a server that acts on the POST and then redirects acts once
+    assert slack.followed == ["/response/done"]
+
+
+def test_a_kept_connection_slack_hangs_up_on_as_the_next_reply_goes_is_replaced_at_once():
+    with CountingSlack(answers=[200, 0]) as slack:
+        client = KeepAliveWebhookClient(slack.url, retry_handlers=[])  # not slack_sdk's retry: it waits 0.5-1.5 s first
+        assert client.send_dict({"text": "first"}).status_code == 200
+        assert client.send_dict({"text": "second"}).status_code == 200
+    assert slack.connections == 2
+    assert slack.replies[-1] == b'{"text": "second"}'
+
+
+def test_a_kept_tls_connection_is_not_reused_by_a_client_that_does_not_trust_the_server(tmp_path):
+    certs = TestCertificates(tmp_path)
+    slack = CountingSlack()
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(certs.server, certs.server_key)
+    slack.server.socket = served.wrap_socket(slack.server.socket, server_side=True)
+    url = slack.url.replace("http:", "https:")
+    with slack:
+        trusting = ssl.create_default_context(cafile=certs.ca)
+        assert KeepAliveWebhookClient(url, ssl=trusting).send_dict({"text": "first"}).status_code == 200
+        with pytest.raises(URLError, match="CERTIFICATE_VERIFY_FAILED"):  # the system's CAs do not know this one
+            KeepAliveWebhookClient(url, retry_handlers=[]).send_dict({"text": "second"})
+    assert slack.replies == [b'{"text": "first"}']

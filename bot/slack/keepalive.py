@@ -9,8 +9,10 @@ TLS handshake on hooks.slack.com) for every reply and closes it after. This clie
 the same request over a connection kept open in the calling thread for the next reply to
 the same host, and answers as ``urllib`` does: a non-2xx status is an ``HTTPError`` (so
 slack_sdk's retry handlers see 429s and 5xxs as before), a failure to send is a
-``URLError``. A connection the server has closed meanwhile is not reused. Anything
-unusual (a proxy from the environment, a redirect) goes through ``urllib`` as before.
+``URLError``. A connection the server has closed meanwhile is not reused, nor one opened
+with another timeout or TLS context; one it closes just as a reply goes (before answering
+it) is replaced at once for that reply, not after slack_sdk's backoff. A proxy from the environment goes through ``urllib``
+as before, and so does a redirect, from the answer received (the reply is not posted twice).
 """
 
 from __future__ import annotations
@@ -39,38 +41,66 @@ class KeepAliveWebhookClient(WebhookClient):
         parts = urlsplit(url)
         if self.proxy is not None or parts.scheme not in ("http", "https") or _proxied(parts):
             return super()._perform_http_request_internal(url, req)
-        key = (parts.scheme, parts.hostname, parts.port)
-        conn = _take(key)
-        if conn is None:
-            conn = (http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=self.ssl)
-                    if parts.scheme == "https" else http.client.HTTPConnection(parts.netloc, timeout=self.timeout))
+        # Reused only by a client that would have opened the same connection (its timeout, its TLS context).
+        key = (parts.scheme, parts.hostname, parts.port, self.timeout, self.ssl)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
         headers = {name.title(): value for name, value in req.header_items()}
-        try:
-            conn.request("POST", path, body=req.data, headers=headers)
-        except OSError as exc:  # as urllib: a request that could not be sent is a URLError
+        conn = _take(key)
+        if conn is not None:
+            try:
+                response, body = _exchange(conn, path, req.data, headers, kept=True)
+            except _HungUp:  # closed as this reply went, before any answer to it: it goes again at once, on a new one
+                conn = None
+        if conn is None:
+            conn = (http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=self.ssl)
+                    if parts.scheme == "https" else http.client.HTTPConnection(parts.netloc, timeout=self.timeout))
+            response, body = _exchange(conn, path, req.data, headers, kept=False)
+        if 300 <= response.status < 400:  # a redirect: urllib follows it from this answer (posting again would repeat it)
             conn.close()
-            raise URLError(exc) from exc
-        try:
-            response = conn.getresponse()
-            body = response.read()
-        except BaseException:
-            conn.close()
-            raise
-        if 300 <= response.status < 400:  # a redirect: urllib follows it as it always did
-            conn.close()
-            return super()._perform_http_request_internal(url, req)
+            req.timeout = self.timeout  # as urllib's open() sets it; its redirect handler reads it
+            opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=self.ssl))
+            followed = opener.error("http", req, io.BytesIO(body), response.status, response.reason, response.headers)
+            return _answer(url, followed.status, followed.headers, followed.read())
         if response.will_close:
             conn.close()
         else:
             _keep(key, conn)
         if not 200 <= response.status < 300:
             raise HTTPError(url, response.status, response.reason, response.headers, io.BytesIO(body))
-        charset = response.headers.get_content_charset() or "utf-8"
-        return WebhookResponse(url=url, status_code=response.status, body=body.decode(charset),
-                               headers=response.headers)
+        return _answer(url, response.status, response.headers, body)
+
+
+class _HungUp(Exception):
+    """A kept connection the server closed (or reset) as the reply went, before answering it."""
+
+
+def _exchange(conn: http.client.HTTPConnection, path: str, body: bytes | None, headers: dict, *,
+              kept: bool) -> tuple[http.client.HTTPResponse, bytes]:
+    """The answer to one POST and its whole body; the connection closed if that failed."""
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+    except OSError as exc:  # as urllib: a request that could not be sent is a URLError
+        conn.close()
+        raise (_HungUp() if kept and isinstance(exc, ConnectionError) else URLError(exc)) from exc
+    try:
+        response = conn.getresponse()
+    except BaseException as exc:
+        conn.close()
+        if kept and isinstance(exc, ConnectionError):  # RemoteDisconnected is one
+            raise _HungUp() from exc
+        raise
+    try:
+        return response, response.read()
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _answer(url: str, status: int, headers, body: bytes) -> WebhookResponse:
+    charset = headers.get_content_charset() or "utf-8"
+    return WebhookResponse(url=url, status_code=status, body=body.decode(charset), headers=headers)
 
 
 def _proxied(parts) -> bool:
