@@ -11,7 +11,7 @@ import pytest
 from bot.core.invocation import Actor
 from commands.dlq.redis_list import RedisListQueue
 from tests.conftest import ALICE, BOB, write_config
-from tests.support.dlq import dead_letter, kill, oldest_first, two_queues_runtime
+from tests.support.dlq import HookedArchive, dead_letter, kill, oldest_first, two_queues_runtime
 from tests.test_dlq import BINARY, OPS, run
 from commands.dlq.settings import find_queue
 
@@ -33,19 +33,15 @@ class Killed(BaseException):
     """What SIGKILL would leave behind, raised at a chosen point of a trim."""
 
 
-class KilledAfterCommit:
+class KilledAfterCommit(HookedArchive):
     """The real archive, 'killed' right after its n-th batch is committed (before Redis removes it)."""
 
     def __init__(self, archive, commits: int):
-        self.archive, self.commits, self.count = archive, commits, 0
+        super().__init__(archive)
+        self.commits = commits
 
-    def __getattr__(self, name):
-        return getattr(self.archive, name)
-
-    def __call__(self, task_id, first, entries):
-        self.archive(task_id, first, entries)
-        self.count += 1
-        if self.count == self.commits:
+    def after(self, call, first, entries):
+        if call == self.commits:
             raise Killed(f"killed after committing ordinals {first}..{first + len(entries) - 1}")
 
 
@@ -152,16 +148,10 @@ def test_a_trim_waits_for_a_running_requeue_and_a_requeue_for_a_running_trim(two
     assert refused.kind == "result" and refused.result.status == "warn"
     assert refused.result.summary.startswith("A requeue of `jobs` is running")
 
-    class Slow:
-        def __init__(self, archive):
-            self.archive = archive
-
-        def __getattr__(self, name):
-            return getattr(self.archive, name)
-
-        def __call__(self, *args):
+    class Slow(HookedArchive):
+        def before(self, call, entries):
             time.sleep(0.1)
-            self.archive(*args)
+            return entries
 
     queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), q.client)
     trimming = threading.Thread(target=queue.run_trim, kwargs=dict(keep=0, archive=Slow(trim_archive(two_queues)),
@@ -222,21 +212,16 @@ def test_a_stale_trimmer_is_fenced_off_by_the_one_that_took_over(two_queues, q, 
     queue = RedisListQueue(find_queue(two_queues.settings, "jobs"), q.client)
     woke = threading.Event()
 
-    class Stalls:
+    class Stalls(HookedArchive):
         """Stalls past its lease on the second batch, before or after committing it."""
 
-        def __init__(self, archive):
-            self.archive, self.calls = archive, 0
-
-        def __getattr__(self, name):
-            return getattr(self.archive, name)
-
-        def __call__(self, *args):
-            self.calls += 1
-            if self.calls == 2 and stall == "before_commit":
+        def before(self, call, entries):
+            if call == 2 and stall == "before_commit":
                 woke.wait(10)
-            self.archive(*args)
-            if self.calls == 2 and stall == "after_commit":
+            return entries
+
+        def after(self, call, first, entries):
+            if call == 2 and stall == "after_commit":
                 woke.wait(10)
 
     reports = {}

@@ -23,7 +23,7 @@ from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import find_queue
 from commands.dlq.trimmer import QueueTrim
 from tests.conftest import REDIS_URL
-from tests.support.dlq import archive_rows, dead_letter, kill, oldest_first, two_queues_runtime
+from tests.support.dlq import HookedArchive, archive_rows, dead_letter, kill, oldest_first, two_queues_runtime
 from tests.support.dlqlayout import QueueLayout
 from tests.support.servers import RedisServer
 from tests.test_dlq import BINARY
@@ -105,22 +105,21 @@ def _kill_connections(admin: redis.Redis, name: str) -> int:
     return killed
 
 
-class DuringRead:
+class DuringRead(HookedArchive):
     """The real archive; on call ``call``, after ``piece`` pieces of a streamed chunk were read
     (or after the commit, with ``piece`` None), ``then()`` runs."""
 
     def __init__(self, archive, call: int, piece: int | None, then):
-        self.archive, self.call, self.piece, self.then, self.calls = archive, call, piece, then, 0
+        super().__init__(archive)
+        self.call, self.piece, self.then = call, piece, then
 
-    def __getattr__(self, name):
-        return getattr(self.archive, name)
+    def before(self, call, entries):
+        if call == self.call and self.piece is not None and hasattr(entries, "pieces"):
+            return _Interrupted(entries, self.piece, self.then)
+        return entries
 
-    def __call__(self, task_id, first, entries):
-        self.calls += 1
-        if self.calls == self.call and self.piece is not None and hasattr(entries, "pieces"):
-            entries = _Interrupted(entries, self.piece, self.then)
-        self.archive(task_id, first, entries)
-        if self.calls == self.call and self.piece is None:
+    def after(self, call, first, entries):
+        if call == self.call and self.piece is None:
             self.then()
 
 
@@ -582,19 +581,15 @@ def test_sidekiq_pruning_between_the_trims_size_and_its_read_never_makes_it_cut_
         assert report.dropped == 5 and set(archived) >= set(members[5:10])
 
 
-class EachCommit:
+class EachCommit(HookedArchive):
     """The real archive; after its n-th commit, ``actions[n]()`` runs."""
 
     def __init__(self, archive, actions):
-        self.archive, self.actions, self.calls = archive, actions, 0
+        super().__init__(archive)
+        self.actions = actions
 
-    def __getattr__(self, name):
-        return getattr(self.archive, name)
-
-    def __call__(self, *args):
-        self.archive(*args)
-        self.calls += 1
-        self.actions.get(self.calls, lambda: None)()
+    def after(self, call, first, entries):
+        self.actions.get(call, lambda: None)()
 
 
 @pytest.mark.parametrize("kind", list(CLIENTS))
@@ -636,15 +631,8 @@ def test_chunks_of_huge_entries_stay_under_batch_bytes_from_the_second_one_on(ru
     kill(redis_client, entries, dead)
     sizes = []
 
-    class Measured:
-        def __init__(self, archive):
-            self.archive = archive
-
-        def __getattr__(self, name):
-            return getattr(self.archive, name)
-
-        def __call__(self, task_id, first, chunk):
-            self.archive(task_id, first, chunk)
+    class Measured(HookedArchive):
+        def after(self, call, first, chunk):
             sizes.append(sum(map(len, chunk)))
 
     trim = QueueTrim(_queue(runtime, redis_client))

@@ -14,27 +14,24 @@ import redis
 from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import find_queue
 from commands.dlq.trimmer import QueueTrim
-from tests.support.dlq import archive_rows, assert_exactly_once, dead_letter, kill, oldest_first, two_queues_runtime
+from tests.support.dlq import (HookedArchive, archive_rows, assert_exactly_once, dead_letter, kill, oldest_first,
+                               two_queues_runtime)
 from tests.support.dlqlayout import QueueLayout
 from tests.support.servers import free_port, wait_for_port
 from tests.test_dlq import BINARY
 from tests.test_dlq_trim import trim_archive
 
 
-class TakesTheOldest:
+class TakesTheOldest(HookedArchive):
     """The real archive; on its n-th call, after committing, a consumer pops the oldest dead letter."""
 
     def __init__(self, archive, client, dead, call: int):
-        self.archive, self.client, self.dead, self.call, self.calls = archive, client, dead, call, 0
+        super().__init__(archive)
+        self.client, self.dead, self.call = client, dead, call
         self.taken: list[bytes] = []
 
-    def __getattr__(self, name):
-        return getattr(self.archive, name)
-
-    def __call__(self, *args):
-        self.archive(*args)
-        self.calls += 1
-        if self.calls == self.call:
+    def after(self, call, first, entries):
+        if call == self.call:
             self.taken.append(self.client.rpop(self.dead))
 
 

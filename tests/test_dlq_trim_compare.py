@@ -16,7 +16,8 @@ from commands.dlq import trimpieces
 from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import find_queue
 from commands.dlq.trimmer import QueueTrim
-from tests.support.dlq import archive_rows, assert_exactly_once, dead_letter, kill, oldest_first, two_queues_runtime
+from tests.support.dlq import (HookedArchive, archive_rows, assert_exactly_once, dead_letter, kill, oldest_first,
+                               two_queues_runtime)
 from tests.support.dlqlayout import QueueLayout
 from tests.test_dlq import BINARY
 from tests.test_dlq_trim import trim_archive
@@ -85,24 +86,20 @@ def test_exact_entries_are_removed_only_for_their_ordinal_and_lease(runtime, red
     assert int(q.client.hget(trim.key, "dropped")) == 6
 
 
-class Producing:
+class Producing(HookedArchive):
     """The real archive; after each commit a producer pushes a new dead letter (at the newest end) and,
     on call ``put_back``, someone pushes one back at the oldest end."""
 
     def __init__(self, archive, client, dead, put_back: int | None = None):
-        self.archive, self.client, self.dead, self.put_back = archive, client, dead, put_back
-        self.calls, self.pushed, self.put = 0, [], []
+        super().__init__(archive)
+        self.client, self.dead, self.put_back = client, dead, put_back
+        self.pushed, self.put = [], []
 
-    def __getattr__(self, name):
-        return getattr(self.archive, name)
-
-    def __call__(self, *args):
-        self.archive(*args)
-        self.calls += 1
-        self.pushed.append(dead_letter(100_000 + self.calls))
+    def after(self, call, first, entries):
+        self.pushed.append(dead_letter(100_000 + call))
         self.client.lpush(self.dead, self.pushed[-1])
-        if self.calls == self.put_back:
-            self.put.append(b"put back %d" % self.calls)
+        if call == self.put_back:
+            self.put.append(b"put back %d" % call)
             self.client.rpush(self.dead, self.put[-1])
 
 

@@ -16,7 +16,8 @@ from commands.dlq import lua
 from commands.dlq.redis_list import RedisListQueue
 from commands.dlq.settings import find_queue
 from commands.dlq.trimmer import QueueTrim
-from tests.support.dlq import archive_rows, assert_exactly_once, dead_letter, kill, oldest_first, two_queues_runtime
+from tests.support.dlq import (HookedArchive, archive_rows, assert_exactly_once, dead_letter, kill, oldest_first,
+                               two_queues_runtime)
 from tests.support.dlqlayout import QueueLayout
 from tests.test_dlq import BINARY
 from tests.test_dlq_trim import KilledAfterCommit, Killed, trim_archive
@@ -32,19 +33,15 @@ def _queue(runtime, client) -> RedisListQueue:
     return RedisListQueue(find_queue(runtime.settings, "jobs"), client)
 
 
-class AfterCommit:
+class AfterCommit(HookedArchive):
     """The real archive; after its ``call``-th commit, ``then(client, dead)`` runs (someone else's write)."""
 
     def __init__(self, archive, client, dead, call: int, then):
-        self.archive, self.client, self.dead, self.call, self.then, self.calls = archive, client, dead, call, then, 0
+        super().__init__(archive)
+        self.client, self.dead, self.call, self.then = client, dead, call, then
 
-    def __getattr__(self, name):
-        return getattr(self.archive, name)
-
-    def __call__(self, *args):
-        self.archive(*args)
-        self.calls += 1
-        if self.calls == self.call:
+    def after(self, call, first, entries):
+        if call == self.call:
             self.then(self.client, self.dead)
 
 
@@ -150,20 +147,13 @@ def test_a_list_emptied_under_a_watched_read_archives_nothing_of_that_chunk(runt
     kill(q.client, entries, q.dead)
     taken: list[bytes] = []
 
-    class EmptiedBeforeReading:
+    class EmptiedBeforeReading(HookedArchive):
         """On its 2nd call, someone takes all but 10 entries before the archive reads the chunk."""
 
-        def __init__(self, archive):
-            self.archive, self.calls = archive, 0
-
-        def __getattr__(self, name):
-            return getattr(self.archive, name)
-
-        def __call__(self, *args):
-            self.calls += 1
-            if self.calls == 2:
+        def before(self, call, entries):
+            if call == 2:
                 taken.extend(q.client.rpop(q.dead, q.client.llen(q.dead) - 10))
-            self.archive(*args)
+            return entries
 
     report = _queue(runtime, q.client).run_trim(keep=5, archive=EmptiedBeforeReading(trim_archive(runtime)),
                                                 batch=50, chunk=400)
@@ -204,16 +194,9 @@ def test_a_write_between_two_pieces_of_a_streamed_chunk_leaves_every_entry_exact
     kill(q.client, entries, q.dead)
     taken, added = [], []
 
-    class WritesMidStream:
-        def __init__(self, archive):
-            self.archive, self.calls = archive, 0
-
-        def __getattr__(self, name):
-            return getattr(self.archive, name)
-
-        def __call__(self, task_id, first, chunk):
-            self.calls += 1
-            if self.calls == call:
+    class WritesMidStream(HookedArchive):
+        def before(self, n, chunk):
+            if n == call:
                 assert hasattr(chunk, "pieces")            # the watched path streams
                 read = chunk.pieces
 
@@ -231,7 +214,7 @@ def test_a_write_between_two_pieces_of_a_streamed_chunk_leaves_every_entry_exact
                                 q.client.rpush(q.dead, added[-1])
 
                 chunk.pieces = pieces
-            self.archive(task_id, first, chunk)
+            return chunk
 
     report = _queue(runtime, q.client).run_trim(keep=5, archive=WritesMidStream(trim_archive(runtime)), batch=50,
                                                 chunk=400, max_drop=len(entries) - 5)

@@ -15,7 +15,7 @@ from bot.config.pgurl import pg_params
 from bot.core.invocation import Actor, Where
 from bot.store.postgres import connect
 from tests.conftest import ALICE, BOB, BOT_TOKEN, write_config
-from tests.support.dlq import archive_rows, assert_exactly_once, dead_letter, kill
+from tests.support.dlq import HookedArchive, archive_rows, assert_exactly_once, dead_letter, kill
 from tests.support.pgbouncer import PgBouncer
 from tests.support.commands import EXECUTIONS
 
@@ -144,19 +144,15 @@ def test_a_ten_thousand_entry_trim_archives_through_the_pooler(bouncer, tmp_path
     assert_exactly_once(redis_client, database_url, Counter(entries), "jobs", "jobs:dead")
 
 
-class KillPoolerAfter:
+class KillPoolerAfter(HookedArchive):
     """The real trim archive; the pooler is SIGKILLed by its PID right after the n-th batch is committed."""
 
     def __init__(self, archive, bouncer: PgBouncer, commits: int):
-        self.archive, self.bouncer, self.commits, self.count = archive, bouncer, commits, 0
+        super().__init__(archive)
+        self.bouncer, self.commits = bouncer, commits
 
-    def __getattr__(self, name):
-        return getattr(self.archive, name)
-
-    def __call__(self, task_id, first, entries):
-        self.archive(task_id, first, entries)
-        self.count += 1
-        if self.count == self.commits:
+    def after(self, call, first, entries):
+        if call == self.commits:
             self.bouncer.kill()
 
 

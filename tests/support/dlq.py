@@ -87,3 +87,28 @@ def two_queues_runtime(tmp_path: Path, database_url: str, make_runtime, fake_sla
     path = write_config(tmp_path / "app.yaml", database_url, api_url=fake_slack.api_url)
     (layout or QueueLayout.server(None, REDIS_URL)).configure(path, "keep: 5, batch: 7", step=True)
     return make_runtime(path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+
+
+class HookedArchive:
+    """The real trim archive with hooks around each of its calls, for tests that act at a chosen point of a trim:
+    ``before(n, chunk)`` runs before the n-th call archives ``chunk`` and returns what it archives (the chunk, or a
+    wrapper of it); ``after(n, first, chunk)`` runs once that call has committed. ``calls`` counts the calls; any
+    other attribute is the archive's. A test subclasses it and overrides the hook it needs."""
+
+    def __init__(self, archive):
+        self.archive, self.calls = archive, 0
+
+    def __getattr__(self, name):
+        return getattr(self.archive, name)
+
+    def __call__(self, task_id, first, entries):
+        self.calls += 1
+        entries = self.before(self.calls, entries)
+        self.archive(task_id, first, entries)
+        self.after(self.calls, first, entries)
+
+    def before(self, call: int, entries):
+        return entries
+
+    def after(self, call: int, first: int, entries) -> None:
+        pass
