@@ -102,6 +102,29 @@ def test_blocks_slack_refuses_are_answered_with_its_errors_list(fake, client, bl
     assert fake.refusals("invalid_blocks")[0].body["blocks"] == blocks  # recorded as sent
 
 
+def test_a_block_seen_before_is_judged_the_same_wherever_it_comes(client):
+    """slack_sdk's verdict on a block is remembered (a bot sends the same blocks again and again); the
+    errors still point at where the block is in each message."""
+    unknown, extra = {"type": "carousel_of_dreams"}, {**section("x"), "colour": "red"}
+    for before in ([], [section("ok")], [section("ok"), {"type": "divider"}]):
+        at = len(before)
+        answer = refused(lambda: client.chat_postMessage(channel="C1", text="t", blocks=[*before, unknown, extra]))
+        assert answer["errors"] == [f"unsupported type: carousel_of_dreams [json-pointer:/blocks/{at}]",
+                                    f"invalid additional property: colour [json-pointer:/blocks/{at + 1}]"]
+    assert client.chat_postMessage(channel="C1", text="t", blocks=[section("x")] * 3)["ok"]
+
+
+def test_a_block_too_deep_to_write_as_json_is_still_judged(fake):
+    """The verdict cache keys a block by its JSON; one nested deeper than json.dumps goes (an in-process ack)
+    is judged without the cache, as before the cache, instead of raising RecursionError."""
+    deep = inner = {"type": "divider"}
+    for _ in range(3000):
+        inner["x"] = {}
+        inner = inner["x"]
+    assert fake.acked({"text": "t", "blocks": [deep]}).answer["errors"] == [
+        "invalid additional property: x [json-pointer:/blocks/0]"]
+
+
 def test_slack_sdk_alone_misses_a_button_too_long_inside_an_actions_block():
     Block.parse({"type": "actions", "elements": [button("b" * 76)]}).validate_json()  # passes: not recursive
 
@@ -224,6 +247,37 @@ def test_a_response_url_answers_errors_with_an_http_status_and_a_short_body(fake
     fake.expire("k2")
     expired = WebhookClient(fake.response_url("k2")).send_dict({"text": "late"})
     assert (expired.status_code, expired.body) == (404, "expired_url")
+
+
+def test_a_response_url_takes_five_messages_even_when_they_arrive_at_once(fake, monkeypatch):
+    """Slack takes 5 messages per response_url; posts racing each other must not all pass the count while
+    each is being checked (the check is made slow here, as a long message's is)."""
+    import threading
+    import time
+
+    import httpx
+
+    from tests.support import fakeslack
+
+    real = fakeslack.message_refusal
+    monkeypatch.setattr(fakeslack, "message_refusal", lambda body: (time.sleep(0.05), real(body))[1])
+    start, statuses = threading.Barrier(8), []
+
+    def post():
+        start.wait()
+        statuses.append(httpx.post(fake.response_url("k4"), json={"text": "t"}).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] * 5 + [404] * 3
+    assert len([c for c in fake.responses("k4") if c.ok]) == 5
+    refused_post = httpx.post(fake.response_url("k5"), json={"text": "t", "blocks": [section("x" * 3001)]})
+    assert refused_post.status_code == 400  # a refused post does not use up the URL
+    assert [httpx.post(fake.response_url("k5"), json={"text": "t"}).status_code for _ in range(6)] == [200] * 5 + [404]
+    assert httpx.get(fake.base + "/_stats").json()["response/k5"] == 7
 
 
 def test_a_response_url_refuses_a_body_that_is_not_json(fake):

@@ -15,6 +15,7 @@ pointers because slack_sdk skips some (an actions block's buttons, unknown keys,
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -177,17 +178,35 @@ class _Checker:
     def _sdk(self, block: dict, pointer: str, *, quiet: bool) -> None:
         """slack_sdk's own validation; its messages are added when the documented checks found nothing."""
         try:
-            parsed = Block.parse(block)
-            if parsed is None:
-                raise SlackObjectFormationError(f"unsupported type: {block.get('type')}")
-            parsed.validate_json()
-            parsed.to_dict()  # validates nested elements, text objects and confirm dialogs too
-        except (SlackObjectFormationError, TypeError, ValueError, AttributeError, KeyError) as exc:
-            if not quiet:
-                self.add(str(exc).splitlines()[0] or type(exc).__name__, pointer)
+            error, attributes = _cached_sdk_verdict(json.dumps(block, sort_keys=True))
+        except (TypeError, ValueError, RecursionError):  # not JSON, or too deep to write or read back (an
+            error, attributes = _sdk_verdict(block)      # in-process ack): checked as it is, without the cache
+        if quiet:
             return
-        if not quiet:
-            self.keys(block, set(parsed.attributes) | {"type"}, pointer)
+        if error is not None:
+            self.add(error, pointer)
+        else:
+            self.keys(block, attributes | {"type"}, pointer)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_sdk_verdict(canonical: str) -> tuple[str | None, frozenset[str]]:
+    """The verdict on a block seen before: a bot sends the same blocks again and again (help, buttons), and
+    slack_sdk's models take about 50 us a block, most of the fake's time in a busy run."""
+    return _sdk_verdict(json.loads(canonical))
+
+
+def _sdk_verdict(block: dict) -> tuple[str | None, frozenset[str]]:
+    """(slack_sdk's first error line, or None; the block's known attributes)."""
+    try:
+        parsed = Block.parse(block)
+        if parsed is None:
+            raise SlackObjectFormationError(f"unsupported type: {block.get('type')}")
+        parsed.validate_json()
+        parsed.to_dict()  # validates nested elements, text objects and confirm dialogs too
+    except (SlackObjectFormationError, TypeError, ValueError, AttributeError, KeyError) as exc:
+        return str(exc).splitlines()[0] or type(exc).__name__, frozenset()
+    return None, frozenset(parsed.attributes)
 
 
 def block_errors(blocks: Any, pointer: str = "/blocks", limit: int = MESSAGE_BLOCKS) -> list[str]:

@@ -71,6 +71,8 @@ class FakeSlack:
         self.workspace = Workspace()
         self.answers: dict[str, dict] = {}  # method -> fixed answer (e.g. apps.connections.open)
         self._calls: list[Call] = []
+        self._counts: dict[str, int] = {}  # method -> calls; for /_stats
+        self._used: dict[str, int] = {}  # method -> calls answered ok; a response_url takes 5 (see _respond)
         self._failures: dict[str, list[tuple[int, dict, dict]]] = {}
         self._allowed: set[str] = set()
         self._expired: set[str] = set()
@@ -148,9 +150,16 @@ class FakeSlack:
         refusal = message_refusal(answer)
         call.answer, call.refusal = refusal or {"ok": True}, refusal and refusal["error"]
         with self._lock:
-            self._calls.append(call)
-            self._lock.notify_all()
+            self._record(call)
         return call
+
+    def _record(self, call: Call) -> None:
+        """Keep a call (with the lock held), and count it: a busy run (a benchmark) makes tens of thousands."""
+        self._calls.append(call)
+        self._counts[call.method] = self._counts.get(call.method, 0) + 1
+        if call.ok and not call.method.startswith("response/"):  # a response_url's uses are taken in _respond
+            self._used[call.method] = self._used.get(call.method, 0) + 1
+        self._lock.notify_all()
 
     # -- inspection -------------------------------------------------------------------
     def calls(self, method: str | None = None) -> list[Call]:
@@ -196,9 +205,7 @@ class FakeSlack:
         path = request.path.split("?", 1)[0]
         if path == "/_stats":  # for out-of-process users (benchmarks): calls per method
             with self._lock:
-                counts: dict[str, int] = {}
-                for call in self._calls:
-                    counts[call.method] = counts.get(call.method, 0) + 1
+                counts = dict(self._counts)
             send_json(request, 200, counts)
             return
         body: Any
@@ -220,8 +227,7 @@ class FakeSlack:
         status, answer, extra = self._answer(call)
         call.status, call.answer = status, answer
         with self._lock:  # recorded before the answer goes out: a client that got it can inspect the call
-            self._calls.append(call)
-            self._lock.notify_all()
+            self._record(call)
         payload = json.dumps(answer).encode() if not isinstance(answer, bytes) else answer
         request.send_response(status)
         request.send_header("Content-Type", "application/json" if not isinstance(answer, bytes) else "text/plain")
@@ -278,19 +284,23 @@ class FakeSlack:
     def _respond(self, call: Call) -> tuple[int, Any, dict]:
         """A post to a response_url: Slack answers errors with an HTTP status and a one-word body."""
         key = call.method.removeprefix("response/")
-        with self._lock:
+        with self._lock:  # a use is taken here, before the checks: posts at once cannot all pass the count
             expired = key in self._expired
-            used = len([c for c in self._calls if c.method == call.method and c.ok])
+            used = self._used.get(call.method, 0)
+            if not expired and used < RESPONSE_URL_USES:
+                self._used[call.method] = used + 1
         if expired or used >= RESPONSE_URL_USES:
             call.refusal = "expired_url" if expired else "used_url"
             return 404, call.refusal.encode(), {}
         if not isinstance(call.body, dict):
             call.refusal = "invalid_payload"
-            return 400, b"invalid_payload", {}
-        answer = message_refusal(call.body)
-        if answer:
-            call.refusal = answer["error"]
-            return 400, answer["error"].encode(), {}
+        else:
+            answer = message_refusal(call.body)
+            call.refusal = answer and answer["error"]
+        if call.refusal:  # a refused post does not use the URL up: its use is given back
+            with self._lock:
+                self._used[call.method] -= 1
+            return 400, call.refusal.encode(), {}
         return 200, b"ok", {}
 
     # -- Web API methods (each answers like Slack; ``ok: false`` answers count as refusals) --
