@@ -394,3 +394,43 @@ def test_an_endless_or_unreadable_config_is_refused(tmp_path):
         load_settings("/dev/zero", env={})
     with pytest.raises(ConfigError, match="cannot read configuration"):
         load_settings(tmp_path, env={})
+
+
+def test_a_rate_limit_written_as_a_bare_number_is_taken(tmp_path):
+    """app.yaml says "or 0 for none": `per_user: 0` (a YAML number) turns the limit off, as "0" does."""
+    settings = load_settings(write(tmp_path, BASE + "limits:\n  per_user: 0\n  per_command: 50\n"), env={})
+    assert settings.limits.parsed("per_user") == (0, 0.0)
+    assert settings.limits.parsed("per_command") == (50, 60.0)
+    assert "limits.per_user: Input should be a valid string" in error_for(tmp_path, BASE + "limits:\n  per_user: yes\n")
+
+
+@pytest.mark.parametrize("backend", ["rq", "sidekiq", "bullmq"])
+def test_a_job_system_queue_on_a_redis_cluster_is_refused_up_front(tmp_path, backend):
+    cluster = BASE + textwrap.dedent(f"""
+        redis:
+          jobs: {{url: "redis://127.0.0.1:7000", cluster: true}}
+        queues:
+          - {{name: work, backend: {backend}, redis: jobs}}
+        """)
+    assert f"queues[0].redis: 'jobs' is a Redis Cluster, and the {backend} backend works on a single Redis server " \
+           "only" in error_for(tmp_path, cluster)
+    listed = cluster.replace(f"backend: {backend}", "backend: redis-list, ready: '{w}:ready', dead: '{w}:dead'")
+    assert load_settings(write(tmp_path, listed), env={}).redis["jobs"].cluster
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", "limits.per_user: '-1' is not a rate: the count must be 0 or more"),
+    ("'-5/1m'", "limits.per_user: '-5/1m' is not a rate: the count must be 0 or more"),
+    ("5/0s", "limits.per_user: '5/0s' is not a rate: the period must be longer than 0"),
+    ("1.5", "limits.per_user: '1.5' is not a rate; write e.g. 30/1m"),
+    ("30.0", "limits.per_user: '30.0' is not a rate; write e.g. 30/1m"),
+])
+def test_a_rate_limit_that_cannot_work_is_refused_naming_the_key(tmp_path, value, message):
+    """A negative count refused every command ("limited to -1 per 1m"), a zero period divided by zero on each
+    one; a float was refused as "Input should be a valid string" although numbers are taken."""
+    assert message in error_for(tmp_path, BASE + f"limits:\n  per_user: {value}\n")
+
+
+def test_a_rate_limit_of_zero_per_any_period_is_no_limit(tmp_path):
+    settings = load_settings(write(tmp_path, BASE + "limits:\n  per_user: 0/0s\n  per_command: ' 0 '\n"), env={})
+    assert settings.limits.parsed("per_user")[0] == 0 and settings.limits.parsed("per_command") == (0, 0.0)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, create_model, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, create_model, field_validator, model_validator
 
 from bot.config.load import ConfigError, load_model, secret_values
 from bot.config.types import ConfigModel as _Model
@@ -105,6 +105,13 @@ class LimitSettings(_Model):
     guarded_per_user: str = "6/1m"
     per_command: str = "120/1m"
 
+    @field_validator("per_user", "guarded_per_user", "per_command", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        """``per_user: 0`` (a YAML number, as the comment in app.yaml suggests) means no limit, like ``"0"``; a
+        float is read as text too, so that it is refused as a rate rather than as "not a string"."""
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
     def parsed(self, name: str) -> tuple[int, float]:
         return parse_rate(getattr(self, name))
 
@@ -115,9 +122,14 @@ def parse_rate(text: str) -> tuple[int, float]:
         return 0, 0.0
     count, _, period = str(text).partition("/")
     try:
-        return int(count), parse_duration(period or "1m")
+        number, seconds = int(count), parse_duration(period or "1m")
     except ValueError:
         raise ValueError(f"{text!r} is not a rate; write e.g. 30/1m") from None
+    if number < 0:  # would refuse every command: "limited to -1 per 1m"
+        raise ValueError(f"{text!r} is not a rate: the count must be 0 or more (0 for no limit); write e.g. 30/1m")
+    if number and seconds <= 0:  # the limiter buckets time by the period: it would divide by zero
+        raise ValueError(f"{text!r} is not a rate: the period must be longer than 0; write e.g. 30/1m")
+    return number, seconds
 
 
 class RedisTarget(_Model):

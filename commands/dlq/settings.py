@@ -43,7 +43,8 @@ class QueueSettings(_Model):
 
 
 def check_queues(settings) -> None:
-    """Queue names are unique, an http queue has a url, a redis-list queue names a configured Redis."""
+    """Queue names are unique, an http queue has a url, the others name a configured Redis (a Redis Cluster only
+    for a redis-list queue)."""
     seen: set[str] = set()
     for index, queue in enumerate(settings.queues):
         if queue.name in seen:
@@ -59,6 +60,11 @@ def check_queues(settings) -> None:
         if queue.redis not in settings.redis:
             known = ", ".join(settings.redis) or "none configured"
             raise ValueError(f"queues[{index}].redis: unknown redis connection {queue.redis!r} (known: {known})")
+        if queue.backend != "redis-list" and settings.redis[queue.redis].cluster:
+            # RQ and Sidekiq do not run on a Redis Cluster; BullMQ does (with a {hash-tagged} prefix), but the
+            # keys opsbot keeps beside a job queue (its task, lease and batch) are not in the queue's slot.
+            raise ValueError(f"queues[{index}].redis: {queue.redis!r} is a Redis Cluster, and the {queue.backend} "
+                             "backend works on a single Redis server only")
 
 
 def find_queue(settings, name: str | None) -> QueueSettings:
