@@ -197,3 +197,30 @@ def test_check_tells_a_session_mode_pooler_from_a_transaction_mode_one(database_
     assert found["database main"]["level"] == "ok", detail
     assert f"pooler: none (a proxy answers on port {session.port} for PostgreSQL's" in detail
     assert "session mode, or no pooling" in detail
+
+
+def test_check_gives_up_on_a_pooler_that_queues_its_queries_and_exits_on_time(database_url, tmp_path):
+    """A session-mode pool whose one server session another client holds: PgBouncer takes the login and queues
+    every query for its query_wait_timeout (120 s). `opsbot check` reports those targets as hanging at its
+    deadline and exits then, instead of waiting the pooler out (its threads would have been joined at exit)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    with PgBouncer(database_url, pool_mode="session", pool_size=1) as session:
+        with psycopg.connect(session.url, autocommit=True) as holder:
+            holder.execute("SELECT 1")  # session mode: the pool's only server session is this client's now
+            config = write_config(tmp_path / "app.yaml", session.url)
+            started = time.monotonic()
+            proc = subprocess.run([sys.executable, "-m", "bot", "--config", str(config), "check", "--json",
+                                   "--deadline", "3"], capture_output=True, text=True, timeout=100,
+                                  env={**os.environ, "RUN_MIGRATIONS": "true"})
+            took = time.monotonic() - started
+    checks = {c["target"]: c for c in json.loads(proc.stdout)["data"]["checks"]}
+    assert proc.returncode == 1, proc.stderr
+    assert checks["state postgres"]["level"] == "fail"
+    assert checks["state postgres"]["detail"].startswith("no answer within 3 s (a pooler queueing the query")
+    assert checks["state redis"]["level"] == "ok"  # the others still answer
+    assert took < 30, f"check took {took:.0f}s: it waited for the pooler"

@@ -5,15 +5,22 @@ Usage::
     result = run_checks(runtime)      # Result: ok when every target answered, fail naming those that did not
 
 Checks run concurrently with short timeouts, so one hanging target costs its
-own timeout, not the sum of all of them. Services are checked by the same probes
-as ``/ops health`` (auth header, timeout and body expectation from app.yaml).
+own timeout, not the sum of all of them. Some waits no timeout of ours covers: a
+connection pooler that accepts the login and then queues the query until its own
+``query_wait_timeout`` (PgBouncer: 120 s), a server that answers the handshake and
+then goes quiet. So the whole run has a deadline (``deadline``, 30 s): a check
+that has not answered by then is reported as hanging, and left behind on a daemon
+thread, so ``opsbot check`` exits on time. Services are checked by the same
+probes as ``/ops health`` (auth header, timeout and body expectation from app.yaml).
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 from redis.cluster import RedisCluster
@@ -29,6 +36,8 @@ from bot.store.postgres import connect, database_params, pooler_in_use, state_pa
 __all__ = ["run_checks"]
 
 TIMEOUT = 5.0
+DEADLINE = 30.0  # the whole run: what has not answered by then is reported as hanging
+WORKERS = 16
 _LEVEL = {True: "ok", None: "warn", False: "fail"}
 
 
@@ -36,7 +45,7 @@ class CheckFailed(Exception):
     pass
 
 
-def run_checks(runtime: Runtime) -> Result:
+def run_checks(runtime: Runtime, deadline: float = DEADLINE) -> Result:
     settings = runtime.settings
     checks: list[Check] = [
         Check("state redis", lambda: _redis_ping(runtime.state.redis)),
@@ -50,14 +59,18 @@ def run_checks(runtime: Runtime) -> Result:
         checks.append(Check(f"database {name}", lambda name=name: _database(runtime, name)))
     for group in runtime.groups:  # what each group checks (its queues, its templates, ...)
         checks += _group_checks(group, runtime)
-    with ThreadPoolExecutor(max_workers=min(len(checks) + 1, 16)) as pool:
-        services = pool.submit(check_services, settings.services)  # the same probes as `/ops health`
-        futures = [(check.target, pool.submit(_timed, check.run)) for check in checks]
-        outcomes = [(name, *future.result()) for name, future in futures]
+    answers = _all_within([lambda: check_services(settings.services), *[check.run for check in checks]], deadline)
+    late = f"no answer within {deadline:g} s (a pooler queueing the query, or a server that went quiet); gave up"
+    services, answers = answers[0], answers[1:]
+    outcomes = [(check.target, *(_outcome(answer) if answer else (False, late)))
+                for check, answer in zip(checks, answers)]
+    if services is None or not services[0]:
+        outcomes.append(("services", False, late if services is None else first_line(services[1])))
+    else:
         outcomes += [
             (f"service {c.service} {c.kind}", c.ok,
              f"ok, HTTP {c.status} ({c.ms:.0f} ms)" if c.ok else f"{c.detail} from {c.url}")
-            for c in services.result()
+            for c in services[1]
         ]
     failed = [name for name, ok, _ in outcomes if ok is False]
     warned = [name for name, ok, _ in outcomes if ok is None]
@@ -85,15 +98,54 @@ def _group_checks(group: Group, runtime: Runtime) -> list[Check]:
         return [Check(f"{group.name} checks", failing)]
 
 
-def _timed(fn: Callable[[], str]) -> tuple[bool | None, str]:
-    started = time.perf_counter()
-    try:
-        detail = fn()
-    except CheckWarning as exc:
-        return None, str(exc)
-    except Exception as exc:
-        return False, str(exc).strip() or type(exc).__name__
-    return True, f"{detail} ({(time.perf_counter() - started) * 1000:.0f} ms)"
+Answer = tuple[bool, Any, float]  # (True, what the job returned, or False, what it raised; seconds it took)
+
+
+def _all_within(jobs: Sequence[Callable[[], Any]], deadline: float) -> list[Answer | None]:
+    """Run ``jobs`` at once (up to WORKERS at a time) on daemon threads: per job, its answer, or None when it had
+    not answered within ``deadline`` seconds of the start.
+
+    Not a ThreadPoolExecutor: the interpreter joins its threads at exit, so a check stuck in a pooler's queue
+    would hold ``opsbot check`` for as long as the pooler keeps it."""
+    answers: list[Answer | None] = [None] * len(jobs)
+    waiting: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(jobs)):
+        waiting.put(index)
+    left = [len(jobs)]
+    changed = threading.Condition()
+
+    def work() -> None:
+        while True:
+            try:
+                index = waiting.get_nowait()
+            except queue.Empty:
+                return
+            started = time.perf_counter()
+            try:
+                answer: Answer = (True, jobs[index](), time.perf_counter() - started)
+            except Exception as exc:  # noqa: BLE001 - the check's failure, reported on its line
+                answer = (False, exc, time.perf_counter() - started)
+            with changed:
+                answers[index] = answer
+                left[0] -= 1
+                changed.notify_all()
+
+    for _ in range(min(WORKERS, len(jobs))):
+        threading.Thread(target=work, name="opsbot-check", daemon=True).start()
+    ends = time.monotonic() + deadline
+    with changed:
+        while left[0] and (remaining := ends - time.monotonic()) > 0:
+            changed.wait(remaining)
+        return list(answers)
+
+
+def _outcome(answer: Answer) -> tuple[bool | None, str]:
+    ok, value, took = answer
+    if ok:
+        return True, f"{value} ({took * 1000:.0f} ms)"
+    if isinstance(value, CheckWarning):
+        return None, str(value)
+    return False, str(value).strip() or type(value).__name__
 
 
 def _redis_ping(client) -> str:

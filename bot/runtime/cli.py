@@ -7,7 +7,7 @@ Usage::
     opsbot worker                # carry out queued Slack work (serve starts these itself)
     opsbot socket                # Slack over Socket Mode
     opsbot manifest [--socket] [--json]
-    opsbot check [--json]
+    opsbot check [--json] [--deadline S]
     opsbot migrate
     opsbot demo [--tour]         # embedded Redis + PostgreSQL and a broken world (needs the demo extra)
 
@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate app.yaml and reach every configured target")
     check.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
     check.add_argument("--json", action="store_true")
+    check.add_argument("--deadline", type=_seconds, default=30.0, metavar="S",
+                       help="give up on targets that have not answered after S seconds (default 30)")
 
     demo = sub.add_parser("demo", help="a sandbox with real Redis and PostgreSQL and a broken world to fix")
     demo.add_argument("--tour", action="store_true", help="run the scripted tour even in a terminal")
@@ -141,12 +143,11 @@ def _command(argv: Sequence[str] | None) -> int:
     scratch = None
     if args.verb == "serve" and args.workers:
         from bot.runtime.metrics import enable_multiprocess
-    if args.verb == "serve" and args.workers and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+
         # Worker processes count too: prometheus-client's multiprocess mode, set up before anything counts.
-        scratch = tempfile.mkdtemp(prefix="opsbot-metrics-")
-        enable_multiprocess(scratch)
-    elif args.verb == "serve" and args.workers:
-        enable_multiprocess(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            scratch = tempfile.mkdtemp(prefix="opsbot-metrics-")
+        enable_multiprocess(scratch or os.environ["PROMETHEUS_MULTIPROC_DIR"])
     try:
         return _main(args)
     finally:
@@ -354,6 +355,16 @@ def _manifest(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds in (0, 3600], for argparse."""
+    try:
+        if 0 < (value := float(text)) <= 3600:
+            return value
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 3600")
+
+
 def _check(settings: Settings, args: argparse.Namespace) -> int:
     from bot.core.result import to_json
     from bot.render.text import to_text
@@ -362,9 +373,9 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
     runtime = Runtime.connect(settings, timeout=5)
     try:
-        result = run_checks(runtime)
+        result = run_checks(runtime, deadline=args.deadline)
     finally:
-        runtime.close()
+        runtime.close(timeout=1.0)  # a pool thread stuck where a check hung is not waited for
     print(to_json(runtime.redactor.result(result)) if args.json else to_text(result, runtime.redactor))
     return EXIT_OK if result.status in ("ok", "warn") else EXIT_FAILED
 

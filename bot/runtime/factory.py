@@ -115,9 +115,9 @@ class Runtime:
 
         return SlackBoard(self.slack, channel, self.redactor, self.outbox, self.metrics, setting=setting)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         self.targets.close()
-        self.state.close()
+        self.state.close(timeout)
 
 
 def _webhook(url: str, metrics: Metrics):

@@ -125,9 +125,10 @@ class State:
     def pending_migrations(self, conn: psycopg.Connection) -> list[str]:
         return pending_migrations(conn, self.settings.state.db_schema, self.migrations)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """``timeout``: how long to wait for each of the pool's threads (one stuck connecting is left behind)."""
         if "pool" in self.__dict__:
-            self.pool.close()
+            self.pool.close(timeout=timeout)
         for client in ("redis", "ack_redis"):
             if client in self.__dict__:
                 self.__dict__[client].close()
