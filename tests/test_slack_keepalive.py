@@ -19,7 +19,7 @@ class CountingSlack:
     """A response_url endpoint on loopback that counts the connections it accepts and the replies it takes."""
 
     def __init__(self, answers: list[int] | None = None, close_after_each: bool = False,
-                 delays: list[float] | None = None):
+                 delays: list[float] | None = None, forgets_idle: bool = False):
         self.connections = 0
         self.replies: list[bytes] = []
         self.followed: list[str] = []  # GETs of where a 303 sent the reply
@@ -39,7 +39,13 @@ class CountingSlack:
                 pass
 
             def do_POST(self):
-                slack.replies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                self.served = getattr(self, "served", 0) + 1
+                if forgets_idle and self.served > 1:  # a NAT that forgot the connection: nothing comes back
+                    time.sleep(10)
+                    self.close_connection = True
+                    return
+                slack.replies.append(body)
                 time.sleep(slack.delays.pop(0) if slack.delays else 0)
                 status = slack.answers.pop(0) if slack.answers else 200
                 if status == 0:  # hang up without answering, as a server closing an idle connection just then
@@ -99,6 +105,23 @@ def test_a_429_is_retried_and_a_refusal_answers_with_slacks_status_and_body():
         refused = webhook(slack.url).send_dict({"text": "bad blocks"})
     assert (refused.status_code, refused.body) == (400, "invalid_blocks")
     assert len(slack.replies) == 3
+    assert slack.connections == 1
+
+
+def test_a_connection_idle_too_long_is_not_trusted_with_the_next_reply(monkeypatch):
+    """A NAT on the way may drop an idle connection without telling either end; a reply on it would wait its whole
+    timeout. After MAX_IDLE the next reply goes on a new connection (and a burst still shares one)."""
+    monkeypatch.setattr("bot.slack.keepalive.MAX_IDLE", 0.3)
+    with CountingSlack(forgets_idle=True) as slack:
+        assert KeepAliveWebhookClient(slack.url, timeout=3).send_dict({"text": "first"}).status_code == 200
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert KeepAliveWebhookClient(slack.url, timeout=3).send_dict({"text": "after a pause"}).status_code == 200
+        assert time.monotonic() - started < 2  # not the timeout, then a retry
+    assert slack.connections == 2 and len(slack.replies) == 2
+    with CountingSlack() as slack:
+        for n in range(3):
+            assert webhook(slack.url).send_dict({"text": f"burst {n}"}).status_code == 200
     assert slack.connections == 1
 
 

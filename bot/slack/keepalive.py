@@ -9,8 +9,8 @@ TLS handshake on hooks.slack.com) for every reply and closes it after. This clie
 the same request over a connection kept open in the calling thread for the next reply to
 the same host, and answers as ``urllib`` does: a non-2xx status is an ``HTTPError`` (so
 slack_sdk's retry handlers see 429s and 5xxs as before), a failure to send is a
-``URLError``. A connection the server has closed meanwhile is not reused, nor one opened
-with another timeout or TLS context; one it closes just as a reply goes (before answering
+``URLError``. A connection the server has closed meanwhile is not reused, nor one idle for
+more than ``MAX_IDLE`` seconds, nor one opened with another timeout or TLS context; one it closes just as a reply goes (before answering
 it) is replaced at once for that reply, not after slack_sdk's backoff. A proxy from the environment goes through ``urllib``
 as before, and so does a redirect, from the answer received (the reply is not posted twice).
 """
@@ -21,6 +21,7 @@ import http.client
 import io
 import select
 import threading
+import time
 import urllib.request
 from collections import OrderedDict
 from urllib.error import HTTPError, URLError
@@ -31,6 +32,10 @@ from slack_sdk.webhook import WebhookClient, WebhookResponse
 __all__ = ["KeepAliveWebhookClient"]
 
 KEEP = 4  # connections kept per thread (response_urls all go to hooks.slack.com)
+# A connection idle longer is not reused: a NAT or firewall on the way may have forgotten it without a word
+# (AWS's NAT gateway after 350 s, Azure's load balancer after 4 min), and a reply sent on it would wait its
+# whole timeout. Replies come in bursts (a command's progress, its outcome), which this still covers.
+MAX_IDLE = 30.0
 
 _local = threading.local()
 _proxies: dict[str, str] | None = None
@@ -112,11 +117,14 @@ def _proxied(parts) -> bool:
 
 
 def _take(key: tuple) -> http.client.HTTPConnection | None:
-    """This thread's open connection to ``key``'s host, unless the server closed it meanwhile."""
+    """This thread's open connection to ``key``'s host, unless the server closed it meanwhile or it sat idle."""
     kept: OrderedDict = getattr(_local, "conns", None) or OrderedDict()
     _local.conns = kept
-    conn = kept.pop(key, None)
+    conn, since = kept.pop(key, (None, 0.0))
     if conn is None:
+        return None
+    if time.monotonic() - since > MAX_IDLE:
+        conn.close()
         return None
     sock = conn.sock
     try:
@@ -131,6 +139,6 @@ def _take(key: tuple) -> http.client.HTTPConnection | None:
 
 def _keep(key: tuple, conn: http.client.HTTPConnection) -> None:
     kept: OrderedDict = _local.conns
-    kept[key] = conn
+    kept[key] = (conn, time.monotonic())
     while len(kept) > KEEP:
-        kept.popitem(last=False)[1].close()
+        kept.popitem(last=False)[1][0].close()
