@@ -22,10 +22,11 @@ from bot.config.secretnames import is_secret_key
 from bot.core.markup import Mrkdwn
 from bot.core.result import Button, Result, Section
 
-__all__ = ["Redactor", "MASK"]
+__all__ = ["Redactor", "MASK", "PATTERNS", "QUICK_CHECK"]
 
 MASK = "[redacted]"
-_PATTERNS = [
+# The secret patterns masked in free text, each with its replacement.
+PATTERNS = [
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*):[^\s@/]+@", re.I), r"\1:" + MASK + "@"),
     (re.compile(r"\bxox[abposre]-[A-Za-z0-9-]+"), MASK),
     (re.compile(r"\bxapp-[A-Za-z0-9-]+"), MASK),
@@ -41,7 +42,7 @@ _PATTERNS = [
 ]
 
 # Every pattern above needs one of these in the text; without any, none can match (checked once, not five times).
-_ANY = re.compile(r"://|xox[abposre]-|xapp-|bearer\s|[=:]", re.I)
+QUICK_CHECK = re.compile(r"://|xox[abposre]-|xapp-|bearer\s|[=:]", re.I)
 
 
 def _secretish(key: str, value: str) -> bool:
@@ -60,8 +61,8 @@ class Redactor:
         out = str(value)
         for secret in self.known:
             out = out.replace(secret, MASK)
-        if _ANY.search(out):
-            for pattern, replacement in _PATTERNS:
+        if QUICK_CHECK.search(out):
+            for pattern, replacement in PATTERNS:
                 out = pattern.sub(replacement, out)
         return Mrkdwn(out) if isinstance(value, Mrkdwn) else out
 
