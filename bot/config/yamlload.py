@@ -106,6 +106,8 @@ def read_yaml(path: Path) -> Node | None:
         return _Composer().compose(yaml.parse(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if "maximum nesting depth" in str(exc.problem):  # libyaml's own limit (1,000) met while scanning ahead
+            raise YamlRefused(mark.line + 1 if mark else None, f"nested more than {MAX_DEPTH} levels deep") from None
         raise YamlRefused(mark.line + 1 if mark else None, f"not valid YAML: {exc.problem or exc.context}") from None
     except yaml.reader.ReaderError as exc:
         raise YamlRefused(text.count("\n", 0, exc.position) + 1, f"not valid YAML: {exc.reason}") from None
