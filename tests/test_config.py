@@ -412,8 +412,8 @@ def test_a_job_system_queue_on_a_redis_cluster_is_refused_up_front(tmp_path, bac
         queues:
           - {{name: work, backend: {backend}, redis: jobs}}
         """)
-    assert f"queues[0].redis: 'jobs' is a Redis Cluster, and the {backend} backend works on a single Redis server " \
-           "only" in error_for(tmp_path, cluster)
+    assert f"queues[0].redis: 'jobs' is a Redis Cluster, and the {backend} backend of queue 'work' works on a single " \
+           "Redis server only" in error_for(tmp_path, cluster)
     listed = cluster.replace(f"backend: {backend}", "backend: redis-list, ready: '{w}:ready', dead: '{w}:dead'")
     assert load_settings(write(tmp_path, listed), env={}).redis["jobs"].cluster
 

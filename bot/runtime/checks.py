@@ -60,12 +60,16 @@ def run_checks(runtime: Runtime, deadline: float = DEADLINE) -> Result:
     for group in runtime.groups:  # what each group checks (its queues, its templates, ...)
         checks += _group_checks(group, runtime)
     answers = _all_within([lambda: check_services(settings.services), *[check.run for check in checks]], deadline)
-    late = f"no answer within {deadline:g} s (a pooler queueing the query, or a server that went quiet); gave up"
+    late = {None: f"no answer within {deadline:g} s (a pooler queueing the query, or a server that went quiet); "
+                  "gave up",
+            NOT_STARTED: f"not checked: the {deadline:g} s deadline came before a worker was free"}
     services, answers = answers[0], answers[1:]
-    outcomes = [(check.target, *(_outcome(answer) if answer else (False, late)))
+    outcomes = [(check.target, *(_outcome(answer) if isinstance(answer, tuple) else (False, late[answer])))
                 for check, answer in zip(checks, answers)]
-    if services is None or not services[0]:
-        outcomes.append(("services", False, late if services is None else first_line(services[1])))
+    if not isinstance(services, tuple):  # the probes answer all at once, or not at all: each service is late
+        outcomes += [(f"service {name}", False, late[services]) for name in settings.services]
+    elif not services[0]:
+        outcomes.append(("services", False, first_line(services[1])))
     else:
         outcomes += [
             (f"service {c.service} {c.kind}", c.ok,
@@ -99,18 +103,22 @@ def _group_checks(group: Group, runtime: Runtime) -> list[Check]:
 
 
 Answer = tuple[bool, Any, float]  # (True, what the job returned, or False, what it raised; seconds it took)
+NOT_STARTED = "not started"  # the answer of a job no worker was free for before the deadline
 
 
-def _all_within(jobs: Sequence[Callable[[], Any]], deadline: float) -> list[Answer | None]:
-    """Run ``jobs`` at once (up to WORKERS at a time) on daemon threads: per job, its answer, or None when it had
-    not answered within ``deadline`` seconds of the start.
+def _all_within(jobs: Sequence[Callable[[], Any]], deadline: float) -> list[Answer | str | None]:
+    """Run ``jobs`` at once (up to WORKERS at a time) on daemon threads: per job, its answer; None when it had
+    not answered within ``deadline`` seconds of the start; NOT_STARTED when no worker was free for it by then.
 
-    Not a ThreadPoolExecutor: the interpreter joins its threads at exit, so a check stuck in a pooler's queue
+    A job still running after TIMEOUT (one of ours already ran out, so it is stuck where no timeout reaches)
+    hands its slot to a new worker, so twenty hung databases do not keep the rest waiting. Not a
+    ThreadPoolExecutor: the interpreter joins its threads at exit, so a check stuck in a pooler's queue
     would hold ``opsbot check`` for as long as the pooler keeps it."""
-    answers: list[Answer | None] = [None] * len(jobs)
+    answers: list[Answer | str | None] = [NOT_STARTED] * len(jobs)
     waiting: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(jobs)):
         waiting.put(index)
+    running: dict[int, float] = {}  # job -> when it started, while it runs and holds its slot
     left = [len(jobs)]
     changed = threading.Condition()
 
@@ -120,22 +128,33 @@ def _all_within(jobs: Sequence[Callable[[], Any]], deadline: float) -> list[Answ
                 index = waiting.get_nowait()
             except queue.Empty:
                 return
+            with changed:
+                answers[index], running[index] = None, time.monotonic()
             started = time.perf_counter()
             try:
                 answer: Answer = (True, jobs[index](), time.perf_counter() - started)
-            except Exception as exc:  # noqa: BLE001 - the check's failure, reported on its line
+            except BaseException as exc:  # noqa: BLE001 - even SystemExit: the check's failure, on its line
                 answer = (False, exc, time.perf_counter() - started)
             with changed:
                 answers[index] = answer
                 left[0] -= 1
                 changed.notify_all()
+                if running.pop(index, None) is None:  # its slot was handed on while it hung: this worker is spare
+                    return
+
+    def start_worker() -> None:
+        threading.Thread(target=work, name="opsbot-check", daemon=True).start()
 
     for _ in range(min(WORKERS, len(jobs))):
-        threading.Thread(target=work, name="opsbot-check", daemon=True).start()
+        start_worker()
     ends = time.monotonic() + deadline
     with changed:
-        while left[0] and (remaining := ends - time.monotonic()) > 0:
-            changed.wait(remaining)
+        while left[0] and (now := time.monotonic()) < ends:
+            for index in [index for index, began in running.items() if now - began > TIMEOUT]:
+                del running[index]
+                start_worker()
+            wake = min([began + TIMEOUT for began in running.values()] + [ends])
+            changed.wait(max(wake - now, 0) + 0.01)
         return list(answers)
 
 
@@ -145,6 +164,8 @@ def _outcome(answer: Answer) -> tuple[bool | None, str]:
         return True, f"{value} ({took * 1000:.0f} ms)"
     if isinstance(value, CheckWarning):
         return None, str(value)
+    if not isinstance(value, Exception):  # SystemExit, KeyboardInterrupt raised by a check: named as such
+        return False, f"{type(value).__name__} {value}".strip()
     return False, str(value).strip() or type(value).__name__
 
 

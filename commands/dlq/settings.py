@@ -64,7 +64,7 @@ def check_queues(settings) -> None:
             # RQ and Sidekiq do not run on a Redis Cluster; BullMQ does (with a {hash-tagged} prefix), but the
             # keys opsbot keeps beside a job queue (its task, lease and batch) are not in the queue's slot.
             raise ValueError(f"queues[{index}].redis: {queue.redis!r} is a Redis Cluster, and the {queue.backend} "
-                             "backend works on a single Redis server only")
+                             f"backend of queue {queue.name!r} works on a single Redis server only")
 
 
 def find_queue(settings, name: str | None) -> QueueSettings:
