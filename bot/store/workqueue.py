@@ -8,6 +8,10 @@ Usage::
     ...
     queue.done("host:123", job)
 
+Pushes from concurrent threads go to Redis together, one LPUSH for all that gathered while the
+previous one was in flight (:class:`bot.store.groupcommit.GroupCommit`); each ``push`` still returns
+only when its own document is in Redis, and raises when that LPUSH failed.
+
 A job stays in its worker's processing list until it is done. A worker that
 dies (its heartbeat key expires) leaves its jobs there; :meth:`recover`, run by
 every live worker, moves them back to the queue. Nothing acked is lost.
@@ -20,6 +24,8 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, TYPE_CHECKING
+
+from bot.store.groupcommit import GroupCommit
 
 if TYPE_CHECKING:
     import redis
@@ -41,6 +47,8 @@ class WorkQueue:
         self.client = client
         self.prefix = prefix
         self.queue = f"{prefix}work:queue"
+        # LPUSH q a b c leaves c nearest the head: taken from the tail, a still goes first.
+        self._pushes: GroupCommit[str] = GroupCommit(lambda documents: client.lpush(self.queue, *documents))
 
     def _processing(self, owner: str) -> str:
         return f"{self.prefix}work:processing:{owner}"
@@ -50,7 +58,7 @@ class WorkQueue:
 
     def push(self, kind: str, body: dict[str, Any]) -> None:
         document = {"id": secrets.token_hex(8), "kind": kind, "body": body, "at": time.time()}
-        self.client.lpush(self.queue, json.dumps(document))
+        self._pushes.submit(json.dumps(document))
 
     def take(self, owner: str, timeout: float) -> Job | None:
         raw = self.client.blmove(self.queue, self._processing(owner), timeout, "RIGHT", "LEFT")

@@ -1,0 +1,75 @@
+"""Writes from many threads sent together, each thread returning only once its own write is done.
+
+Usage::
+
+    pushes = GroupCommit(lambda documents: client.lpush(key, *documents))
+    pushes.submit(document)      # returns once a send holding it succeeded; raises what that send raised
+
+The thread that finds no send in flight sends at once, with everything gathered so far; threads
+that arrive meanwhile wait, and when that send returns, the first of them sends everything
+gathered since (a database's group commit). A thread alone sends its own write at once, with no
+wait for company; under load one round trip to Redis carries many writes, where each write had
+cost a round trip of its own (a system call each way, the server's wake-up: most of the CPU of
+an ack). Writes are sent in the order they were submitted, and each is in exactly one send.
+
+``send`` must end within a bounded time (a socket timeout): the threads behind it wait for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["GroupCommit"]
+
+T = TypeVar("T")
+
+
+class _Write(Generic[T]):
+    __slots__ = ("item", "done", "error", "lead")
+
+    def __init__(self, item: T):
+        self.item = item
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.lead = False  # woken to send the next batch, rather than because its write was sent
+
+
+class GroupCommit(Generic[T]):
+    def __init__(self, send: Callable[[list[T]], Any], *, limit: int = 128):
+        self._send = send
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._gathered: list[_Write[T]] = []
+        self._sending = False
+
+    def submit(self, item: T) -> None:
+        write = _Write(item)
+        with self._lock:
+            self._gathered.append(write)
+            leads, self._sending = not self._sending, True
+        if not leads:
+            write.done.wait()
+            if not write.lead:
+                if write.error is not None:
+                    raise write.error
+                return
+        with self._lock:  # this write is the first gathered: it goes in this batch
+            batch, self._gathered = self._gathered[: self._limit], self._gathered[self._limit:]
+        error = None
+        try:
+            self._send([each.item for each in batch])
+        except BaseException as exc:  # noqa: BLE001 - every write of the batch learns it
+            error = exc
+        with self._lock:
+            following = self._gathered[0] if self._gathered else None
+            self._sending = following is not None
+        for each in batch[1:]:
+            each.error = error
+            each.done.set()
+        if following is not None:
+            following.lead = True
+            following.done.set()
+        if error is not None:
+            raise error

@@ -1,0 +1,115 @@
+"""Pushes onto the work queue from many threads at once: one LPUSH carries many, and each push still
+returns only once its own document is in Redis, raises when it is not, and is there exactly once.
+
+These are the acks of `opsbot serve` under load: waitress's threads each push one Slack delivery,
+and Slack hears "ok" only when the push returned.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import redis
+
+from bot.store.workqueue import WorkQueue
+from tests.support.servers import RedisServer
+
+THREADS, EACH = 24, 150
+
+
+def push_from_threads(queue: WorkQueue, *, each: int = EACH, between=None) -> tuple[list[dict], list[dict]]:
+    """Every thread pushes ``each`` bodies ``{"thread": t, "n": n}`` in order; returns (returned, raised)."""
+    returned: list[dict] = []
+    raised: list[dict] = []
+    start = threading.Barrier(THREADS)
+
+    def pusher(thread: int) -> None:
+        start.wait()
+        for n in range(each):
+            body = {"thread": thread, "n": n}
+            try:
+                queue.push("command", body)
+            except redis.RedisError:
+                raised.append(body)
+            else:
+                returned.append(body)
+            if between is not None:
+                between(thread, n)
+
+    threads = [threading.Thread(target=pusher, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a pusher never returned: a batch's leadership was lost"
+    return returned, raised
+
+
+def queued(client: redis.Redis, queue: WorkQueue) -> list[dict]:
+    """The queue's bodies in the order workers take them (from the tail)."""
+    return [json.loads(raw)["body"] for raw in reversed(client.lrange(queue.queue, 0, -1))]
+
+
+def test_every_push_is_queued_once_in_order_with_far_fewer_round_trips(own_redis):
+    client = redis.Redis.from_url(own_redis.url)
+    queue = WorkQueue(client, "gc:")
+    client.config_resetstat()
+    returned, raised = push_from_threads(queue)
+    assert raised == [] and len(returned) == THREADS * EACH
+    bodies = queued(client, queue)
+    assert sorted((b["thread"], b["n"]) for b in bodies) == [(t, n) for t in range(THREADS) for n in range(EACH)]
+    for thread in range(THREADS):  # each thread's pushes are taken in the order it made them
+        assert [b["n"] for b in bodies if b["thread"] == thread] == list(range(EACH))
+    lpushes = client.info("commandstats")["cmdstat_lpush"]["calls"]
+    assert lpushes < THREADS * EACH / 2, f"{lpushes} LPUSH for {THREADS * EACH} pushes: they were not gathered"
+
+
+def test_a_push_alone_goes_at_once(redis_client):
+    queue = WorkQueue(redis_client, "gc:")
+    queue.push("command", {"n": 1})
+    assert queued(redis_client, queue) == [{"n": 1}]
+
+
+def test_pushes_whose_lpush_failed_raise_and_are_not_queued_and_the_rest_go_on(redis_client):
+    """The queue's key turned into a string for a while (any Redis error will do): every push in a failed
+    LPUSH raises, so its request is told "not queued"; none of them is in the queue afterwards, every push
+    that returned is, once; and the threads behind a failed batch are still led on (nobody hangs)."""
+    queue = WorkQueue(redis_client, "gc:")
+
+    def break_and_mend(thread: int, n: int) -> None:
+        if thread == 0 and n == 40:  # the key becomes a string: LPUSH answers WRONGTYPE
+            redis_client.rename(queue.queue, "gc:aside")
+            redis_client.set(queue.queue, "not a list")
+        if thread == 0 and n == 80:
+            redis_client.delete(queue.queue)
+            redis_client.rename("gc:aside", queue.queue)
+
+    returned, raised = push_from_threads(queue, between=break_and_mend)
+    assert raised, "no push was made while the key was broken: the test proves nothing"
+    assert len(returned) + len(raised) == THREADS * EACH
+    bodies = queued(redis_client, queue)
+    assert sorted(map(json.dumps, bodies)) == sorted(map(json.dumps, returned))
+
+
+def test_every_push_that_returned_survives_redis_killed_mid_load():
+    """The server (appendfsync always) is killed under load: pushes after it raise, every thread returns, and
+    after a restart every push that had returned is in the queue, once. (One that raised may be there too: its
+    LPUSH can have been written before the reply was lost; the user was told it may not have been queued.)"""
+    server = RedisServer(persist=True).start()
+    try:
+        client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+        queue = WorkQueue(client, "gc:")
+
+        def kill_midway(thread: int, n: int) -> None:
+            if thread == 0 and n == 60:
+                server.kill()
+
+        returned, raised = push_from_threads(queue, between=kill_midway)
+        assert raised and len(returned) >= 60
+        server.start()
+        bodies = [json.dumps(body) for body in queued(server.client(), queue)]
+        assert len(bodies) == len(set(bodies))
+        assert set(map(json.dumps, returned)) <= set(bodies)
+    finally:
+        server.close()
