@@ -60,3 +60,53 @@ def test_a_timestamp_that_is_not_a_number_gets_401(bot, timestamp, caplog):
 def test_an_oversized_body_is_refused_before_anything_reads_it(bot):
     answer = bot.post("text=" + "x" * 2_000_000)
     assert answer.status_code == 413
+
+
+def _bolt_answer(bot, body: str, timestamp: str) -> tuple[str, dict, bytes]:
+    """What the Bolt app alone (build_app behind Bolt's own WSGI adapter) answers to ``body``."""
+    import io
+
+    from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+    from bot.slack.app import Intake, build_app
+    from bot.store.workqueue import WorkQueue
+
+    handler = SlackRequestHandler(build_app(bot.runtime, Intake(bot.runtime, WorkQueue(bot.runtime.state.ack_redis))))
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/slack/events", "SERVER_PROTOCOL": "HTTP/1.1",
+               "CONTENT_TYPE": "application/x-www-form-urlencoded", "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body.encode()), "HTTP_X_SLACK_REQUEST_TIMESTAMP": timestamp,
+               "HTTP_X_SLACK_SIGNATURE": bot.verifier.generate_signature(timestamp=timestamp, body=body)}
+    answer: dict = {}
+    content = b"".join(handler(environ, lambda status, headers: answer.update(status=status, headers=headers)))
+    return answer["status"], dict(answer["headers"]), content
+
+
+@pytest.mark.parametrize("text", ["help", "dlq requeue --bogus-flag"])
+def test_a_command_is_acked_without_bolt_exactly_as_bolt_acks_it(bot, text):
+    """`opsbot serve` acks /ops itself (the gate has verified and parsed it): the same status, content type and
+    body as the Bolt listener gives, for a plain ack and for a usage error answered in the ack."""
+    import time
+
+    body = bot.command_body(text, user="UALICE", channel="C1", channel_name="ops", key=f"same-{len(text)}",
+                            trigger="t")
+    status, headers, content = _bolt_answer(bot, body, str(int(time.time())))
+    answer = bot.post(body)
+    assert (f"{answer.status_code} OK", answer.headers["content-type"], answer.content) == \
+           (status, headers["content-type"], content)
+    assert answer.headers["content-length"] == headers["content-length"]
+    assert (b'"response_type": "ephemeral"' in content) == ("bogus" in text), content
+    assert bot.runtime.state.redis.llen("opsbot:work:queue") in (0, 1, 2)  # the worker may have taken them
+
+
+def test_a_command_that_says_payload_is_answered(bot):
+    """Bolt 1.30 reads any form body holding the text "payload" as an interaction, finds no payload field and
+    answers 404 (Slack: dispatch_failed), so `/ops audit verify payload` or a command from #payload-team was
+    lost. It is acked and run."""
+    import time
+
+    body = bot.command_body("help payload", user="UALICE", channel="C1", channel_name="payload-team", key="pl",
+                            trigger="t")
+    assert _bolt_answer(bot, body, str(int(time.time())))[0] == "404 Not Found"  # what Bolt alone does
+    reply = bot.command("help payload", channel_name="payload-team")
+    assert reply.http.status_code == 200
+    assert reply.text, reply.body

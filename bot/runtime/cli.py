@@ -248,7 +248,7 @@ def _print_outcome(outcome, rendered: str, args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from bot.runtime.http import HttpServer
-    from bot.slack.app import build_app
+    from bot.slack.app import Intake
     from bot.runtime.supervisor import WorkerProcesses
     from bot.runtime.worker import Worker
     from bot.store.workqueue import WorkQueue
@@ -258,8 +258,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"opsbot serve: missing required settings: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     runtime = _runtime(settings)
-    queue = WorkQueue(runtime.state.ack_redis, settings.state.prefix)  # pushed to before each ack
-    server = HttpServer(runtime, build_app(runtime, queue), host=args.host, port=args.port, threads=args.threads)
+    intake = Intake(runtime, WorkQueue(runtime.state.ack_redis, settings.state.prefix))  # pushes before each ack
+    server = HttpServer(runtime, intake, host=args.host, port=args.port, threads=args.threads)
     if args.workers:
         workers = WorkerProcesses(args.config_path, count=args.workers, threads=args.worker_threads,
                                   nice=args.worker_nice).start()
@@ -303,7 +303,7 @@ def _raise_exit(signum, frame):
 def _socket(settings: Settings, args: argparse.Namespace) -> int:
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-    from bot.slack.app import build_app
+    from bot.slack.app import Intake, build_app
     from bot.runtime.worker import Worker
     from bot.store.workqueue import WorkQueue
 
@@ -314,7 +314,7 @@ def _socket(settings: Settings, args: argparse.Namespace) -> int:
         print(f"opsbot socket: missing required settings: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     runtime = _runtime(settings)
-    app = build_app(runtime, WorkQueue(runtime.state.ack_redis, settings.state.prefix))
+    app = build_app(runtime, Intake(runtime, WorkQueue(runtime.state.ack_redis, settings.state.prefix)))
     worker = Worker(runtime, threads=args.worker_threads).start()
     handler = SocketModeHandler(app, settings.slack.app_token.get_secret_value())
     signal.signal(signal.SIGTERM, _raise_exit)

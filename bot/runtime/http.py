@@ -2,7 +2,7 @@
 
 Usage::
 
-    server = HttpServer(runtime, host="127.0.0.1", port=0)   # port 0: any free port
+    server = HttpServer(runtime, Intake(runtime, queue), host="127.0.0.1", port=0)   # port 0: any free port
     server.start()           # in a background thread; server.port is the bound port
     server.stop()
 
@@ -10,6 +10,15 @@ Routes: ``POST /slack/events`` (Bolt), ``GET /healthz`` (the process is up),
 ``GET /readyz`` (Redis and PostgreSQL answer; 503 naming the one that does not),
 ``GET /metrics`` (Prometheus; a bearer token when ``metrics.token`` is set), and the webhooks the groups
 offer (``POST /alerts``; :mod:`bot.runtime.hooks`).
+
+A slash command for the bot's own command (``/ops``) that passed the gate is acked here by the
+:class:`~bot.slack.app.Intake` without going through Bolt: the gate has verified and parsed it
+already, and Bolt would do both again, then build a context and match listeners, for the same
+two answers (an empty 200, or an ephemeral text as JSON). That is most of the CPU an ack costs
+and every ack of a busy incident is one. It also keeps a command whose body holds the word
+"payload" anywhere (``/ops dlq show payload``, a channel named #payload): Bolt 1.30 reads such a
+body as an interaction, finds no ``payload`` field and answers 404, so Slack said dispatch_failed.
+Everything else (buttons, forms, ssl_check, another command) goes to Bolt.
 """
 
 from __future__ import annotations
@@ -21,14 +30,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from waitress.server import create_server
 
 from bot.runtime.metrics import GaugeCollector
 from bot.runtime.factory import Runtime
 from bot.runtime.hooks import WebhookIntake
-from bot.slack.gate import SlackGate
+from bot.slack.app import Intake, build_app
+from bot.slack.gate import COMMAND, SlackGate
 from bot.store.workqueue import WorkQueue
 
 __all__ = ["HttpServer", "build_wsgi", "readiness"]
@@ -53,8 +62,10 @@ def readiness(runtime: Runtime, timeout: float = 2.0) -> dict[str, str]:
     return checks
 
 
-def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Callable:
-    slack = SlackRequestHandler(app, path=path)
+def build_wsgi(runtime: Runtime, intake: Intake, path: str = "/slack/events") -> Callable:
+    """The WSGI application of ``opsbot serve``: the Bolt app (:func:`bot.slack.app.build_app`) behind the gate."""
+    slack = SlackRequestHandler(build_app(runtime, intake), path=path)
+    command = runtime.settings.slack.command
     queue = WorkQueue(runtime.state.redis, runtime.settings.state.prefix)
     gauges = [
         GaugeCollector("opsbot_work_queue_depth", "Slack deliveries waiting for a worker", queue.depth),
@@ -93,6 +104,9 @@ def build_wsgi(runtime: Runtime, app: App, path: str = "/slack/events") -> Calla
                 log.warning("refused a request to %s: %s", path, reason)
                 return _json(start_response, status, {"ok": False, "error": reason})
             try:
+                form = environ.get(COMMAND)
+                if form is not None and form.get("command") == command:
+                    return _ack(start_response, intake.command(form))
                 return slack(environ, start_response)
             finally:
                 runtime.metrics.ack_seconds.observe(time.perf_counter() - started)
@@ -109,10 +123,21 @@ def _json(start_response: Callable, status: int, body: dict) -> list[bytes]:
     return [payload]
 
 
+def _ack(start_response: Callable, text: str | None) -> list[bytes]:
+    """The answer Bolt gives for ``ack()`` and ``ack(text=..., response_type="ephemeral")``, to the byte."""
+    if text is None:
+        body, content_type = b"", "text/plain;charset=utf-8"
+    else:
+        body, content_type = json.dumps({"text": text, "response_type": "ephemeral"}).encode(), \
+            "application/json;charset=utf-8"
+    start_response("200 OK", [("content-type", content_type), ("content-length", str(len(body)))])
+    return [body]
+
+
 class HttpServer:
-    def __init__(self, runtime: Runtime, app: App, *, host: str = "0.0.0.0", port: int = 3000, threads: int = 8):
+    def __init__(self, runtime: Runtime, intake: Intake, *, host: str = "0.0.0.0", port: int = 3000, threads: int = 8):
         self.server = create_server(
-            build_wsgi(runtime, app), host=host, port=port, threads=threads, ident="opsbot", clear_untrusted_proxy_headers=True
+            build_wsgi(runtime, intake), host=host, port=port, threads=threads, ident="opsbot", clear_untrusted_proxy_headers=True
         )
         self._thread: threading.Thread | None = None
         self._stopping = False

@@ -2,7 +2,8 @@
 
 Usage::
 
-    app = build_app(runtime, WorkQueue(runtime.state.ack_redis))
+    intake = Intake(runtime, WorkQueue(runtime.state.ack_redis))
+    app = build_app(runtime, intake)
     SlackRequestHandler(app)                 # HTTP (see bot.runtime.http), or SocketModeHandler(app, token)
 
 ``/ops`` and button clicks are acknowledged at once. Before the ack, the
@@ -10,6 +11,11 @@ delivery is pushed onto the Redis work queue, so an acked request is never
 lost. A usage error is answered in the ack itself. If the queue cannot be
 reached, the user is told so at once. Worker processes (:mod:`bot.runtime.worker`)
 carry the work out with :class:`bot.slack.work.SlackWork`.
+
+What happens before an ack is :class:`Intake`'s, and knows no Bolt: it answers a
+delivery with the text to ack with (None for a plain ack). The Bolt listeners
+call it, and so does ``opsbot serve`` for a slash command directly, without Bolt
+(see :mod:`bot.runtime.http`).
 
 The listeners run in the request's own thread and the answer goes out as soon as they
 return (Bolt's ``process_before_response``): all they do before the ack is a parse and
@@ -37,7 +43,7 @@ from bot.slack.errors import explain
 from bot.slack.work import PARSED
 from bot.store.workqueue import WorkQueue
 
-__all__ = ["build_app", "form_view"]
+__all__ = ["Intake", "build_app", "form_view"]
 
 log = logging.getLogger("opsbot.slack")
 
@@ -47,7 +53,41 @@ QUEUE_SLOW = ":warning: opsbot's Redis did not answer within a second, so this r
              "queued. Watch for its answer here; if none comes, try again or use `opsbot run` from a terminal."
 
 
-def build_app(runtime: Runtime, queue: WorkQueue) -> App:
+class Intake:
+    """What is done with a delivery before its ack: the text to ack with, or None for a plain ack."""
+
+    def __init__(self, runtime: Runtime, queue: WorkQueue):
+        self.runtime = runtime
+        self.queue = queue
+
+    def command(self, body: dict) -> str | None:
+        """A slash command: parsed (a usage error is the answer), then queued with its parse."""
+        try:
+            parsed = self.runtime.engine.parse(body.get("text", ""))
+        except UsageError as exc:
+            return self.runtime.redactor.text(str(exc))
+        return self.enqueue("command", {**body, PARSED: parsed.to_dict()})  # the worker does not parse again
+
+    def enqueue(self, kind: str, body: dict) -> str | None:
+        try:
+            self.queue.push(kind, body)
+        except RedisTimeout as exc:  # sent, perhaps received: it may run after all
+            log.error("queueing a %s timed out: %s", kind, exc)
+            return QUEUE_SLOW
+        except Exception as exc:
+            log.error("could not queue a %s: %s", kind, exc)
+            return QUEUE_DOWN
+        return None
+
+
+def _answer(ack: Ack, text: str | None) -> None:
+    if text is None:
+        ack()
+    else:
+        ack(text=text, response_type="ephemeral")
+
+
+def build_app(runtime: Runtime, intake: Intake) -> App:
     settings = runtime.settings
     if runtime.slack is None:
         raise ValueError("the Slack app needs a bot token (SLACK_BOT_TOKEN)")
@@ -62,15 +102,10 @@ def build_app(runtime: Runtime, queue: WorkQueue) -> App:
     )
 
     def ack_command(ack: Ack, body: dict) -> None:
-        try:
-            parsed = runtime.engine.parse(body.get("text", ""))
-        except UsageError as exc:
-            ack(text=runtime.redactor.text(str(exc)), response_type="ephemeral")
-            return
-        _enqueue(ack, queue, "command", {**body, PARSED: parsed.to_dict()})  # the worker does not parse again
+        _answer(ack, intake.command(body))
 
     def ack_action(ack: Ack, body: dict) -> None:
-        _enqueue(ack, queue, "action", body)
+        _answer(ack, intake.enqueue("action", body))
 
     def open_form(body: dict) -> None:
         """After the ack (a lazy listener): the form must open within 3 s of the click (its trigger_id),
@@ -106,7 +141,7 @@ def build_app(runtime: Runtime, queue: WorkQueue) -> App:
                                                value=shlex.quote(view.get("private_metadata", ""))),
                    "user_id": user.get("id", ""), "team_id": user.get("team_id") or (body.get("team") or {}).get("id"),
                    "channel_id": "", "trigger_id": f"view:{view.get('id')}:{view.get('hash')}"}
-        _enqueue(ack, queue, "command", command)
+        _answer(ack, intake.enqueue("command", command))
 
     app.command(settings.slack.command)(ack_command)
     app.action(re.compile(rf"^{ACTION_PREFIX}(confirm|cancel|run)"))(ack_action)
@@ -130,20 +165,6 @@ def form_view(form: Form, value: str) -> dict:
                     "element": {"type": "plain_text_input", "action_id": FORM_INPUT, "multiline": True,
                                 "max_length": 2000}}],
     }
-
-
-def _enqueue(ack: Ack, queue: WorkQueue, kind: str, body: dict) -> None:
-    try:
-        queue.push(kind, body)
-    except RedisTimeout as exc:  # sent, perhaps received: it may run after all
-        log.error("queueing a %s timed out: %s", kind, exc)
-        ack(text=QUEUE_SLOW, response_type="ephemeral")
-        return
-    except Exception as exc:
-        log.error("could not queue a %s: %s", kind, exc)
-        ack(text=QUEUE_DOWN, response_type="ephemeral")
-        return
-    ack()
 
 
 def _on_error(error: Exception, body: dict) -> BoltResponse:

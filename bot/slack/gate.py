@@ -4,6 +4,7 @@ Usage::
 
     gate = SlackGate(signing_secret)
     refusal = gate.check(environ)       # None, or (status, reason) to answer at once; the body is re-readable
+    environ.get(COMMAND)                # a slash command's fields, when it passed and is one (as Bolt reads them)
 
 Slack signs every request; Bolt verifies the signature, but it parses the body
 first, so a correctly signed request with a malformed body (a ``payload`` that is
@@ -20,8 +21,9 @@ from urllib.parse import parse_qs
 
 from slack_sdk.signature import SignatureVerifier
 
-__all__ = ["SlackGate", "MAX_BODY"]
+__all__ = ["SlackGate", "MAX_BODY", "COMMAND"]
 
+COMMAND = "opsbot.slack_command"  # the environ key of a passed slash command's fields: the body is parsed once
 MAX_BODY = 1_000_000  # Slack's payloads are a few kB; a modal submission stays far below this
 _INTERACTIVE = {"block_actions", "view_submission", "view_closed", "shortcut", "message_action",
                 "block_suggestion", "interactive_message"}
@@ -46,11 +48,12 @@ class SlackGate:
                 return 401, "invalid request timestamp"
             if not self.verifier.is_valid(body, timestamp, environ.get("HTTP_X_SLACK_SIGNATURE", "")):
                 return 401, "invalid signature"
-        return _shape(body, environ.get("CONTENT_TYPE", ""))
+        return _shape(body, environ.get("CONTENT_TYPE", ""), environ)
 
 
-def _shape(body: bytes, content_type: str) -> tuple[int, str] | None:
-    """None when the body is something Slack sends: a slash command, or an interaction whose payload holds up."""
+def _shape(body: bytes, content_type: str, environ: dict) -> tuple[int, str] | None:
+    """None when the body is something Slack sends: a slash command (its fields then under ``environ[COMMAND]``,
+    the last of a repeated field winning, as in Bolt), or an interaction whose payload holds up."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -63,7 +66,10 @@ def _shape(body: bytes, content_type: str) -> tuple[int, str] | None:
         return None if isinstance(document, dict) else (400, "body is not a JSON object")
     form = parse_qs(text, keep_blank_values=True)
     if "payload" not in form:
-        return None if "command" in form or "ssl_check" in form else (400, "neither a command nor an interaction")
+        if "command" in form:
+            environ[COMMAND] = {key: values[-1] for key, values in form.items()}
+            return None
+        return None if "ssl_check" in form else (400, "neither a command nor an interaction")
     if len(form["payload"]) != 1:
         return 400, "more than one payload"
     try:

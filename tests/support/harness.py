@@ -20,7 +20,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.runtime.http import HttpServer
 from bot.runtime.factory import Runtime
-from bot.slack.app import build_app
+from bot.slack.app import Intake
 from bot.runtime.worker import Worker
 from bot.store.workqueue import WorkQueue
 from tests.support.fakeslack import FakeSlack
@@ -62,7 +62,7 @@ class SlackBot:
         self.slack = slack
         self.verifier = SignatureVerifier(signing_secret)
         queue = WorkQueue(runtime.state.ack_redis, runtime.settings.state.prefix)
-        self.server = HttpServer(runtime, build_app(runtime, queue), host="127.0.0.1", port=0)
+        self.server = HttpServer(runtime, Intake(runtime, queue), host="127.0.0.1", port=0)
         self.server.start()
         self.worker = Worker(runtime, threads=4).start() if with_worker else None
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.server.port}", timeout=10)
