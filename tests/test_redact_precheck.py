@@ -1,8 +1,8 @@
 """The redactor's quick check (``QUICK_CHECK``) never changes what it masks.
 
 ``Redactor.text`` runs its secret patterns only when the text holds something one of them needs
-(``://``, a Slack token prefix, ``bearer``, ``=`` or ``:``). A new pattern that needs something else
-would then be skipped silently; here every pattern's own matches, alone and mixed with prose, are
+(``://``, a Slack token prefix, ``bearer``, or a keyword of the last pattern: ``pass``, ``pwd``,
+``token``, ``secret``, ``key``). A new pattern that needs something else would then be skipped silently; here every pattern's own matches, alone and mixed with prose, are
 redacted exactly as running every pattern unconditionally would.
 """
 

@@ -42,7 +42,8 @@ PATTERNS = [
 ]
 
 # Every pattern above needs one of these in the text; without any, none can match (checked once, not five times).
-QUICK_CHECK = re.compile(r"://|xox[abposre]-|xapp-|bearer\s|[=:]", re.I)
+# The last pattern's keywords, not its "=" or ":": most text has a colon (":warning:", "usage: ..."), few a keyword.
+QUICK_CHECK = re.compile(r"://|xox[abposre]-|xapp-|bearer\s|pass|pwd|token|secret|key", re.I)
 
 
 def _secretish(key: str, value: str) -> bool:
