@@ -4,6 +4,7 @@
     .venv/bin/python bench/ack.py --replicas 2 --requests 2000 --concurrency 50   # the load run
     .venv/bin/python bench/ack.py --rounds 0 --cpu 1000     # CPU per request of each process only
     .venv/bin/python bench/ack.py --client python           # the same, measured by a Python client
+    .venv/bin/python bench/ack.py --pause-work              # the ack alone: opsbot's workers stopped meanwhile
 
 Both servers run as separate processes on loopback, each behind the same WSGI server
 (waitress, same thread count), signed with the same secret. The bare app acks `/ops`
@@ -37,8 +38,9 @@ PostgreSQL ($DATABASE_URL) on loopback.
 from __future__ import annotations
 
 import argparse
-import shutil
 import os
+import shutil
+import signal
 import re
 import statistics
 import subprocess
@@ -296,6 +298,9 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1, help="processes of each server, behind round-robin")
     parser.add_argument("--client", choices=sorted(LOADERS), default="wrk",
                         help="the load generator: wrk (default), or the Python client used before it")
+    parser.add_argument("--pause-work", action="store_true",
+                        help="stop opsbot's worker processes (SIGSTOP) during each opsbot round and resume them after:"
+                             " the ack alone, without the work after it competing for the CPU")
     parser.add_argument("--keep-limits", action="store_true",
                         help="keep app.yaml's rate limits (most requests are then answered 'Slow down')")
     parser.add_argument("--cpu", type=int, default=0, metavar="N",
@@ -357,8 +362,15 @@ def main() -> int:
                 figures = {}
                 for name, targets in urls.items():
                     time.sleep(0.5)
-                    latencies, errors = load(targets, slack.response_url(f"{name.replace(' ', '-')}-{number}"), args.requests,
-                                             args.concurrency)
+                    paused = children({proc.pid for proc in servers[name]}) if args.pause_work else set()
+                    for pid in paused:
+                        os.kill(pid, signal.SIGSTOP)
+                    try:
+                        latencies, errors = load(targets, slack.response_url(f"{name.replace(' ', '-')}-{number}"),
+                                                 args.requests, args.concurrency)
+                    finally:
+                        for pid in paused:
+                            os.kill(pid, signal.SIGCONT)
                     figures[name] = (percentile(latencies, 50), percentile(latencies, 99), errors)
                     pooled[name] += latencies
                     if name == "opsbot serve":  # its work is done before the next round: each round starts quiet
@@ -379,7 +391,7 @@ def main() -> int:
 
     print(f"{args.rounds} rounds of {args.requests} signed `/ops help` requests at concurrency {args.concurrency}, "
           f"{args.replicas} replica(s) of each server, {THREADS} server threads, "
-          f"opsbot workers at nice {args.worker_nice}")
+          f"opsbot workers at nice {args.worker_nice}" + (", paused during its rounds" if args.pause_work else ""))
     if args.cpu:
         show_cpu(cpu, args.cpu)
     if not rounds:
