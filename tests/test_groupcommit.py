@@ -113,3 +113,44 @@ def test_every_push_that_returned_survives_redis_killed_mid_load():
         assert set(map(json.dumps, returned)) <= set(bodies)
     finally:
         server.close()
+
+
+def test_pushes_gathered_behind_a_timed_out_lpush_are_not_sent_into_the_same_silence(own_redis):
+    """Redis goes quiet (SIGSTOP). The first LPUSH waits out its 1 s socket timeout while the other threads
+    gather behind it; had they then sent an LPUSH of their own, each would wait out a second timeout and an
+    ack would take twice what the ack client's timeout promises (2 s of Slack's 3). They are told instead,
+    as soon as the LPUSH ahead of them fails, that theirs was not sent (a ConnectionError: "not queued"):
+    the server, resumed, saw one LPUSH for the whole burst, and holds none of the pushes never sent."""
+    import os
+    import signal
+
+    client = redis.Redis.from_url(own_redis.url, socket_timeout=1, socket_connect_timeout=1,
+                                  retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))  # as the ack client
+    queue = WorkQueue(client, "gc:")
+    own_redis.client().config_resetstat()
+    client.ping()  # connected before the silence, as a serving process is
+    outcomes: list[BaseException | None] = [None] * THREADS
+
+    def pusher(n: int) -> None:
+        try:
+            queue.push("command", {"n": n})
+        except Exception as exc:  # noqa: BLE001 - every outcome is looked at below
+            outcomes[n] = exc
+
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=pusher, args=(n,)) for n in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+            assert not thread.is_alive(), "a pusher never returned"
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    timed_out = [n for n, exc in enumerate(outcomes) if isinstance(exc, redis.TimeoutError)]
+    not_sent = [n for n, exc in enumerate(outcomes) if isinstance(exc, redis.ConnectionError)]
+    assert sorted(timed_out + not_sent) == list(range(THREADS)) and timed_out and not_sent, outcomes
+    server = own_redis.client()
+    lpushes = server.info("commandstats")["cmdstat_lpush"]["calls"]
+    assert lpushes == 1, f"{lpushes} LPUSH: pushes gathered behind a timed-out one went on into the silence"
+    assert {body["n"] for body in queued(server, queue)} <= set(timed_out), "a push never sent is queued"

@@ -3,7 +3,8 @@
 Usage::
 
     pushes = GroupCommit(lambda documents: client.lpush(key, *documents))
-    pushes.submit(document)      # returns once a send holding it succeeded; raises what that send raised
+    pushes.submit(document)      # returns once a send holding it succeeded; raises what that send raised,
+                                 # or NotSent (from that error) when a send ahead of it failed
 
 The thread that finds no send in flight sends at once, with everything gathered so far; threads
 that arrive meanwhile wait, and when that send returns, the first of them sends everything
@@ -13,6 +14,10 @@ cost a round trip of its own (a system call each way, the server's wake-up: most
 an ack). Writes are sent in the order they were submitted, and each is in exactly one send.
 
 ``send`` must end within a bounded time (a socket timeout): the threads behind it wait for it.
+When a send fails, the writes gathered behind it are not sent: they raise :class:`NotSent` (its cause
+that send's error). A server that did not answer one send within its timeout would most likely keep the
+next waiting as long, and a write would wait out two timeouts, the one ahead of it and its own, where
+its caller was promised one. So a write waits for at most one send that fails.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "NotSent"]
 
 T = TypeVar("T")
+
+
+class NotSent(Exception):
+    """A write that was not sent at all, because the send ahead of it failed (that send's error is the cause)."""
 
 
 class _Write(Generic[T]):
@@ -63,10 +72,17 @@ class GroupCommit(Generic[T]):
         except BaseException as exc:  # noqa: BLE001 - every write of the batch learns it
             error = exc
         with self._lock:
+            refused: list[_Write[T]] = []
+            if error is not None:  # what gathered behind a failed send is not sent into the same failure
+                refused, self._gathered = self._gathered, []
             following = self._gathered[0] if self._gathered else None
             self._sending = following is not None
         for each in batch[1:]:
             each.error = error
+            each.done.set()
+        for each in refused:
+            each.error = NotSent(f"not sent: the send ahead of it failed ({type(error).__name__}: {error})")
+            each.error.__cause__ = error
             each.done.set()
         if following is not None:
             following.lead = True
