@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 import redis
 
+from bot.store.groupcommit import GroupCommit
 from bot.store.workqueue import WorkQueue
 from tests.support.servers import RedisServer
 
@@ -154,3 +156,44 @@ def test_pushes_gathered_behind_a_timed_out_lpush_are_not_sent_into_the_same_sil
     lpushes = server.info("commandstats")["cmdstat_lpush"]["calls"]
     assert lpushes == 1, f"{lpushes} LPUSH: pushes gathered behind a timed-out one went on into the silence"
     assert {body["n"] for body in queued(server, queue)} <= set(timed_out), "a push never sent is queued"
+
+
+def test_a_waiter_interrupted_by_a_signal_does_not_leave_the_rest_waiting_for_ever():
+    """A write waiting behind a send is interrupted (a signal handler raising in the main thread: SIGTERM's
+    SystemExit, Ctrl-C). It raises, and is not sent; but had the send ahead handed it the lead, nobody would
+    send again and every later write would wait for ever. The next write still goes."""
+    import signal
+
+    sent: list[list[str]] = []
+    first_send = threading.Event()
+
+    def send(items: list[str]) -> None:
+        if not sent:
+            first_send.wait(10)  # the first send is in flight while the main thread waits behind it
+        sent.append(items)
+
+    pushes = GroupCommit(send)
+    ahead = threading.Thread(target=pushes.submit, args=("ahead",), daemon=True)
+    ahead.start()
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            pushes.submit("interrupted")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    first_send.set()
+    ahead.join(10)
+    after = threading.Thread(target=pushes.submit, args=("after",), daemon=True)
+    after.start()
+    after.join(10)
+    assert not after.is_alive(), "the write after an interrupted waiter was never sent"
+    assert sent == [["ahead"], ["after"]], sent

@@ -59,7 +59,11 @@ class GroupCommit(Generic[T]):
             self._gathered.append(write)
             leads, self._sending = not self._sending, True
         if not leads:
-            write.done.wait()
+            try:
+                write.done.wait()
+            except BaseException:  # a signal handler raising in the main thread: hand on what it held
+                self._abandon(write)
+                raise
             if not write.lead:
                 if write.error is not None:
                     raise write.error
@@ -75,8 +79,7 @@ class GroupCommit(Generic[T]):
             refused: list[_Write[T]] = []
             if error is not None:  # what gathered behind a failed send is not sent into the same failure
                 refused, self._gathered = self._gathered, []
-            following = self._gathered[0] if self._gathered else None
-            self._sending = following is not None
+            following = self._lead_next()
         for each in batch[1:]:
             each.error = error
             each.done.set()
@@ -85,7 +88,24 @@ class GroupCommit(Generic[T]):
             each.error.__cause__ = error
             each.done.set()
         if following is not None:
-            following.lead = True
             following.done.set()
         if error is not None:
             raise error
+
+    def _lead_next(self) -> _Write[T] | None:
+        """Under the lock: the first write gathered, marked to lead the next send; None (no send) if none is."""
+        following = self._gathered[0] if self._gathered else None
+        self._sending = following is not None
+        if following is not None:
+            following.lead = True
+        return following
+
+    def _abandon(self, write: _Write[T]) -> None:
+        """A waiting write gave up: still gathered, it is never sent; had it been handed the lead, the next leads."""
+        with self._lock:
+            if write not in self._gathered:
+                return  # in a send already: it is out of our hands
+            self._gathered.remove(write)
+            following = self._lead_next() if write.lead else None
+        if following is not None:
+            following.done.set()
