@@ -78,3 +78,29 @@ def test_a_check_that_exits_is_its_own_failure(config_path, fake_slack, slack_en
     assert found["fine"]["level"] == "ok"
     assert result.status == "fail" and "exits" in result.summary
     assert took < 10, f"waited {took:.1f} s for a check that had already exited"
+
+
+def test_no_check_starts_after_the_run_has_answered(config_path, fake_slack, slack_env, released):
+    """Checks no worker was free for are reported "not checked" and must stay so: once `run_checks` has answered
+    (and the runtime is being closed), a worker freed by a hung check coming back must not go on to start the
+    checks left in the queue, against a closed runtime, for a report already printed."""
+    started_after: list[str] = []
+    answered = threading.Event()
+
+    def hangs(n: int):
+        def run() -> str:
+            if answered.is_set():
+                started_after.append(f"hung {n}")
+            released.wait(60)
+            return "released"
+        return run
+
+    _, found, _ = checked(config_path, fake_slack, [Check(f"hung {n}", hangs(n)) for n in range(40)], deadline=1.5)
+    answered.set()
+    never = [n for n in range(40) if found[f"hung {n}"]["detail"].startswith("not checked")]
+    assert never, "every check had a worker: the test proves nothing"
+    released.set()  # the hung checks return, and their workers are free again
+    for thread in [t for t in threading.enumerate() if t.name == "opsbot-check"]:
+        thread.join(10)
+        assert not thread.is_alive(), "a check worker is still running though every check was released"
+    assert started_after == [], f"{len(started_after)} checks started after the run had answered"

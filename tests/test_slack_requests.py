@@ -110,3 +110,35 @@ def test_a_command_that_says_payload_is_answered(bot):
     reply = bot.command("help payload", channel_name="payload-team")
     assert reply.http.status_code == 200
     assert reply.text, reply.body
+
+
+@pytest.fixture
+def bot_without_worker(make_runtime, fake_slack, config_path, slack_env):
+    """A bot whose deliveries stay in the queue (no worker takes them), so a test can see what was queued."""
+    runtime = make_runtime(config_path, slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+    harness = SlackBot(runtime, fake_slack, SIGNING_SECRET, with_worker=False)
+    yield harness
+    harness.close()
+
+
+@pytest.mark.parametrize("fields, queued", [
+    ("ssl_check=1&{command}", 0),              # Slack checking the certificate: Bolt answers it, runs nothing
+    ("{command}&ssl_check=1", 0),
+    ("{command}&ssl_check=0", 1),              # not a check (Bolt looks for "1"): a command like any other
+    ("ssl_check=1&{command}&ssl_check=0", 1),  # the last value wins, as in Bolt's dict(parse_qsl(...))
+])
+def test_an_ssl_check_that_names_the_command_is_not_run(bot_without_worker, fields, queued):
+    """Bolt answers a body with ssl_check=1 with an empty 200 before any listener, so even one that carries
+    `command=/ops` runs nothing. The fast path answers it with the same bytes and queues nothing either."""
+    import time
+
+    bot = bot_without_worker
+    command = bot.command_body("help", user="UALICE", channel="C1", channel_name="ops", key="ssl", trigger="t")
+    body = fields.format(command=command)
+    status, headers, content = _bolt_answer(bot, body, str(int(time.time())))
+    bolt_queued = bot.runtime.state.redis.llen("opsbot:work:queue")
+    answer = bot.post(body)
+    assert (f"{answer.status_code} OK", answer.headers["content-type"], answer.content) == \
+           (status, headers["content-type"], content)
+    assert bolt_queued == queued
+    assert bot.runtime.state.redis.llen("opsbot:work:queue") == 2 * queued, "the fast path ran what Bolt did not"

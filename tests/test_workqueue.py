@@ -142,3 +142,24 @@ def test_when_the_queue_hangs_the_user_is_told_before_slack_gives_up(bot_on_a_re
     again = bot.command("help", wait=False).http
     assert again.status_code == 200 and "queued" not in again.text
     assert server.client().llen("opsbot:work:queue") >= 1
+
+
+def test_when_the_queue_hangs_every_ack_of_a_burst_is_told_before_slack_gives_up(bot_on_a_redis_that_hangs):
+    """Commands eight at once (waitress's eight threads) on a Redis that went quiet: their pushes gather behind
+    one LPUSH in flight. Each is answered before Slack's 3 s: those in a timed-out LPUSH hear it may or may not
+    have been queued, those gathered behind it that it was not (they are not sent into the same silence)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bot, _ = bot_on_a_redis_that_hangs
+
+    def timed(n: int) -> tuple[float, int, str]:
+        started = time.perf_counter()
+        reply = bot.command("help", wait=False).http
+        return time.perf_counter() - started, reply.status_code, reply.json()["text"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(timed, range(24)))
+    slow = [text for _, _, text in answers if "may or may not have been queued" in text]
+    down = [text for _, _, text in answers if "cannot take work right now" in text]
+    assert all(status == 200 for _, status, _ in answers) and len(slow) + len(down) == len(answers), answers
+    assert max(took for took, _, _ in answers) < 3.0, sorted(took for took, _, _ in answers)

@@ -16,9 +16,9 @@ probes as ``/ops health`` (auth header, timeout and body expectation from app.ya
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -115,20 +115,18 @@ def _all_within(jobs: Sequence[Callable[[], Any]], deadline: float) -> list[Answ
     ThreadPoolExecutor: the interpreter joins its threads at exit, so a check stuck in a pooler's queue
     would hold ``opsbot check`` for as long as the pooler keeps it."""
     answers: list[Answer | str | None] = [NOT_STARTED] * len(jobs)
-    waiting: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for index in range(len(jobs)):
-        waiting.put(index)
+    waiting = deque(range(len(jobs)))  # taken under ``changed``, so none is taken once the run has answered
     running: dict[int, float] = {}  # job -> when it started, while it runs and holds its slot
     left = [len(jobs)]
+    answered = [False]  # the run has answered: a job not started by then is reported so, and never starts
     changed = threading.Condition()
 
     def work() -> None:
         while True:
-            try:
-                index = waiting.get_nowait()
-            except queue.Empty:
-                return
             with changed:
+                if answered[0] or not waiting:
+                    return
+                index = waiting.popleft()
                 answers[index], running[index] = None, time.monotonic()
             started = time.perf_counter()
             try:
@@ -155,6 +153,7 @@ def _all_within(jobs: Sequence[Callable[[], Any]], deadline: float) -> list[Answ
                 start_worker()
             wake = min([began + TIMEOUT for began in running.values()] + [ends])
             changed.wait(max(wake - now, 0) + 0.01)
+        answered[0] = True
         return list(answers)
 
 

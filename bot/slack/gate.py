@@ -4,7 +4,8 @@ Usage::
 
     gate = SlackGate(signing_secret)
     refusal = gate.check(environ)       # None, or (status, reason) to answer at once; the body is re-readable
-    environ.get(COMMAND)                # a slash command's fields, when it passed and is one (as Bolt reads them)
+    environ.get(COMMAND)                # a slash command's fields, when it passed and is one (as Bolt reads them;
+                                        # not an ssl_check=1, which Bolt answers without running it)
 
 Slack signs every request; Bolt verifies the signature, but it parses the body
 first, so a correctly signed request with a malformed body (a ``payload`` that is
@@ -67,7 +68,9 @@ def _shape(body: bytes, content_type: str, environ: dict) -> tuple[int, str] | N
     form = parse_qs(text, keep_blank_values=True)
     if "payload" not in form:
         if "command" in form:
-            environ[COMMAND] = {key: values[-1] for key, values in form.items()}
+            fields = {key: values[-1] for key, values in form.items()}
+            if fields.get("ssl_check") != "1":  # Bolt answers an ssl_check before any listener: never a command
+                environ[COMMAND] = fields
             return None
         return None if "ssl_check" in form else (400, "neither a command nor an interaction")
     if len(form["payload"]) != 1:

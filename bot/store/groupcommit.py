@@ -3,7 +3,8 @@
 Usage::
 
     pushes = GroupCommit(lambda documents: client.lpush(key, *documents))
-    pushes.submit(document)      # returns once a send holding it succeeded; raises what that send raised
+    pushes.submit(document)      # returns once a send holding it succeeded; raises what that send raised,
+                                 # or NotSent (from that error) when a send ahead of it failed
 
 The thread that finds no send in flight sends at once, with everything gathered so far; threads
 that arrive meanwhile wait, and when that send returns, the first of them sends everything
@@ -13,6 +14,10 @@ cost a round trip of its own (a system call each way, the server's wake-up: most
 an ack). Writes are sent in the order they were submitted, and each is in exactly one send.
 
 ``send`` must end within a bounded time (a socket timeout): the threads behind it wait for it.
+When a send fails, the writes gathered behind it are not sent: they raise :class:`NotSent` (its cause
+that send's error). A server that did not answer one send within its timeout would most likely keep the
+next waiting as long, and a write would wait out two timeouts, the one ahead of it and its own, where
+its caller was promised one. So a write waits for at most one send that fails.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "NotSent"]
 
 T = TypeVar("T")
+
+
+class NotSent(Exception):
+    """A write that was not sent at all, because the send ahead of it failed (that send's error is the cause)."""
 
 
 class _Write(Generic[T]):
@@ -50,7 +59,11 @@ class GroupCommit(Generic[T]):
             self._gathered.append(write)
             leads, self._sending = not self._sending, True
         if not leads:
-            write.done.wait()
+            try:
+                write.done.wait()
+            except BaseException:  # a signal handler raising in the main thread: hand on what it held
+                self._abandon(write)
+                raise
             if not write.lead:
                 if write.error is not None:
                     raise write.error
@@ -63,13 +76,36 @@ class GroupCommit(Generic[T]):
         except BaseException as exc:  # noqa: BLE001 - every write of the batch learns it
             error = exc
         with self._lock:
-            following = self._gathered[0] if self._gathered else None
-            self._sending = following is not None
+            refused: list[_Write[T]] = []
+            if error is not None:  # what gathered behind a failed send is not sent into the same failure
+                refused, self._gathered = self._gathered, []
+            following = self._lead_next()
         for each in batch[1:]:
             each.error = error
             each.done.set()
+        for each in refused:
+            each.error = NotSent(f"not sent: the send ahead of it failed ({type(error).__name__}: {error})")
+            each.error.__cause__ = error
+            each.done.set()
         if following is not None:
-            following.lead = True
             following.done.set()
         if error is not None:
             raise error
+
+    def _lead_next(self) -> _Write[T] | None:
+        """Under the lock: the first write gathered, marked to lead the next send; None (no send) if none is."""
+        following = self._gathered[0] if self._gathered else None
+        self._sending = following is not None
+        if following is not None:
+            following.lead = True
+        return following
+
+    def _abandon(self, write: _Write[T]) -> None:
+        """A waiting write gave up: still gathered, it is never sent; had it been handed the lead, the next leads."""
+        with self._lock:
+            if write not in self._gathered:
+                return  # in a send already: it is out of our hands
+            self._gathered.remove(write)
+            following = self._lead_next() if write.lead else None
+        if following is not None:
+            following.done.set()

@@ -10,7 +10,10 @@ Usage::
 
 Pushes from concurrent threads go to Redis together, one LPUSH for all that gathered while the
 previous one was in flight (:class:`bot.store.groupcommit.GroupCommit`); each ``push`` still returns
-only when its own document is in Redis, and raises when that LPUSH failed.
+only when its own document is in Redis, and raises when that LPUSH failed. When an LPUSH fails (a
+Redis that went quiet: its socket timeout), the pushes gathered behind it raise a ConnectionError
+("not sent") at once rather than sending into the same silence: each push waits out one timeout at
+most, as the ack client's timeout promises.
 
 A job stays in its worker's processing list until it is done. A worker that
 dies (its heartbeat key expires) leaves its jobs there; :meth:`recover`, run by
@@ -25,7 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, TYPE_CHECKING
 
-from bot.store.groupcommit import GroupCommit
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from bot.store.groupcommit import GroupCommit, NotSent
 
 if TYPE_CHECKING:
     import redis
@@ -58,7 +63,10 @@ class WorkQueue:
 
     def push(self, kind: str, body: dict[str, Any]) -> None:
         document = {"id": secrets.token_hex(8), "kind": kind, "body": body, "at": time.time()}
-        self._pushes.submit(json.dumps(document))
+        try:
+            self._pushes.submit(json.dumps(document))
+        except NotSent as exc:  # never sent, so surely not queued: a RedisError like any push that failed
+            raise RedisConnectionError(str(exc)) from exc.__cause__
 
     def take(self, owner: str, timeout: float) -> Job | None:
         raw = self.client.blmove(self.queue, self._processing(owner), timeout, "RIGHT", "LEFT")
