@@ -39,13 +39,18 @@ def push_from_threads(queue: WorkQueue, *, each: int = EACH, between=None) -> tu
             if between is not None:
                 between(thread, n)
 
-    threads = [threading.Thread(target=pusher, args=(t,)) for t in range(THREADS)]
+    run_all(pusher)
+    return returned, raised
+
+
+def run_all(pusher, timeout: float = 60) -> None:
+    """``pusher(n)`` on THREADS threads at once; each must return (a lost lead would leave some waiting)."""
+    threads = [threading.Thread(target=pusher, args=(n,)) for n in range(THREADS)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(60)
+        thread.join(timeout)
         assert not thread.is_alive(), "a pusher never returned: a batch's leadership was lost"
-    return returned, raised
 
 
 def queued(client: redis.Redis, queue: WorkQueue) -> list[dict]:
@@ -141,12 +146,7 @@ def test_pushes_gathered_behind_a_timed_out_lpush_are_not_sent_into_the_same_sil
 
     os.kill(own_redis.pid, signal.SIGSTOP)
     try:
-        threads = [threading.Thread(target=pusher, args=(n,)) for n in range(THREADS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-            assert not thread.is_alive(), "a pusher never returned"
+        run_all(pusher, timeout=30)
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
     timed_out = [n for n, exc in enumerate(outcomes) if isinstance(exc, redis.TimeoutError)]
