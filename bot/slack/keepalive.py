@@ -10,9 +10,10 @@ the same request over a connection kept open in the calling thread for the next 
 the same host, and answers as ``urllib`` does: a non-2xx status is an ``HTTPError`` (so
 slack_sdk's retry handlers see 429s and 5xxs as before), a failure to send is a
 ``URLError``. A connection the server has closed meanwhile is not reused, nor one idle for
-more than ``MAX_IDLE`` seconds, nor one opened with another timeout or TLS context; one it closes just as a reply goes (before answering
-it) is replaced at once for that reply, not after slack_sdk's backoff. A proxy from the environment goes through ``urllib``
-as before, and so does a redirect, from the answer received (the reply is not posted twice).
+more than ``MAX_IDLE`` seconds, nor one opened with another timeout or TLS context; one it
+closes just as a reply goes (before answering it) is replaced at once for that reply, not
+after slack_sdk's backoff. A proxy from the environment goes through ``urllib`` as before,
+and so does a redirect, from the answer received (the reply is not posted twice).
 """
 
 from __future__ import annotations
