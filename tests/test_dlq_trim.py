@@ -265,3 +265,24 @@ def test_keep_zero_trims_everything_through_the_cli(tmp_path, database_url, redi
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["data"]["dropped"] == 10
     assert redis_client.llen("jobs:dead") == 0 and [r[2] for r in archive_rows(database_url)] == entries
+
+
+@pytest.mark.parametrize("earlier_trim", [False, True])
+def test_a_trim_that_has_its_lease_but_no_task_yet_is_a_running_trim(two_queues, q, earlier_trim):
+    """Between taking the queue's lease and writing its task, a trim is only its lease. A second trim in that
+    window was told "A requeue of `jobs` is running" (seen in a two-process race test); it is a trim, and an
+    earlier trim's finished task is not shown as its progress."""
+    from commands.dlq.lease import QueueLease
+
+    kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
+    if earlier_trim:
+        done = two_queues.engine.confirm(run(two_queues, "dlq trim --keep 20").pending.id, Actor(ALICE), OPS).result
+        assert done.status == "ok"  # a finished trim task stays behind
+    value = QueueLease(q.client, q.lease).take("trim", "t-new", owner="other-host:1", ttl=30)
+    try:
+        refused = run(two_queues, "dlq trim --keep 0", user=BOB)
+    finally:
+        QueueLease(q.client, q.lease).release(value)
+    assert refused.kind == "result" and refused.result.status == "warn"
+    assert refused.result.summary == "A trim of `jobs` is already running (just starting).", refused.result.summary
+    assert q.client.llen(q.dead) == (20 if earlier_trim else 30)

@@ -34,7 +34,10 @@ def _busy(queue, backend: DeadLetterBackend, trim: TrimTask | None) -> Result | 
                            f"dead letters set aside. `/ops dlq requeue {queue.name}` finishes it, "
                            f"`/ops dlq cancel {queue.name}` puts them back; then trim.",
                            data={"queue": queue.name, "busy": "requeue"})
-    if holder.kind == "trim" and trim is not None:
+    if holder.kind == "trim":
+        if trim is None or not trim.unfinished:  # its lease taken, its task not written yet (or an earlier one's)
+            return Result.warn(f"A trim of `{queue.name}` is already running (just starting).",
+                               data={"queue": queue.name, "busy": "trim"})
         return Result.warn(f"A trim of `{queue.name}` is already running: {trim.dropped}/{trim.to_drop} dropped, "
                            f"keeping {trim.keep}.", data={"queue": queue.name, "busy": "trim", "task": trim.id,
                                                           "dropped": trim.dropped, "to_drop": trim.to_drop})
