@@ -17,6 +17,12 @@ extend broken (rows gone or re-hashed behind the head, a head that does not veri
 or is older than its copy in Redis, a break ``log verify`` found) says so at ERROR,
 counts it, and starts a new signed segment instead.
 
+Appends from threads of one process are committed together (a group commit,
+:mod:`bot.store.groupcommit`): an append that finds none in flight commits at once, and those
+that arrive meanwhile go in the next transaction, in the order they came, each returning
+once its own entry is committed. One entry PostgreSQL refuses does not take the others of its
+transaction with it: they are appended one by one.
+
 When PostgreSQL does not answer within ``PG_WAIT`` seconds, ``append`` raises and
 ``append_or_keep`` keeps the entry in Redis (:mod:`bot.store.logspool`); for
 ``BACKOFF`` seconds after that neither waits again. Kept entries are appended
@@ -34,6 +40,7 @@ import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from bot.store.groupcommit import GroupCommit, NotSent
 from bot.store.loganchor import APPEND_LOCK, PG_WAIT, Head, Mirror, Signer, Tables
 from bot.store.logspool import Kept, Spool, clean_payload, clean_text
 from bot.store.logverify import VerifyReport, verify_log
@@ -45,6 +52,7 @@ log = logging.getLogger("opsbot.actionlog")
 
 BACKOFF = 15.0       # after a failure, appends do not wait again for this long
 DRAIN_BATCH = 500
+GROUP_LIMIT = 64     # entries of concurrent appends committed in one transaction, at most
 
 
 class ActionLogUnavailable(Exception):
@@ -73,6 +81,7 @@ class ActionLog:
         self._redis_down_until = 0.0
         self._state = threading.Lock()
         self.writer = ChainWriter(self.tables, self.signer)
+        self._appends: GroupCommit[Item] = GroupCommit(self._append_together, limit=GROUP_LIMIT)
 
     # -- the two ways in ---------------------------------------------------------------------
     def append(self, action: str, *, actor: str, payload: dict[str, Any], tenant: str = "") -> Entry:
@@ -80,11 +89,16 @@ class ActionLog:
 
         It always tries (a confirm clicked again once PostgreSQL is back must go through), within the short wait.
         """
-        depth, mirror = self._peek()
-        if depth:
-            self._drain(strict=True)
         item = Item(clean_text(action), clean_text(actor), clean_text(tenant), clean_payload(payload))
-        return self._commit(mirror, [item])[0][-1]
+        try:
+            entry = self._appends.submit(item)
+        except NotSent as exc:  # the transaction ahead of it failed: this one was not tried, and is not in the log
+            raise ActionLogUnavailable(f"not appended: {exc.__cause__}") from exc.__cause__
+        except ActionLogUnavailable as exc:  # one exception for the whole transaction: each caller gets its own
+            raise ActionLogUnavailable(str(exc)) from exc.__cause__
+        if isinstance(entry, ActionLogUnavailable):
+            raise entry
+        return entry
 
     def append_or_keep(self, action: str, *, actor: str, payload: dict[str, Any], tenant: str = "") -> Entry | None:
         """Commit one entry, or keep it in Redis for later (returns None); never raises for PostgreSQL.
@@ -143,6 +157,31 @@ class ActionLog:
         if save and report.head is not None and self.mirror is not None and report.head_trusted:
             self._redis_call(lambda: self.mirror.publish(report.head), None)
         return report
+
+    def _append_together(self, items: list[Item]) -> list[Entry | ActionLogUnavailable]:
+        """Commit the entries of concurrent appends in one transaction, after any kept earlier; each one's entry,
+        or (PostgreSQL refused one of them) why it was refused. Raises when none could be committed."""
+        depth, mirror = self._peek()
+        if depth:
+            self._drain(strict=True)
+        try:
+            return list(self._commit(mirror, items)[0])
+        except ActionLogUnavailable as exc:
+            if len(items) == 1 or not isinstance(exc.__cause__, psycopg.DataError):
+                raise
+        results: list[Entry | ActionLogUnavailable] = []
+        gone: ActionLogUnavailable | None = None
+        for item in items:  # one refused entry must not take the others with it
+            if gone is not None:  # PostgreSQL went away meanwhile: the rest are not tried (those before are in)
+                results.append(ActionLogUnavailable(f"not appended: {gone}"))
+                continue
+            try:
+                results.append(self._commit(mirror, [item])[0][-1])
+            except ActionLogUnavailable as exc:
+                results.append(exc)
+                if not isinstance(exc.__cause__, psycopg.DataError):
+                    gone = exc
+        return results
 
     # -- internals: Redis ---------------------------------------------------------------------
     def _redis_call(self, fn, default):

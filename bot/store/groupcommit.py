@@ -5,6 +5,8 @@ Usage::
     pushes = GroupCommit(lambda documents: client.lpush(key, *documents))
     pushes.submit(document)      # returns once a send holding it succeeded; raises what that send raised,
                                  # or NotSent (from that error) when a send ahead of it failed
+    appends = GroupCommit(lambda items: [write(item) for item in items])
+    appends.submit(item)         # a send that returns a list: each write gets back its own element
 
 The thread that finds no send in flight sends at once, with everything gathered so far; threads
 that arrive meanwhile wait, and when that send returns, the first of them sends everything
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 __all__ = ["GroupCommit", "NotSent"]
@@ -36,24 +39,26 @@ class NotSent(Exception):
 
 
 class _Write(Generic[T]):
-    __slots__ = ("item", "done", "error", "lead")
+    __slots__ = ("item", "done", "error", "lead", "result")
 
     def __init__(self, item: T):
         self.item = item
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.result: Any = None
         self.lead = False  # woken to send the next batch, rather than because its write was sent
 
 
 class GroupCommit(Generic[T]):
-    def __init__(self, send: Callable[[list[T]], Any], *, limit: int = 128):
+    def __init__(self, send: Callable[[list[T]], Sequence[Any] | Any], *, limit: int = 128):
         self._send = send
         self._limit = limit
         self._lock = threading.Lock()
         self._gathered: list[_Write[T]] = []
         self._sending = False
 
-    def submit(self, item: T) -> None:
+    def submit(self, item: T) -> Any:
+        """Returns once ``item`` was sent: ``send``'s element for it, if ``send`` returned a list, else None."""
         write = _Write(item)
         with self._lock:
             self._gathered.append(write)
@@ -67,14 +72,20 @@ class GroupCommit(Generic[T]):
             if not write.lead:
                 if write.error is not None:
                     raise write.error
-                return
+                return write.result
         with self._lock:  # this write is the first gathered: it goes in this batch
             batch, self._gathered = self._gathered[: self._limit], self._gathered[self._limit:]
         error = None
         try:
-            self._send([each.item for each in batch])
+            results = self._send([each.item for each in batch])
         except BaseException as exc:  # noqa: BLE001 - every write of the batch learns it
             error = exc
+        else:
+            if isinstance(results, list):
+                if len(results) != len(batch):
+                    error = RuntimeError(f"the send returned {len(results)} results for {len(batch)} writes")
+                for each, result in zip(batch, results):
+                    each.result = result
         with self._lock:
             refused: list[_Write[T]] = []
             if error is not None:  # what gathered behind a failed send is not sent into the same failure
@@ -91,6 +102,7 @@ class GroupCommit(Generic[T]):
             following.done.set()
         if error is not None:
             raise error
+        return write.result
 
     def _lead_next(self) -> _Write[T] | None:
         """Under the lock: the first write gathered, marked to lead the next send; None (no send) if none is."""
