@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bot.core.redact import QUICK_CHECK, PATTERNS, Redactor
+from bot.core.markup import Mrkdwn
+from bot.core.redact import CLEAN_TEXTS, QUICK_CHECK, PATTERNS, Redactor
 
 
 def every_pattern(value: str) -> str:
@@ -38,3 +39,28 @@ def test_whatever_a_pattern_matches_passes_the_quick_check(pattern, data):
 def test_mixed_text_is_redacted_as_without_the_quick_check(parts):
     text = " ".join(parts)
     assert Redactor().text(text) == every_pattern(text)
+
+
+SHARED = Redactor(known=["hunter2-known-secret"])  # one redactor for every example: its memory of clean texts fills
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(PROSE, st.just("hunter2-known-secret"),
+                          *[st.from_regex(p, fullmatch=True) for p, _ in PATTERNS]), max_size=6))
+def test_a_redactor_that_remembers_clean_texts_answers_every_text_as_a_new_one_would(parts):
+    text = " ".join(parts)
+    fresh = Redactor(known=["hunter2-known-secret"]).text(text)
+    assert SHARED.text(text) == fresh and SHARED.text(text) == fresh  # first time, and remembered
+    assert "hunter2-known-secret" not in SHARED.text(text)
+
+
+def test_remembered_texts_keep_their_type_and_many_texts_do_not_stop_it_working():
+    redactor = Redactor()
+    marked = Mrkdwn("*deploy* finished")
+    for _ in range(2):
+        assert type(redactor.text(marked)) is Mrkdwn and redactor.text(marked) == marked
+        assert redactor.text(3) == "3"  # not a string: its text, as before
+    for n in range(CLEAN_TEXTS * 2 + 5):  # more texts than it remembers
+        assert redactor.text(f"line {n}") == f"line {n}"
+    assert redactor.text("password: s3cr3t-value") == "password: [redacted]"
+    assert redactor.text("password: s3cr3t-value") == "password: [redacted]"

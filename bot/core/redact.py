@@ -22,7 +22,7 @@ from bot.config.secretnames import is_secret_key
 from bot.core.markup import Mrkdwn
 from bot.core.result import Button, Result, Section
 
-__all__ = ["Redactor", "MASK", "PATTERNS", "QUICK_CHECK"]
+__all__ = ["Redactor", "MASK", "PATTERNS", "QUICK_CHECK", "CLEAN_TEXTS"]
 
 MASK = "[redacted]"
 # The secret patterns masked in free text, each with its replacement.
@@ -45,6 +45,11 @@ PATTERNS = [
 # The last pattern's keywords, not its "=" or ":": most text has a colon (":warning:", "usage: ..."), few a keyword.
 QUICK_CHECK = re.compile(r"://|xox[abposre]-|xapp-|bearer\s|pass|pwd|token|secret|key", re.I)
 
+# Texts found to hold no secret are remembered, so the same text (a command's help, a usage line) is not
+# searched again on every reply. Only texts that came out unchanged: no secret is ever kept here.
+CLEAN_TEXTS = 2048
+CLEAN_TEXT_CHARS = 16_384
+
 
 def _secretish(key: str, value: str) -> bool:
     """``token=...`` always is; after ``password: `` in prose, a plain word ("set", "the") is not."""
@@ -56,15 +61,22 @@ def _secretish(key: str, value: str) -> bool:
 class Redactor:
     def __init__(self, known: Iterable[str | None] = ()):
         self.known = sorted({value for value in known if value and len(value) >= 4}, key=len, reverse=True)
+        self._clean: dict[str, None] = {}
 
     def text(self, value: str) -> str:
         """``value`` with secrets masked; markup stays markup (a mask never opens or closes any)."""
-        out = str(value)
+        out = given = str(value)
+        if given in self._clean:
+            return Mrkdwn(given) if isinstance(value, Mrkdwn) else given
         for secret in self.known:
             out = out.replace(secret, MASK)
         if QUICK_CHECK.search(out):
             for pattern, replacement in PATTERNS:
                 out = pattern.sub(replacement, out)
+        if out == given and len(given) <= CLEAN_TEXT_CHARS:
+            if len(self._clean) >= CLEAN_TEXTS:
+                self._clean.clear()  # forget them all rather than track which is oldest: they come back once
+            self._clean[given] = None
         return Mrkdwn(out) if isinstance(value, Mrkdwn) else out
 
     def data(self, value: Any) -> Any:
