@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from tests.support.blockkit import message_refusal, view_errors
 from tests.support.fakeworkspace import Workspace
@@ -203,9 +203,11 @@ class FakeSlack:
         raw = request.rfile.read(length) if length else b""
         ctype = request.headers.get("Content-Type", "")
         path = request.path.split("?", 1)[0]
-        if path == "/_stats":  # for out-of-process users (benchmarks): calls per method
+        if path == "/_stats":  # for out-of-process users (benchmarks): calls per method; ?prefix=P: their sum
+            prefix = parse_qs(urlsplit(request.path).query).get("prefix")
             with self._lock:
-                counts = dict(self._counts)
+                counts = dict(self._counts) if prefix is None else \
+                    {"calls": sum(n for method, n in self._counts.items() if method.startswith(prefix[0]))}
             send_json(request, 200, counts)
             return
         body: Any
