@@ -439,3 +439,24 @@ def test_dead_letters_arriving_between_preview_and_confirm_change_the_plan_and_n
     done = two_queues.engine.confirm(again.pending.id, Actor(ALICE), OPS)
     assert done.result.data["moved"] == 35
     assert everything(q.client, q.ready, q.dead) == Counter(entries + arrivals)
+
+
+@pytest.mark.parametrize("earlier_requeue", [False, True])
+def test_a_requeue_that_has_its_lease_but_no_task_yet_is_a_running_requeue(two_queues, q, earlier_requeue):
+    """Between taking the queue's lease and writing its task, a requeue is only its lease. A second requeue in
+    that window was shown a preview to confirm (or an earlier, finished requeue's progress as this one's)."""
+    from commands.dlq.lease import QueueLease
+
+    kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
+    if earlier_requeue:
+        done = two_queues.engine.confirm(run(two_queues, "dlq requeue --limit 5").pending.id, Actor(ALICE), OPS)
+        assert done.result.status == "ok"  # a finished requeue task stays behind
+    value = QueueLease(q.client, q.lease).take("requeue", "r-new", owner="other-host:1", ttl=30)
+    try:
+        refused = run(two_queues, "dlq requeue", user=BOB)
+    finally:
+        QueueLease(q.client, q.lease).release(value)
+    assert refused.kind == "result" and refused.result.status == "warn"
+    assert refused.result.summary.startswith("A requeue of `jobs` is already running (just starting).")
+    assert refused.result.buttons[0].value == "dlq cancel jobs"
+    assert run(two_queues, "dlq requeue", user=BOB).kind == "preview"  # the lease gone: a preview again

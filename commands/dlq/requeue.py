@@ -49,8 +49,12 @@ def _progress_result(queue: QueueSettings, task: Task, rate: float) -> Result:
             f"{rate:,.0f}/s · ETA {eta}")
     return Result.ok(text, data={"task": task.id, "moved": task.moved, "target": task.target,
                                  "scanned": task.scanned, "rate": rate},
-                     buttons=[Button("Cancel requeue", "run", f"dlq cancel {queue.name}", style="danger",
-                                     confirm=f"Stop requeueing {queue.name}? What moved stays moved.")])
+                     buttons=[_cancel_button(queue)])
+
+
+def _cancel_button(queue: QueueSettings) -> Button:
+    return Button("Cancel requeue", "run", f"dlq cancel {queue.name}", style="danger",
+                  confirm=f"Stop requeueing {queue.name}? What moved stays moved.")
 
 
 def plan_requeue(inv: Invocation) -> Plan | Result:
@@ -105,6 +109,10 @@ def _busy(queue: QueueSettings, backend: DeadLetterBackend) -> Plan | Result | N
     task = backend.task()
     if holder and holder.kind == "trim":
         return _busy_with_trim(queue, backend)
+    if holder and not (task and task.unfinished):  # its lease taken, its task not written yet (or an earlier one's)
+        return Result.warn(f"A requeue of `{queue.name}` is already running (just starting). "
+                           f"`/ops dlq cancel {queue.name}` stops it.", data={"queue": queue.name, "busy": "requeue"},
+                           buttons=[_cancel_button(queue)])
     if holder and task:
         return _progress_result(queue, task, 0.0).with_(
             status="warn", summary=f"A requeue of `{queue.name}` is already running: "
