@@ -12,7 +12,7 @@ from bot.core.invocation import Actor, Where
 from commands.dlq.entries import Filters
 from commands.dlq.redis_list import RedisListQueue
 from tests.conftest import ALICE, BOB, REDIS_URL, write_config
-from tests.support.dlq import ERRORS, dead_letter, everything, kill, oldest_first, two_queues_runtime
+from tests.support.dlq import ERRORS, dead_letter, everything, kill, lease_held, oldest_first, two_queues_runtime
 from commands.dlq.settings import find_queue
 
 OPS = Where("C-ops", channel_name="ops")
@@ -445,17 +445,12 @@ def test_dead_letters_arriving_between_preview_and_confirm_change_the_plan_and_n
 def test_a_requeue_that_has_its_lease_but_no_task_yet_is_a_running_requeue(two_queues, q, earlier_requeue):
     """Between taking the queue's lease and writing its task, a requeue is only its lease. A second requeue in
     that window was shown a preview to confirm (or an earlier, finished requeue's progress as this one's)."""
-    from commands.dlq.lease import QueueLease
-
     kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
     if earlier_requeue:
         done = two_queues.engine.confirm(run(two_queues, "dlq requeue --limit 5").pending.id, Actor(ALICE), OPS)
         assert done.result.status == "ok"  # a finished requeue task stays behind
-    value = QueueLease(q.client, q.lease).take("requeue", "r-new", owner="other-host:1", ttl=30)
-    try:
+    with lease_held(q, "requeue"):
         refused = run(two_queues, "dlq requeue", user=BOB)
-    finally:
-        QueueLease(q.client, q.lease).release(value)
     assert refused.kind == "result" and refused.result.status == "warn"
     assert refused.result.summary.startswith("A requeue of `jobs` is already running (just starting).")
     assert refused.result.buttons[0].value == "dlq cancel jobs"

@@ -11,7 +11,7 @@ import pytest
 from bot.core.invocation import Actor
 from commands.dlq.redis_list import RedisListQueue
 from tests.conftest import ALICE, BOB, write_config
-from tests.support.dlq import HookedArchive, dead_letter, kill, oldest_first, two_queues_runtime
+from tests.support.dlq import HookedArchive, dead_letter, kill, lease_held, oldest_first, two_queues_runtime
 from tests.test_dlq import BINARY, OPS, run
 from commands.dlq.settings import find_queue
 
@@ -272,17 +272,12 @@ def test_a_trim_that_has_its_lease_but_no_task_yet_is_a_running_trim(two_queues,
     """Between taking the queue's lease and writing its task, a trim is only its lease. A second trim in that
     window was told "A requeue of `jobs` is running" (seen in a two-process race test); it is a trim, and an
     earlier trim's finished task is not shown as its progress."""
-    from commands.dlq.lease import QueueLease
-
     kill(q.client, [dead_letter(i) for i in range(30)], q.dead)
     if earlier_trim:
         done = two_queues.engine.confirm(run(two_queues, "dlq trim --keep 20").pending.id, Actor(ALICE), OPS).result
         assert done.status == "ok"  # a finished trim task stays behind
-    value = QueueLease(q.client, q.lease).take("trim", "t-new", owner="other-host:1", ttl=30)
-    try:
+    with lease_held(q, "trim"):
         refused = run(two_queues, "dlq trim --keep 0", user=BOB)
-    finally:
-        QueueLease(q.client, q.lease).release(value)
     assert refused.kind == "result" and refused.result.status == "warn"
     assert refused.result.summary == "A trim of `jobs` is already running (just starting).", refused.result.summary
     assert q.client.llen(q.dead) == (20 if earlier_trim else 30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -22,6 +23,18 @@ def dead_letter(index: int, *, failed_ago: float = 3600.0, type_: str | None = N
         "failedAt": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(failed)) + f".{int(failed * 1000) % 1000:03d}Z",
         "payload": {"to": f"user{index}@example.com", "smtp_password": "hunter2"},
     }).encode()
+
+
+@contextmanager
+def lease_held(q, kind: str):
+    """The queue's lease taken by a task of ``kind`` on another host that has not written its task yet."""
+    from commands.dlq.lease import QueueLease
+
+    value = QueueLease(q.client, q.lease).take(kind, f"{kind}-elsewhere", owner="other-host:1", ttl=30)
+    try:
+        yield
+    finally:
+        QueueLease(q.client, q.lease).release(value)
 
 
 def kill(client: redis.Redis, entries: list[bytes], dead: str = "jobs:dead") -> None:
