@@ -40,7 +40,7 @@ import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bot.store.groupcommit import GroupCommit, NotSent
+from bot.store.groupcommit import GroupCommit, Interrupted, NotSent
 from bot.store.loganchor import APPEND_LOCK, PG_WAIT, Head, Mirror, Signer, Tables
 from bot.store.logspool import Kept, Spool, clean_payload, clean_text
 from bot.store.logverify import VerifyReport, verify_log
@@ -92,6 +92,8 @@ class ActionLog:
         item = Item(clean_text(action), clean_text(actor), clean_text(tenant), clean_payload(payload))
         try:
             entry = self._appends.submit(item)
+        except Interrupted as exc:  # the thread committing it was interrupted: it may or may not be in the log
+            raise ActionLogUnavailable(f"may not be appended: {exc}") from exc.__cause__
         except NotSent as exc:  # the transaction ahead of it failed: this one was not tried, and is not in the log
             raise ActionLogUnavailable(f"not appended: {exc.__cause__}") from exc.__cause__
         except ActionLogUnavailable as exc:  # one exception for the whole transaction: each caller gets its own
