@@ -304,6 +304,36 @@ def test_the_leaders_backend_terminated_while_it_waits_for_the_chain(own):
 
 
 
+def test_a_replica_frozen_holding_the_chain_keeps_no_append_waiting_for_ever(own):
+    """Another replica froze (SIGSTOP, a paused node) in the middle of its append, holding the chain's lock: its
+    session stays open and the lock is never released. The batch waiting for it, and the appends gathered behind,
+    must return within a bound: strict ones raise (not in the log), keeping ones are kept and appended once."""
+    pg, _, state = own
+    log = state().action_log
+    log.append("request", actor="U0", payload={"n": -1})
+    held = HeldChain(pg.url)
+    frozen = held.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    os.kill(frozen, signal.SIGSTOP)  # a backend of this test's own cluster
+    try:
+        outcomes: dict = {}
+        started = time.monotonic()
+        threads = start(log, [("request", 0, False)], outcomes)
+        time.sleep(0.3)
+        threads += start(log, [("request", n, n % 2 == 0) for n in range(1, 9)], outcomes)
+        joined(threads, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert took < 20, took
+    assert all(isinstance(outcomes[n], ActionLogUnavailable) for n in range(2, 9, 2)), outcomes
+    assert all(outcomes[n] is None for n in (0, 1, 3, 5, 7)), outcomes
+    held.release()
+    later = state().action_log
+    assert later.drain() == 5
+    assert sorted(stored(later)) == [-1, 0, 1, 3, 5, 7]
+    assert later.verify(full=True).ok
+
+
 def test_a_waiter_interrupted_is_not_appended_and_the_batch_it_waited_for_goes_on(runtime, database_url):
     log = runtime.state.action_log
     held = HeldChain(database_url)

@@ -53,6 +53,8 @@ log = logging.getLogger("opsbot.actionlog")
 BACKOFF = 15.0       # after a failure, appends do not wait again for this long
 DRAIN_BATCH = 500
 GROUP_LIMIT = 64     # entries of concurrent appends committed in one transaction, at most
+STATEMENT_WAIT = 5.0  # seconds an append waits for the chain's lock, or for one statement: the appends gathered
+                      # behind it wait too, so a replica frozen while holding the chain must not hold them for ever
 
 
 class ActionLogUnavailable(Exception):
@@ -290,7 +292,9 @@ class ActionLog:
             wrote: list[bool] = []
             try:
                 with self.pool.connection(timeout=PG_WAIT) as conn, conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                    wait = str(int(STATEMENT_WAIT * 1000))  # set before the lock is asked for, in the same round trip
+                    conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s,"
+                                 " true), pg_advisory_xact_lock(%s)", (wait, wait, APPEND_LOCK))
                     items: list[Item] = []
                     if take:
                         taken = self._redis_call(lambda: self.spool.peek(take), [])
@@ -303,7 +307,8 @@ class ActionLog:
                     raise _BadBatch(taken) from exc
                 raise ActionLogUnavailable(f"the action log refused the entry: {_first_line(exc)}") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if attempt == 1 and not wrote and not isinstance(exc, PoolTimeout):
+                waited = isinstance(exc, (PoolTimeout, psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
+                if attempt == 1 and not wrote and not waited:
                     self.pool.check()  # connections the server dropped (a restart): nothing was written; replace them
                     continue
                 self._pg_failed(exc)
