@@ -40,7 +40,7 @@ import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bot.store.groupcommit import GroupCommit, NotSent
+from bot.store.groupcommit import GroupCommit, Interrupted, NotSent
 from bot.store.loganchor import APPEND_LOCK, PG_WAIT, Head, Mirror, Signer, Tables
 from bot.store.logspool import Kept, Spool, clean_payload, clean_text
 from bot.store.logverify import VerifyReport, verify_log
@@ -53,6 +53,8 @@ log = logging.getLogger("opsbot.actionlog")
 BACKOFF = 15.0       # after a failure, appends do not wait again for this long
 DRAIN_BATCH = 500
 GROUP_LIMIT = 64     # entries of concurrent appends committed in one transaction, at most
+STATEMENT_WAIT = 5.0  # seconds an append waits for the chain's lock, or for one statement: the appends gathered
+                      # behind it wait too, so a replica frozen while holding the chain must not hold them for ever
 
 
 class ActionLogUnavailable(Exception):
@@ -92,6 +94,8 @@ class ActionLog:
         item = Item(clean_text(action), clean_text(actor), clean_text(tenant), clean_payload(payload))
         try:
             entry = self._appends.submit(item)
+        except Interrupted as exc:  # the thread committing it was interrupted: it may or may not be in the log
+            raise ActionLogUnavailable(f"may not be appended: {exc}") from exc.__cause__
         except NotSent as exc:  # the transaction ahead of it failed: this one was not tried, and is not in the log
             raise ActionLogUnavailable(f"not appended: {exc.__cause__}") from exc.__cause__
         except ActionLogUnavailable as exc:  # one exception for the whole transaction: each caller gets its own
@@ -288,7 +292,9 @@ class ActionLog:
             wrote: list[bool] = []
             try:
                 with self.pool.connection(timeout=PG_WAIT) as conn, conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                    wait = str(int(STATEMENT_WAIT * 1000))  # set before the lock is asked for, in the same round trip
+                    conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s,"
+                                 " true), pg_advisory_xact_lock(%s)", (wait, wait, APPEND_LOCK))
                     items: list[Item] = []
                     if take:
                         taken = self._redis_call(lambda: self.spool.peek(take), [])
@@ -301,7 +307,8 @@ class ActionLog:
                     raise _BadBatch(taken) from exc
                 raise ActionLogUnavailable(f"the action log refused the entry: {_first_line(exc)}") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if attempt == 1 and not wrote and not isinstance(exc, PoolTimeout):
+                waited = isinstance(exc, (PoolTimeout, psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
+                if attempt == 1 and not wrote and not waited:
                     self.pool.check()  # connections the server dropped (a restart): nothing was written; replace them
                     continue
                 self._pg_failed(exc)

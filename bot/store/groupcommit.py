@@ -20,6 +20,10 @@ When a send fails, the writes gathered behind it are not sent: they raise :class
 that send's error). A server that did not answer one send within its timeout would most likely keep the
 next waiting as long, and a write would wait out two timeouts, the one ahead of it and its own, where
 its caller was promised one. So a write waits for at most one send that fails.
+
+An interrupt of the thread leading a send (a signal handler raising KeyboardInterrupt or SystemExit in the
+main thread) is that thread's own: the other writes of its send raise :class:`Interrupted` (its cause the
+interrupt), not the interrupt itself, which would end threads it was never meant for.
 """
 
 from __future__ import annotations
@@ -29,13 +33,17 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
-__all__ = ["GroupCommit", "NotSent"]
+__all__ = ["GroupCommit", "Interrupted", "NotSent"]
 
 T = TypeVar("T")
 
 
 class NotSent(Exception):
     """A write that was not sent at all, because the send ahead of it failed (that send's error is the cause)."""
+
+
+class Interrupted(NotSent):
+    """A write whose send was interrupted in the thread leading it (the interrupt is the cause): it may have gone."""
 
 
 class _Write(Generic[T]):
@@ -93,6 +101,9 @@ class GroupCommit(Generic[T]):
             following = self._lead_next()
         for each in batch[1:]:
             each.error = error
+            if error is not None and not isinstance(error, Exception):  # the leading thread's interrupt
+                each.error = Interrupted(f"its send was interrupted ({type(error).__name__}): it may have gone")
+                each.error.__cause__ = error
             each.done.set()
         for each in refused:
             each.error = NotSent(f"not sent: the send ahead of it failed ({type(error).__name__}: {error})")
