@@ -172,3 +172,28 @@ def test_verifying_while_others_append_never_raises_a_false_alarm(runtime, make_
     assert len(reports) > 3 and alarms == []  # the copy in Redis is read before the snapshot: never ahead of it
     final = other.state.action_log.verify(full=True)
     assert final.level == "ok" and final.rows == 300 and final.segments == 1
+
+
+def test_an_entry_too_big_for_an_index_fails_alone_and_once_kept_never_blocks_the_log(runtime):
+    """A payload's ``pending_id`` of kilobytes of random text is a row too big for the pending-id index
+    (PostgreSQL's ProgramLimitExceeded, an OperationalError). It was taken for PostgreSQL being down, and,
+    kept in Redis, it failed every later drain, and so every later append: no Confirm could be recorded."""
+    import secrets
+
+    import pytest
+
+    from bot.store.actionlog import ActionLogUnavailable
+
+    log = runtime.state.action_log
+    with pytest.raises(ActionLogUnavailable, match="refused the entry"):
+        log.append("expired", actor="U1", payload={"pending_id": secrets.token_hex(3000)})
+    assert log.append("confirm", actor="U1", payload={"n": 1}).id == 1  # no back-off: PostgreSQL is fine
+
+    assert log.append_or_keep("expired", actor="U1", payload={"pending_id": secrets.token_hex(3000)}) is None
+    assert log.kept() == 1
+    confirm = log.append("confirm", actor="U1", payload={"n": 2})  # the kept entry first, set aside as unreadable
+    assert log.kept() == 0
+    actions = [(e.action, e.payload.get("n")) for e in log.entries()]
+    assert actions == [("confirm", 1), ("spool_unreadable", None), ("confirm", 2)] and confirm.id == 3
+    assert "expired" in log.entries()[1].payload["entry"]  # its bytes, as kept
+    assert log.verify(full=True).ok

@@ -55,6 +55,9 @@ DRAIN_BATCH = 500
 GROUP_LIMIT = 64     # entries of concurrent appends committed in one transaction, at most
 STATEMENT_WAIT = 5.0  # seconds an append waits for the chain's lock, or for one statement: the appends gathered
                       # behind it wait too, so a replica frozen while holding the chain must not hold them for ever
+# What PostgreSQL answers about one entry rather than about itself: a value it cannot store, or a row too big for
+# an index (a payload's pending_id of kilobytes). Such an entry fails alone; kept, the drain sets it aside.
+REFUSED = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
 
 
 class ActionLogUnavailable(Exception):
@@ -171,7 +174,7 @@ class ActionLog:
         try:
             return list(self._commit(mirror, items)[0])
         except ActionLogUnavailable as exc:
-            if len(items) == 1 or not isinstance(exc.__cause__, psycopg.DataError):
+            if len(items) == 1 or not isinstance(exc.__cause__, REFUSED):
                 raise
         results: list[Entry | ActionLogUnavailable] = []
         gone: ActionLogUnavailable | None = None
@@ -183,7 +186,7 @@ class ActionLog:
                 results.append(self._commit(mirror, [item])[0][-1])
             except ActionLogUnavailable as exc:
                 results.append(exc)
-                if not isinstance(exc.__cause__, psycopg.DataError):
+                if not isinstance(exc.__cause__, REFUSED):
                     gone = exc
         return results
 
@@ -302,7 +305,7 @@ class ActionLog:
                     items += direct
                     entries, head, breaks = self.writer.write(conn, items, mirror, wrote) if items else ([], None, [])
                 break
-            except psycopg.DataError as exc:
+            except REFUSED as exc:  # before OperationalError: ProgramLimitExceeded is one
                 if take and taken:
                     raise _BadBatch(taken) from exc
                 raise ActionLogUnavailable(f"the action log refused the entry: {_first_line(exc)}") from exc
