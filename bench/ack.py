@@ -5,6 +5,8 @@
     .venv/bin/python bench/ack.py --rounds 0 --cpu 1000     # CPU per request of each process only
     .venv/bin/python bench/ack.py --client python           # the same, measured by a Python client
     .venv/bin/python bench/ack.py --pause-work              # the ack alone: opsbot's workers stopped meanwhile
+    .venv/bin/python bench/ack.py --before /tmp/before      # and another checkout's opsbot in the same rounds
+                                                            # (git worktree add /tmp/before <commit>)
 
 Both servers run as separate processes on loopback, each behind the same WSGI server
 (waitress, same thread count), signed with the same secret. The bare app acks `/ops`
@@ -58,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SECRET = "bench-signing-secret"
+BEFORE = "opsbot before"
 TOKEN = "xoxb-bench"
 THREADS = 8
 
@@ -303,6 +306,9 @@ def main() -> int:
                              " the ack alone, without the work after it competing for the CPU")
     parser.add_argument("--keep-limits", action="store_true",
                         help="keep app.yaml's rate limits (most requests are then answered 'Slow down')")
+    parser.add_argument("--before", metavar="PATH",
+                        help="also run another checkout's opsbot serve in the same rounds (its own app.yaml, action-log"
+                             " schema and Redis keys): before/after figures measured in one run")
     parser.add_argument("--cpu", type=int, default=0, metavar="N",
                         help="then N requests to each server, and the CPU each process spent per request")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
@@ -320,44 +326,41 @@ def main() -> int:
                             stdout=subprocess.PIPE, text=True)
     slack = _Remote(fake.stdout.readline().strip())
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp, "app.yaml")
-        config.write_text((ROOT / "app.yaml").read_text())
         env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.api_url,
-               "RUN_MIGRATIONS": "true", "OPSBOT_CONFIG": str(config), "LOG_LEVEL": "ERROR"}
+               "RUN_MIGRATIONS": "true", "LOG_LEVEL": "ERROR"}
         env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
         import redis
 
         redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the benchmark's own database
-        text = config.read_text().replace("runbooks_dir: runbooks", f"runbooks_dir: {ROOT / 'runbooks'}")
-        if not args.keep_limits:  # every request runs `help` in full, rather than most being told "Slow down"
-            text, count = re.subn(r"(?m)^(  (?:per_user|guarded_per_user|per_command):) .*$", r"\1 0", text)
-            assert count == 3, "app.yaml's limits: section changed; update bench/ack.py"
-        config.write_text(text)
-
-        servers: dict[str, list[subprocess.Popen]] = {"bare Bolt app": [], "opsbot serve": []}
-        urls: dict[str, list[str]] = {"bare Bolt app": [], "opsbot serve": []}
+        checkouts = {"opsbot serve": ROOT, **({BEFORE: Path(args.before).resolve()} if args.before else {})}
+        names = ["bare Bolt app", *checkouts]
+        servers: dict[str, list[subprocess.Popen]] = {name: [] for name in names}
+        urls: dict[str, list[str]] = {name: [] for name in names}
         for _ in range(args.replicas):
-            bare_port, bot_port = free_port(), free_port()
+            bare_port = free_port()
             servers["bare Bolt app"].append(launch(
                 [sys.executable, __file__, "--serve-bare", str(bare_port), "--api-url", slack.api_url],
                 env, Path(tmp, f"bare-{bare_port}.log")))
-            servers["opsbot serve"].append(launch(
-                [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(bot_port),
-                 "--threads", str(THREADS), "--worker-nice", str(args.worker_nice)],
-                env, Path(tmp, f"opsbot-{bot_port}.log"), cwd=ROOT))
             urls["bare Bolt app"].append(f"http://127.0.0.1:{bare_port}/slack/events")
-            urls["opsbot serve"].append(f"http://127.0.0.1:{bot_port}/slack/events")
+            for name, checkout in checkouts.items():
+                bot_port, config = free_port(), bench_config(checkout, Path(tmp, slug(name)), name, args.keep_limits)
+                servers[name].append(launch(
+                    [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(bot_port),
+                     "--threads", str(THREADS), "--worker-nice", str(args.worker_nice)],
+                    {**env, "OPSBOT_CONFIG": str(config)}, Path(tmp, f"{slug(name)}-{bot_port}.log"), cwd=checkout))
+                urls[name].append(f"http://127.0.0.1:{bot_port}/slack/events")
         everything = [proc for procs in servers.values() for proc in procs]
         try:
             for name in urls:
                 for url, proc in zip(urls[name], servers[name]):
                     wait_ready(url, proc)
             for name, targets in urls.items():  # warm-up
-                load(targets, slack.response_url(f"warmup-{name.replace(' ', '-')}"), 50, args.concurrency)
-            drain(slack, "response/warmup-opsbot-serve-", 50)  # else its work ran through the first bare round
+                load(targets, slack.response_url(f"warmup-{slug(name)}"), 50, args.concurrency)
+            for name in checkouts:  # else its work ran through the first bare round
+                drain(slack, f"response/warmup-{slug(name)}-", 50)
             rounds: list[dict[str, tuple[float, float, int]]] = []
             pooled: dict[str, list[float]] = {name: [] for name in urls}
-            delivered, drained = 0, []
+            delivered, drained = {name: 0 for name in checkouts}, []
             for number in range(args.rounds):  # interleaved, so both servers see the same machine noise
                 figures = {}
                 for name, targets in urls.items():
@@ -366,16 +369,16 @@ def main() -> int:
                     for pid in paused:
                         os.kill(pid, signal.SIGSTOP)
                     try:
-                        latencies, errors = load(targets, slack.response_url(f"{name.replace(' ', '-')}-{number}"),
+                        latencies, errors = load(targets, slack.response_url(f"{slug(name)}-{number}"),
                                                  args.requests, args.concurrency)
                     finally:
                         for pid in paused:
                             os.kill(pid, signal.SIGCONT)
                     figures[name] = (percentile(latencies, 50), percentile(latencies, 99), errors)
                     pooled[name] += latencies
-                    if name == "opsbot serve":  # its work is done before the next round: each round starts quiet
-                        took = drain(slack, f"response/opsbot-serve-{number}-", args.requests)
-                        delivered += slack.count(f"response/opsbot-serve-{number}-")
+                    if name in checkouts:  # its work is done before the next round: each round starts quiet
+                        took = drain(slack, f"response/{slug(name)}-{number}-", args.requests)
+                        delivered[name] += slack.count(f"response/{slug(name)}-{number}-")
                         drained.append(took)
                 rounds.append(figures)
             expected = args.requests * args.rounds
@@ -397,25 +400,54 @@ def main() -> int:
     if not rounds:
         return 0
     print(f"{'round':<7}{'server':<16}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'p99 ratio':>11}")
-    ratios = []
+    ratios: dict[str, list[float]] = {name: [] for name in checkouts}
     for index, figures in enumerate(rounds, 1):
-        ratio = figures["opsbot serve"][1] / figures["bare Bolt app"][1]
-        ratios.append(ratio)
         for name, (p50, p99, errors) in figures.items():
-            shown = f"{ratio:>11.2f}" if name == "opsbot serve" else ""
+            shown = ""
+            if name in checkouts:
+                ratios[name].append(p99 / figures["bare Bolt app"][1])
+                shown = f"{ratios[name][-1]:>11.2f}"
             print(f"{index:<7}{name:<16}{p50 * 1000:>10.2f}{p99 * 1000:>10.2f}{errors:>8}{shown}")
-    ratio = statistics.median(ratios)
+    ratio = {name: statistics.median(values) for name, values in ratios.items()}
     errors = sum(f[2] for figures in rounds for f in figures.values())
     p99 = {name: percentile(latencies, 99) for name, latencies in pooled.items()}
-    print(f"median p99 ratio opsbot/bare: {ratio:.2f} (target <= 1.2); errors: {errors}")
+    for name in checkouts:
+        print(f"median p99 ratio {name}/bare: {ratio[name]:.2f}" + (" (target <= 1.2)" if name != BEFORE else ""))
+    print(f"errors: {errors}")
     if errors:
         print(f"NOT A MEASUREMENT: {errors} errors (failed connects, each retry counted; resets; timeouts; refusals; "
               "requests never answered), and the figures above leave those requests out")
-    print(f"p99 of all rounds' acks together: bare {p99['bare Bolt app'] * 1000:.2f} ms, "
-          f"opsbot {p99['opsbot serve'] * 1000:.2f} ms, ratio {p99['opsbot serve'] / p99['bare Bolt app']:.2f}")
-    print(f"opsbot results delivered to response_url: {delivered}/{expected} "
-          f"(each round's work done {min(drained):.1f}-{max(drained):.1f}s after its last ack)")
-    return 0 if ratio <= 1.2 and errors == 0 and delivered == expected else 1
+    for name in checkouts:
+        print(f"p99 of all rounds' acks together: bare {p99['bare Bolt app'] * 1000:.2f} ms, {name}"
+              f" {p99[name] * 1000:.2f} ms, ratio {p99[name] / p99['bare Bolt app']:.2f}")
+    print("results delivered to response_url: " + ", ".join(f"{name} {count}/{expected}"
+                                                            for name, count in delivered.items())
+          + f" (each round's work done {min(drained):.1f}-{max(drained):.1f}s after its last ack)")
+    ok = errors == 0 and all(count == expected for count in delivered.values())
+    return 0 if ratio["opsbot serve"] <= 1.2 and ok else 1
+
+
+def slug(name: str) -> str:
+    return name.replace(" ", "-")
+
+
+def bench_config(checkout: Path, folder: Path, name: str, keep_limits: bool) -> Path:
+    """``checkout``'s app.yaml for the benchmark: its runbooks, no rate limits (unless kept), and for the
+    checkout measured as before, an action-log schema and Redis keys of its own (each server's workers
+    take only that server's deliveries)."""
+    text = (checkout / "app.yaml").read_text().replace("runbooks_dir: runbooks",
+                                                       f"runbooks_dir: {checkout / 'runbooks'}")
+    if not keep_limits:  # every request runs `help` in full, rather than most being told "Slow down"
+        text, count = re.subn(r"(?m)^(  (?:per_user|guarded_per_user|per_command):) .*$", r"\1 0", text)
+        assert count == 3, f"{checkout}/app.yaml's limits: section changed; update bench/ack.py"
+    if name == BEFORE:
+        text, count = re.subn(r'(?m)^  schema: opsbot\n  prefix: "opsbot:"$', '  schema: opsbot_before\n  prefix:'
+                              ' "opsbot-before:"', text)
+        assert count == 1, f"{checkout}/app.yaml's state: section changed; update bench/ack.py"
+    folder.mkdir()
+    config = folder / "app.yaml"
+    config.write_text(text)
+    return config
 
 
 def cpu_per_request(load: Callable, name: str, targets: list[str], procs: list[subprocess.Popen], fake: int, slack: "_Remote",
@@ -423,7 +455,7 @@ def cpu_per_request(load: Callable, name: str, targets: list[str], procs: list[s
     """CPU seconds per request of each process taking part, over ``requests`` more (and their work, drained)."""
     import redis
 
-    key = f"cpu-{name.replace(' ', '-')}"
+    key = f"cpu-{slug(name)}"
     server = redis.Redis.from_url(redis_url)
 
     def snapshot() -> dict[str, dict[int, float]]:
@@ -437,7 +469,7 @@ def cpu_per_request(load: Callable, name: str, targets: list[str], procs: list[s
 
     before = snapshot()
     load(targets, slack.response_url(key), requests, concurrency)
-    if name == "opsbot serve":
+    if name != "bare Bolt app":
         started = time.monotonic()
         while slack.count(f"response/{key}") < requests and time.monotonic() - started < 120:
             time.sleep(0.1)

@@ -158,3 +158,15 @@ def test_the_concurrency_is_split_over_replicas_without_losing_connections(bench
             receiver.close()
     assert errors == 0 and len(latencies) == 120
     assert sorted(len(r.peers) for r in receivers) == [6, 7, 7]  # 20 in all, not 3 x 6
+
+
+def test_the_checkout_measured_as_before_gets_its_own_action_log_schema_and_redis_keys(bench, tmp_path):
+    from bot.config.settings import load_settings
+
+    now = load_settings(bench.bench_config(REPO, tmp_path / "now", "opsbot serve", keep_limits=False), env={})
+    before = load_settings(bench.bench_config(REPO, tmp_path / "before", bench.BEFORE, keep_limits=False), env={})
+
+    assert (now.state.db_schema, now.state.prefix) == ("opsbot", "opsbot:")
+    assert (before.state.db_schema, before.state.prefix) == ("opsbot_before", "opsbot-before:")
+    for settings in (now, before):  # every request runs `help` in full
+        assert (settings.limits.per_user, settings.limits.guarded_per_user, settings.limits.per_command) == ("0", "0", "0")
