@@ -382,22 +382,22 @@ def test_the_node_holding_a_queue_killed_mid_trim_then_restarted_archives_each_e
     import signal
     import time
 
-    from tests.support.dlq import archive_rows, assert_exactly_once, opsbot, reset_schema
+    from tests.support.dlq import archived_count, assert_exactly_once, opsbot, reset_schema
     from tests.support.dlqlayout import QueueLayout
 
     reset_schema(database_url)
     with QueueLayout.cluster_test(redis_cluster) as q:
         path = q.configure(write_config(tmp_path / "app.yaml", database_url), "batch: 50, lease_ttl: 2s")
-        entries = [dead_letter(i) for i in range(4000)]
+        entries = [dead_letter(i) for i in range(20_000)]  # room to spare: a fast trim once ended before the kill
         kill(q.client, entries, q.dead)
+        node = q.node_of_queue()  # found before the trim starts: looking it up meanwhile let the trim run on
         env = {**os.environ, "RUN_MIGRATIONS": "true"}
         proc = subprocess.Popen(opsbot(path, "dlq trim --keep 1"), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
-        while len(archive_rows(database_url)) < 300:
+        while archived_count(database_url) < 300:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.005)
-        node = q.node_of_queue()
         os.kill(node.pid, signal.SIGKILL)         # mid-trim, by PID
         node.process.wait()
         out, err = proc.communicate(timeout=120)
@@ -405,7 +405,7 @@ def test_the_node_holding_a_queue_killed_mid_trim_then_restarted_archives_each_e
         node.process = None
         node.start()
         q.reconnect()
-        assert 1 < q.client.llen(q.dead) < 4000
+        assert 1 < q.client.llen(q.dead) < len(entries)
 
         again = subprocess.run(opsbot(path, "dlq trim --keep 1"), env=env, capture_output=True, text=True,
                                timeout=180)

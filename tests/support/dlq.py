@@ -62,6 +62,14 @@ def reset_schema(database_url: str) -> None:
         conn.execute("DROP SCHEMA IF EXISTS opsbot CASCADE")
 
 
+def archived_count(database_url: str) -> int:
+    """How many dead letters are archived: one count, cheap to ask often while a trim runs."""
+    with psycopg.connect(database_url) as conn:
+        if conn.execute("SELECT to_regclass('opsbot.dlq_archive')").fetchone()[0] is None:
+            return 0
+        return conn.execute("SELECT count(*) FROM opsbot.dlq_archive").fetchone()[0]
+
+
 def archive_rows(database_url: str) -> list[tuple[str, int, bytes]]:
     """(task_id, ordinal, entry) of every archived dead letter, in task and ordinal order."""
     with psycopg.connect(database_url) as conn:
