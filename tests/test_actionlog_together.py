@@ -7,60 +7,16 @@ PostgreSQL's ``xmin``, so the tests count transactions from the rows themselves.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
-import psycopg
 import pytest
 
-from bot.config.settings import load_settings
-from bot.store.actionlog import APPEND_LOCK, ActionLogUnavailable
-from bot.store.state import State
-from tests.conftest import write_config
+from bot.store.actionlog import ActionLogUnavailable
 from tests.support.actionlog import TABLE, sql
-from tests.support.servers import PostgresCluster, RedisServer
+from tests.support.appenders import HeldChain, own_servers, start, until
 
 
-class HeldChain:
-    """Another session holding the action log's advisory lock, as a replica in the middle of an append would."""
-
-    def __init__(self, url: str):
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))
-        self.url = url
-
-    def waiters(self) -> int:
-        return sql(self.url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")[0][0]
-
-    def release(self) -> None:
-        self.conn.execute("SELECT pg_advisory_unlock(%s)", (APPEND_LOCK,))
-        self.conn.close()
-
-
-def until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def appending(log, whats: list[tuple[str, int]], outcomes: dict, *, strict: bool = True) -> list[threading.Thread]:
-    """Start one thread per (action, n); each puts what it got (an entry, None: kept, or the error) in outcomes[n]."""
-
-    def append(action: str, n: int) -> None:
-        try:
-            if strict:
-                outcomes[n] = log.append(action, actor=f"U{n}", payload={"n": n})
-            else:
-                outcomes[n] = log.append_or_keep(action, actor=f"U{n}", payload={"n": n})
-        except ActionLogUnavailable as exc:
-            outcomes[n] = exc
-
-    threads = [threading.Thread(target=append, args=what) for what in whats]
-    for thread in threads:
-        thread.start()
-    return threads
 
 
 def transactions(database_url) -> list[list[int]]:
@@ -75,9 +31,9 @@ def test_appends_arriving_while_the_chain_is_held_are_committed_in_one_transacti
     log = runtime.state.action_log
     held = HeldChain(database_url)
     outcomes: dict = {}
-    first = appending(log, [("request", 0)], outcomes)
+    first = start(log, [("request", 0, True)], outcomes)
     until(lambda: held.waiters() == 1)  # the first is in its transaction, waiting for the chain
-    others = appending(log, [("request", n) for n in range(1, 8)], outcomes)
+    others = start(log, [("request", n, True) for n in range(1, 8)], outcomes)
     time.sleep(0.3)  # they queue behind it in this process
     held.release()
     for thread in first + others:
@@ -134,10 +90,10 @@ def test_an_entry_postgresql_refuses_fails_alone_and_the_others_of_its_transacti
     log = runtime.state.action_log
     held = HeldChain(database_url)
     outcomes: dict = {}
-    first = appending(log, [("request", 0)], outcomes)
+    first = start(log, [("request", 0, True)], outcomes)
     until(lambda: held.waiters() == 1)
-    others = appending(log, [("request", 1), ("request", 2), ("poison", 3), ("request", 4), ("request", 5)],
-                       outcomes)
+    others = start(log, [(action, n, True) for action, n in
+                         (("request", 1), ("request", 2), ("poison", 3), ("request", 4), ("request", 5))], outcomes)
     time.sleep(0.3)
     held.release()
     for thread in first + others:
@@ -151,32 +107,19 @@ def test_an_entry_postgresql_refuses_fails_alone_and_the_others_of_its_transacti
 
 @pytest.fixture
 def own(tmp_path):
-    """A State on its own PostgreSQL cluster and redis-server, which the test may stop."""
-    with PostgresCluster() as pg, RedisServer() as rds:
-        path = write_config(tmp_path / "app.yaml", pg.url, redis_url=rds.url)
-        states: list[State] = []
-
-        def state() -> State:
-            states.append(State(load_settings(path, env=os.environ)))
-            return states[-1]
-
-        state().migrate()
-        try:
-            yield pg, state
-        finally:
-            for each in states:
-                each.close()
+    with own_servers(tmp_path) as servers:
+        yield servers
 
 
 def test_postgres_stopped_under_a_waiting_transaction_keeps_every_entry_of_it_and_appends_each_once(own):
-    pg, state = own
+    pg, _, state = own
     log = state().action_log
     log.append("request", actor="U0", payload={"n": -1})
     held = HeldChain(pg.url)
     outcomes: dict = {}
-    first = appending(log, [("request", 0)], outcomes, strict=False)
+    first = start(log, [("request", 0, False)], outcomes)
     until(lambda: held.waiters() == 1)
-    others = appending(log, [("request", n) for n in range(1, 8)], outcomes, strict=False)
+    others = start(log, [("request", n, False) for n in range(1, 8)], outcomes)
     time.sleep(0.3)
     started = time.monotonic()
     pg.stop()  # the transaction and the session holding the chain die with it

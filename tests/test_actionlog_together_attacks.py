@@ -15,13 +15,10 @@ import time
 
 import pytest
 
-from bot.config.settings import load_settings
 from bot.store.actionlog import ActionLogUnavailable
-from bot.store.state import State
-from tests.conftest import write_config
 from tests.support.actionlog import TABLE, sql
-from tests.support.appenders import HeldChain, check_own, joined, refuse, slow_trigger, start, stored, until
-from tests.support.servers import PostgresCluster, RedisServer
+from tests.support.appenders import (HeldChain, check_own, joined, own_servers, refuse, slow_trigger, start,
+                                     stored, until)
 
 
 class Stop(KeyboardInterrupt):
@@ -201,21 +198,8 @@ def test_huge_payloads_and_nul_bytes_in_one_batch_each_stored_as_cleaned_and_its
 
 @pytest.fixture
 def own(tmp_path):
-    """(PostgreSQL cluster, redis-server, a function building a State as a fresh process would): the test's own."""
-    with PostgresCluster() as pg, RedisServer() as rds:
-        path = write_config(tmp_path / "app.yaml", pg.url, redis_url=rds.url)
-        states: list[State] = []
-
-        def state() -> State:
-            states.append(State(load_settings(path, env=os.environ)))
-            return states[-1]
-
-        state().migrate()
-        try:
-            yield pg, rds, state
-        finally:
-            for each in states:
-                each.close(timeout=1)
+    with own_servers(tmp_path) as servers:
+        yield servers
 
 
 def test_postgres_stopped_under_a_crowd_of_strict_and_keeping_appends(own):

@@ -10,15 +10,42 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 
+from bot.config.settings import load_settings
 from bot.store.actionlog import APPEND_LOCK
+from bot.store.state import State
+from tests.conftest import write_config
 from tests.support.actionlog import TABLE, sql
+from tests.support.servers import PostgresCluster, RedisServer
 
-__all__ = ["HeldChain", "until", "start", "joined", "stored", "check_own", "slow_trigger", "refuse"]
+__all__ = ["HeldChain", "until", "start", "joined", "stored", "check_own", "slow_trigger", "refuse", "own_servers"]
+
+
+@contextmanager
+def own_servers(folder: Path):
+    """(PostgreSQL cluster, redis-server, a function building a State as a fresh process would): a test's own,
+    which it may stop; every State built is closed after."""
+    with PostgresCluster() as pg, RedisServer() as rds:
+        path = write_config(folder / "app.yaml", pg.url, redis_url=rds.url)
+        states: list[State] = []
+
+        def state() -> State:
+            states.append(State(load_settings(path, env=os.environ)))
+            return states[-1]
+
+        state().migrate()
+        try:
+            yield pg, rds, state
+        finally:
+            for each in states:
+                each.close(timeout=1)
 
 
 class HeldChain:
