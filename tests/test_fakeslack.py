@@ -328,3 +328,17 @@ def test_refusals_a_test_provokes_on_purpose_are_allowed(fake, client):
     fake.allow("not_in_channel")
     assert [c.refusal for c in fake.unexpected_refusals()] == ["no_text"]
     assert not fake.calls("chat.postMessage")[0].ok
+
+
+def test_a_fake_for_a_long_benchmark_keeps_counts_and_refusals_but_no_accepted_call():
+    """`--counts-only` (bench/ack.py): tens of thousands of replies must not grow the fake's memory; its refusals
+    are as strict, kept and counted."""
+    import httpx
+
+    with FakeSlack(token="xoxb-test-token-0000", keep_calls=False) as fake:
+        assert [httpx.post(fake.response_url(f"b{n}"), json={"text": "t"}).status_code for n in range(3)] == [200] * 3
+        refused = httpx.post(fake.response_url("b9"), json={"text": "t", "blocks": [section("x" * 3001)]})
+        assert refused.status_code == 400
+        assert [c.method for c in fake.calls()] == ["response/b9"] and fake.refusals()[0].refusal == "invalid_blocks"
+        assert httpx.get(fake.base + "/_stats", params={"prefix": "response/b"}).json() == {"calls": 4}
+        assert httpx.get(fake.base + "/_stats").json()["_refused"] == 1

@@ -65,7 +65,8 @@ def _invalid_arguments(*messages: str) -> dict:
 
 class FakeSlack:
     def __init__(self, usergroups: dict[str, list[str]] | None = None, *, token: str = "xoxb-test-token-0000",
-                 app_token: str = "xapp-test"):
+                 app_token: str = "xapp-test", keep_calls: bool = True):
+        self.keep_calls = keep_calls  # False (a benchmark's long run): keep refusals only; /_stats counts all
         self.usergroups = usergroups or {}
         self.token, self.app_token = token, app_token
         self.workspace = Workspace()
@@ -155,8 +156,11 @@ class FakeSlack:
 
     def _record(self, call: Call) -> None:
         """Keep a call (with the lock held), and count it: a busy run (a benchmark) makes tens of thousands."""
-        self._calls.append(call)
+        if self.keep_calls or call.refusal:
+            self._calls.append(call)
         self._counts[call.method] = self._counts.get(call.method, 0) + 1
+        if call.refusal:
+            self._counts["_refused"] = self._counts.get("_refused", 0) + 1
         if call.ok and not call.method.startswith("response/"):  # a response_url's uses are taken in _respond
             self._used[call.method] = self._used.get(call.method, 0) + 1
         self._lock.notify_all()
@@ -388,6 +392,9 @@ if __name__ == "__main__":  # python -m tests.support.fakeslack [--token xoxb-â€
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--token", default="xoxb-test-token-0000")
-    with FakeSlack(token=parser.parse_args().token) as fake:
+    parser.add_argument("--counts-only", action="store_true",
+                        help="keep no accepted call, only counts (GET /_stats) and refusals: for a long benchmark")
+    options = parser.parse_args()
+    with FakeSlack(token=options.token, keep_calls=not options.counts_only) as fake:
         print(fake.base, flush=True)
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
