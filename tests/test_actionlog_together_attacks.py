@@ -288,7 +288,7 @@ def test_the_leaders_backend_terminated_while_it_waits_for_the_chain(own):
 
 
 
-def test_a_replica_frozen_holding_the_chain_keeps_no_append_waiting_for_ever(own):
+def test_a_replica_frozen_holding_the_chain_keeps_no_append_waiting_for_ever(own, caplog):
     """Another replica froze (SIGSTOP, a paused node) in the middle of its append, holding the chain's lock: its
     session stays open and the lock is never released. The batch waiting for it, and the appends gathered behind,
     must return within a bound: strict ones raise (not in the log), keeping ones are kept and appended once."""
@@ -309,6 +309,8 @@ def test_a_replica_frozen_holding_the_chain_keeps_no_append_waiting_for_ever(own
     finally:
         os.kill(frozen, signal.SIGCONT)
     assert took < 20, took
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("the chain's lock was held elsewhere for over 5s" in line for line in warned), warned  # not "down"
     assert all(isinstance(outcomes[n], ActionLogUnavailable) for n in range(2, 9, 2)), outcomes
     assert all(outcomes[n] is None for n in (0, 1, 3, 5, 7)), outcomes
     held.release()

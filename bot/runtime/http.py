@@ -38,6 +38,7 @@ from bot.runtime.factory import Runtime
 from bot.runtime.hooks import WebhookIntake
 from bot.slack.app import Intake, build_app
 from bot.slack.gate import COMMAND, SlackGate
+from bot.store.deadline import Bound
 from bot.store.workqueue import WorkQueue
 
 __all__ = ["HttpServer", "build_wsgi", "readiness"]
@@ -54,8 +55,8 @@ def readiness(runtime: Runtime, timeout: float = 2.0) -> dict[str, str]:
     except Exception as exc:
         checks["redis"] = f"error: {runtime.redactor.text(str(exc))}"
     try:
-        with runtime.state.pool.connection(timeout=timeout) as conn:
-            conn.execute("SELECT 1")
+        with runtime.state.pool.connection(timeout=timeout) as conn, Bound(timeout).on(conn):
+            conn.execute("SELECT 1")  # a PostgreSQL that froze would hold this thread, and the next probe's, for ever
         checks["postgres"] = "ok"
     except Exception as exc:
         checks["postgres"] = f"error: {runtime.redactor.text(str(exc) or type(exc).__name__)}"

@@ -23,7 +23,9 @@ that arrive meanwhile go in the next transaction, in the order they came, each r
 once its own entry is committed. One entry PostgreSQL refuses does not take the others of its
 transaction with it: they are appended one by one.
 
-When PostgreSQL does not answer within ``PG_WAIT`` seconds, ``append`` raises and
+When PostgreSQL does not answer within ``PG_WAIT`` seconds (a connection), or an append's
+transaction has not ended within ``TRANSACTION_WAIT`` (a server that froze answers nothing and
+never times out, so the connection is cut: :mod:`bot.store.deadline`), ``append`` raises and
 ``append_or_keep`` keeps the entry in Redis (:mod:`bot.store.logspool`); for
 ``BACKOFF`` seconds after that neither waits again. Kept entries are appended
 before any newer one, by the next append or ``drain()``, exactly once.
@@ -40,6 +42,7 @@ import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from bot.store.deadline import Bound
 from bot.store.groupcommit import GroupCommit, Interrupted, NotSent
 from bot.store.loganchor import APPEND_LOCK, PG_WAIT, Head, Mirror, Signer, Tables
 from bot.store.logspool import Kept, Spool, clean_payload, clean_text
@@ -55,6 +58,8 @@ DRAIN_BATCH = 500
 GROUP_LIMIT = 64     # entries of concurrent appends committed in one transaction, at most
 STATEMENT_WAIT = 5.0  # seconds an append waits for the chain's lock, or for one statement: the appends gathered
                       # behind it wait too, so a replica frozen while holding the chain must not hold them for ever
+TRANSACTION_WAIT = 2 * STATEMENT_WAIT  # seconds an append's transaction may take, commit included: past it the
+                                      # connection is cut (a PostgreSQL that froze answers nothing, and never times out)
 # What PostgreSQL answers about one entry rather than about itself: a value it cannot store, or a row too big for
 # an index (a payload's pending_id of kilobytes). Such an entry fails alone; kept, the drain sets it aside.
 REFUSED = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
@@ -247,13 +252,13 @@ class ActionLog:
             self.metrics.action_log_kept.labels(outcome="kept").inc()
 
     # -- internals: PostgreSQL ----------------------------------------------------------------
-    def _pg_failed(self, exc: BaseException) -> None:
+    def _pg_failed(self, why: str) -> None:
         with self._state:
             self._pg_down_until = time.monotonic() + BACKOFF
             first, self._pg_outage = not self._pg_outage, True
         if first:
-            log.warning("the bot's PostgreSQL (%s) does not answer: %s; action-log entries are kept in Redis and"
-                        " appended when it answers again", self.where, _first_line(exc))
+            log.warning("the bot's PostgreSQL (%s) cannot take action-log entries: %s; they are kept in Redis and"
+                        " appended when it can again", self.where, why)
 
     def _pg_answered(self) -> None:
         self._pg_down_until = 0.0  # it answers: nothing to wait out any more
@@ -293,8 +298,9 @@ class ActionLog:
         for attempt in (1, 2):
             taken: list[bytes] = []
             wrote: list[bool] = []
+            bound = Bound(TRANSACTION_WAIT)
             try:
-                with self.pool.connection(timeout=PG_WAIT) as conn, conn.transaction():
+                with self.pool.connection(timeout=PG_WAIT) as conn, bound.on(conn), conn.transaction():
                     wait = str(int(STATEMENT_WAIT * 1000))  # set before the lock is asked for, in the same round trip
                     conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s,"
                                  " true), pg_advisory_xact_lock(%s)", (wait, wait, APPEND_LOCK))
@@ -310,13 +316,16 @@ class ActionLog:
                     raise _BadBatch(taken) from exc
                 raise ActionLogUnavailable(f"the action log refused the entry: {_first_line(exc)}") from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                waited = isinstance(exc, (PoolTimeout, psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
+                waited = bound.cut or isinstance(exc, (PoolTimeout, psycopg.errors.LockNotAvailable,
+                                                       psycopg.errors.QueryCanceled))
                 if attempt == 1 and not wrote and not waited:
                     self.pool.check()  # connections the server dropped (a restart): nothing was written; replace them
                     continue
-                self._pg_failed(exc)
-                raise ActionLogUnavailable(f"the action log ({self.where}) is unavailable: {_first_line(exc)}") \
-                    from exc
+                why = (f"no answer within {TRANSACTION_WAIT:.0f}s" if bound.cut else
+                       f"the chain's lock was held elsewhere for over {STATEMENT_WAIT:.0f}s (another replica stuck"
+                       " in an append?)" if isinstance(exc, psycopg.errors.LockNotAvailable) else _first_line(exc))
+                self._pg_failed(why)
+                raise ActionLogUnavailable(f"the action log ({self.where}) is unavailable: {why}") from exc
             except psycopg.Error as exc:
                 hint = " (run `opsbot migrate`)" if isinstance(exc, psycopg.errors.UndefinedTable) else ""
                 raise ActionLogUnavailable(f"the action log cannot be written: {_first_line(exc)}{hint}") from exc
