@@ -26,9 +26,12 @@ from bot.config.pgurl import pg_params
 from bot.config.settings import Settings
 from bot.core.invocation import BadArgument, CommandError
 from bot.runtime.redisconn import connect as connect_redis
+from bot.store.deadline import Silence
 from bot.store.postgres import connect, database_params, search_path, set_local
 
-__all__ = ["Targets", "describe_postgres", "first_line"]
+__all__ = ["SILENCE_GRACE", "Targets", "describe_postgres", "first_line"]
+
+SILENCE_GRACE = 10.0  # seconds past the statement timeout with no answer at all: the database froze, and is cut
 
 def describe_postgres(url: str) -> str:
     """``host:port/dbname`` of a PostgreSQL URL or conninfo, never its password."""
@@ -77,19 +80,27 @@ class Targets:
         except psycopg.OperationalError as exc:
             raise CommandError(f"database {name!r} at {describe_postgres(target.url)} is unreachable:"
                                f" {first_line(exc)}") from None
+        silence = Silence(timeout_ms / 1000 + SILENCE_GRACE)
         with conn:
             conn.read_only = read_only
             if repeatable_read:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             if snapshot is not None:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            with conn.transaction():  # settings are the transaction's own: safe behind a transaction-mode pooler
-                if snapshot is not None:  # before any query of the transaction, as PostgreSQL requires
-                    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-                set_local(conn, "statement_timeout", str(timeout_ms))
-                if params.schema:
-                    search_path(conn, params.schema)
-                yield conn
+            try:
+                with silence.on(conn), conn.transaction():  # settings are the transaction's own: safe behind a
+                    if snapshot is not None:  # transaction-mode pooler; a snapshot before any query, as required
+                        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                    set_local(conn, "statement_timeout", str(timeout_ms))
+                    if params.schema:
+                        search_path(conn, params.schema)
+                    yield conn
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if not silence.cut:
+                    raise
+                raise CommandError(f"database {name!r} at {describe_postgres(target.url)} stopped answering: nothing"
+                                   f" came back for {silence.seconds:.0f}s after a query (frozen, or the network"
+                                   " drops everything); the connection was cut") from exc
 
     def shares_snapshots(self, name: str) -> bool:
         """Whether more connections (up to three in all) may join a transaction's exported snapshot

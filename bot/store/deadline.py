@@ -18,17 +18,29 @@ the outcome unknown, as any connection lost then does.
 The socket is shut only while the block is running, so a connection back in its pool is never touched, and a
 connection that was cut is closed when the block ends, so its pool drops it. One watcher thread serves every
 bound of a process.
+
+``Silence(seconds)`` is the bound for work of any length (a target database's transaction, which may read for
+minutes): it cuts only when a command has been in flight (libpq's transaction status is ``ACTIVE``) for
+``seconds`` with no data going either way on the socket, as the kernel's times of its last data each way tell
+(``TCP_INFO``; over a Unix socket it never cuts). Set above the statement timeout, a server that works has
+answered by then, if only with an error; a command busy with rows it already got is idle in its transaction,
+not in flight. A client that stops reading a streamed answer (``COPY ... TO STDOUT``) for that long would be cut.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 from contextlib import contextmanager
 
-__all__ = ["Bound"]
+from psycopg.pq import TransactionStatus
+
+__all__ = ["Bound", "Silence"]
+
+POLL = 1.0  # seconds between two looks at a silence's socket
 
 
 class Bound:
@@ -36,12 +48,12 @@ class Bound:
         self.seconds = seconds
         self.cut = False
         self.due = 0.0
-        self._fd = -1
+        self._fd, self._pgconn = -1, None
 
     @contextmanager
     def on(self, conn):
         """Shut ``conn``'s socket if the block is still running ``seconds`` from now."""
-        self._fd, self.due = conn.fileno(), time.monotonic() + self.seconds
+        self._fd, self._pgconn, self.due = conn.fileno(), conn.pgconn, time.monotonic() + self.seconds
         _watch().add(self)
         try:
             yield self
@@ -50,10 +62,13 @@ class Bound:
             if self.cut:  # even if the block got its answer just before: the socket is shut, so the pool drops it
                 conn.close()
 
+    def _passed(self, now: float) -> bool:  # the watcher's, once ``due``: cut now, or look again at ``due``
+        return True
+
     def _shut(self) -> None:  # the watcher's, with its lock held: the block is still running
         self.cut = True
         try:
-            sock = socket.socket(fileno=os.dup(self._fd))
+            sock = _socket(self._fd)
         except OSError:
             return
         try:
@@ -62,6 +77,32 @@ class Bound:
             pass
         finally:
             sock.close()  # the duplicate only: libpq's own descriptor stays, now at end of file
+
+
+class Silence(Bound):
+    """Cut when a command has been in flight ``seconds`` with nothing at all going either way meanwhile."""
+
+    def _passed(self, now: float) -> bool:
+        self.due = now + POLL
+        if self._pgconn.transaction_status != TransactionStatus.ACTIVE:  # no command in flight: nothing awaited
+            return False
+        try:
+            sock = _socket(self._fd)
+        except OSError:
+            return False
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 64)
+        except OSError:  # not TCP: nothing to tell silence by
+            self.due = now + 3600
+            return False
+        finally:
+            sock.close()
+        sent_ago, received_ago = struct.unpack_from("=I4xI", info, 44)  # tcpi_last_data_sent, tcpi_last_data_recv (ms)
+        return min(sent_ago, received_ago) >= self.seconds * 1000
+
+
+def _socket(fd: int) -> socket.socket:
+    return socket.socket(fileno=os.dup(fd))
 
 
 class _Watcher:
@@ -84,7 +125,7 @@ class _Watcher:
             while True:
                 now = time.monotonic()
                 for key, bound in list(self._bounds.items()):
-                    if bound.due <= now:
+                    if bound.due <= now and bound._passed(now):
                         del self._bounds[key]
                         bound._shut()
                 due = min((bound.due for bound in self._bounds.values()), default=None)
