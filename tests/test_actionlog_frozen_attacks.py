@@ -168,3 +168,46 @@ def test_through_pgbouncer_in_transaction_mode_a_frozen_postgres_bounds_appends_
             for each in states:
                 each.close(timeout=1)
 
+
+def test_readiness_probes_against_a_frozen_redis_do_not_take_the_threads_slacks_ack_needs(
+        tmp_path, make_runtime, fake_slack, slack_env):
+    """The same outage as a frozen PostgreSQL, on the bot's Redis: /readyz pings it with the general client (5 s
+    socket timeout), so as many probes as waitress has threads hold every one of them for 5 s and the slash command
+    that arrives meanwhile is acked after Slack's 3 s are up. The ack itself needs only 1 s to say the queue is
+    down, and the probe needs no longer to say Redis does not answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from slack_sdk import WebClient
+
+    from tests.conftest import BOT_TOKEN, SIGNING_SECRET, write_config
+    from tests.support.harness import SlackBot
+    from tests.support.servers import PostgresCluster, RedisServer
+
+    with PostgresCluster() as pg, RedisServer() as rds:
+        runtime = make_runtime(write_config(tmp_path / "app.yaml", pg.url, redis_url=rds.url),
+                               slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
+        bot = SlackBot(runtime, fake_slack, SIGNING_SECRET, with_worker=False)
+        try:
+            assert bot.http.get("/readyz").status_code == 200
+
+            def probe(_) -> tuple[float, int, dict]:
+                started = time.monotonic()
+                ready = bot.http.get("/readyz")
+                return time.monotonic() - started, ready.status_code, ready.json()
+
+            os.kill(rds.pid, signal.SIGSTOP)
+            try:
+                with ThreadPoolExecutor(8) as pool:
+                    probes = pool.map(probe, range(8))
+                    time.sleep(0.3)  # every thread of waitress's is taken by a probe
+                    started = time.monotonic()
+                    reply = bot.command("help", wait=False)
+                    acked = time.monotonic() - started
+                    probes = list(probes)
+            finally:
+                os.kill(rds.pid, signal.SIGCONT)
+            assert reply.http.status_code == 200 and acked < 3, acked
+            assert all(status == 503 and body["checks"]["redis"].startswith("error:") for _, status, body in probes)
+            assert max(took for took, _, _ in probes) < 3, sorted(took for took, _, _ in probes)
+        finally:
+            bot.close()
