@@ -211,3 +211,38 @@ def test_readiness_probes_against_a_frozen_redis_do_not_take_the_threads_slacks_
             assert max(took for took, _, _ in probes) < 3, sorted(took for took, _, _ in probes)
         finally:
             bot.close()
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["status", "log-verify-full"])
+def test_verifying_the_action_log_on_a_frozen_postgres_ends(own, full):
+    """`/ops status` (a quick verification) and `/ops log verify --full` read the chain on a pooled connection: on a
+    frozen server, unbounded, the worker thread running them waited for ever (status never answered, and each such
+    command took one of the worker's threads for good). Each must end, naming PostgreSQL, and verify after."""
+    import threading
+
+    from commands.log import verify_action_log
+
+    from bot.core.invocation import CommandError
+
+    pg, _, state = own
+    bot_state = state()
+    for n in range(5):
+        bot_state.action_log.append("request", actor="U0", payload={"n": n})
+    got: list = []
+
+    def run() -> None:
+        try:
+            got.append(verify_action_log(bot_state, full=full, quick=not full))
+        except BaseException as exc:  # noqa: BLE001 - every outcome is looked at
+            got.append(exc)
+
+    with frozen(pg):
+        started = time.monotonic()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(50)
+        took = time.monotonic() - started
+    thread.join(30)
+    assert took < 45, f"the verification never ended: {got}"
+    assert len(got) == 1 and isinstance(got[0], CommandError) and "PostgreSQL" in str(got[0]), got
+    assert verify_action_log(state(), full=True).ok
