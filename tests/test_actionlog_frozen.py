@@ -150,6 +150,7 @@ def test_on_a_frozen_postgres_slack_is_still_answered_readyz_names_it_and_nothin
                 reply = bot.command("help", wait=False)
                 acked = time.monotonic() - started
                 answer = bot.reply_to(reply.key, timeout=30)
+                kept = runtime.state.action_log.kept()  # before the thaw: the worker's heartbeat drains them after
             assert all(status == 503 for _, status, _ in probes), probes
             assert all(body["checks"]["postgres"].startswith("error:") and body["checks"]["redis"] == "ok"
                        for _, _, body in probes), probes
@@ -157,8 +158,8 @@ def test_on_a_frozen_postgres_slack_is_still_answered_readyz_names_it_and_nothin
             assert reply.http.status_code == 200 and acked < 3, acked
             assert "/ops: " in answer["text"] and "commands" in answer["text"]
             log = runtime.state.action_log
-            assert log.kept() >= 1
-            until(lambda: log.drain() and log.kept() == 0, timeout=30)
+            assert kept >= 1
+            until(lambda: log.drain() >= 0 and log.kept() == 0, timeout=40)  # this drain, or the worker's
             assert {e.action for e in log.entries()} >= {"request"}
             assert log.verify(full=True).ok
         finally:

@@ -50,7 +50,7 @@ def readiness(runtime: Runtime, timeout: float = 2.0) -> dict[str, str]:
     """``{"redis": "ok", "postgres": "error: ..."}`` for the bot's own state stores."""
     checks: dict[str, str] = {}
     try:
-        runtime.state.redis.ping()
+        runtime.state.ack_redis.ping()  # 1 s, no retry: the general client's 5 s would hold the threads acks need
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"error: {runtime.redactor.text(str(exc))}"

@@ -6,6 +6,7 @@ Usage::
     with pool.connection() as conn, bound.on(conn), conn.transaction():
         ...                     # blocked past 10 s: the call fails with psycopg.OperationalError
     bound.cut                   # True when the bound ended it
+    bound.renew()               # inside the block, after progress: ``seconds`` from now again
 
 A server that froze (a paused VM, a storage stall, every process stopped) answers nothing, and the kernel of a
 live host still acknowledges what is sent to it: the server's ``statement_timeout`` never fires, TCP keepalives
@@ -62,6 +63,10 @@ class Bound:
             if self.cut:  # even if the block got its answer just before: the socket is shut, so the pool drops it
                 conn.close()
 
+    def renew(self) -> None:
+        """The block made progress: ``seconds`` from now, unless the bound has passed already."""
+        _watch().renew(self)
+
     def _passed(self, now: float) -> bool:  # the watcher's, once ``due``: cut now, or look again at ``due``
         return True
 
@@ -115,6 +120,11 @@ class _Watcher:
         with self._lock:
             self._bounds[id(bound)] = bound
             self._lock.notify()
+
+    def renew(self, bound: Bound) -> None:
+        with self._lock:  # later than before: the watcher, waking at the old time, finds it not due yet
+            if id(bound) in self._bounds:
+                bound.due = time.monotonic() + bound.seconds
 
     def remove(self, bound: Bound) -> None:
         with self._lock:

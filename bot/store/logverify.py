@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 from bot.store.chain import iso_ms, v1_hash
+from bot.store.deadline import Bound
 from bot.store.loganchor import APPEND_LOCK, PG_WAIT, Checkpoint, Head, SegmentStart, Signer, Tables
 
 __all__ = ["Finding", "VerifyReport", "verify_log", "span", "KINDS"]
@@ -55,6 +56,7 @@ KINDS = {
     "checkpoint_moved": "(note) the row where the last verification stopped changed",
 }
 LIMIT = 50  # findings kept in a report
+VERIFY_WAIT = 30.0  # seconds a verification waits for PostgreSQL between answers (a frozen server never gives one)
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,8 @@ def verify_log(pool, tables: Tables, signer: Signer, read_mirror: Callable[[], t
     """Verify from the last trusted checkpoint (``full``: from the first row; ``quick``: never walk everything)."""
     started = time.perf_counter()
     mirror, redis_ok = read_mirror()  # before the snapshot: see the module's docstring
-    with pool.connection(timeout=PG_WAIT) as conn:
+    bound = Bound(VERIFY_WAIT)
+    with pool.connection(timeout=PG_WAIT) as conn, bound.on(conn):
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             head, _ = tables.read_head(conn)
@@ -304,8 +307,10 @@ def verify_log(pool, tables: Tables, signer: Signer, read_mirror: Callable[[], t
                     cur.itersize = 2000
                     cur.execute(tables.q("SELECT id, tenant, created_at, actor, action, payload::text, prev_hash, hash"
                                          " FROM {log} WHERE id > %s ORDER BY id"), (after,))
-                    for row in cur:
+                    for n, row in enumerate(cur, 1):
                         walk.row(*row)
+                        if n % cur.itersize == 0:
+                            bound.renew()  # a long walk goes on; a frozen server does not answer the next fetch
     anchored, trusted = _check_end(walk, signer, head, mirror, redis_ok, point, point_trusted)
     if moved is not None and not any(f.level == "fail" and (f.row or 0) <= moved[0] for f in walk.findings):
         walk.add(*moved[1:], segment=point.segment)
@@ -330,7 +335,7 @@ def verify_log(pool, tables: Tables, signer: Signer, read_mirror: Callable[[], t
         full_at = now if mode == "full" else (point.full_at if point is not None else None)
         saved = Checkpoint(head.seq, walk.seg_no or 0, walk.prev_id, walk.prev_hash, walk.seg_rows, walk.total, now,
                            full_at).signed(signer)
-        with pool.connection(timeout=PG_WAIT) as conn, conn.transaction():
+        with pool.connection(timeout=PG_WAIT) as conn, Bound(VERIFY_WAIT).on(conn), conn.transaction():
             tables.write_checkpoint(conn, saved)
     findings = tuple(walk.findings)
     level = "fail" if any(f.level == "fail" for f in findings) else "warn" if any(
@@ -380,7 +385,7 @@ def _ask_for_new_segment(pool, tables: Tables, fresh: list[Finding]) -> None:
     """Record the breaks in the head's ``restart``: the next append starts a new segment and signs them."""
     from psycopg.types.json import Jsonb
 
-    with pool.connection(timeout=PG_WAIT) as conn, conn.transaction():
+    with pool.connection(timeout=PG_WAIT) as conn, Bound(VERIFY_WAIT).on(conn), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
         _, breaks = tables.read_head(conn)
         seen = {(b.get("kind"), b.get("segment"), b.get("row")) for b in breaks}

@@ -17,6 +17,8 @@ there); settings are only ever transaction-scoped (:func:`set_local`); advisory 
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -24,11 +26,14 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from bot.config.pgurl import PgParams, pg_params, with_settings
+from bot.store.deadline import Bound
 
-__all__ = ["CONNECT_TIMEOUT", "connect", "connect_kwargs", "database_params", "open_pool", "pooler_in_use",
+__all__ = ["BoundedPool", "CHECK_WAIT", "CONNECT_TIMEOUT", "connect", "connect_kwargs", "database_params", "open_pool", "pooler_in_use",
            "search_path", "set_local", "state_params"]
 
 CONNECT_TIMEOUT = 2  # seconds: a database that does not answer by then is reported, not waited for
+CHECK_WAIT = CONNECT_TIMEOUT  # seconds a pool's check() may take for all its idle connections together
+_checking = threading.local()  # when the current thread's check() must be over
 
 
 def connect_kwargs(params: PgParams) -> dict:
@@ -51,9 +56,28 @@ def open_pool(params: PgParams, *, name: str, configure=None, min_size: int = 1,
     """A pool whose every connection is made as :func:`connect` makes one (``connection_limit``/``pool_timeout``
     from a Prisma URL bound its size and wait)."""
     size = params.pool_size or max_size
-    return ConnectionPool(params.conninfo, min_size=min(min_size, size), max_size=size, open=True,
+    return BoundedPool(params.conninfo, min_size=min(min_size, size), max_size=size, open=True,
                           timeout=params.pool_timeout or timeout, configure=configure, kwargs=connect_kwargs(params),
                           name=name)
+
+
+class BoundedPool(ConnectionPool):
+    """A pool whose ``check()`` ends within ``CHECK_WAIT``: psycopg_pool's sends an empty query on each idle
+    connection and waits for the answer, which a server that froze never gives; past the wait, the connection still
+    being checked, and any after it, is cut (:mod:`bot.store.deadline`) and replaced like a broken one."""
+
+    def check(self) -> None:
+        _checking.until = time.monotonic() + CHECK_WAIT
+        try:
+            super().check()
+        finally:
+            _checking.until = None
+
+    @staticmethod
+    def check_connection(conn: psycopg.Connection) -> None:
+        until = getattr(_checking, "until", None)
+        with Bound(CHECK_WAIT if until is None else max(0.0, until - time.monotonic())).on(conn):
+            ConnectionPool.check_connection(conn)
 
 
 def set_local(conn: psycopg.Connection, name: str, value: str) -> None:
