@@ -6,15 +6,13 @@ once. The test's own cluster is frozen and thawed, by PID.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from bot.store.actionlog import ActionLogUnavailable
 from tests.support.appenders import joined, own_servers, slow_trigger, start, stored, until
+from tests.support.servers import frozen
 from tests.support.actionlog import sql
 
 
@@ -22,32 +20,6 @@ from tests.support.actionlog import sql
 def own(tmp_path):
     with own_servers(tmp_path) as servers:
         yield servers
-
-
-@contextmanager
-def frozen(pg):
-    """Every process of the cluster stopped (SIGSTOP), the postmaster first; all of them resumed after."""
-    pids = [pg.pid, *_children(pg.pid)]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == parent:
-                        found.append(int(name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return found
 
 
 def test_appends_to_a_frozen_postgres_each_return_within_the_bound_and_the_kept_go_in_once_it_thaws(own):
@@ -136,16 +108,11 @@ def test_on_a_frozen_postgres_slack_is_still_answered_readyz_names_it_and_nothin
                                slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
         bot = SlackBot(runtime, fake_slack, SIGNING_SECRET)
         try:
-            assert bot.http.get("/readyz").status_code == 200
-
-            def probe(_) -> tuple[float, int, dict]:
-                started = time.monotonic()
-                ready = bot.http.get("/readyz")
-                return time.monotonic() - started, ready.status_code, ready.json()
+            assert bot.ready()[1] == 200
 
             with frozen(pg):
                 with ThreadPoolExecutor(12) as pool:
-                    probes = list(pool.map(probe, range(12)))
+                    probes = list(pool.map(bot.ready, range(12)))
                 started = time.monotonic()
                 reply = bot.command("help", wait=False)
                 acked = time.monotonic() - started

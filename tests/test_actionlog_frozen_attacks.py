@@ -8,45 +8,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from bot.store.actionlog import ActionLogUnavailable
 from tests.support.actionlog import TABLE, sql
 from tests.support.appenders import joined, own_servers, start, stored, until
+from tests.support.servers import frozen
 
 
 @pytest.fixture
 def own(tmp_path):
     with own_servers(tmp_path) as servers:
         yield servers
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == parent:
-                        found.append(int(name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return found
-
-
-@contextmanager
-def frozen(pg):
-    """Every process of the cluster stopped (SIGSTOP), the postmaster first; all of them resumed after."""
-    pids = [pg.pid, *_children(pg.pid)]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 def _gone(pid: int) -> bool:
@@ -91,25 +65,26 @@ def test_a_dropped_connection_then_a_frozen_server_does_not_hang_the_pool_check(
     assert later.verify(full=True).ok
 
 
-def _slow_commit(url: str, seconds: int) -> None:
-    """A deferred trigger: rows of action 'slowcommit' make their transaction's COMMIT take ``seconds``."""
+def _slow_commit(url: str, seconds: int, then_fail: bool = False) -> None:
+    """A deferred trigger: rows of action 'slowcommit' make their transaction's COMMIT take ``seconds`` (and then
+    fail, with ``then_fail``: the transaction is rolled back)."""
+    fail = "RAISE EXCEPTION 'commit refused' USING ERRCODE = 'check_violation';" if then_fail else ""
     sql(url, f"""
         CREATE OR REPLACE FUNCTION opsbot.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF NEW.action = 'slowcommit' THEN PERFORM pg_sleep({seconds}); END IF;
+            IF NEW.action = 'slowcommit' THEN PERFORM pg_sleep({seconds}); {fail} END IF;
             RETURN NULL;
         END $$""")
     sql(url, f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {TABLE} DEFERRABLE INITIALLY DEFERRED"
              " FOR EACH ROW EXECUTE FUNCTION opsbot.slow_commit()")
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, not fixed: a cut during COMMIT leaves the outcome unknown;"
-                                       " the entry is kept and drained, so it is in the log twice")
 def test_an_entry_whose_commit_outlives_the_bound_is_in_the_log_once(own):
     """The server has received COMMIT and is still working on it (here a deferred trigger, as a storage stall during
     the commit's flush would) when the bound passes: the client is cut and ``append_or_keep`` keeps the entry, but
-    PostgreSQL goes on and commits it. The drain later appends the kept copy: its spool_id is not in the committed
-    row, so the dedupe does not see it. The module's promise is 'exactly once'."""
+    PostgreSQL goes on and commits it. The kept copy carries the id and hash of the row it was written as, so the
+    drain finds it in the log and does not append it again (it did: [-1, 1, 1]). The module's promise is 'exactly
+    once'."""
     pg, _, state = own
     log = state().action_log
     log.append("request", actor="U0", payload={"n": -1})
@@ -123,7 +98,24 @@ def test_an_entry_whose_commit_outlives_the_bound_is_in_the_log_once(own):
     later = state().action_log
     until(lambda: later.drain() >= 0 and later.kept() == 0, timeout=40)
     assert later.verify(full=True).ok
-    assert sorted(stored(later)) == [-1, 1]  # fails: [-1, 1, 1]
+    assert sorted(stored(later)) == [-1, 1]
+
+
+def test_an_entry_whose_cut_commit_was_rolled_back_is_appended_by_the_drain(own):
+    """The other outcome of a commit whose answer was lost: PostgreSQL rolled it back (here the deferred trigger
+    fails after the bound passed). The row the kept copy names is not in the log, so the drain appends the copy:
+    the entry is in the log once, not lost."""
+    pg, _, state = own
+    log = state().action_log
+    log.append("request", actor="U0", payload={"n": -1})
+    _slow_commit(pg.url, 13, then_fail=True)
+    assert log.append_or_keep("slowcommit", actor="U1", payload={"n": 1}) is None  # cut: kept, with its row's id
+    sql(pg.url, f"DROP TRIGGER slow_commit ON {TABLE}")  # waits for the cut transaction's end: its rollback
+    assert sql(pg.url, f"SELECT count(*) FROM {TABLE} WHERE action = 'slowcommit'")[0][0] == 0
+    later = state().action_log
+    until(lambda: later.drain() >= 0 and later.kept() == 0, timeout=40)
+    assert sorted(stored(later)) == [-1, 1]
+    assert later.verify(full=True).ok
 
 
 def test_through_pgbouncer_in_transaction_mode_a_frozen_postgres_bounds_appends_and_the_chain_survives(own, tmp_path):
@@ -188,17 +180,12 @@ def test_readiness_probes_against_a_frozen_redis_do_not_take_the_threads_slacks_
                                slack=WebClient(token=BOT_TOKEN, base_url=fake_slack.api_url))
         bot = SlackBot(runtime, fake_slack, SIGNING_SECRET, with_worker=False)
         try:
-            assert bot.http.get("/readyz").status_code == 200
-
-            def probe(_) -> tuple[float, int, dict]:
-                started = time.monotonic()
-                ready = bot.http.get("/readyz")
-                return time.monotonic() - started, ready.status_code, ready.json()
+            assert bot.ready()[1] == 200
 
             os.kill(rds.pid, signal.SIGSTOP)
             try:
                 with ThreadPoolExecutor(8) as pool:
-                    probes = pool.map(probe, range(8))
+                    probes = pool.map(bot.ready, range(8))
                     time.sleep(0.3)  # every thread of waitress's is taken by a probe
                     started = time.monotonic()
                     reply = bot.command("help", wait=False)

@@ -83,37 +83,36 @@ def test_bounds_passing_as_pooled_blocks_end_never_cut_a_connection_another_thre
     assert counts["cut"] and counts["answered"], counts
 
 
+def _bounded_while_frozen(pg, conn, query: str, params=()) -> tuple[Bound, float]:
+    """``query`` on ``conn`` under a 0.5 s bound while the cluster is frozen: the bound, and how long it took."""
+    from tests.support.servers import frozen
+
+    with frozen(pg):
+        bound, started = Bound(0.5), time.monotonic()
+        try:
+            with bound.on(conn):
+                conn.execute(query, params)
+        except psycopg.OperationalError:
+            pass
+        return bound, time.monotonic() - started
+
+
 def test_a_bound_ends_a_send_blocked_on_a_frozen_server(tmp_path):
     """A frozen server reads nothing: a query larger than the socket buffers blocks libpq in sending it, not in
     waiting for the answer. The bound still ends it."""
-    import signal
 
     from tests.support.servers import PostgresCluster
 
     with PostgresCluster() as pg:
         conn = psycopg.connect(pg.url, autocommit=True)
         conn.execute("SELECT 1")
-        os.kill(pg.pid, signal.SIGSTOP)
-        backend = conn.info.backend_pid
-        os.kill(backend, signal.SIGSTOP)
-        try:
-            bound, started = Bound(0.5), time.monotonic()
-            try:
-                with bound.on(conn):
-                    conn.execute("SELECT length(%s)", ("x" * 64_000_000,))
-            except psycopg.OperationalError:
-                pass
-            took = time.monotonic() - started
-        finally:
-            os.kill(backend, signal.SIGCONT)
-            os.kill(pg.pid, signal.SIGCONT)
+        bound, took = _bounded_while_frozen(pg, conn, "SELECT length(%s)", ("x" * 64_000_000,))
         assert bound.cut and conn.closed and took < 10, (bound.cut, conn.closed, took)
 
 
 def test_a_bound_cuts_a_tls_connection_to_a_frozen_server(tmp_path):
     """sslmode=require: the socket shut under OpenSSL, a frozen server's TLS session ends as a plain one does."""
     import shutil
-    import signal
 
     from tests.support.actionlog import sql
     from tests.support.redisplus import TestCertificates
@@ -139,20 +138,7 @@ def test_a_bound_cuts_a_tls_connection_to_a_frozen_server(tmp_path):
                 assert time.monotonic() < deadline, "ssl never came on"
                 time.sleep(0.1)
         assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
-        backend = conn.info.backend_pid
-        os.kill(pg.pid, signal.SIGSTOP)
-        os.kill(backend, signal.SIGSTOP)
-        try:
-            bound, started = Bound(0.5), time.monotonic()
-            try:
-                with bound.on(conn):
-                    conn.execute("SELECT 1")
-            except psycopg.OperationalError:
-                pass
-            took = time.monotonic() - started
-        finally:
-            os.kill(backend, signal.SIGCONT)
-            os.kill(pg.pid, signal.SIGCONT)
+        bound, took = _bounded_while_frozen(pg, conn, "SELECT 1")
         assert bound.cut and conn.closed and took < 10, (bound.cut, conn.closed, took)
         with psycopg.connect(url, autocommit=True) as again:
             assert again.execute("SELECT 1").fetchone() == (1,)

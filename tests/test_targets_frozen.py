@@ -20,8 +20,8 @@ from tests.conftest import ALICE, write_config
 from tests.support import email as data
 from tests.support.actionlog import sql
 from tests.support.appenders import until
-from tests.support.servers import PostgresCluster
-from tests.test_actionlog_frozen import frozen
+from tests.support.servers import PostgresCluster, frozen
+
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,19 @@ REFUSED = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
 
 
 class ActionLogUnavailable(Exception):
-    """The entry could not be committed (PostgreSQL down, the schema not migrated, ...)."""
+    """The entry could not be committed (PostgreSQL down, the schema not migrated, ...).
+
+    ``written``: the rows a transaction had written when its connection was lost, by ``id()`` of their items;
+    ``maybe``: the caller's own, which PostgreSQL may have committed after all (the ``COMMIT`` was on its way).
+    """
+
+    def __init__(self, message: str, *, written: dict[int, Entry] | None = None, maybe: Entry | None = None):
+        super().__init__(message)
+        self.written, self.maybe = written or {}, maybe
+
+    def about(self, item: Item) -> "ActionLogUnavailable":
+        """The caller's own: the same message, and its row if one was written."""
+        return ActionLogUnavailable(str(self), maybe=self.written.get(id(item)))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -107,9 +119,9 @@ class ActionLog:
         except NotSent as exc:  # the transaction ahead of it failed: this one was not tried, and is not in the log
             raise ActionLogUnavailable(f"not appended: {exc.__cause__}") from exc.__cause__
         except ActionLogUnavailable as exc:  # one exception for the whole transaction: each caller gets its own
-            raise ActionLogUnavailable(str(exc)) from exc.__cause__
+            raise exc.about(item) from exc.__cause__
         if isinstance(entry, ActionLogUnavailable):
-            raise entry
+            raise entry.about(item) from entry.__cause__
         return entry
 
     def append_or_keep(self, action: str, *, actor: str, payload: dict[str, Any], tenant: str = "") -> Entry | None:
@@ -121,9 +133,12 @@ class ActionLog:
         if time.monotonic() >= self._pg_down_until:  # after a failure, keep at once for a while: no waiting again
             try:
                 return self.append(action, actor=actor, payload=payload, tenant=tenant)
-            except ActionLogUnavailable:
+            except ActionLogUnavailable as exc:
                 if self.metrics is not None:
                     self.metrics.backend_errors.labels(backend="postgres").inc()
+                if exc.maybe is not None:  # its row may be in: the drain looks for it before appending this copy
+                    self._keep(Kept.new(action, actor, tenant, payload, occurred, (exc.maybe.id, exc.maybe.hash)))
+                    return None
             except Exception:  # whatever went wrong, the entry is kept
                 log.exception("could not append %s to the action log; keeping it", action)
         self._keep(Kept.new(action, actor, tenant, payload, occurred))
@@ -298,6 +313,7 @@ class ActionLog:
         for attempt in (1, 2):
             taken: list[bytes] = []
             wrote: list[bool] = []
+            entries: list[Entry] = []
             bound = Bound(TRANSACTION_WAIT)
             try:
                 with self.pool.connection(timeout=PG_WAIT) as conn, bound.on(conn), conn.transaction():
@@ -325,7 +341,9 @@ class ActionLog:
                        f"the chain's lock was held elsewhere for over {STATEMENT_WAIT:.0f}s (another replica stuck"
                        " in an append?)" if isinstance(exc, psycopg.errors.LockNotAvailable) else _first_line(exc))
                 self._pg_failed(why)
-                raise ActionLogUnavailable(f"the action log ({self.where}) is unavailable: {why}") from exc
+                written = dict(zip(map(id, direct), entries[len(entries) - len(direct):])) if entries else {}
+                raise ActionLogUnavailable(f"the action log ({self.where}) is unavailable: {why}",
+                                           written=written) from exc  # lost at the commit: those rows may be in
             except psycopg.Error as exc:
                 hint = " (run `opsbot migrate`)" if isinstance(exc, psycopg.errors.UndefinedTable) else ""
                 raise ActionLogUnavailable(f"the action log cannot be written: {_first_line(exc)}{hint}") from exc
@@ -339,7 +357,7 @@ class ActionLog:
         return entries, taken
 
     def _from_spool(self, conn, raws: list[bytes], poison: set[bytes]) -> list[Item]:
-        items, ids = [], []
+        items, ids, maybe = [], [], {}
         for raw in raws:
             try:
                 if raw in poison:
@@ -350,12 +368,18 @@ class ActionLog:
                                    clean_payload({"error": str(exc), "entry": repr(raw[:4000])}), raw))
                 continue
             ids.append(kept.spool_id)
+            if kept.committed_as is not None:
+                maybe[kept.committed_as] = kept.spool_id
             items.append(Item(clean_text(kept.action), clean_text(kept.actor), clean_text(kept.tenant),
                                clean_payload(kept.document()), raw))
         if ids:
             done = {row[0] for row in conn.execute(self.tables.q(
                 "SELECT payload->>'spool_id' FROM {log} WHERE payload ? 'spool_id' AND payload->>'spool_id' = ANY(%s)"),
                 (ids,)).fetchall()}
+            if maybe:  # kept when the commit's answer was lost: in already if its row (id and hash) is there
+                done |= {maybe[row] for row in conn.execute(self.tables.q(
+                    "SELECT id, hash FROM {log} WHERE id = ANY(%s)"), ([key[0] for key in maybe],)).fetchall()
+                    if row in maybe}
             items = [item for item in items if item.payload.get("spool_id") not in done]
         return items
 

@@ -11,7 +11,10 @@ Usage::
 
 An entry keeps its original time (``occurred_at``) and a ``spool_id``, which the
 payload carries once appended, so each kept entry is appended exactly once
-however many processes drain at the same time.
+however many processes drain at the same time. An entry kept because its transaction's
+connection was lost at the commit (PostgreSQL may have committed it after all) also
+carries the ``id`` and ``hash`` of the row it was written as: the drain appends it only if
+that row is not in the log.
 """
 
 from __future__ import annotations
@@ -98,24 +101,30 @@ class Kept:
     actor: str
     tenant: str
     payload: dict[str, Any]
+    committed_as: tuple[int, str] | None = None  # (id, hash) of the row PostgreSQL may have committed for it
 
     @classmethod
-    def new(cls, action: str, actor: str, tenant: str, payload: dict[str, Any], occurred_at: datetime) -> "Kept":
+    def new(cls, action: str, actor: str, tenant: str, payload: dict[str, Any], occurred_at: datetime,
+            committed_as: tuple[int, str] | None = None) -> "Kept":
         return cls(uuid.uuid4().hex, iso_ms(occurred_at), clean_text(action), clean_text(actor), clean_text(tenant),
-                   clean_payload(payload))
+                   clean_payload(payload), committed_as)
 
     def dumps(self) -> str:
+        maybe = {"committed_as": list(self.committed_as)} if self.committed_as is not None else {}
         return json.dumps({"v": 1, "spool_id": self.spool_id, "occurred_at": self.occurred_at, "action": self.action,
-                           "actor": self.actor, "tenant": self.tenant, "payload": self.payload}, ensure_ascii=False)
+                           "actor": self.actor, "tenant": self.tenant, "payload": self.payload, **maybe},
+                          ensure_ascii=False)
 
     @classmethod
     def loads(cls, raw: bytes) -> "Kept":
         """The entry, or ValueError when ``raw`` is not one (bytes that are not JSON, a missing field)."""
         try:
             doc = json.loads(raw)
+            maybe = doc.get("committed_as")
             return cls(str(doc["spool_id"]), str(doc["occurred_at"]), str(doc["action"]), str(doc["actor"]),
-                       str(doc.get("tenant", "")), dict(doc["payload"]))
-        except (KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as exc:
+                       str(doc.get("tenant", "")), dict(doc["payload"]),
+                       (int(maybe[0]), str(maybe[1])) if maybe is not None else None)
+        except (KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError, RecursionError) as exc:
             raise ValueError(f"not a kept action-log entry: {exc}") from None
 
     def document(self) -> dict[str, Any]:

@@ -149,5 +149,11 @@ class SlackBot:
             result.body = self.reply_to(key)
         return result
 
+    def ready(self, _=None) -> tuple[float, int, dict]:
+        """GET /readyz as a load balancer's probe: (seconds it took, status, body)."""
+        started = time.monotonic()
+        answer = self.http.get("/readyz")
+        return time.monotonic() - started, answer.status_code, answer.json()
+
     def reply_to(self, key: str, timeout: float = 10.0) -> dict:
         return self.slack.wait(lambda s: (s.responses(key) or [None])[0], timeout).body

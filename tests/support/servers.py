@@ -26,11 +26,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 
-__all__ = ["PostgresCluster", "RedisServer", "free_port", "wait_for_port"]
+__all__ = ["PostgresCluster", "RedisServer", "free_port", "frozen", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -198,3 +199,38 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+@contextmanager
+def frozen(pg: PostgresCluster):
+    """Every process of the cluster stopped (SIGSTOP), the postmaster first (so it starts no new one), as a paused
+    VM or a storage stall would; all of them resumed after. A backend that exits between the listing and its signal
+    (a client closing) is passed over."""
+    pids = [pg.pid, *_children(pg.pid)]
+    for pid in pids:
+        _signal(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
