@@ -13,7 +13,7 @@ import pytest
 
 from bot.store.actionlog import ActionLogUnavailable
 from tests.support.actionlog import TABLE, sql
-from tests.support.appenders import joined, own_servers, start, stored, until
+from tests.support.appenders import joined, own_servers, start, states, stored, until
 from tests.support.servers import frozen
 
 
@@ -123,42 +123,30 @@ def test_through_pgbouncer_in_transaction_mode_a_frozen_postgres_bounds_appends_
     socket to the pooler, which must drop the server session it was in the middle of a transaction on, not hand it
     to the next client: after the thaw appends go through the pooler at once, the kept ones are drained once and the
     chain verifies."""
-    from bot.config.settings import load_settings
-    from bot.store.state import State
     from tests.conftest import write_config
     from tests.support.pgbouncer import PgBouncer
 
     pg, rds, _ = own
-    with PgBouncer(pg.url, pool_mode="transaction", pool_size=2) as bouncer:
-        path = write_config(tmp_path / "pooled.yaml", bouncer.url + "?pgbouncer=true", redis_url=rds.url)
-        states: list[State] = []
-
-        def state() -> State:
-            states.append(State(load_settings(path, env=os.environ)))
-            return states[-1]
-
-        try:
-            log = state().action_log
-            log.append("request", actor="U0", payload={"n": -1})
-            outcomes: dict = {}
-            with frozen(pg):
-                started = time.monotonic()
-                threads = start(log, [("request", n, n % 2 == 0) for n in range(6)], outcomes)
-                try:
-                    joined(threads, timeout=45)
-                finally:
-                    took = time.monotonic() - started
-            assert took < 40, took
-            assert all(isinstance(outcomes[n], ActionLogUnavailable) for n in range(0, 6, 2)), outcomes
-            assert all(outcomes[n] is None for n in range(1, 6, 2)), outcomes
-            later = state().action_log
-            until(lambda: later.drain() == 3 or None, timeout=40)
-            assert later.append("request", actor="U9", payload={"n": 9}).payload["n"] == 9
-            assert sorted(stored(later)) == [-1, 1, 3, 5, 9]
-            assert later.verify(full=True).ok
-        finally:
-            for each in states:
-                each.close(timeout=1)
+    with PgBouncer(pg.url, pool_mode="transaction", pool_size=2) as bouncer, states(
+            write_config(tmp_path / "pooled.yaml", bouncer.url + "?pgbouncer=true", redis_url=rds.url)) as state:
+        log = state().action_log
+        log.append("request", actor="U0", payload={"n": -1})
+        outcomes: dict = {}
+        with frozen(pg):
+            started = time.monotonic()
+            threads = start(log, [("request", n, n % 2 == 0) for n in range(6)], outcomes)
+            try:
+                joined(threads, timeout=45)
+            finally:
+                took = time.monotonic() - started
+        assert took < 40, took
+        assert all(isinstance(outcomes[n], ActionLogUnavailable) for n in range(0, 6, 2)), outcomes
+        assert all(outcomes[n] is None for n in range(1, 6, 2)), outcomes
+        later = state().action_log
+        until(lambda: later.drain() == 3 or None, timeout=40)
+        assert later.append("request", actor="U9", payload={"n": 9}).payload["n"] == 9
+        assert sorted(stored(later)) == [-1, 1, 3, 5, 9]
+        assert later.verify(full=True).ok
 
 
 def test_readiness_probes_against_a_frozen_redis_do_not_take_the_threads_slacks_ack_needs(

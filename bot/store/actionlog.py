@@ -129,7 +129,7 @@ class ActionLog:
 
         If Redis is down too, the entry is written to the log stream at ERROR as one JSON line.
         """
-        occurred = now_ms()
+        occurred, committed_as = now_ms(), None
         if time.monotonic() >= self._pg_down_until:  # after a failure, keep at once for a while: no waiting again
             try:
                 return self.append(action, actor=actor, payload=payload, tenant=tenant)
@@ -137,11 +137,10 @@ class ActionLog:
                 if self.metrics is not None:
                     self.metrics.backend_errors.labels(backend="postgres").inc()
                 if exc.maybe is not None:  # its row may be in: the drain looks for it before appending this copy
-                    self._keep(Kept.new(action, actor, tenant, payload, occurred, (exc.maybe.id, exc.maybe.hash)))
-                    return None
+                    committed_as = (exc.maybe.id, exc.maybe.hash)
             except Exception:  # whatever went wrong, the entry is kept
                 log.exception("could not append %s to the action log; keeping it", action)
-        self._keep(Kept.new(action, actor, tenant, payload, occurred))
+        self._keep(Kept.new(action, actor, tenant, payload, occurred, committed_as))
         return None
 
     def drain(self) -> int:

@@ -28,7 +28,7 @@ from psycopg_pool import ConnectionPool
 from bot.config.pgurl import PgParams, pg_params, with_settings
 from bot.store.deadline import Bound
 
-__all__ = ["BoundedPool", "CHECK_WAIT", "CONNECT_TIMEOUT", "connect", "connect_kwargs", "database_params", "open_pool", "pooler_in_use",
+__all__ = ["CONNECT_TIMEOUT", "connect", "connect_kwargs", "database_params", "open_pool", "pooler_in_use",
            "search_path", "set_local", "state_params"]
 
 CONNECT_TIMEOUT = 2  # seconds: a database that does not answer by then is reported, not waited for
@@ -57,8 +57,8 @@ def open_pool(params: PgParams, *, name: str, configure=None, min_size: int = 1,
     from a Prisma URL bound its size and wait)."""
     size = params.pool_size or max_size
     return BoundedPool(params.conninfo, min_size=min(min_size, size), max_size=size, open=True,
-                          timeout=params.pool_timeout or timeout, configure=configure, kwargs=connect_kwargs(params),
-                          name=name)
+                       timeout=params.pool_timeout or timeout, configure=configure, kwargs=connect_kwargs(params),
+                       name=name)
 
 
 class BoundedPool(ConnectionPool):

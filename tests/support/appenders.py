@@ -25,27 +25,33 @@ from tests.conftest import write_config
 from tests.support.actionlog import TABLE, sql
 from tests.support.servers import PostgresCluster, RedisServer
 
-__all__ = ["HeldChain", "until", "start", "joined", "stored", "check_own", "slow_trigger", "refuse", "own_servers"]
+__all__ = ["HeldChain", "until", "start", "joined", "stored", "check_own", "slow_trigger", "refuse", "own_servers", "states"]
 
 
 @contextmanager
 def own_servers(folder: Path):
     """(PostgreSQL cluster, redis-server, a function building a State as a fresh process would): a test's own,
     which it may stop; every State built is closed after."""
-    with PostgresCluster() as pg, RedisServer() as rds:
-        path = write_config(folder / "app.yaml", pg.url, redis_url=rds.url)
-        states: list[State] = []
-
-        def state() -> State:
-            states.append(State(load_settings(path, env=os.environ)))
-            return states[-1]
-
+    with PostgresCluster() as pg, RedisServer() as rds, states(
+            write_config(folder / "app.yaml", pg.url, redis_url=rds.url)) as state:
         state().migrate()
-        try:
-            yield pg, rds, state
-        finally:
-            for each in states:
-                each.close(timeout=1)
+        yield pg, rds, state
+
+
+@contextmanager
+def states(path: Path):
+    """A function building a State on the config at ``path`` as a fresh process would; every one is closed after."""
+    built: list[State] = []
+
+    def state() -> State:
+        built.append(State(load_settings(path, env=os.environ)))
+        return built[-1]
+
+    try:
+        yield state
+    finally:
+        for each in built:
+            each.close(timeout=1)
 
 
 class HeldChain:
