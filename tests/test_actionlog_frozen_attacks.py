@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bot.store.actionlog import ActionLogUnavailable
-from tests.support.actionlog import TABLE, sql
+from tests.support.actionlog import TABLE, slow_commit, sql
 from tests.support.appenders import joined, own_servers, start, states, stored, until
 from tests.support.servers import frozen
 
@@ -65,20 +65,6 @@ def test_a_dropped_connection_then_a_frozen_server_does_not_hang_the_pool_check(
     assert later.verify(full=True).ok
 
 
-def _slow_commit(url: str, seconds: int, then_fail: bool = False) -> None:
-    """A deferred trigger: rows of action 'slowcommit' make their transaction's COMMIT take ``seconds`` (and then
-    fail, with ``then_fail``: the transaction is rolled back)."""
-    fail = "RAISE EXCEPTION 'commit refused' USING ERRCODE = 'check_violation';" if then_fail else ""
-    sql(url, f"""
-        CREATE OR REPLACE FUNCTION opsbot.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.action = 'slowcommit' THEN PERFORM pg_sleep({seconds}); {fail} END IF;
-            RETURN NULL;
-        END $$""")
-    sql(url, f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {TABLE} DEFERRABLE INITIALLY DEFERRED"
-             " FOR EACH ROW EXECUTE FUNCTION opsbot.slow_commit()")
-
-
 def test_an_entry_whose_commit_outlives_the_bound_is_in_the_log_once(own):
     """The server has received COMMIT and is still working on it (here a deferred trigger, as a storage stall during
     the commit's flush would) when the bound passes: the client is cut and ``append_or_keep`` keeps the entry, but
@@ -88,7 +74,7 @@ def test_an_entry_whose_commit_outlives_the_bound_is_in_the_log_once(own):
     pg, _, state = own
     log = state().action_log
     log.append("request", actor="U0", payload={"n": -1})
-    _slow_commit(pg.url, 13)
+    slow_commit(pg.url, 13)
     started = time.monotonic()
     assert log.append_or_keep("slowcommit", actor="U1", payload={"n": 1}) is None  # cut: kept
     assert time.monotonic() - started < 12
@@ -108,7 +94,7 @@ def test_an_entry_whose_cut_commit_was_rolled_back_is_appended_by_the_drain(own)
     pg, _, state = own
     log = state().action_log
     log.append("request", actor="U0", payload={"n": -1})
-    _slow_commit(pg.url, 13, then_fail=True)
+    slow_commit(pg.url, 13, then_fail=True)
     assert log.append_or_keep("slowcommit", actor="U1", payload={"n": 1}) is None  # cut: kept, with its row's id
     sql(pg.url, f"DROP TRIGGER slow_commit ON {TABLE}")  # waits for the cut transaction's end: its rollback
     assert sql(pg.url, f"SELECT count(*) FROM {TABLE} WHERE action = 'slowcommit'")[0][0] == 0

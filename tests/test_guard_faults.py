@@ -12,6 +12,8 @@ import pytest
 
 from bot.core.invocation import Actor, Where
 from tests.conftest import ALICE, write_config
+from tests.support.actionlog import TABLE, slow_commit, sql
+from tests.support.appenders import until
 from tests.support.commands import COUNTER, EXECUTIONS
 from tests.support.servers import PostgresCluster
 
@@ -48,7 +50,62 @@ def test_no_side_effect_without_its_confirm_row(own_state_db, make_runtime, redi
 
     assert done.kind == "result" and done.result.data["counter"] == 2
     assert executions(redis_client) == 1
-    assert [e.action for e in runtime.state.action_log.entries()] == ["request", "confirm", "outcome"]
+    entries = runtime.state.action_log.entries()
+    assert [e.action for e in entries] == ["request", "not_acted_on", "confirm", "outcome"]
+    marker = entries[1].payload
+    assert (marker["of"], marker["pending_id"], marker["command"]) == ("confirm", preview.pending.id, "test bump")
+    assert "row" not in marker  # the server was down: no confirm row was written at all
+
+
+def test_a_request_the_log_refused_is_not_offered_and_says_so_in_the_log(own_state_db, make_runtime, redis_client):
+    pg, path = own_state_db
+    runtime = make_runtime(path)
+    runtime.engine.handle("dlq status", Actor(ALICE), OPS)  # the log's tables exist, with its request and outcome
+
+    pg.stop()
+    refused = runtime.engine.handle("test bump --by 2", Actor(ALICE), OPS)
+
+    assert refused.kind == "result" and refused.result.status == "error"
+    assert "action log cannot be written" in refused.result.summary and "was not offered" in refused.result.summary
+    assert not refused.result.buttons and refused.pending is None
+
+    pg.start()
+    later = make_runtime(path).state.action_log  # another process: this one waits out its back-off before retrying
+    assert later.drain() == 1
+    entries = later.entries()
+    assert [e.action for e in entries] == ["request", "outcome", "not_acted_on"]
+    assert (entries[2].payload["of"], entries[2].payload["command"]) == ("request", "test bump")
+    assert "row" not in entries[2].payload
+    assert later.verify(full=True).ok
+
+
+def test_a_confirm_committed_after_its_answer_was_lost_is_followed_by_not_acted_on(own_state_db, make_runtime,
+                                                                                  redis_client):
+    """The confirm row's COMMIT outlives the action log's bound (a storage stall while PostgreSQL flushes it, here a
+    deferred trigger): the bot cannot tell whether the row is in, so nothing runs and the Confirm is given back; then
+    PostgreSQL commits it after all. The log must not hold a confirm that never ran without saying so: the
+    not_acted_on entry after it names that row. Confirming again runs once."""
+    pg, path = own_state_db
+    runtime = make_runtime(path)
+    preview = runtime.engine.handle("test bump --by 2", Actor(ALICE), OPS)
+    slow_commit(pg.url, 13, action="confirm")
+
+    refused = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert refused.kind == "unavailable", refused.result
+    assert "was not executed" in refused.result.summary and executions(redis_client) == 0
+    until(lambda: sql(pg.url, f"SELECT count(*) FROM {TABLE} WHERE action = 'confirm'")[0][0] == 1, timeout=30)
+    sql(pg.url, f"DROP TRIGGER slow_commit ON {TABLE}")
+
+    done = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert done.kind == "result" and done.result.data["counter"] == 2
+    assert executions(redis_client) == 1
+    entries = runtime.state.action_log.entries()
+    assert [e.action for e in entries] == ["request", "confirm", "not_acted_on", "confirm", "outcome"]
+    assert (entries[2].payload["of"], entries[2].payload["row"]) == ("confirm", entries[1].id)
+    assert entries[2].payload["pending_id"] == entries[1].payload["pending_id"] == preview.pending.id
+    assert runtime.state.action_log.verify(full=True).ok
 
 
 def _executor(path, redis_client, text: str) -> subprocess.Popen:

@@ -12,6 +12,7 @@ from slack_sdk import WebClient
 
 from commands.incident.desk import IncidentDesk
 from tests.conftest import ALICE, BOB, BOT_TOKEN, REPO, SIGNING_SECRET, write_config
+from tests.support.actionlog import TABLE, sql
 from tests.support.harness import Reply, SlackBot
 
 INCIDENTS = """
@@ -116,6 +117,37 @@ def test_declare_work_escalate_resolve_postmortem(slack, fake_slack):
     assert draft.startswith("# Postmortem: INC-1 — Exports failing for all tenants")
     assert "rolled back the export service" in draft and "- [ ] follow-up: alert on export failures" in draft
     assert "`test bump`" in draft.split("## Actions taken through opsbot")[1].split("##")[0]
+
+
+def test_a_confirm_the_action_log_refused_is_on_the_timeline_as_not_run(slack, fake_slack, database_url):
+    """The confirm's row is refused by PostgreSQL (here a trigger): nothing runs and the Confirm is given back. The
+    postmortem's timeline says so, rather than showing nothing, or (had the row gone in) a confirm that never ran."""
+    declare(slack, fake_slack)
+    preview = slack.command("test bump --by 3 --incident INC-1")
+    sql(database_url, """
+        CREATE FUNCTION opsbot.refuse_confirm() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.action = 'confirm' THEN
+                RAISE EXCEPTION 'disk full' USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            RETURN NEW;
+        END $$""")
+    sql(database_url, f"CREATE TRIGGER refuse_confirm BEFORE INSERT ON {TABLE} FOR EACH ROW"
+                      " EXECUTE FUNCTION opsbot.refuse_confirm()")
+
+    refused = slack.click(preview, "Confirm")
+
+    assert "was not executed" in refused.body["text"] and "confirm again" in refused.body["text"]
+    sql(database_url, f"DROP TRIGGER refuse_confirm ON {TABLE}")
+    assert slack.click(preview, "Confirm").body["text"] == "OK: counter is now 3"  # the same button, once it works
+
+    timeline = slack.runtime.engine.handle("incident timeline --incident INC-1", _actor(), _where())
+    entries = timeline.result.data["entries"]
+    lines = [(e["what"], e["result"]) for e in entries if "test bump" in e["what"]]
+    assert lines[0][0] == "requested `test bump --by 3`"
+    assert lines[1][0] == "confirmed `test bump`: not run, the action log could not be written"
+    assert "disk full" in lines[1][1]
+    assert [what for what, _ in lines[2:]] == ["confirmed `test bump`", "`test bump`"]
 
 
 def _actor():

@@ -5,7 +5,7 @@ Usage::
     recorder = Recorder(settings, state, redactor, metrics, notifier, context)
     result = recorder.call(command, lambda: command.run(inv))    # never raises: errors become results
     recorder.log("request", actor, where, command="dlq status")  # kept in Redis if PostgreSQL is down
-    recorder.log("confirm", actor, where, strict=True, ...)      # committed, or it raises
+    recorder.log("confirm", actor, where, strict=True, ...)      # committed, or it raises (and `not_acted_on` is kept)
     recorder.announce(result, where)                             # the incident channel, or the context's thread
 """
 
@@ -65,7 +65,11 @@ class Recorder:
 
     def log(self, action: str, actor: Actor, where: Where, strict: bool = False, **payload: Any) -> None:
         """Append to the action log. ``strict``: committed, or an exception (nothing may happen without it);
-        otherwise committed or kept in Redis and appended later, never lost and never waited for twice."""
+        otherwise committed or kept in Redis and appended later, never lost and never waited for twice.
+
+        A strict row that raises may be in the log all the same (its commit's answer was lost), naming a request
+        that was never offered or a confirm that never ran; so a ``not_acted_on`` entry follows it, kept until the
+        log is back, naming the row (``of``, its ``pending_id``, and ``row`` where the row's id is known)."""
         context: dict[str, Any] = {"channel": where.channel, "thread_ts": where.thread_ts,
                                    "local_admin": actor.local_admin}
         if where.context and self.context is not None:
@@ -76,9 +80,19 @@ class Recorder:
             return
         try:
             self.state.action_log.append(action, actor=actor.user_id, payload=document, tenant=actor.team)
-        except Exception:
+        except Exception as exc:
             self.metrics.backend_errors.labels(backend="postgres").inc()
+            self._not_acted_on(action, actor, where, payload, exc)
             raise
+
+    def _not_acted_on(self, action: str, actor: Actor, where: Where, payload: dict[str, Any], error: Exception) -> None:
+        maybe = getattr(error, "maybe", None)  # ActionLogUnavailable: the row PostgreSQL may have committed
+        try:
+            self.log("not_acted_on", actor, where, of=action, pending_id=payload.get("pending_id"),
+                     command=payload.get("command"), error=str(error).strip() or type(error).__name__,
+                     **({"row": maybe.id} if maybe is not None else {}))
+        except Exception:  # the refusal the caller is about to give matters more than this entry
+            log.exception("could not keep the not_acted_on entry of a %s", action)
 
     def post(self, result: Result, where: Where) -> tuple[Result, bool]:
         """Post a command's result into the conversation it ran in; what is left to reply, and whether it went."""

@@ -51,6 +51,10 @@ def timeline(store: IncidentStore, incident: Incident) -> list[Entry]:
             entries.append(Entry(at, actor, f"{action}ed `{command}`", kind=action))
         elif action == "denied":
             entries.append(Entry(at, actor, f"was refused `{command}`", payload.get("reason", ""), "command"))
+        elif action == "not_acted_on":  # its request or confirm row could not be committed: nothing ran
+            what = "confirmed" if payload.get("of") == "confirm" else "requested"
+            entries.append(Entry(at, actor, f"{what} `{command}`: not run, the action log could not be written",
+                                 payload.get("error", ""), "command"))
     return sorted(entries, key=lambda e: e.at)
 
 

@@ -5,6 +5,7 @@ Usage::
     filled(runtime, 10)                       # ten entries appended
     sql(database_url, f"DELETE FROM {TABLE} WHERE id = 5")
     rehash(database_url, 4)                   # re-hash every row from 4 on, as a forger would
+    slow_commit(database_url, 13)             # a 'slowcommit' row's COMMIT takes 13 s (a storage stall at the flush)
     kinds(log_verify(runtime), "fail")        # [("row_missing", 5)]
 """
 
@@ -16,7 +17,7 @@ from bot.store.chain import v1_hash
 from bot.core.invocation import Actor, Where
 from tests.conftest import ALICE
 
-__all__ = ["TABLE", "ME", "HERE", "APPENDER", "sql", "rehash", "filled", "log_verify", "kinds"]
+__all__ = ["TABLE", "ME", "HERE", "APPENDER", "sql", "rehash", "slow_commit", "filled", "log_verify", "kinds"]
 
 TABLE = "opsbot.action_log"
 ME = Actor(ALICE, team="T1")
@@ -40,6 +41,20 @@ def rehash(database_url, start_id):
                 digest = v1_hash(prev, str(row_id), tenant, created, actor, action, payload)
                 conn.execute(f"UPDATE {TABLE} SET prev_hash = %s, hash = %s WHERE id = %s", (prev, digest, row_id))
             prev = digest
+
+
+def slow_commit(database_url: str, seconds: int, then_fail: bool = False, action: str = "slowcommit") -> None:
+    """A deferred trigger: rows of ``action`` make their transaction's COMMIT take ``seconds`` (and then fail, with
+    ``then_fail``: the transaction is rolled back). ``DROP TRIGGER slow_commit ON opsbot.action_log`` ends it."""
+    fail = "RAISE EXCEPTION 'commit refused' USING ERRCODE = 'check_violation';" if then_fail else ""
+    sql(database_url, f"""
+        CREATE OR REPLACE FUNCTION opsbot.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.action = '{action}' THEN PERFORM pg_sleep({seconds}); {fail} END IF;
+            RETURN NULL;
+        END $$""")
+    sql(database_url, f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {TABLE} DEFERRABLE INITIALLY DEFERRED"
+                      " FOR EACH ROW EXECUTE FUNCTION opsbot.slow_commit()")
 
 
 def filled(runtime, count=10):
