@@ -104,6 +104,7 @@ def test_a_confirm_committed_after_its_answer_was_lost_is_followed_by_not_acted_
     entries = runtime.state.action_log.entries()
     assert [e.action for e in entries] == ["request", "confirm", "not_acted_on", "confirm", "outcome"]
     assert (entries[2].payload["of"], entries[2].payload["row"]) == ("confirm", entries[1].id)
+    assert entries[2].payload["row_hash"] == entries[1].hash  # that row, not another that took its id
     assert entries[2].payload["pending_id"] == entries[1].payload["pending_id"] == preview.pending.id
     assert runtime.state.action_log.verify(full=True).ok
 

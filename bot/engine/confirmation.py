@@ -153,10 +153,15 @@ class Confirmations:
                               two_person_waived=waived)
         except Exception as exc:
             log.error("action log unavailable, not executing %s: %s", pending.command, exc)
-            self.pending.release(claim.pending, "confirmed", actor.user_id)
+            try:
+                given_back = self.pending.release(claim.pending, "confirmed", actor.user_id)
+            except Exception as lost:  # the bot's Redis is gone too: the refusal must still reach the user
+                log.error("could not give back the Confirm of %s: %s", pending.id, lost)
+                given_back = False
+            again = md("confirm again") if given_back else md("run {} again for a fresh preview", code(pending.text))
             return Outcome("unavailable", Result.error(
-                md("The action log cannot be written ({}), so {} was not executed. Nothing changed; confirm again"
-                   " once it is back.", str(exc).strip() or type(exc).__name__, code(pending.text)),
+                md("The action log cannot be written ({}), so {} was not executed. Nothing changed; {} once it is"
+                   " back.", str(exc).strip() or type(exc).__name__, code(pending.text), again),
                 command=pending.text), pending, command)
         return self._execute(claim.pending, command, actor, where, progress)
 

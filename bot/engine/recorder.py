@@ -69,7 +69,8 @@ class Recorder:
 
         A strict row that raises may be in the log all the same (its commit's answer was lost), naming a request
         that was never offered or a confirm that never ran; so a ``not_acted_on`` entry follows it, kept until the
-        log is back, naming the row (``of``, its ``pending_id``, and ``row`` where the row's id is known)."""
+        log is back, naming the row (``of``, its ``pending_id``, and ``row`` and ``row_hash`` where the row is known:
+        a COMMIT that failed after all frees its id for the next row, so only the hash tells whether it is that row)."""
         context: dict[str, Any] = {"channel": where.channel, "thread_ts": where.thread_ts,
                                    "local_admin": actor.local_admin}
         if where.context and self.context is not None:
@@ -90,7 +91,7 @@ class Recorder:
         try:
             self.log("not_acted_on", actor, where, of=action, pending_id=payload.get("pending_id"),
                      command=payload.get("command"), error=str(error).strip() or type(error).__name__,
-                     **({"row": maybe.id} if maybe is not None else {}))
+                     **({"row": maybe.id, "row_hash": maybe.hash} if maybe is not None else {}))
         except Exception:  # the refusal the caller is about to give matters more than this entry
             log.exception("could not keep the not_acted_on entry of a %s", action)
 
