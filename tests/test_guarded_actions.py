@@ -12,6 +12,7 @@ import time
 import pytest
 
 from bot.core.invocation import Actor, Where
+from bot.engine.pending import PendingStore
 from tests.conftest import ADMIN, ALICE, BOB, CAROL, MALLORY, write_config
 from tests.support.commands import COUNTER, EXECUTIONS
 
@@ -62,6 +63,20 @@ def test_double_click_and_replicas_execute_exactly_once(runtime, make_runtime, r
     assert sorted(o.kind for o in outcomes) == ["result"] + ["taken"] * 7
     late = [o for o in outcomes if o.kind == "taken"][0]
     assert late.result.summary == f"Already confirmed by <@{ALICE}>; nothing more was done."
+
+
+def test_a_click_while_another_confirm_is_being_recorded_is_not_told_it_ran(runtime, redis_client):
+    """Another replica has claimed the Confirm and is still writing its confirm row (which may yet fail, and give the
+    button back): a click now is told who confirmed it, and that nothing has started, not that it was done."""
+    preview = runtime.engine.handle("test bump", Actor(ALICE), OPS)
+    other_replica = PendingStore(redis_client, runtime.settings.state.prefix)
+    assert other_replica.claim(preview.pending.id, "confirmed", BOB).state == "claimed"
+
+    late = runtime.engine.confirm(preview.pending.id, Actor(ALICE), OPS)
+
+    assert late.kind == "taken" and late.result.summary == f"Already confirmed by <@{BOB}>; nothing more was done."
+    assert [section.text for section in late.result.sections] == ["It has not started running yet."]
+    assert executions(redis_client) == 0
 
 
 def test_user_without_the_role_cannot_request_or_confirm(runtime, redis_client):

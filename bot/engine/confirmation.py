@@ -290,6 +290,8 @@ class Confirmations:
             if running is not None and running.state == "running":
                 sections = [Section(text=md("It is running now{}.", md(": {}", running.progress) if running.progress
                                             else ""))]
+            elif how == "confirmed" and running is None:  # its confirm row is being written, or could not be
+                sections = [Section(text=md("It has not started running yet."))]
             return Outcome("taken", Result.warn(md("Already {} by {}; nothing more was done.", how, mention(user)),
                                                 sections=sections))
         self.recorder.log("expired", actor, where, pending_id=pending_id)
