@@ -202,6 +202,14 @@ def own(tmp_path):
         yield servers
 
 
+def _not_in_on_the_way_down(outcomes: dict) -> bool:
+    """Whether entry 0, waiting for the chain's lock (held by another session) when PostgreSQL is told to stop, was
+    kept rather than committed. Both are right: a fast shutdown ends the backends one after another, and if the lock's
+    holder goes first, entry 0's transaction may take the lock and commit before its own backend is ended."""
+    assert outcomes[0] is None or getattr(outcomes[0], "action", None) == "request", outcomes[0]
+    return outcomes[0] is None
+
+
 def test_postgres_stopped_under_a_crowd_of_strict_and_keeping_appends(own):
     pg, _, state = own
     log = state().action_log
@@ -216,12 +224,13 @@ def test_postgres_stopped_under_a_crowd_of_strict_and_keeping_appends(own):
     joined(threads)
 
     strict = [n for n in range(121) if n % 4 == 0 and n]
+    keeping = [n for n in range(121) if n not in strict and (n or _not_in_on_the_way_down(outcomes))]
     assert all(isinstance(outcomes[n], ActionLogUnavailable) for n in strict), outcomes
-    assert all(outcomes[n] is None for n in range(121) if n not in strict), outcomes
-    assert log.kept() == 121 - len(strict)
+    assert all(outcomes[n] is None for n in keeping), outcomes
+    assert log.kept() == len(keeping)
     pg.start()
     later = state().action_log
-    assert later.drain() == 121 - len(strict)
+    assert later.drain() == len(keeping)
     assert sorted(stored(later)) == [-1] + [n for n in range(121) if n not in strict]
     assert later.verify(full=True).ok
 
@@ -241,7 +250,7 @@ def test_postgres_and_redis_down_each_kept_entry_is_one_error_line(own, caplog):
     joined(threads)
 
     kept = [n for n in range(21) if outcomes[n] is None]
-    assert kept == [n for n in range(21) if n % 2 == 1 or n == 0], outcomes
+    assert kept == [n for n in range(21) if n % 2 == 1 or (n == 0 and _not_in_on_the_way_down(outcomes))], outcomes
     lines = [r.getMessage() for r in caplog.records if r.name == "opsbot.actionlog" and r.levelno == logging.ERROR
              and "recorded here" in r.getMessage()]
     recorded = sorted(int(line.split('"n": ')[1].split("}")[0]) for line in lines)
