@@ -1,7 +1,7 @@
-"""Attacks on the not_acted_on entry a refused request or confirm leaves in the action log (commit 39efe01).
+"""Attacks on the not_acted_on entry a refused request or confirm leaves in the action log.
 
 Real servers only: a PostgreSQL cluster (and where needed a redis-server) of the test's own, stopped, frozen or
-killed by PID; the shared Redis (DB 11) holds the test commands' counter.
+killed by PID; the shared Redis ($REDIS_URL) holds the test commands' counter.
 """
 
 from __future__ import annotations
