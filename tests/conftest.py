@@ -103,6 +103,16 @@ def own_redis():
         server.close()
 
 
+@pytest.fixture
+def own_state_db(tmp_path, redis_client):
+    """A PostgreSQL cluster of the test's own (tests.support.servers), which it may stop or freeze, holding the action
+    log, and a config using it: ``(cluster, config path)``."""
+    from tests.support.servers import PostgresCluster
+
+    with PostgresCluster() as pg:
+        yield pg, write_config(tmp_path / "own-state.yaml", pg.url)
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
     """A 3-node Redis Cluster of the session's own (tests/support/redisplus.py), stopped by PID at the end.

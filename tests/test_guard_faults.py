@@ -14,21 +14,10 @@ from bot.core.invocation import Actor, Where
 from tests.conftest import ALICE, write_config
 from tests.support.actionlog import TABLE, slow_commit, sql
 from tests.support.appenders import until
-from tests.support.commands import COUNTER, EXECUTIONS
-from tests.support.servers import PostgresCluster
+from tests.support.commands import COUNTER, executions
 
 OPS = Where("C-ops", channel_name="ops")
 
-
-def executions(redis_client) -> int:
-    return int(redis_client.get(EXECUTIONS) or 0)
-
-
-@pytest.fixture
-def own_state_db(tmp_path, redis_client):
-    """A config whose action log lives in a PostgreSQL cluster this test may stop."""
-    with PostgresCluster() as pg:
-        yield pg, write_config(tmp_path / "own-state.yaml", pg.url)
 
 
 def test_no_side_effect_without_its_confirm_row(own_state_db, make_runtime, redis_client):

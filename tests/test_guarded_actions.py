@@ -14,13 +14,10 @@ import pytest
 from bot.core.invocation import Actor, Where
 from bot.engine.pending import PendingStore
 from tests.conftest import ADMIN, ALICE, BOB, CAROL, MALLORY, write_config
-from tests.support.commands import COUNTER, EXECUTIONS
+from tests.support.commands import COUNTER, executions
 
 OPS = Where("C-ops", channel_name="ops")
 
-
-def executions(redis_client) -> int:
-    return int(redis_client.get(EXECUTIONS) or 0)
 
 
 def log_actions(runtime) -> list[str]:

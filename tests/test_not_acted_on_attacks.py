@@ -15,25 +15,16 @@ from bot.core.invocation import Actor, Where
 from bot.store.actionlog import ActionLog
 from tests.conftest import ALICE, BOB, write_config
 from tests.support.actionlog import TABLE, slow_commit, sql
-from tests.support.commands import EXECUTIONS
+from tests.support.commands import executions
 from tests.support.servers import PostgresCluster, RedisServer, frozen
 
 OPS = Where("C-ops", channel_name="ops")
 TRANSACTION_WAIT = 10.0  # bot.store.actionlog's bound on one append's transaction
 
 
-def executions(redis_client) -> int:
-    return int(redis_client.get(EXECUTIONS) or 0)
-
 
 def actions(log: ActionLog) -> list[str]:
     return [e.action for e in log.entries()]
-
-
-@pytest.fixture
-def own_state_db(tmp_path, redis_client):
-    with PostgresCluster() as pg:
-        yield pg, write_config(tmp_path / "own-state.yaml", pg.url)
 
 
 @pytest.fixture

@@ -16,6 +16,11 @@ from bot.core.result import Plan, Result, Section
 COUNTER, EXECUTIONS = "test:counter", "test:executions"
 
 
+def executions(client) -> int:
+    """How many times a test command has executed (``client``: the Redis holding the counter)."""
+    return int(client.get(EXECUTIONS) or 0)
+
+
 def plan_bump(inv: Invocation) -> Plan:
     current = int(inv.targets.redis("main").get(COUNTER) or 0)
     by = inv.args["by"]
