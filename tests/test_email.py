@@ -158,6 +158,10 @@ def test_dry_run_in_production_is_flagged_loudly(tmp_path, world, make_runtime, 
 def test_daily_cap_is_not_mistaken_for_an_outage(tmp_path, world, make_runtime, monkeypatch):
     monkeypatch.delenv("DRY_RUN_EMAILS", raising=False)
     runtime = email_runtime(tmp_path, world, make_runtime, daily_cap=10)
+    with psycopg.connect(world) as conn:  # today's, whatever the hour: the world's mail is hours old (yesterday's
+        conn.cursor().executemany(        # just after midnight UTC)
+            'INSERT INTO "Communication" (id, "tenantId", status, "createdAt", "updatedAt", attempts)'
+            " VALUES (%s, 'tenant-1', 'sent', now(), now(), 1)", [(f"c-today-{i}",) for i in range(10)])
     result = run(runtime, "email triage").result
     assert "tenant-1" in result.data["capped_tenants"]
     assert result.status == "warn" and "blocked by the cap, not an outage" in result.data["verdict"]
